@@ -1,0 +1,306 @@
+// The Python module lrfast._core: turns Python sequences of arrays into raw
+// pointers, validates everything before any write, releases the GIL and runs
+// the drivers. The only file that includes pybind11.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "driver.hpp"
+#include "lrfast/dispatch.hpp"
+#include "lrfast/hparams.hpp"
+#include "parallel.hpp"
+
+namespace py = pybind11;
+
+namespace lrfast {
+namespace {
+
+// Slots of the arrays of one call: params, grads, then up to three states.
+constexpr int kParams = 0, kGrads = 1, kSlots = 5;
+
+// The arrays of one call, split by dtype; `keep` holds the NumPy views made of
+// buffer-protocol objects and torch tensors until the call ends.
+struct Collected {
+    Batch<float> f32;
+    Batch<double> f64;
+    std::vector<py::object> keep;
+};
+
+std::string where(const py::tuple& names, int i, std::size_t t) {
+    return py::str(names[i]).cast<std::string>() + "[" + std::to_string(t) + "]";
+}
+
+bool is_torch_tensor(const py::handle& obj) {
+    const py::object module = py::type::of(obj).attr("__module__");
+    return py::str(module).cast<std::string>().rfind("torch", 0) == 0 &&
+           py::hasattr(obj, "numpy") && py::hasattr(obj, "detach");
+}
+
+// A NumPy view of `obj` that shares its memory: an ndarray itself, a view of a
+// buffer or an __array_interface__ exporter, or a CPU torch tensor's .numpy().
+// Anything that could only be converted by copying is refused: the update
+// would land in the copy.
+py::array as_array(py::handle obj, const std::string& name, std::vector<py::object>& keep) {
+    if (py::isinstance<py::array>(obj)) return py::reinterpret_borrow<py::array>(obj);
+    if (py::hasattr(obj, "__cuda_array_interface__"))
+        throw py::type_error(name + " is a CUDA device array, but " +
+                             "the first params array is on the host: one call takes arrays "
+                             "on one device");
+    py::object view;
+    if (PyObject_CheckBuffer(obj.ptr()) || py::hasattr(obj, "__array_interface__")) {
+        view = py::module_::import("numpy").attr("asarray")(obj);
+    } else if (is_torch_tensor(obj)) {
+        if (py::str(obj.attr("device").attr("type")).cast<std::string>() != "cpu")
+            throw py::type_error(name + " is a torch tensor on " +
+                                 py::str(obj.attr("device")).cast<std::string>() +
+                                 "; the C++ path takes CPU tensors");
+        view = obj.attr("detach")().attr("numpy")();
+    } else {
+        throw py::type_error(name + " must be a float32 or float64 array (NumPy array, buffer "
+                             "or CPU torch tensor), got " +
+                             py::str(py::type::of(obj).attr("__name__")).cast<std::string>());
+    }
+    keep.push_back(view);
+    return py::reinterpret_borrow<py::array>(view);
+}
+
+std::string shape_of(const py::array& a) { return py::str(a.attr("shape")).cast<std::string>(); }
+
+// Checks every array of one call and gathers the pointers. `arrays` holds one
+// sequence (or None for an unused state) per slot starting at `first_slot`.
+// Throws TypeError/ValueError naming the argument and index; writes nothing.
+Collected collect(const py::tuple& arrays, const py::tuple& names, int first_slot,
+                  bool grads_writeable) {
+    const int n_args = int(arrays.size());
+    std::vector<py::object> seqs(static_cast<std::size_t>(n_args), py::object(py::none()));
+    std::size_t n = 0;
+    for (int i = 0; i < n_args; ++i) {
+        if (arrays[i].is_none()) continue;
+        seqs[i] = py::reinterpret_steal<py::object>(
+            PySequence_Fast(arrays[i].ptr(), "expected a sequence of arrays"));
+        if (!seqs[i]) throw py::error_already_set();
+        const std::size_t len = std::size_t(PySequence_Fast_GET_SIZE(seqs[i].ptr()));
+        if (i == 0) n = len;
+        else if (len != n)
+            throw py::value_error("len(" + py::str(names[i]).cast<std::string>() + ") = " +
+                                  std::to_string(len) + " does not match len(" +
+                                  py::str(names[0]).cast<std::string>() + ") = " +
+                                  std::to_string(n));
+    }
+
+    Collected out;
+    struct Span {
+        std::uintptr_t lo, hi;
+        int arg;
+        std::size_t t;
+    };
+    std::vector<Span> spans;
+    spans.reserve(n * std::size_t(n_args));
+    const auto& npy = py::detail::npy_api::get();
+
+    for (std::size_t t = 0; t < n; ++t) {
+        py::array first;
+        for (int i = 0; i < n_args; ++i) {
+            if (seqs[i].is_none()) continue;
+            const int slot = first_slot + i;
+            PyObject* item = PySequence_Fast_ITEMS(seqs[i].ptr())[t];
+            auto label = [&] { return where(names, i, t); };
+            py::array a = as_array(item, label(), out.keep);
+            const auto* descr = py::detail::array_descriptor_proxy(
+                py::detail::array_proxy(a.ptr())->descr);
+            const int num = a.dtype().num();
+            if (num != npy.NPY_FLOAT_ && num != npy.NPY_DOUBLE_)
+                throw py::type_error(label() + " has dtype " + py::str(a.dtype()).cast<std::string>() +
+                                     "; expected float32 or float64");
+            if (descr->byteorder != '=' && descr->byteorder != '|')
+                throw py::type_error(label() + " has non-native byte order");
+            if (i == 0) {
+                first = a;
+            } else {
+                if (num != first.dtype().num())
+                    throw py::type_error(label() + " has dtype " +
+                                         py::str(a.dtype()).cast<std::string>() + " but " +
+                                         where(names, 0, t) + " has " +
+                                         py::str(first.dtype()).cast<std::string>() +
+                                         " (no implicit conversion)");
+                if (a.ndim() != first.ndim() ||
+                    !std::equal(a.shape(), a.shape() + a.ndim(), first.shape()))
+                    throw py::value_error(label() + " has shape " + shape_of(a) + " but " +
+                                          where(names, 0, t) + " has shape " + shape_of(first));
+            }
+            if (!(a.flags() & npy.NPY_ARRAY_C_CONTIGUOUS_))
+                throw py::value_error(label() + " is not C-contiguous");
+            if ((slot != kGrads || grads_writeable) && !a.writeable())
+                throw py::value_error(label() + " is read-only");
+            const std::uintptr_t lo = reinterpret_cast<std::uintptr_t>(a.data());
+            if (a.size() > 0) spans.push_back({lo, lo + std::uintptr_t(a.nbytes()), i, t});
+
+            auto push = [&](auto& batch) {
+                using T = std::remove_pointer_t<typename std::decay_t<decltype(batch.params)>::value_type>;
+                T* p = reinterpret_cast<T*>(py::detail::array_proxy(a.ptr())->data);
+                if (slot == kParams) batch.params.push_back(p);
+                else if (slot == kGrads) batch.grads.push_back(p);
+                else batch.states[slot - 2].push_back(p);
+                if (i == 0) batch.offsets.push_back(batch.offsets.back() + a.size());
+            };
+            if (num == npy.NPY_FLOAT_) push(out.f32);
+            else push(out.f64);
+        }
+    }
+
+    // Overlapping arrays would be read after another array's write: refuse
+    // them, except two gradients, which are only read. After sorting by start,
+    // an array overlaps an earlier one iff it starts before the furthest end
+    // seen so far, among all arrays if it is written, among written ones if not.
+    std::sort(spans.begin(), spans.end(), [](const Span& a, const Span& b) { return a.lo < b.lo; });
+    const Span* furthest = nullptr;          // furthest end of any array
+    const Span* furthest_written = nullptr;  // furthest end of a written array
+    for (const Span& s : spans) {
+        const bool written = first_slot + s.arg != kGrads || grads_writeable;
+        const Span* other = written ? furthest : furthest_written;
+        if (other != nullptr && s.lo < other->hi)
+            throw py::value_error(where(names, other->arg, other->t) + " and " +
+                                  where(names, s.arg, s.t) +
+                                  " overlap in memory (the same array passed twice?)");
+        if (furthest == nullptr || s.hi > furthest->hi) furthest = &s;
+        if (written && (furthest_written == nullptr || s.hi > furthest_written->hi))
+            furthest_written = &s;
+    }
+    return out;
+}
+
+template <class P>
+P params_from(const py::dict& hp) {
+    constexpr std::size_t n = P::fields.size();
+    static_assert(sizeof(P) == n * sizeof(double), "Params structs hold doubles only");
+    if (py::len(hp) != n)
+        throw std::logic_error("internal: hyperparameter dict does not match the C++ struct");
+    double values[n];
+    for (std::size_t i = 0; i < n; ++i) values[i] = hp[P::fields[i]].template cast<double>();
+    P p;
+    std::memcpy(&p, values, sizeof p);
+    return p;
+}
+
+template <class P>
+void update(UpdateFn<P, float> TypedKernels<float>::*f32, UpdateFn<P, double> TypedKernels<double>::*f64,
+            const py::tuple& arrays, const py::tuple& names, const py::dict& hp) {
+    const P params = params_from<P>(hp);
+    Collected c = collect(arrays, names, kParams, false);
+    py::gil_scoped_release release;
+    const KernelTable& k = kernels();
+    if (!c.f32.params.empty()) run_update(k.f32.*f32, params, c.f32);
+    if (!c.f64.params.empty()) run_update(k.f64.*f64, params, c.f64);
+}
+
+NormKind norm_kind(double p) {
+    if (std::isinf(p)) return NormKind::linf;
+    if (p == 1.0) return NormKind::l1;
+    if (p == 2.0) return NormKind::l2;
+    return NormKind::lp;
+}
+
+// The norm over float32 and float64 tensors together: each dtype's norm is
+// combined as a p-norm of the two.
+double norm_of(const Collected& c, double p) {
+    const KernelTable& k = kernels();
+    const NormKind kind = norm_kind(p);
+    const double a = run_norm(k.f32, c.f32.grads, c.f32.offsets, kind, p);
+    const double b = run_norm(k.f64, c.f64.grads, c.f64.offsets, kind, p);
+    if (c.f64.grads.empty()) return a;
+    if (c.f32.grads.empty()) return b;
+    if (std::isnan(a) || std::isnan(b)) return std::nan("");
+    switch (kind) {
+        case NormKind::linf: return std::max(a, b);
+        case NormKind::l1: return a + b;
+        case NormKind::l2: return std::hypot(a, b);
+        case NormKind::lp: return std::pow(std::pow(a, p) + std::pow(b, p), 1.0 / p);
+    }
+    return a;
+}
+
+template <class T>
+std::vector<T*> writable(const std::vector<const T*>& xs) {
+    std::vector<T*> out;
+    out.reserve(xs.size());
+    for (const T* x : xs) out.push_back(const_cast<T*>(x));  // validated writeable
+    return out;
+}
+
+void apply_inplace(const Collected& c, bool clamp, double arg) {
+    const KernelTable& k = kernels();
+    run_inplace(clamp ? k.f32.clamp : k.f32.scale, writable(c.f32.grads), c.f32.offsets, arg);
+    run_inplace(clamp ? k.f64.clamp : k.f64.scale, writable(c.f64.grads), c.f64.offsets, arg);
+}
+
+py::tuple grads_only(const py::object& grads) { return py::make_tuple(grads); }
+
+}  // namespace
+}  // namespace lrfast
+
+PYBIND11_MODULE(_core, m) {
+    using namespace lrfast;
+    m.doc() = "lrfast's C++ kernels; use the functions in lrfast, which validate hyperparameters.";
+
+#define LRFAST_OPTIMIZER(name, P, nstates)                                                   \
+    m.def(                                                                                   \
+        #name,                                                                               \
+        [](const py::tuple& arrays, const py::tuple& names, const py::dict& hp) {            \
+            update<P>(&TypedKernels<float>::name, &TypedKernels<double>::name, arrays, names, \
+                      hp);                                                                   \
+        },                                                                                   \
+        py::arg("arrays"), py::arg("names"), py::arg("hparams"),                             \
+        "One fused " #name " step over (params, grads, states...); see lrfast." #name "_step.");
+#include "lrfast/optimizers.def"
+#undef LRFAST_OPTIMIZER
+
+    m.def(
+        "global_norm",
+        [](const py::object& grads, double p) {
+            Collected c = collect(grads_only(grads), py::make_tuple("grads"), kGrads, false);
+            py::gil_scoped_release release;
+            return norm_of(c, p);
+        },
+        py::arg("grads"), py::arg("norm_type"));
+    m.def(
+        "clip_grad_norm",
+        [](const py::object& grads, double max_norm, double p, bool error_if_nonfinite) {
+            Collected c = collect(grads_only(grads), py::make_tuple("grads"), kGrads, true);
+            double total;
+            {
+                py::gil_scoped_release release;
+                total = norm_of(c, p);
+            }
+            if (error_if_nonfinite && !std::isfinite(total))
+                throw std::runtime_error(
+                    "the total norm of order " + std::to_string(p) +
+                    " of the gradients is non-finite, so it cannot be clipped; pass "
+                    "error_if_nonfinite=False to scale them anyway");
+            const double coef = max_norm / (total + 1e-6);
+            if (coef < 1.0 || std::isnan(coef)) {  // x * 1 == x: skip the write
+                py::gil_scoped_release release;
+                apply_inplace(c, false, coef);
+            }
+            return total;
+        },
+        py::arg("grads"), py::arg("max_norm"), py::arg("norm_type"), py::arg("error_if_nonfinite"));
+    m.def(
+        "clip_grad_value",
+        [](const py::object& grads, double clip_value) {
+            Collected c = collect(grads_only(grads), py::make_tuple("grads"), kGrads, true);
+            py::gil_scoped_release release;
+            apply_inplace(c, true, clip_value);
+        },
+        py::arg("grads"), py::arg("clip_value"));
+
+    m.def("cpu_isa", [] { return std::string(isa_name(active_isa())); },
+          "The instruction set the kernels run with: 'avx512', 'avx2' or 'baseline'.");
+    m.def("set_num_threads", &set_num_threads, py::arg("n"));
+    m.def("get_num_threads", &get_num_threads);
+    m.attr("BLOCK") = kBlock;
+}

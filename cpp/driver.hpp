@@ -1,0 +1,108 @@
+// Runs a kernel over a list of tensors, split into fixed blocks.
+//
+// The tensors of one call are laid end to end in one element space; block b
+// covers elements [b * kBlock, (b + 1) * kBlock) of it, across tensor edges.
+// The blocks depend only on the tensor sizes, so a norm summed per block and
+// then over the blocks in order gives the same bits for any thread count, and
+// a list of a thousand small tensors costs a few dozen blocks, not a thousand
+// tasks.
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <vector>
+
+#include "lrfast/dispatch.hpp"
+#include "parallel.hpp"
+
+namespace lrfast {
+
+constexpr std::int64_t kBlock = 1 << 15;
+// Below this many blocks one thread is faster than waking another.
+constexpr std::int64_t kMinParallelBlocks = 4;
+
+// Pointers of one call: per tensor, its param, grad and state arrays, and the
+// running offsets of the tensors in the shared element space.
+template <class T>
+struct Batch {
+    std::vector<T*> params;
+    std::vector<const T*> grads;
+    std::vector<T*> states[3];            // a vector per state slot; empty if unused
+    std::vector<std::int64_t> offsets{0};  // offsets[t] .. offsets[t+1] is tensor t
+
+    std::int64_t total() const { return offsets.back(); }
+    std::int64_t blocks() const { return (total() + kBlock - 1) / kBlock; }
+};
+
+// Calls piece(t, lo, hi) for the part [lo, hi) of each tensor t in block b.
+template <class F>
+void for_each_piece(const std::vector<std::int64_t>& offsets, std::int64_t b, F piece) {
+    const std::int64_t begin = b * kBlock, end = std::min(begin + kBlock, offsets.back());
+    // The first tensor whose end lies past `begin` (empty tensors are skipped).
+    auto t = std::upper_bound(offsets.begin(), offsets.end(), begin) - offsets.begin() - 1;
+    for (; t + 1 < std::int64_t(offsets.size()) && offsets[t] < end; ++t) {
+        const std::int64_t lo = std::max(begin, offsets[t]) - offsets[t];
+        const std::int64_t hi = std::min(end, offsets[t + 1]) - offsets[t];
+        if (hi > lo) piece(t, lo, hi);
+    }
+}
+
+template <class P, class T>
+void run_update(UpdateFn<P, T> kernel, const P& hp, const Batch<T>& batch) {
+    parallel_for(batch.blocks(), kMinParallelBlocks, [&](std::int64_t b) {
+        for_each_piece(batch.offsets, b, [&](std::int64_t t, std::int64_t lo, std::int64_t hi) {
+            T* state[3];
+            for (int k = 0; k < 3; ++k)
+                state[k] = batch.states[k].empty() ? nullptr : batch.states[k][t] + lo;
+            kernel(hp, batch.params[t] + lo, batch.grads[t] + lo, state, hi - lo);
+        });
+    });
+}
+
+// The p-norm of all elements of all tensors: per-block partials, then combined
+// in block order.
+template <class T>
+double run_norm(const TypedKernels<T>& k, const std::vector<const T*>& xs,
+                const std::vector<std::int64_t>& offsets, NormKind kind, double p) {
+    const std::int64_t n_blocks = (offsets.back() + kBlock - 1) / kBlock;
+    thread_local std::vector<NormPartial> partials;  // reused: a step allocates nothing new
+    partials.assign(std::size_t(n_blocks), NormPartial{0.0, 0});
+    parallel_for(n_blocks, kMinParallelBlocks, [&](std::int64_t b) {
+        NormPartial acc{0.0, 0};
+        for_each_piece(offsets, b, [&](std::int64_t t, std::int64_t lo, std::int64_t hi) {
+            const NormPartial part = k.norm(xs[t] + lo, hi - lo, kind, p);
+            acc.value = kind == NormKind::linf ? std::max(acc.value, part.value)
+                                               : acc.value + part.value;
+            acc.nans += part.nans;
+        });
+        partials[std::size_t(b)] = acc;
+    });
+    double total = 0.0;
+    std::int64_t nans = 0;
+    for (const NormPartial& part : partials) {
+        total = kind == NormKind::linf ? std::max(total, part.value) : total + part.value;
+        nans += part.nans;
+    }
+    if (nans > 0) return std::numeric_limits<double>::quiet_NaN();
+    switch (kind) {
+        case NormKind::l2: return std::sqrt(total);
+        case NormKind::lp: return std::pow(total, 1.0 / p);
+        default: return total;
+    }
+}
+
+// Applies an in-place elementwise kernel (scale, clamp) to every tensor.
+template <class T>
+void run_inplace(void (*kernel)(T*, std::int64_t, double), const std::vector<T*>& xs,
+                 const std::vector<std::int64_t>& offsets, double arg) {
+    const std::int64_t n_blocks = (offsets.back() + kBlock - 1) / kBlock;
+    parallel_for(n_blocks, kMinParallelBlocks, [&](std::int64_t b) {
+        for_each_piece(offsets, b, [&](std::int64_t t, std::int64_t lo, std::int64_t hi) {
+            kernel(xs[t] + lo, hi - lo, arg);
+        });
+    });
+}
+
+}  // namespace lrfast

@@ -1,0 +1,61 @@
+// Shared by the kernel files, which CMake compiles once per ISA with
+// -DLRFAST_ISA_NS=isa_<name> and that ISA's flags.
+//
+// Kernels are plain loops over __restrict pointers that the compiler
+// vectorises. Nothing here may instantiate a template or inline function that
+// lives outside the per-ISA namespace (std::max, std::sqrt, ...): the linker
+// would keep one copy of it, possibly the AVX-512 one, for every ISA.
+#pragma once
+
+#include <cstdint>
+#include <type_traits>
+
+#include "lrfast/dispatch.hpp"
+
+#ifndef LRFAST_ISA_NS
+#error "kernel files are compiled once per ISA with -DLRFAST_ISA_NS=isa_<name>"
+#endif
+
+namespace lrfast::LRFAST_ISA_NS {
+
+inline float root(float x) { return __builtin_sqrtf(x); }
+inline double root(double x) { return __builtin_sqrt(x); }
+
+// branch(f, b1, b2, ...) calls f(std::integral_constant<bool, b1>{}, ...), so a
+// kernel states its options as compile-time flags and each combination gets
+// its own branch-free loop.
+template <class F>
+inline void branch(F&& f) { f(); }
+
+template <class F, class... Rest>
+inline void branch(F&& f, bool flag, Rest... rest) {
+    if (flag)
+        branch([&](auto... t) { f(std::true_type{}, t...); }, rest...);
+    else
+        branch([&](auto... t) { f(std::false_type{}, t...); }, rest...);
+}
+
+// Declarations of the per-ISA entry points, defined in the kernel files and
+// gathered into this ISA's KernelTable by table.cpp.
+#define LRFAST_OPTIMIZER(name, P, nstates)                                      \
+    template <class T>                                                          \
+    void name##_update(const P& hp, T* param, const T* grad, T* const* state,   \
+                       std::int64_t n);
+#include "lrfast/optimizers.def"
+#undef LRFAST_OPTIMIZER
+
+template <class T>
+NormPartial norm_partial(const T* x, std::int64_t n, NormKind kind, double p);
+template <class T>
+void scale(T* x, std::int64_t n, double factor);
+template <class T>
+void clamp(T* x, std::int64_t n, double limit);
+
+}  // namespace lrfast::LRFAST_ISA_NS
+
+// Explicit instantiation of an update kernel for both floating types.
+#define LRFAST_INSTANTIATE_UPDATE(name, P)                                              \
+    template void name##_update<float>(const P&, float*, const float*, float* const*,   \
+                                       std::int64_t);                                   \
+    template void name##_update<double>(const P&, double*, const double*,               \
+                                        double* const*, std::int64_t);

@@ -1,0 +1,42 @@
+"""Routes a call to the C++ kernels or, for device arrays, the Numba CUDA path.
+
+Both back ends expose the same functions as ``lrfast._core``: one per kernel
+in optimizers.def taking ``(arrays, names, hparams)``, and ``global_norm``,
+``clip_grad_norm``, ``clip_grad_value``. The array checks, and the refusal of
+host and device arrays mixed in one call, happen inside the back end.
+"""
+
+from __future__ import annotations
+
+from . import _core
+
+
+def tensors(name: str, value):
+    """One array, or a list/tuple of arrays, as a sequence (None stays None)."""
+    if value is None or isinstance(value, (list, tuple)):
+        return value
+    if hasattr(value, "__next__"):
+        raise TypeError(f"{name} must be an array or a list/tuple of arrays, not an iterator")
+    return (value,)
+
+
+def for_arrays(first_list):
+    """The back end for a call whose first argument is `first_list`."""
+    if first_list and hasattr(first_list[0], "__cuda_array_interface__"):
+        from . import cuda  # numba-cuda is imported only when a device array arrives
+
+        return cuda.backend()
+    return _core
+
+
+def run(kernel: str, hparams: dict, arrays: dict, required: tuple[str, ...]):
+    """Calls `kernel` on `arrays` (argument name -> one array, a sequence, or
+    None for a state the options leave unused); `required` names the arguments
+    that must be given."""
+    names, seqs = [], []
+    for name, value in arrays.items():
+        if value is None and name in required:
+            raise ValueError(f"{name} is required with these options")
+        names.append(name)
+        seqs.append(tensors(name, value))
+    getattr(for_arrays(seqs[0]), kernel)(tuple(seqs), tuple(names), hparams)

@@ -1,0 +1,136 @@
+"""Hyperparameter checks and the per-step scalars each kernel receives.
+
+Every step function passes its keywords through one of the functions here
+before any array is touched. The returned dict is exactly the Params struct of
+cpp/include/lrfast/hparams.hpp (same field names; flags as 0.0/1.0), computed
+in double, and is shared by the C++ and the CUDA back ends.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import operator
+
+
+def real(name: str, value) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
+    v = float(value)
+    if math.isnan(v):
+        raise ValueError(f"{name} must not be NaN")
+    return v
+
+
+def non_negative(name: str, value) -> float:
+    v = real(name, value)
+    if not 0.0 <= v < math.inf:
+        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+    return v
+
+
+def finite(name: str, value) -> float:
+    v = real(name, value)
+    if not math.isfinite(v):
+        raise ValueError(f"{name} must be finite, got {value!r}")
+    return v
+
+
+def unit_interval(name: str, value, *, closed: bool = False) -> float:
+    v = real(name, value)
+    if not (0.0 <= v <= 1.0 if closed else 0.0 <= v < 1.0):
+        bound = "[0, 1]" if closed else "[0, 1)"
+        raise ValueError(f"{name} must lie in {bound}, got {value!r}")
+    return v
+
+
+def flag(name: str, value) -> float:
+    if not isinstance(value, bool) and type(value).__name__ != "bool_":
+        raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
+    return 1.0 if value else 0.0
+
+
+def step_count(value) -> int:
+    if isinstance(value, bool):
+        raise TypeError("step must be an int, got bool")
+    try:
+        step = operator.index(value)
+    except TypeError:
+        raise TypeError(f"step must be an int, got {type(value).__name__}") from None
+    if step < 1:
+        raise ValueError(f"step must be >= 1 (the 1-based index of this update), got {step}")
+    return step
+
+
+def signed_scale(grad_scale, maximize) -> float:
+    """The gradient multiplier, negated for maximize (negation is exact)."""
+    scale = finite("grad_scale", grad_scale)
+    return -scale if flag("maximize", maximize) else scale
+
+
+def sgd(*, lr, step, momentum, dampening, nesterov, weight_decay, maximize, grad_scale):
+    lr = non_negative("lr", lr)
+    momentum = non_negative("momentum", momentum)
+    dampening = finite("dampening", dampening)
+    nesterov = flag("nesterov", nesterov)
+    if nesterov and (momentum <= 0 or dampening != 0):
+        raise ValueError("nesterov requires momentum > 0 and dampening = 0")
+    if step is not None:
+        step = step_count(step)
+    elif momentum != 0 and dampening != 0:
+        # With zeroed buffers, step 1 of momentum * b + (1 - dampening) * g only
+        # equals torch's b = g when dampening is 0.
+        raise ValueError("step is required when momentum and dampening are both non-zero")
+    return dict(lr=lr, momentum=momentum, dampening=dampening,
+                weight_decay=non_negative("weight_decay", weight_decay),
+                grad_scale=signed_scale(grad_scale, maximize), nesterov=nesterov,
+                first_step=1.0 if step == 1 else 0.0)
+
+
+def adam(*, lr, step, betas, eps, weight_decay, amsgrad, maximize, grad_scale, decoupled):
+    lr = non_negative("lr", lr)
+    step = step_count(step)
+    try:
+        beta1, beta2 = betas
+    except (TypeError, ValueError):
+        raise TypeError(f"betas must be a pair of numbers, got {betas!r}") from None
+    beta1 = unit_interval("betas[0]", beta1)
+    beta2 = unit_interval("betas[1]", beta2)
+    return dict(lr=lr, beta1=beta1, beta2=beta2, eps=non_negative("eps", eps),
+                weight_decay=non_negative("weight_decay", weight_decay),
+                grad_scale=signed_scale(grad_scale, maximize),
+                step_size=lr / (1.0 - beta1**step),
+                bias_correction2_sqrt=math.sqrt(1.0 - beta2**step),
+                decoupled=1.0 if decoupled else 0.0, amsgrad=flag("amsgrad", amsgrad))
+
+
+def rmsprop(*, lr, alpha, eps, weight_decay, momentum, centered, maximize, grad_scale):
+    return dict(lr=non_negative("lr", lr), alpha=unit_interval("alpha", alpha, closed=True),
+                eps=non_negative("eps", eps),
+                weight_decay=non_negative("weight_decay", weight_decay),
+                momentum=non_negative("momentum", momentum),
+                grad_scale=signed_scale(grad_scale, maximize),
+                centered=flag("centered", centered))
+
+
+def adagrad(*, lr, step, lr_decay, weight_decay, eps, maximize, grad_scale):
+    lr = non_negative("lr", lr)
+    lr_decay = non_negative("lr_decay", lr_decay)
+    step = step_count(step)
+    return dict(clr=lr / (1.0 + (step - 1) * lr_decay), eps=non_negative("eps", eps),
+                weight_decay=non_negative("weight_decay", weight_decay),
+                grad_scale=signed_scale(grad_scale, maximize))
+
+
+def adadelta(*, lr, rho, eps, weight_decay, maximize, grad_scale):
+    return dict(lr=non_negative("lr", lr), rho=unit_interval("rho", rho, closed=True),
+                eps=non_negative("eps", eps),
+                weight_decay=non_negative("weight_decay", weight_decay),
+                grad_scale=signed_scale(grad_scale, maximize))
+
+
+def norm_type(value) -> float:
+    p = real("norm_type", value)
+    if not p > 0:
+        raise ValueError(f"norm_type must be > 0 or inf, got {value!r}")
+    return p
