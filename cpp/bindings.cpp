@@ -298,6 +298,16 @@ PYBIND11_MODULE(_core, m) {
         },
         py::arg("grads"), py::arg("clip_value"));
 
+    m.def(
+        "check",
+        [](const py::tuple& arrays, const py::tuple& names, bool grads_writeable) {
+            collect(arrays, names, names.size() > 0 && py::str(names[0]).cast<std::string>() == "grads"
+                                       ? kGrads : kParams,
+                    grads_writeable);
+        },
+        py::arg("arrays"), py::arg("names"), py::arg("grads_writeable"),
+        "Runs the checks of a call without running it (for back ends that hold\n"
+        "their arrays elsewhere and pass host views with the same pointers).");
     m.def("cpu_isa", [] { return std::string(isa_name(active_isa())); },
           "The instruction set the kernels run with: 'avx512', 'avx2' or 'baseline'.");
     m.def("set_num_threads", &set_num_threads, py::arg("n"));

@@ -1,0 +1,126 @@
+"""The one table of optimizer cases used by every backend test and benchmark.
+
+Each Case names a step function, the state arrays it takes (in positional
+order), a grid of hyperparameter sets covering every option that changes the
+maths, and tolerances per dtype. ``states_for(hp)`` gives the states a set of
+options uses (the others are passed as None). ``torch_name`` is the matching
+torch.optim class; its constructor takes the same keywords.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+
+def _grid(**axes):
+    """Every combination of the given axes, as a tuple of keyword dicts."""
+    keys = list(axes)
+    return tuple(dict(zip(keys, values)) for values in itertools.product(*axes.values()))
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str                        # "adam": lrfast.adam_step, lrfast.reference.adam_step
+    states: tuple[str, ...]          # positional state arguments, in order
+    grid: tuple[dict, ...]           # hyperparameter sets
+    states_for: Callable[[dict], tuple[str, ...]]
+    torch_name: str
+    takes_step: bool = True          # step= is a keyword of the function
+    # (rtol, atol) for float32 and float64, against the reference over 10 steps
+    tol: dict = field(default_factory=lambda: {np.float32: (2e-5, 2e-6), np.float64: (1e-12, 1e-13)})
+
+    @property
+    def step_fn(self) -> str:
+        return f"{self.name}_step"
+
+    def __str__(self) -> str:
+        return self.name
+
+
+def _sgd_states(hp):
+    return ("momentum_buffers",) if hp.get("momentum", 0) else ()
+
+
+def _adam_states(hp):
+    return ("exp_avgs", "exp_avg_sqs") + (("max_exp_avg_sqs",) if hp.get("amsgrad") else ())
+
+
+def _rmsprop_states(hp):
+    return (("square_avgs",) + (("momentum_buffers",) if hp.get("momentum", 0) else ())
+            + (("grad_avgs",) if hp.get("centered") else ()))
+
+
+_ADAM_GRID = _grid(lr=[1e-2], betas=[(0.9, 0.999), (0.5, 0.9)], weight_decay=[0.0, 0.1],
+                   amsgrad=[False, True], maximize=[False, True]) + (
+    dict(lr=3e-3, eps=1e-3, grad_scale=0.5),)
+
+CASES = (
+    Case("sgd", ("momentum_buffers",),
+         _grid(lr=[0.05], momentum=[0.0, 0.9], dampening=[0.0], nesterov=[False],
+               weight_decay=[0.0, 0.01], maximize=[False, True])
+         + _grid(lr=[0.05], momentum=[0.9], dampening=[0.0], nesterov=[True],
+                 weight_decay=[0.0, 0.01], maximize=[False])
+         + (dict(lr=0.05, momentum=0.8, dampening=0.3, grad_scale=0.25),),
+         _sgd_states, "SGD"),
+    Case("adam", ("exp_avgs", "exp_avg_sqs", "max_exp_avg_sqs"), _ADAM_GRID, _adam_states, "Adam"),
+    Case("adamw", ("exp_avgs", "exp_avg_sqs", "max_exp_avg_sqs"), _ADAM_GRID, _adam_states,
+         "AdamW"),
+    Case("rmsprop", ("square_avgs", "momentum_buffers", "grad_avgs"),
+         _grid(lr=[1e-2], alpha=[0.99, 0.9], momentum=[0.0, 0.9], centered=[False, True],
+               weight_decay=[0.0, 0.1])
+         + (dict(lr=1e-2, maximize=True, centered=True, momentum=0.5, grad_scale=2.0),),
+         _rmsprop_states, "RMSprop", takes_step=False),
+    Case("adagrad", ("state_sums",),
+         _grid(lr=[1e-2], lr_decay=[0.0, 0.1], weight_decay=[0.0, 0.1], maximize=[False, True])
+         + (dict(lr=0.1, eps=1e-3, grad_scale=3.0),),
+         lambda hp: ("state_sums",), "Adagrad"),
+    Case("adadelta", ("square_avgs", "acc_deltas"),
+         _grid(lr=[1.0, 0.5], rho=[0.9, 0.5], weight_decay=[0.0, 0.1], maximize=[False, True])
+         + (dict(lr=1.0, eps=1e-4, grad_scale=0.5),),
+         lambda hp: ("square_avgs", "acc_deltas"), "Adadelta", takes_step=False),
+)
+
+CASE_BY_NAME = {case.name: case for case in CASES}
+
+# Sizes just below, at and above multiples of the SIMD widths (4, 8, 16 lanes),
+# one above the threads' block size, and a large odd one.
+SIZES = (0, 1, 7, 8, 15, 16, 17, 32769, 1000003)
+DTYPES = (np.float32, np.float64)
+
+
+def make_problem(case: Case, hp: dict, shapes, dtype, seed=0):
+    """Random params and zeroed states for the given tensor shapes.
+
+    Returns (params, states) where states maps each state name the options use
+    to a list of arrays (same shapes as params).
+    """
+    rng = np.random.default_rng(seed)
+    params = [rng.standard_normal(s).astype(dtype) for s in shapes]
+    states = {name: [np.zeros(s, dtype) for s in shapes] for name in case.states_for(hp)}
+    return params, states
+
+
+def gradients(shapes, dtype, step, seed=0):
+    """Fresh non-zero gradients for one step (new arrays; the draws are cached)."""
+    return [g.copy() for g in _gradients(tuple(map(tuple, shapes)), np.dtype(dtype), step, seed)]
+
+
+@functools.lru_cache(maxsize=64)
+def _gradients(shapes, dtype, step, seed):
+    rng = np.random.default_rng((seed, step))
+    return [(rng.standard_normal(s) + 0.1).astype(dtype) for s in shapes]
+
+
+def call_step(fn, case: Case, hp: dict, params, grads, states, step: int):
+    """Calls a step function (lrfast's, the reference's or the CUDA one) with the
+    case's positional states, None for states the options leave unused."""
+    positional = [states.get(name) for name in case.states]
+    kwargs = dict(hp)
+    if case.takes_step:
+        kwargs["step"] = step
+    fn(params, grads, *positional, **kwargs)

@@ -1,0 +1,93 @@
+"""Every fused step against its NumPy reference: 10 steps with fresh non-zero
+gradients, every case of tests/cases.py, both dtypes, sizes around the SIMD
+widths and the block size, single arrays and lists of mixed sizes."""
+
+import numpy as np
+import pytest
+
+import lrfast
+from lrfast import reference
+from cases import SIZES, call_step, gradients, make_problem
+
+STEPS = 10
+
+
+def run_both(case, hp, shapes, dtype, single=False):
+    """Runs lrfast and the reference side by side; returns both final states."""
+    results = []
+    for impl in (lrfast, reference):
+        params, states = make_problem(case, hp, shapes, dtype)
+        fn = getattr(impl, case.step_fn)
+        for step in range(1, STEPS + 1):
+            grads = gradients(shapes, dtype, step)
+            before = [g.copy() for g in grads]
+            if single:
+                call_step(fn, case, hp, params[0], grads[0],
+                          {k: v[0] for k, v in states.items()}, step)
+            else:
+                call_step(fn, case, hp, params, grads, states, step)
+            for g, b in zip(grads, before):
+                np.testing.assert_array_equal(g, b, err_msg="a step wrote its gradient")
+        results.append((params, states))
+    return results
+
+
+def assert_close(case, dtype, got, want):
+    rtol, atol = case.tol[dtype]
+    (p_got, s_got), (p_want, s_want) = got, want
+    for i, (a, b) in enumerate(zip(p_got, p_want)):
+        assert a.dtype == dtype
+        np.testing.assert_allclose(a, b, rtol=rtol, atol=atol, err_msg=f"params[{i}]")
+    assert s_got.keys() == s_want.keys()
+    for name in s_got:
+        for i, (a, b) in enumerate(zip(s_got[name], s_want[name])):
+            np.testing.assert_allclose(a, b, rtol=rtol, atol=atol, err_msg=f"{name}[{i}]")
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_single_array_matches_reference(case, hp, dtype, size):
+    got, want = run_both(case, hp, [(size,)], dtype, single=True)
+    assert_close(case, dtype, got, want)
+
+
+MIXED_SHAPES = [(3, 5), (17,), (0,), (1,), (2, 3, 4), (40000,), (8,), (33000,)]
+
+
+def test_list_matches_reference(case, hp, dtype):
+    got, want = run_both(case, hp, MIXED_SHAPES, dtype)
+    assert_close(case, dtype, got, want)
+
+
+def test_mixed_dtypes_in_one_list(case, hp):
+    # Each tensor keeps its own dtype; float32 and float64 tensors share a call.
+    shapes = [(100,), (37,)]
+    results = []
+    for impl in (lrfast, reference):
+        p32, s32 = make_problem(case, hp, shapes[:1], np.float32)
+        p64, s64 = make_problem(case, hp, shapes[1:], np.float64)
+        params = p32 + p64
+        states = {k: s32[k] + s64[k] for k in s32}
+        for step in range(1, 4):
+            grads = gradients(shapes[:1], np.float32, step) + gradients(shapes[1:], np.float64, step)
+            call_step(getattr(impl, case.step_fn), case, hp, params, grads, states, step)
+        results.append(params)
+    for a, b in zip(*results):
+        np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-6)
+
+
+def test_one_thread_and_many_threads_agree_bitwise(case, hp):
+    shapes = [(300001,), (5,), (70000,)]
+    finals, configured = [], lrfast.get_num_threads()
+    for threads in (1, 2, 3):
+        lrfast.set_num_threads(threads)
+        try:
+            params, states = make_problem(case, hp, shapes, np.float32)
+            for step in range(1, 4):
+                call_step(getattr(lrfast, case.step_fn), case, hp, params,
+                          gradients(shapes, np.float32, step), states, step)
+        finally:
+            lrfast.set_num_threads(configured)
+        finals.append(params + [a for v in states.values() for a in v])
+    for other in finals[1:]:
+        for a, b in zip(finals[0], other):
+            np.testing.assert_array_equal(a, b)
