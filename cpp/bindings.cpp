@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <string>
 #include <vector>
@@ -313,4 +314,12 @@ PYBIND11_MODULE(_core, m) {
     m.def("set_num_threads", &set_num_threads, py::arg("n"));
     m.def("get_num_threads", &get_num_threads);
     m.attr("BLOCK") = kBlock;
+
+    if (const char* cap = std::getenv("LRFAST_CPU_ISA")) {
+        const std::string value(cap);
+        if (value != "baseline" && value != "avx2" && value != "avx512")
+            PyErr_WarnEx(PyExc_RuntimeWarning,
+                         ("ignoring LRFAST_CPU_ISA=" + value +
+                          " (expected baseline, avx2 or avx512)").c_str(), 1);
+    }
 }

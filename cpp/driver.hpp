@@ -67,7 +67,11 @@ template <class T>
 double run_norm(const TypedKernels<T>& k, const std::vector<const T*>& xs,
                 const std::vector<std::int64_t>& offsets, NormKind kind, double p) {
     const std::int64_t n_blocks = (offsets.back() + kBlock - 1) / kBlock;
-    thread_local std::vector<NormPartial> partials;  // reused: a step allocates nothing new
+    // Reused by this thread's calls, so a step allocates nothing new. Workers
+    // reach it through the reference (a thread_local named in the lambda would
+    // be their own).
+    thread_local std::vector<NormPartial> scratch;
+    std::vector<NormPartial>& partials = scratch;
     partials.assign(std::size_t(n_blocks), NormPartial{0.0, 0});
     parallel_for(n_blocks, kMinParallelBlocks, [&](std::int64_t b) {
         NormPartial acc{0.0, 0};
