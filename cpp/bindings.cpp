@@ -46,8 +46,10 @@ bool is_torch_tensor(const py::handle& obj) {
 // buffer or an __array_interface__ exporter, or a CPU torch tensor's .numpy().
 // Anything that could only be converted by copying is refused: the update
 // would land in the copy.
-py::array as_array(py::handle obj, const std::string& name, std::vector<py::object>& keep) {
+py::array as_array(py::handle obj, const py::tuple& names, int i, std::size_t t,
+                   std::vector<py::object>& keep) {
     if (py::isinstance<py::array>(obj)) return py::reinterpret_borrow<py::array>(obj);
+    const std::string name = where(names, i, t);
     if (py::hasattr(obj, "__cuda_array_interface__"))
         throw py::type_error(name + " is a CUDA device array, but " +
                              "the first params array is on the host: one call takes arrays "
@@ -69,8 +71,6 @@ py::array as_array(py::handle obj, const std::string& name, std::vector<py::obje
     keep.push_back(view);
     return py::reinterpret_borrow<py::array>(view);
 }
-
-std::string shape_of(const py::array& a) { return py::str(a.attr("shape")).cast<std::string>(); }
 
 // Checks every array of one call and gathers the pointers. `arrays` holds one
 // sequence (or None for an unused state) per slot starting at `first_slot`.
@@ -104,50 +104,65 @@ Collected collect(const py::tuple& arrays, const py::tuple& names, int first_slo
     spans.reserve(n * std::size_t(n_args));
     const auto& npy = py::detail::npy_api::get();
 
+    // The NumPy fields are read through pybind11's proxies rather than
+    // py::array calls: this loop runs for every array of every call, and a
+    // thousand-tensor step must not spend microseconds here.
     for (std::size_t t = 0; t < n; ++t) {
-        py::array first;
+        const py::detail::PyArray_Proxy* first = nullptr;
+        int first_num = 0;
         for (int i = 0; i < n_args; ++i) {
             if (seqs[i].is_none()) continue;
             const int slot = first_slot + i;
             PyObject* item = PySequence_Fast_ITEMS(seqs[i].ptr())[t];
-            auto label = [&] { return where(names, i, t); };
-            py::array a = as_array(item, label(), out.keep);
-            const auto* descr = py::detail::array_descriptor_proxy(
-                py::detail::array_proxy(a.ptr())->descr);
-            const int num = a.dtype().num();
+            auto label = [&] { return where(names, i, t); };  // for messages only
+            if (!npy.PyArray_Check_(item)) item = as_array(item, names, i, t, out.keep).ptr();
+            const auto* a = py::detail::array_proxy(item);
+            const auto* descr = py::detail::array_descriptor_proxy(a->descr);
+            const int num = descr->type_num;
+            auto dtype_of = [](const py::detail::PyArray_Proxy* x) {
+                return py::str(reinterpret_cast<PyObject*>(x->descr)).cast<std::string>();
+            };
+            auto shape_of = [](const py::detail::PyArray_Proxy* x) {  // as Python prints it
+                std::string s = "(";
+                for (int d = 0; d < x->nd; ++d)
+                    s += (d ? ", " : "") + std::to_string(x->dimensions[d]);
+                return s + (x->nd == 1 ? ",)" : ")");
+            };
             if (num != npy.NPY_FLOAT_ && num != npy.NPY_DOUBLE_)
-                throw py::type_error(label() + " has dtype " + py::str(a.dtype()).cast<std::string>() +
+                throw py::type_error(label() + " has dtype " + dtype_of(a) +
                                      "; expected float32 or float64");
             if (descr->byteorder != '=' && descr->byteorder != '|')
                 throw py::type_error(label() + " has non-native byte order");
-            if (i == 0) {
+            if (first == nullptr) {
                 first = a;
+                first_num = num;
             } else {
-                if (num != first.dtype().num())
-                    throw py::type_error(label() + " has dtype " +
-                                         py::str(a.dtype()).cast<std::string>() + " but " +
-                                         where(names, 0, t) + " has " +
-                                         py::str(first.dtype()).cast<std::string>() +
+                if (num != first_num)
+                    throw py::type_error(label() + " has dtype " + dtype_of(a) + " but " +
+                                         where(names, 0, t) + " has " + dtype_of(first) +
                                          " (no implicit conversion)");
-                if (a.ndim() != first.ndim() ||
-                    !std::equal(a.shape(), a.shape() + a.ndim(), first.shape()))
+                if (a->nd != first->nd ||
+                    !std::equal(a->dimensions, a->dimensions + a->nd, first->dimensions))
                     throw py::value_error(label() + " has shape " + shape_of(a) + " but " +
                                           where(names, 0, t) + " has shape " + shape_of(first));
             }
-            if (!(a.flags() & npy.NPY_ARRAY_C_CONTIGUOUS_))
+            if (!(a->flags & npy.NPY_ARRAY_C_CONTIGUOUS_))
                 throw py::value_error(label() + " is not C-contiguous");
-            if ((slot != kGrads || grads_writeable) && !a.writeable())
+            if ((slot != kGrads || grads_writeable) && !(a->flags & npy.NPY_ARRAY_WRITEABLE_))
                 throw py::value_error(label() + " is read-only");
-            const std::uintptr_t lo = reinterpret_cast<std::uintptr_t>(a.data());
-            if (a.size() > 0) spans.push_back({lo, lo + std::uintptr_t(a.nbytes()), i, t});
+            std::int64_t size = 1;
+            for (int d = 0; d < a->nd; ++d) size *= a->dimensions[d];
+            const std::uintptr_t lo = reinterpret_cast<std::uintptr_t>(a->data);
+            const std::uintptr_t bytes = std::uintptr_t(size) * (num == npy.NPY_FLOAT_ ? 4 : 8);
+            if (size > 0) spans.push_back({lo, lo + bytes, i, t});
 
             auto push = [&](auto& batch) {
                 using T = std::remove_pointer_t<typename std::decay_t<decltype(batch.params)>::value_type>;
-                T* p = reinterpret_cast<T*>(py::detail::array_proxy(a.ptr())->data);
+                T* p = reinterpret_cast<T*>(a->data);
                 if (slot == kParams) batch.params.push_back(p);
                 else if (slot == kGrads) batch.grads.push_back(p);
                 else batch.states[slot - 2].push_back(p);
-                if (i == 0) batch.offsets.push_back(batch.offsets.back() + a.size());
+                if (i == 0) batch.offsets.push_back(batch.offsets.back() + size);
             };
             if (num == npy.NPY_FLOAT_) push(out.f32);
             else push(out.f64);
@@ -299,6 +314,18 @@ PYBIND11_MODULE(_core, m) {
         },
         py::arg("grads"), py::arg("clip_value"));
 
+    m.def(
+        "stream",
+        [](const py::tuple& arrays, const py::tuple& names) {
+            Collected c = collect(arrays, names, kParams, false);
+            py::gil_scoped_release release;
+            const KernelTable& k = kernels();
+            if (!c.f32.params.empty()) run_stream(k.f32.stream, c.f32);
+            if (!c.f64.params.empty()) run_stream(k.f64.stream, c.f64);
+        },
+        py::arg("arrays"), py::arg("names"),
+        "The bandwidth probe: x += grads for params and every state given, through the\n"
+        "same blocks and threads as a step (the memory traffic of a step).");
     m.def(
         "check",
         [](const py::tuple& arrays, const py::tuple& names, bool grads_writeable) {

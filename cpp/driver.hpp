@@ -61,6 +61,21 @@ void run_update(UpdateFn<P, T> kernel, const P& hp, const Batch<T>& batch) {
     });
 }
 
+// The bandwidth probe over the same arrays as an update: params and the
+// states in use are read and written, grads only read.
+template <class T>
+void run_stream(void (*kernel)(T* const*, int, const T*, std::int64_t), const Batch<T>& batch) {
+    parallel_for(batch.blocks(), kMinParallelBlocks, [&](std::int64_t b) {
+        for_each_piece(batch.offsets, b, [&](std::int64_t t, std::int64_t lo, std::int64_t hi) {
+            T* x[4] = {batch.params[t] + lo};
+            int k = 1;
+            for (const auto& state : batch.states)
+                if (!state.empty()) x[k++] = state[t] + lo;
+            kernel(x, k, batch.grads[t] + lo, hi - lo);
+        });
+    });
+}
+
 // The p-norm of all elements of all tensors: per-block partials, then combined
 // in block order.
 template <class T>

@@ -50,6 +50,8 @@ template <class T>
 void scale(T* x, std::int64_t n, double factor);
 template <class T>
 void clamp(T* x, std::int64_t n, double limit);
+template <class T>
+void stream(T* const* x, int k, const T* g, std::int64_t n);
 
 }  // namespace lrfast::LRFAST_ISA_NS
 

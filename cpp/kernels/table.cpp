@@ -9,7 +9,7 @@ static constexpr TypedKernels<T> typed_kernels() {
 #define LRFAST_OPTIMIZER(name, P, nstates) &name##_update<T>,
 #include "lrfast/optimizers.def"
 #undef LRFAST_OPTIMIZER
-        &norm_partial<T>, &scale<T>, &clamp<T>,
+        &norm_partial<T>, &scale<T>, &clamp<T>, &stream<T>,
     };
 }
 

@@ -1,0 +1,48 @@
+// The bandwidth probe of `lrfast bench`: the memory traffic of an optimizer
+// step with almost no arithmetic. It reads the gradient and k arrays and
+// writes the k arrays back (x += g), so it moves the same bytes as an update
+// with k read-write arrays, through the same blocks and threads.
+#include "kernel.hpp"
+
+namespace lrfast::LRFAST_ISA_NS {
+
+template <class T>
+static void stream1(const T* __restrict g, T* __restrict a, std::int64_t n) {
+    for (std::int64_t i = 0; i < n; ++i) a[i] = a[i] + g[i];
+}
+
+template <class T>
+static void stream2(const T* __restrict g, T* __restrict a, T* __restrict b, std::int64_t n) {
+    for (std::int64_t i = 0; i < n; ++i) {
+        a[i] = a[i] + g[i];
+        b[i] = b[i] + g[i];
+    }
+}
+
+template <class T>
+static void stream3(const T* __restrict g, T* __restrict a, T* __restrict b, T* __restrict c,
+                    std::int64_t n) {
+    for (std::int64_t i = 0; i < n; ++i) {
+        a[i] = a[i] + g[i];
+        b[i] = b[i] + g[i];
+        c[i] = c[i] + g[i];
+    }
+}
+
+// x[0..k) are the read-write arrays (param and used states, k <= 4).
+template <class T>
+void stream(T* const* x, int k, const T* g, std::int64_t n) {
+    switch (k) {
+        case 1: stream1(g, x[0], n); break;
+        case 2: stream2(g, x[0], x[1], n); break;
+        case 3: stream3(g, x[0], x[1], x[2], n); break;
+        default:
+            stream2(g, x[0], x[1], n);
+            stream2(g, x[2], x[3], n);
+    }
+}
+
+template void stream<float>(float* const*, int, const float*, std::int64_t);
+template void stream<double>(double* const*, int, const double*, std::int64_t);
+
+}  // namespace lrfast::LRFAST_ISA_NS
