@@ -8,6 +8,8 @@ host and device arrays mixed in one call, happen inside the back end.
 
 from __future__ import annotations
 
+import numpy as np
+
 from . import _core
 
 
@@ -15,6 +17,8 @@ def tensors(name: str, value):
     """One array, or a list/tuple of arrays, as a sequence (None stays None)."""
     if value is None or isinstance(value, (list, tuple)):
         return value
+    if isinstance(value, np.ndarray):
+        return (value,)
     if hasattr(value, "__next__"):
         raise TypeError(f"{name} must be an array or a list/tuple of arrays, not an iterator")
     return (value,)
@@ -22,7 +26,8 @@ def tensors(name: str, value):
 
 def for_arrays(first_list):
     """The back end for a call whose first argument is `first_list`."""
-    if first_list and hasattr(first_list[0], "__cuda_array_interface__"):
+    if first_list and type(first_list[0]) is not np.ndarray and hasattr(
+            first_list[0], "__cuda_array_interface__"):
         from . import cuda  # numba-cuda is imported only when a device array arrives
 
         return cuda.backend()
@@ -33,10 +38,9 @@ def run(kernel: str, hparams: dict, arrays: dict, required: tuple[str, ...]):
     """Calls `kernel` on `arrays` (argument name -> one array, a sequence, or
     None for a state the options leave unused); `required` names the arguments
     that must be given."""
-    names, seqs = [], []
+    seqs = []
     for name, value in arrays.items():
         if value is None and name in required:
             raise ValueError(f"{name} is required with these options")
-        names.append(name)
         seqs.append(tensors(name, value))
-    getattr(for_arrays(seqs[0]), kernel)(tuple(seqs), tuple(names), hparams)
+    getattr(for_arrays(seqs[0]), kernel)(tuple(seqs), tuple(arrays), hparams)

@@ -14,6 +14,10 @@ import operator
 
 
 def real(name: str, value) -> float:
+    if type(value) is float or type(value) is int:  # the common case, without the ABC check
+        if value != value:
+            raise ValueError(f"{name} must not be NaN")
+        return float(value)
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
     v = float(value)
@@ -45,12 +49,16 @@ def unit_interval(name: str, value, *, closed: bool = False) -> float:
 
 
 def flag(name: str, value) -> float:
+    if value is True or value is False:
+        return 1.0 if value else 0.0
     if not isinstance(value, bool) and type(value).__name__ != "bool_":
         raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
     return 1.0 if value else 0.0
 
 
 def step_count(value) -> int:
+    if type(value) is int and value >= 1:
+        return value
     if isinstance(value, bool):
         raise TypeError("step must be an int, got bool")
     try:

@@ -1,0 +1,283 @@
+"""``lrfast bench``: how close each fused step comes to the memory bandwidth.
+
+For every optimizer and layout it times the fused step and, on the same
+arrays, the bandwidth probe (``_core.stream``: the same bytes read and written
+through the same blocks and threads, with no arithmetic), the NumPy reference
+and, when torch is installed, torch.optim's fused (or foreach) step. All
+ratios come from the one run. Traffic per element: the gradient is read, the
+parameter and each state are read and written (Adam: 7 arrays, 28 bytes in
+float32).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+
+import numpy as np
+
+from . import _core, reference, steps
+from .workloads import many_small_shapes, transformer_like_shapes
+
+# Typical hyperparameters and the states they use, per optimizer.
+CONFIGS = {
+    "sgd": (dict(lr=0.01, momentum=0.9, step=2), ("momentum_buffers",), "SGD"),
+    "adam": (dict(lr=1e-3, step=2), ("exp_avgs", "exp_avg_sqs"), "Adam"),
+    "adamw": (dict(lr=1e-3, step=2), ("exp_avgs", "exp_avg_sqs"), "AdamW"),
+    "rmsprop": (dict(lr=1e-2), ("square_avgs",), "RMSprop"),
+    "adagrad": (dict(lr=1e-2, step=2), ("state_sums",), "Adagrad"),
+    "adadelta": (dict(), ("square_avgs", "acc_deltas"), "Adadelta"),
+}
+TORCH_FUSED = {"SGD", "Adam", "AdamW", "Adagrad"}  # the rest run with foreach=True
+
+
+def timeit(fn, budget: float = 0.25, before=None) -> float:
+    """Median seconds per call over samples filling about `budget` seconds.
+
+    Each sample times enough calls to last a millisecond; `before`, if given,
+    runs (untimed) before every sample.
+    """
+    fn()
+    start = time.perf_counter()
+    fn()
+    once = max(time.perf_counter() - start, 1e-7)
+    calls = 1 if before else max(1, int(1e-3 / once))
+    samples = max(3, min(200, int(budget / (once * calls))))
+    times = []
+    for _ in range(samples):
+        if before:
+            before()
+        start = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        times.append((time.perf_counter() - start) / calls)
+    return statistics.median(times)
+
+
+class Problem:
+    """Params, grads and zeroed states of one optimizer over one layout."""
+
+    def __init__(self, name: str, shapes, dtype):
+        self.name, self.shapes, self.dtype = name, shapes, np.dtype(dtype)
+        self.hp, self.state_names, self.torch_name = CONFIGS[name]
+        rng = np.random.default_rng(0)
+        self.params = [rng.standard_normal(s, dtype=np.float32).astype(dtype) for s in shapes]
+        self.grads = [rng.standard_normal(s, dtype=np.float32).astype(dtype) for s in shapes]
+        self.states = [[np.zeros(s, dtype) for s in shapes] for _ in self.state_names]
+        self.elements = sum(math.prod(s) for s in shapes)
+        self.bytes = self.elements * self.dtype.itemsize * (2 * (1 + len(self.states)) + 1)
+
+    def step(self, impl, grad_scale=1.0):
+        getattr(impl, f"{self.name}_step")(self.params, self.grads, *self.states,
+                                           grad_scale=grad_scale, **self.hp)
+
+    def stream(self):
+        names = ("params", "grads") + self.state_names
+        _core.stream(tuple([self.params, self.grads] + self.states), names)
+
+    def reset_states(self):
+        """Zeroes the states (after the probe, which adds gradients to them)."""
+        for arrays in self.states:
+            for a in arrays:
+                a.fill(0)
+
+    def torch_step(self):
+        """torch.optim's fastest CPU step on copies of the same arrays."""
+        import torch
+
+        tensors = [torch.from_numpy(p.copy()).requires_grad_() for p in self.params]
+        for t, g in zip(tensors, self.grads):
+            t.grad = torch.from_numpy(g.copy())
+        kwargs = {k: v for k, v in self.hp.items() if k != "step"}
+        impl = "fused" if self.torch_name in TORCH_FUSED else "foreach"
+        opt = getattr(torch.optim, self.torch_name)(tensors, **kwargs, **{impl: True})
+        return opt.step, impl
+
+
+def layouts(sizes, lists: bool):
+    out = [(f"1x{int(n)}", [(int(n),)]) for n in sizes]
+    if lists:
+        out.append(("1000x1000", many_small_shapes()))
+        out.append(("transformer-146", transformer_like_shapes()))
+    return out
+
+
+def measure(name, label, shapes, dtype, with_reference, with_torch, busy):
+    problem = Problem(name, shapes, dtype)
+    large = problem.elements >= 10_000_000
+    t_probe = timeit(problem.stream, before=busy)
+    problem.reset_states()
+    t_step = timeit(lambda: problem.step(steps), before=busy)
+    row = dict(optimizer=name, dtype=problem.dtype.name, layout=label,
+               tensors=len(shapes), elements=problem.elements, time_s=t_step,
+               gelem_s=problem.elements / t_step / 1e9, gbytes_s=problem.bytes / t_step / 1e9,
+               bandwidth_gbs=problem.bytes / t_probe / 1e9, pct_of_bandwidth=100 * t_probe / t_step,
+               vs_reference=None, vs_torch=None, torch_impl=None)
+    if with_reference:
+        row["vs_reference"] = timeit(lambda: problem.step(reference),
+                                     budget=1.0 if large else 0.25) / t_step
+    if with_torch:
+        torch_step, row["torch_impl"] = problem.torch_step()
+        row["vs_torch"] = timeit(torch_step, before=busy) / t_step
+    return row
+
+
+def clip_row(dtype, with_torch):
+    """Global-norm clipping fused into AdamW, on the transformer-like list, against
+    torch's clip_grad_norm_ followed by its fused AdamW."""
+    problem = Problem("adamw", transformer_like_shapes(), dtype)
+
+    def fused():
+        norm = steps_clip.global_norm(problem.grads)
+        problem.step(steps, grad_scale=steps_clip.clip_coefficient(norm, 1.0))
+
+    from . import clip as steps_clip
+
+    t = timeit(fused)
+    row = dict(optimizer="clip+adamw", dtype=problem.dtype.name, layout="transformer-146",
+               tensors=146, elements=problem.elements, time_s=t,
+               gelem_s=problem.elements / t / 1e9,
+               gbytes_s=(problem.bytes + problem.elements * problem.dtype.itemsize) / t / 1e9,
+               bandwidth_gbs=None, pct_of_bandwidth=None, vs_reference=None, vs_torch=None,
+               torch_impl=None)
+    if with_torch:
+        import torch
+
+        torch_step, row["torch_impl"] = problem.torch_step()
+        params = torch_step.__self__.param_groups[0]["params"]
+
+        def torch_clip_step():
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            torch_step()
+
+        row["vs_torch"] = timeit(torch_clip_step) / t
+    return row
+
+
+def torch_available() -> bool:
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def torch_busy():
+    """Work for torch's OpenMP pool just before each timed step, as in a training
+    loop (its threads may still be spinning when the step starts)."""
+    import torch
+
+    a = torch.randn(512, 512)
+
+    def busy():
+        torch.mm(a, a)
+
+    return busy
+
+
+def machine() -> dict:
+    model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return dict(cpu=model, cores=os.cpu_count(), isa=_core.cpu_isa(),
+                threads=_core.get_num_threads(), numpy=np.__version__,
+                python=platform.python_version())
+
+
+def format_table(rows) -> str:
+    def f(value, spec):
+        return "-" if value is None else format(value, spec)
+
+    head = (f"{'optimizer':<11}{'dtype':<8}{'layout':<16}{'time':>11}{'Gelem/s':>9}"
+            f"{'GB/s':>8}{'probe GB/s':>11}{'% of bw':>8}{'x numpy':>9}{'x torch':>9}  torch")
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        t = r["time_s"]
+        shown = f"{t * 1e3:.3f} ms" if t >= 1e-4 else f"{t * 1e6:.1f} us"
+        lines.append(f"{r['optimizer']:<11}{r['dtype']:<8}{r['layout']:<16}{shown:>11}"
+                     f"{r['gelem_s']:>9.2f}{r['gbytes_s']:>8.1f}{f(r['bandwidth_gbs'], '.1f'):>11}"
+                     f"{f(r['pct_of_bandwidth'], '.0f'):>8}{f(r['vs_reference'], '.1f'):>9}"
+                     f"{f(r['vs_torch'], '.2f'):>9}  {r['torch_impl'] or '-'}")
+    return "\n".join(lines)
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "bench", help="time the fused steps against memory bandwidth, NumPy and torch",
+        description=__doc__.split("\n\n")[0])
+    p.add_argument("--sizes", default="1e3,1e5,1e6,5e7",
+                   help="single-tensor sizes, comma-separated (default: %(default)s)")
+    p.add_argument("--optimizers", default=",".join(CONFIGS),
+                   help="comma-separated subset of: %(default)s")
+    p.add_argument("--dtype", choices=("float32", "float64"), default="float32")
+    p.add_argument("--threads", type=int, help="threads for the kernels (default: all CPUs)")
+    p.add_argument("--no-lists", action="store_true",
+                   help="skip the 1000x1000 list and the 146-tensor transformer list")
+    p.add_argument("--no-reference", action="store_true", help="skip the NumPy reference")
+    p.add_argument("--no-torch", action="store_true", help="skip torch even if installed")
+    p.add_argument("--torch-busy", action="store_true",
+                   help="run a torch matmul before every timed step (two thread pools)")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    p.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    try:
+        sizes = [float(s) for s in args.sizes.split(",") if s]
+    except ValueError:
+        print(f"lrfast bench: --sizes must be numbers, got {args.sizes!r}", file=sys.stderr)
+        return 2
+    names = [n for n in args.optimizers.split(",") if n]
+    unknown = sorted(set(names) - set(CONFIGS))
+    if unknown:
+        print(f"lrfast bench: unknown optimizers {unknown}; choose from {list(CONFIGS)}",
+              file=sys.stderr)
+        return 2
+    if args.device == "cuda":
+        from .cuda import bench as cuda_bench
+
+        rows = cuda_bench.run([int(s) for s in sizes], names, args.dtype)
+        print(format_table(rows))
+        return _dump(args, rows, {"device": "cuda"})
+    if args.threads:
+        _core.set_num_threads(args.threads)
+    with_torch = not args.no_torch and torch_available()
+    busy = torch_busy() if args.torch_busy and with_torch else None
+    info = machine()
+    print(f"lrfast bench: {info['cpu']}, {info['cores']} CPUs, ISA {info['isa']}, "
+          f"{info['threads']} threads, {args.dtype}; torch: "
+          f"{'yes' if with_torch else 'not installed' if not args.no_torch else 'off'}"
+          f"{', busy before each step' if busy else ''}", flush=True)
+    rows = []
+    for label, shapes in layouts(sizes, not args.no_lists):
+        for name in names:
+            if len(shapes) > 1 and name not in ("adam", "adamw"):
+                continue  # the list layouts show per-tensor overhead; Adam is enough
+            rows.append(measure(name, label, shapes, args.dtype, not args.no_reference,
+                                with_torch, busy))
+            print(format_table(rows[-1:]).splitlines()[-1] if rows[1:] else format_table(rows),
+                  flush=True)
+    if not args.no_lists and "adamw" in names:
+        rows.append(clip_row(args.dtype, with_torch))
+        print(format_table(rows[-1:]).splitlines()[-1], flush=True)
+    print("\nGB/s: the step's bytes (grad read; param and states read and written) per second."
+          "\nprobe: the same traffic with no arithmetic, through the same threads (the bound)."
+          "\nx numpy / x torch: their time over lrfast's, same arrays, same run.")
+    return _dump(args, rows, info)
+
+
+def _dump(args, rows, info) -> int:
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"machine": info, "rows": rows}, f, indent=1)
+    return 0
