@@ -31,6 +31,7 @@ class Case:
     states_for: Callable[[dict], tuple[str, ...]]
     torch_name: str
     takes_step: bool = True          # step= is a keyword of the function
+    bench: dict = field(default_factory=dict)  # typical hyperparameters, for benchmarks
     # (rtol, atol) for float32 and float64, against the reference over 10 steps
     tol: dict = field(default_factory=lambda: {np.float32: (2e-5, 2e-6), np.float64: (1e-12, 1e-13)})
 
@@ -66,23 +67,24 @@ CASES = (
          + _grid(lr=[0.05], momentum=[0.9], dampening=[0.0], nesterov=[True],
                  weight_decay=[0.0, 0.01], maximize=[False])
          + (dict(lr=0.05, momentum=0.8, dampening=0.3, grad_scale=0.25),),
-         _sgd_states, "SGD"),
-    Case("adam", ("exp_avgs", "exp_avg_sqs", "max_exp_avg_sqs"), _ADAM_GRID, _adam_states, "Adam"),
+         _sgd_states, "SGD", bench=dict(lr=0.01, momentum=0.9)),
+    Case("adam", ("exp_avgs", "exp_avg_sqs", "max_exp_avg_sqs"), _ADAM_GRID, _adam_states, "Adam",
+         bench=dict(lr=1e-3)),
     Case("adamw", ("exp_avgs", "exp_avg_sqs", "max_exp_avg_sqs"), _ADAM_GRID, _adam_states,
-         "AdamW"),
+         "AdamW", bench=dict(lr=1e-3)),
     Case("rmsprop", ("square_avgs", "momentum_buffers", "grad_avgs"),
          _grid(lr=[1e-2], alpha=[0.99, 0.9], momentum=[0.0, 0.9], centered=[False, True],
                weight_decay=[0.0, 0.1])
          + (dict(lr=1e-2, maximize=True, centered=True, momentum=0.5, grad_scale=2.0),),
-         _rmsprop_states, "RMSprop", takes_step=False),
+         _rmsprop_states, "RMSprop", takes_step=False, bench=dict(lr=1e-2)),
     Case("adagrad", ("state_sums",),
          _grid(lr=[1e-2], lr_decay=[0.0, 0.1], weight_decay=[0.0, 0.1], maximize=[False, True])
          + (dict(lr=0.1, eps=1e-3, grad_scale=3.0),),
-         lambda hp: ("state_sums",), "Adagrad"),
+         lambda hp: ("state_sums",), "Adagrad", bench=dict(lr=1e-2)),
     Case("adadelta", ("square_avgs", "acc_deltas"),
          _grid(lr=[1.0, 0.5], rho=[0.9, 0.5], weight_decay=[0.0, 0.1], maximize=[False, True])
          + (dict(lr=1.0, eps=1e-4, grad_scale=0.5),),
-         lambda hp: ("square_avgs", "acc_deltas"), "Adadelta", takes_step=False),
+         lambda hp: ("square_avgs", "acc_deltas"), "Adadelta", takes_step=False, bench=dict()),
 )
 
 CASE_BY_NAME = {case.name: case for case in CASES}
