@@ -1,0 +1,70 @@
+"""The Numba CUDA back end: the same step, norm and clip functions on device arrays.
+
+``lrfast.adam_step(params, ...)`` runs here when the first params array has
+``__cuda_array_interface__`` (Numba device arrays, CuPy arrays, torch CUDA
+tensors); nothing changes in the call. numba-cuda (``pip install lrfast[cuda]``)
+is imported only then, by :func:`backend`.
+
+How a call runs (details in the modules named):
+
+- :mod:`.layout` reads every array's interface, checks the call with the same
+  code and messages as the C++ path (``lrfast._core.check`` on host views
+  that carry the device pointers and never read them), and turns the list into
+  a small device table of pieces, cached per list layout;
+- :mod:`.launch` runs one kernel per dtype over the whole table, so a list of
+  a thousand tensors costs one launch per dtype, not a thousand;
+- :mod:`.optimizers` and :mod:`.norms` hold the per-element arithmetic, the
+  same as cpp/kernels/*.cpp in the same order;
+- :mod:`.ops` is the object :func:`backend` returns, shaped like ``lrfast._core``.
+
+Synchronisation: a step only queues kernels on the stream of its first array
+(the producer's stream from the interface; torch's current stream for torch
+tensors) and returns. The host waits for the device in two places only: the
+norm of ``global_norm``/``clip_grad_norm``, which it returns as a Python
+float, and the first call on a new layout, whose table upload is a blocking
+copy. Each kernel compiles on its first use (about a second per combination
+of options and dtype). Arrays must live on the current CUDA device.
+"""
+
+from __future__ import annotations
+
+__all__ = ["backend", "is_device_array", "launch_count", "tables_built"]
+
+
+def backend():
+    """The CUDA back end: a module with the functions of ``lrfast._core``
+    (``sgd``, ``adam``, ``rmsprop``, ``adagrad``, ``adadelta``, ``global_norm``,
+    ``clip_grad_norm``, ``clip_grad_value``). Imports numba-cuda on first use."""
+    try:
+        from . import ops
+    except ImportError as e:
+        raise ImportError("device arrays need numba-cuda: pip install 'lrfast[cuda]'") from e
+    return ops
+
+
+def is_torch_tensor(obj) -> bool:
+    return type(obj).__module__.startswith("torch") and hasattr(obj, "detach")
+
+
+def is_device_array(obj) -> bool:
+    """Whether `obj` is a CUDA device array. A torch CUDA tensor counts even
+    when it requires grad, where torch refuses ``__cuda_array_interface__``
+    (with a RuntimeError, which ``hasattr`` does not catch). Imports nothing."""
+    if is_torch_tensor(obj):
+        return obj.device.type == "cuda"
+    return hasattr(obj, "__cuda_array_interface__")
+
+
+def launch_count() -> int:
+    """Kernels launched by this process so far (tests diff it around a call)."""
+    from . import launch
+
+    return launch.counters["launches"]
+
+
+def tables_built() -> int:
+    """Piece tables built and uploaded so far; a step on a list already seen
+    reuses its table, so this stays put across the steps of a training loop."""
+    from . import launch
+
+    return launch.counters["tables"]

@@ -1,0 +1,125 @@
+"""GPU throughput of the fused steps, for ``lrfast bench --device cuda``.
+
+Each row times one step (wall clock, host work included, the device
+synchronised after each batch of steps) and reports its bytes per second
+beside the device's measured copy bandwidth: a device-to-device copy moving
+the same number of bytes as the step (half read, half written), with the same
+clock. ``vs_torch`` is torch.optim's step time over lrfast's, on copies of the
+same arrays in the same run: fused where torch has a fused CUDA step, foreach
+otherwise. Traffic per element: the gradient is read, the parameter and each
+state read and written (Adam float32: 28 bytes).
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import time
+
+import numpy as np
+from numba import cuda
+
+import lrfast
+
+from ..bench import CONFIGS, layouts
+
+TORCH_FUSED_CUDA = {"SGD", "Adam", "AdamW"}  # the rest run with foreach=True
+
+
+def run(sizes=(50_000_000,), optimizers=tuple(CONFIGS), dtype="float32",
+        lists: bool = True) -> list[dict]:
+    """One row per optimizer and layout: a single tensor of each of `sizes`,
+    then (with `lists`) 1000 tensors of 1000 and the transformer-like list.
+
+    Row keys: optimizer, dtype, layout, tensors, elements, time_s, gelem_s,
+    gbytes_s, bandwidth_gbs (the copy's), pct_of_bandwidth, vs_reference
+    (always None here), vs_torch and torch_impl (None without torch CUDA).
+    """
+    dtype = np.dtype(dtype)
+    torch = _torch_cuda()
+    rows = []
+    for label, shapes in layouts(sizes, lists):
+        for name in optimizers:
+            rows.append(_measure(name, label, shapes, dtype, torch))
+    return rows
+
+
+def _measure(name, label, shapes, dtype, torch) -> dict:
+    step, traffic = lrfast_step(name, shapes, dtype)
+    t = timeit(step, cuda.synchronize)
+    bandwidth = traffic / timeit(copy_of(traffic // 2), cuda.synchronize)
+    elements = sum(math.prod(s) for s in shapes)
+    row = dict(optimizer=name, dtype=dtype.name, layout=label, tensors=len(shapes),
+               elements=elements, time_s=t, gelem_s=elements / t / 1e9,
+               gbytes_s=traffic / t / 1e9, bandwidth_gbs=bandwidth / 1e9,
+               pct_of_bandwidth=100 * traffic / t / bandwidth,
+               vs_reference=None, vs_torch=None, torch_impl=None)
+    if torch is not None:
+        torch_step, row["torch_impl"] = torch_step_of(torch, name, shapes, dtype)
+        row["vs_torch"] = timeit(torch_step, torch.cuda.synchronize) / t
+    return row
+
+
+def _host_arrays(shapes, dtype, seed):
+    rng = np.random.default_rng(seed)
+    return [rng.standard_normal(s, dtype=np.float32).astype(dtype) for s in shapes]
+
+
+def lrfast_step(name: str, shapes, dtype):
+    """``(step, traffic)``: a zero-argument lrfast step of optimizer `name` on
+    fresh device arrays, and the bytes it moves."""
+    hp, state_names, _ = CONFIGS[name]
+    params = [cuda.to_device(a) for a in _host_arrays(shapes, dtype, 0)]
+    grads = [cuda.to_device(a) for a in _host_arrays(shapes, dtype, 1)]
+    states = [[cuda.to_device(np.zeros(s, dtype)) for s in shapes] for _ in state_names]
+    fn = getattr(lrfast, f"{name}_step")
+    traffic = sum(math.prod(s) for s in shapes) * np.dtype(dtype).itemsize * (
+        3 + 2 * len(state_names))
+    return (lambda: fn(params, grads, *states, **hp)), traffic
+
+
+def torch_step_of(torch, name: str, shapes, dtype):
+    """``(step, impl)``: torch.optim's fastest CUDA step on the same values."""
+    hp, _, torch_name = CONFIGS[name]
+    tensors = [torch.from_numpy(a).cuda().requires_grad_() for a in _host_arrays(shapes, dtype, 0)]
+    for t, g in zip(tensors, _host_arrays(shapes, dtype, 1)):
+        t.grad = torch.from_numpy(g).cuda()
+    impl = "fused" if torch_name in TORCH_FUSED_CUDA else "foreach"
+    kwargs = {k: v for k, v in hp.items() if k != "step"}
+    return getattr(torch.optim, torch_name)(tensors, **kwargs, **{impl: True}).step, impl
+
+
+def copy_of(nbytes: int):
+    """A zero-argument device-to-device copy of `nbytes` bytes."""
+    src = cuda.device_array(max(nbytes, 1), np.uint8)
+    dst = cuda.device_array_like(src)
+    return lambda: dst.copy_to_device(src)
+
+
+def timeit(fn, sync, budget: float = 0.3) -> float:
+    """Median seconds per call of `fn` over batches lasting about a
+    millisecond or more, each ended by `sync` (after one warm-up call, which
+    compiles the kernels and builds the tables)."""
+    fn()
+    sync()
+    start = time.perf_counter()
+    fn()
+    sync()
+    once = max(time.perf_counter() - start, 1e-7)
+    calls = max(1, int(1e-3 / once))
+    times = []
+    for _ in range(max(3, min(50, int(budget / (once * calls))))):
+        start = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        sync()
+        times.append((time.perf_counter() - start) / calls)
+    return statistics.median(times)
+
+
+def _torch_cuda():
+    try:
+        import torch
+    except ImportError:
+        return None
+    return torch if torch.cuda.is_available() else None

@@ -1,0 +1,99 @@
+"""Multi-tensor launches: one kernel over a table of pieces of many tensors.
+
+Numba cannot turn a raw address into an array inside a kernel (that needs an
+LLVM intrinsic, which the simulator cannot run), and a tuple of a thousand
+arrays would overflow the kernel's parameter space and compile once per list
+length. So a list is handed to a kernel as
+
+- ``mem``: one 1-D array of the list's dtype that starts at the lowest
+  address among the list's arrays and spans to the highest end. It is a
+  view made from a pointer, owns nothing, and the kernels only touch the
+  elements that belong to the tensors; the memory in between is never read;
+- ``table``: an int64 array with one row per *piece*, ``[length, offset of
+  the piece in the call's first array, in its second, ...]`` (``WIDTH``
+  columns, 0 for the slots a call does not use), offsets counted in elements
+  from the start of ``mem``. A tensor is cut into pieces of at most ``CHUNK``
+  elements, so a large tensor spreads over many blocks and a small one is a
+  single piece.
+
+A kernel walks the pieces with a grid-stride loop (block b takes pieces b,
+b + gridDim, ...) and the elements of a piece with a block-stride loop, so any
+grid size is correct. The grid is capped at a few blocks per multiprocessor.
+A list therefore costs one launch per dtype in it, whatever its length.
+
+The simulator runs every CUDA thread as a Python thread, so it gets a tiny
+geometry (8 threads, pieces of 16 elements, 2 blocks): small test tensors then
+still split into several pieces, and the grid-stride loops wrap.
+"""
+
+from __future__ import annotations
+
+import functools
+import warnings
+
+from numba import cuda
+from numba.cuda.core.errors import NumbaPerformanceWarning
+
+SIMULATED = bool(cuda.config.ENABLE_CUDASIM)
+
+THREADS = 8 if SIMULATED else 256   # threads per block (a power of two: norms reduce by halves)
+CHUNK = 16 if SIMULATED else 16384  # elements per piece
+BLOCKS_PER_SM = 32                  # grid cap on a GPU: enough blocks to hide memory latency
+
+# The table's columns: a piece's length, then its offset in each array of the
+# call (params, grads and up to three states).
+LENGTH, WIDTH = 0, 6
+
+counters = {"launches": 0, "tables": 0}
+
+
+def elementwise(body):
+    """A kernel ``kernel(mem, table, k)`` that calls the device function
+    ``body(mem, piece, i, k)`` for every element ``i`` of every piece of the
+    table (``piece``: its row as a tuple); ``k`` is the tuple of per-step
+    scalars."""
+
+    @cuda.jit
+    def kernel(mem, table, k):
+        for c in range(cuda.blockIdx.x, table.shape[0], cuda.gridDim.x):
+            # A tuple in registers: read once per piece, not after each store
+            # to mem (which the compiler cannot prove does not alias table).
+            row = table[c]
+            piece = (row[0], row[1], row[2], row[3], row[4], row[5])
+            for i in range(cuda.threadIdx.x, piece[LENGTH], cuda.blockDim.x):
+                body(mem, piece, i, k)
+
+    return kernel
+
+
+@functools.cache
+def max_blocks() -> int:
+    """The grid-size cap for this device."""
+    if SIMULATED:
+        return 2
+    return BLOCKS_PER_SM * cuda.get_current_device().MULTIPROCESSOR_COUNT
+
+
+def launch(kernel, n_pieces: int, stream, *args) -> None:
+    """Launches `kernel` over a table of `n_pieces` pieces on `stream`."""
+    counters["launches"] += 1
+    with warnings.catch_warnings():
+        # Numba hints at low occupancy below 128 blocks; a short list is a
+        # small grid by design (one block per piece), so the hint does not apply.
+        warnings.simplefilter("ignore", NumbaPerformanceWarning)
+        configured = kernel[min(n_pieces, max_blocks()), THREADS, stream]
+    configured(*args)
+
+
+def stream_of(interface: dict):
+    """The stream to launch on, from an array's interface (CAI v3): the
+    producer's stream, so that work queued on it before the call (the backward
+    pass) comes first, without synchronising the host."""
+    handle = interface.get("stream")
+    if handle is None:
+        return cuda.default_stream()
+    if handle == 1:
+        return cuda.legacy_default_stream()
+    if handle == 2:
+        return cuda.per_thread_default_stream()
+    return cuda.external_stream(handle)

@@ -1,0 +1,74 @@
+"""The CUDA back end, shaped like ``lrfast._core``: what ``lrfast.cuda.backend()``
+returns and what lrfast's step and clip functions call for device arrays.
+
+Every function checks all arrays first (:mod:`.layout`), so bad input raises
+before any kernel runs and a list is updated all or nothing. Kernels run on
+the stream of the first array (see :func:`.launch.stream_of`), one launch per
+dtype in the call; nothing waits for the device except the norms, whose value
+the host needs, and the first call on a new layout (its table upload).
+"""
+
+from __future__ import annotations
+
+import math
+
+from ..clip import clip_coefficient
+from . import launch, layout, norms
+from .optimizers import OPTIMIZERS
+
+__all__ = ["sgd", "adam", "rmsprop", "adagrad", "adadelta",
+           "global_norm", "clip_grad_norm", "clip_grad_value"]
+
+
+def _apply(kernel, groups, stream, *scalars: float) -> None:
+    """Runs an elementwise kernel on every group, the scalars cast to its dtype."""
+    for g in groups:
+        launch.launch(kernel, g.n_pieces, stream, g.mem, g.table,
+                      tuple(g.dtype.type(s) for s in scalars))
+
+
+def _step(name: str):
+    optimizer = OPTIMIZERS[name]
+
+    def step(arrays: tuple, names: tuple, hparams: dict) -> None:
+        groups, stream = layout.prepare(arrays, names, grads_writeable=False)
+        _apply(optimizer.kernel(hparams), groups, stream, *optimizer.scalars(hparams))
+
+    step.__name__ = step.__qualname__ = name
+    step.__doc__ = (f"One fused {name} step over (params, grads, states...) on the device; "
+                    f"see lrfast.{name}_step.")
+    return step
+
+
+sgd = _step("sgd")
+adam = _step("adam")
+rmsprop = _step("rmsprop")
+adagrad = _step("adagrad")
+adadelta = _step("adadelta")
+
+
+def global_norm(grads, norm_type: float) -> float:
+    """The norm of all gradients as one vector; see lrfast.global_norm."""
+    groups, stream = layout.prepare((grads,), ("grads",), grads_writeable=False)
+    return norms.total_norm(groups, stream, norm_type)
+
+
+def clip_grad_norm(grads, max_norm: float, norm_type: float, error_if_nonfinite: bool) -> float:
+    """Scales the gradients in place when their norm exceeds max_norm and
+    returns the norm; see lrfast.clip_grad_norm."""
+    groups, stream = layout.prepare((grads,), ("grads",), grads_writeable=True)
+    total = norms.total_norm(groups, stream, norm_type)
+    if error_if_nonfinite and not math.isfinite(total):
+        raise RuntimeError(f"the total norm of order {norm_type:f} of the gradients is "
+                           "non-finite, so it cannot be clipped; pass error_if_nonfinite=False "
+                           "to scale them anyway")
+    coef = clip_coefficient(total, max_norm)
+    if coef != 1.0:  # x * 1 == x: skip the write
+        _apply(norms.scale_kernel, groups, stream, coef)
+    return total
+
+
+def clip_grad_value(grads, clip_value: float) -> None:
+    """Clamps every gradient element to [-clip_value, clip_value] in place."""
+    groups, stream = layout.prepare((grads,), ("grads",), grads_writeable=True)
+    _apply(norms.clamp_kernel, groups, stream, -clip_value, clip_value)

@@ -1,0 +1,430 @@
+"""The CUDA back end against the NumPy reference and the C++ path's checks.
+
+Runs on a real GPU when one is visible, and otherwise in Numba's CUDA
+simulator, where "device memory" is host memory: a device array is then a
+NumPy array exported through ``__cuda_array_interface__``, and the kernels run
+as Python threads (so sizes stay small). The launch geometry is small in the
+simulator (lrfast/cuda/launch.py) so that these sizes still cross piece
+boundaries and the grid-stride loops wrap.
+"""
+
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+
+def _gpu_visible() -> bool:
+    smi = shutil.which("nvidia-smi")
+    return smi is not None and subprocess.run([smi, "-L"], capture_output=True).returncode == 0
+
+
+# Before numba is imported: simulate unless a GPU is there (an explicit setting wins).
+os.environ.setdefault("NUMBA_ENABLE_CUDASIM", "0" if _gpu_visible() else "1")
+
+cuda = pytest.importorskip("numba.cuda")
+if not cuda.is_available():
+    pytest.skip("no CUDA device, and numba was imported before the simulator could be chosen",
+                allow_module_level=True)
+
+import lrfast  # noqa: E402
+import lrfast.cuda  # noqa: E402
+from lrfast import _core, reference  # noqa: E402
+from lrfast.cuda import launch, layout, ops  # noqa: E402
+from cases import CASE_BY_NAME, CASES, call_step, gradients, make_problem  # noqa: E402
+
+SIMULATED = launch.SIMULATED
+STEPS = 5
+LIST_SHAPES = [(0,), (1,), (7,), (17,), (33,), (3, 5)]
+
+if SIMULATED:
+    # The simulator computes in NumPy scalars, which warn where a GPU quietly
+    # gives inf or NaN (the NaN and inf tests below).
+    pytestmark = pytest.mark.filterwarnings(
+        "ignore:(overflow|invalid value) encountered in scalar:RuntimeWarning")
+
+
+class SimulatedDeviceArray:
+    """A host array shown as a device array, for the simulator."""
+
+    def __init__(self, host):
+        self._host = host
+
+    @property
+    def __cuda_array_interface__(self):
+        ai = self._host.__array_interface__
+        return {"shape": ai["shape"], "typestr": ai["typestr"], "data": ai["data"],
+                "strides": ai["strides"], "version": 3}
+
+    def copy_to_host(self):
+        return self._host.copy()
+
+
+class Exported:
+    """Another device array's interface with some fields replaced (a read-only
+    flag, strides, a mask) for the checks."""
+
+    def __init__(self, array, readonly=None, **fields):
+        self._array, self._readonly, self._fields = array, readonly, fields
+
+    @property
+    def __cuda_array_interface__(self):
+        interface = dict(self._array.__cuda_array_interface__)
+        if self._readonly is not None:
+            interface["data"] = (interface["data"][0], self._readonly)
+        interface.update(self._fields)
+        return interface
+
+
+def device(a):
+    """A device copy of the host array `a`."""
+    a = np.ascontiguousarray(a)
+    return SimulatedDeviceArray(a.copy()) if SIMULATED else cuda.to_device(a)
+
+
+def host(d):
+    return d.copy_to_host()
+
+
+# -- every case against the reference ----------------------------------------
+
+def run_on_device(case, hp, shapes, dtype, steps=STEPS):
+    params, states = make_problem(case, hp, shapes, dtype)
+    d_params = [device(p) for p in params]
+    d_states = {name: [device(a) for a in arrays] for name, arrays in states.items()}
+    for step in range(1, steps + 1):
+        grads = gradients(shapes, dtype, step)
+        d_grads = [device(g) for g in grads]
+        call_step(getattr(lrfast, case.step_fn), case, hp, d_params, d_grads, d_states, step)
+        for g, d in zip(grads, d_grads):
+            np.testing.assert_array_equal(host(d), g, err_msg="a step wrote its gradient")
+    return [host(p) for p in d_params], {k: [host(a) for a in v] for k, v in d_states.items()}
+
+
+def run_reference(case, hp, shapes, dtype, steps=STEPS):
+    params, states = make_problem(case, hp, shapes, dtype)
+    for step in range(1, steps + 1):
+        call_step(getattr(reference, case.step_fn), case, hp, params,
+                  gradients(shapes, dtype, step), states, step)
+    return params, states
+
+
+def assert_matches_reference(case, hp, shapes, dtype):
+    (p_got, s_got) = run_on_device(case, hp, shapes, dtype)
+    (p_want, s_want) = run_reference(case, hp, shapes, dtype)
+    rtol, atol = case.tol[dtype]
+    for i, (a, b) in enumerate(zip(p_got, p_want)):
+        assert a.dtype == dtype
+        np.testing.assert_allclose(a, b, rtol=rtol, atol=atol, err_msg=f"params[{i}]")
+    assert s_got.keys() == s_want.keys()
+    for name in s_got:
+        for i, (a, b) in enumerate(zip(s_got[name], s_want[name])):
+            np.testing.assert_allclose(a, b, rtol=rtol, atol=atol, err_msg=f"{name}[{i}]")
+
+
+def test_list_matches_reference(case, hp, dtype):
+    assert_matches_reference(case, hp, LIST_SHAPES, dtype)
+
+
+@pytest.mark.parametrize("size", [0, 1, 7, 17, 33])
+@pytest.mark.parametrize("case", CASES, ids=str)
+def test_single_array_matches_reference(case, dtype, size):
+    hp = case.grid[-1]
+    params, states = make_problem(case, hp, [(size,)], dtype)
+    d_param, d_states = device(params[0]), {k: device(v[0]) for k, v in states.items()}
+    for step in range(1, STEPS + 1):
+        grad = gradients([(size,)], dtype, step)[0]
+        call_step(getattr(lrfast, case.step_fn), case, hp, d_param, device(grad), d_states, step)
+        call_step(getattr(reference, case.step_fn), case, hp, params[0], grad,
+                  {k: v[0] for k, v in states.items()}, step)
+    rtol, atol = case.tol[dtype]
+    np.testing.assert_allclose(host(d_param), params[0], rtol=rtol, atol=atol)
+
+
+def test_tensors_split_across_pieces(dtype):
+    n = launch.CHUNK
+    assert_matches_reference(CASE_BY_NAME["adam"], dict(lr=1e-2, amsgrad=True),
+                             [(n - 1,), (n,), (n + 1,), (2 * n + 3,)], dtype)
+
+
+def test_float32_and_float64_in_one_list():
+    case, hp, shapes = CASE_BY_NAME["adamw"], dict(lr=1e-2), [(9,), (20,)]
+    results = []
+    for impl, wrap, unwrap in ((lrfast, device, host), (reference, np.copy, np.copy)):
+        (p32,), s32 = make_problem(case, hp, shapes[:1], np.float32)
+        (p64,), s64 = make_problem(case, hp, shapes[1:], np.float64)
+        params = [wrap(p32), wrap(p64)]
+        states = {k: [wrap(s32[k][0]), wrap(s64[k][0])] for k in s32}
+        for step in range(1, 4):
+            grads = gradients(shapes[:1], np.float32, step) + gradients(shapes[1:], np.float64, step)
+            call_step(getattr(impl, case.step_fn), case, hp, params, [wrap(g) for g in grads],
+                      states, step)
+        results.append([unwrap(p) for p in params])
+    for a, b in zip(*results):
+        assert a.dtype == b.dtype
+        np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-6)
+
+
+# -- norms and clipping -------------------------------------------------------
+
+NORM_TYPES = [1.0, 2.0, 3.5, 0.5, float("inf")]
+
+
+@pytest.mark.parametrize("p", NORM_TYPES)
+def test_global_norm_matches_reference(dtype, p):
+    grads = gradients(LIST_SHAPES, dtype, 1)
+    got = lrfast.global_norm([device(g) for g in grads], p)
+    assert isinstance(got, float)
+    np.testing.assert_allclose(got, reference.global_norm(grads, p), rtol=1e-12)
+
+
+@pytest.mark.parametrize("p", NORM_TYPES)
+def test_global_norm_is_the_same_for_any_grid(monkeypatch, p):
+    # One partial per piece, whichever block computes it: the grid size
+    # cannot change the bits.
+    grads = [device(g) for g in gradients([(100,), (37,), (5,)], np.float32, 1)]
+    wide = lrfast.global_norm(grads, p)
+    monkeypatch.setattr(launch, "max_blocks", lambda: 1)
+    assert lrfast.global_norm(grads, p) == wide
+
+
+@pytest.mark.parametrize("p", [2.0, float("inf")])
+def test_global_norm_propagates_nan(dtype, p):
+    g = np.ones(40, dtype)
+    g[37] = np.nan
+    assert np.isnan(lrfast.global_norm([device(np.ones(3, dtype)), device(g)], p))
+
+
+def test_global_norm_of_empty_tensors_is_zero():
+    assert lrfast.global_norm([device(np.zeros(0, np.float32))]) == 0.0
+
+
+@pytest.mark.parametrize("max_norm", [0.5, 1e6])
+def test_clip_grad_norm_matches_reference(dtype, max_norm):
+    grads = gradients(LIST_SHAPES, dtype, 2)
+    d_grads = [device(g) for g in grads]
+    got = lrfast.clip_grad_norm(d_grads, max_norm)
+    want = reference.clip_grad_norm(grads, max_norm)
+    np.testing.assert_allclose(got, want, rtol=1e-12)
+    for d, g in zip(d_grads, grads):
+        np.testing.assert_allclose(host(d), g, rtol=1e-6 if dtype == np.float32 else 1e-14)
+
+
+def test_clip_grad_norm_refuses_a_nonfinite_norm_before_writing():
+    g = np.full(10, 3.0, np.float32)
+    g[4] = np.inf
+    d = device(g)
+    with pytest.raises(RuntimeError, match="non-finite"):
+        lrfast.clip_grad_norm([d], 1.0, error_if_nonfinite=True)
+    np.testing.assert_array_equal(host(d), g)
+    assert lrfast.clip_grad_norm([d], 1.0) == np.inf  # scaled by 0 (inf becomes NaN), as torch
+
+
+def test_clip_grad_value_matches_reference(dtype):
+    grads = gradients(LIST_SHAPES, dtype, 3)
+    grads[2][3] = np.nan
+    d_grads = [device(g) for g in grads]
+    lrfast.clip_grad_value(d_grads, 0.7)
+    reference.clip_grad_value(grads, 0.7)
+    for d, g in zip(d_grads, grads):
+        np.testing.assert_array_equal(host(d), g)
+
+
+# -- many tensors, few launches ----------------------------------------------
+
+def test_a_thousand_tensors_cost_one_launch_per_step():
+    case, hp, shapes = CASE_BY_NAME["adam"], dict(lr=1e-2), [(3,)] * 1000
+    params, states = make_problem(case, hp, shapes, np.float32)
+    grads = gradients(shapes, np.float32, 1)
+    d_params = [device(p) for p in params]
+    d_states = {k: [device(a) for a in v] for k, v in states.items()}
+    d_grads = [device(g) for g in grads]
+    tables = lrfast.cuda.tables_built()
+    for step in (1, 2):
+        before = lrfast.cuda.launch_count()
+        call_step(lrfast.adam_step, case, hp, d_params, d_grads, d_states, step)
+        assert lrfast.cuda.launch_count() - before == 1
+        call_step(reference.adam_step, case, hp, params, grads, states, step)
+    assert lrfast.cuda.tables_built() - tables == 1  # the second step reused the table
+    np.testing.assert_allclose(np.concatenate([host(p) for p in d_params]),
+                               np.concatenate(params), rtol=2e-5, atol=2e-6)
+
+
+def test_a_list_costs_one_norm_launch():
+    # (20 tensors, not 1000: the simulator is slow at the norm's barriers)
+    grads = [device(g) for g in gradients([(3,)] * 20, np.float32, 1)]
+    before = lrfast.cuda.launch_count()
+    lrfast.clip_grad_norm(grads, 1.0)
+    assert lrfast.cuda.launch_count() - before == 2  # the norm, then the scale
+
+
+def test_a_list_of_two_dtypes_costs_two_launches():
+    before = lrfast.cuda.launch_count()
+    lrfast.sgd_step([device(np.ones(5, np.float32)), device(np.ones(5, np.float64))],
+                    [device(np.ones(5, np.float32)), device(np.ones(5, np.float64))], lr=0.1)
+    assert lrfast.cuda.launch_count() - before == 2
+
+
+def test_empty_tensors_launch_nothing():
+    before = lrfast.cuda.launch_count()
+    z = [device(np.zeros(0, np.float32))]
+    lrfast.sgd_step(z, [device(np.zeros(0, np.float32))], lr=0.1)
+    assert lrfast.cuda.launch_count() == before
+
+
+# -- checks: the C++ path's messages, nothing written ----------------------------
+
+class OnHost:
+    """Builds the arrays of a bad call on the host."""
+
+    array = staticmethod(np.copy)
+
+    @staticmethod
+    def read_only(a):
+        a = a.copy()
+        a.flags.writeable = False
+        return a
+
+    @staticmethod
+    def every_other(a):
+        return np.repeat(a, 2)[::2]
+
+
+class OnDevice:
+    """Builds the same bad call with device arrays."""
+
+    array = staticmethod(device)
+
+    @staticmethod
+    def read_only(a):
+        return Exported(device(a), readonly=True)
+
+    @staticmethod
+    def every_other(a):
+        return Exported(device(np.repeat(a, 2)), shape=a.shape, strides=(2 * a.itemsize,))
+
+
+def _adam(params, grads, exp_avgs, exp_avg_sqs):
+    lrfast.adam_step(params, grads, exp_avgs, exp_avg_sqs, step=1)
+
+
+def _z(n=4, dtype=np.float32):
+    return np.zeros(n, dtype)
+
+
+BAD_CALLS = {
+    "dtype": lambda on: _adam([on.array(_z()), on.array(_z(4, np.float16))],
+                              [on.array(_z()), on.array(_z())], [on.array(_z())] * 2,
+                              [on.array(_z())] * 2),
+    "mixed dtypes": lambda on: _adam([on.array(_z())], [on.array(_z(4, np.float64))],
+                                     [on.array(_z())], [on.array(_z())]),
+    "shape": lambda on: _adam([on.array(_z(4))], [on.array(_z(5))], [on.array(_z(4))],
+                              [on.array(_z(4))]),
+    "length": lambda on: _adam([on.array(_z())], [on.array(_z())], [on.array(_z())],
+                               [on.array(_z()), on.array(_z())]),
+    "read-only param": lambda on: _adam([on.read_only(_z())], [on.array(_z())],
+                                        [on.array(_z())], [on.array(_z())]),
+    "read-only grad to clip": lambda on: lrfast.clip_grad_value([on.read_only(_z())], 1.0),
+    "not contiguous": lambda on: _adam([on.array(_z())], [on.every_other(_z())],
+                                       [on.array(_z())], [on.array(_z())]),
+}
+
+
+def _alias(on):
+    p = on.array(np.ones(4, np.float32))
+    _adam([p], [on.array(_z())], [p], [on.array(_z())])
+
+
+BAD_CALLS["alias"] = _alias
+
+
+@pytest.mark.parametrize("bad", BAD_CALLS)
+def test_bad_input_gives_the_cpu_message(bad):
+    with pytest.raises((TypeError, ValueError)) as on_host:
+        BAD_CALLS[bad](OnHost)
+    with pytest.raises(on_host.type) as on_device:
+        BAD_CALLS[bad](OnDevice)
+    assert str(on_device.value) == str(on_host.value)
+
+
+def test_a_bad_array_late_in_a_list_leaves_the_list_untouched():
+    params = [device(np.ones(4, np.float32)) for _ in range(3)]
+    grads = [device(np.ones(4, np.float32)), device(np.ones(4, np.float32)),
+             device(np.ones(5, np.float32))]
+    with pytest.raises(ValueError, match=r"grads\[2\]"):
+        lrfast.sgd_step(params, grads, lr=0.5)
+    for p in params:
+        np.testing.assert_array_equal(host(p), np.ones(4, np.float32))
+
+
+def test_host_array_in_a_device_call_is_refused_before_writing():
+    params = [device(np.ones(4, np.float32)), device(np.ones(4, np.float32))]
+    with pytest.raises(TypeError, match=r"grads\[1\] is not a CUDA device array.*params\[0\]"):
+        lrfast.sgd_step(params, [device(np.ones(4, np.float32)), np.ones(4, np.float32)], lr=0.5)
+    with pytest.raises(TypeError, match=r"grads\[1\] is not a CUDA device array.*grads\[0\]"):
+        lrfast.clip_grad_value([device(np.ones(4, np.float32)), np.ones(4, np.float32)], 0.1)
+    for p in params:
+        np.testing.assert_array_equal(host(p), np.ones(4, np.float32))
+
+
+def test_device_array_in_a_host_call_is_refused():
+    with pytest.raises(TypeError, match=r"grads\[0\] is a CUDA device array"):
+        lrfast.sgd_step([np.ones(4, np.float32)], [device(np.ones(4, np.float32))], lr=0.5)
+
+
+def test_masked_arrays_are_refused():
+    masked = Exported(device(np.ones(4, np.float32)), mask=device(np.ones(4, np.bool_)))
+    with pytest.raises(TypeError, match=r"grads\[0\] is a masked"):
+        lrfast.global_norm([masked])
+
+
+def test_the_checks_never_read_device_memory():
+    # Host views of unmapped addresses: reading one would crash the process.
+    code = """if True:
+        from lrfast import _core
+        from lrfast.cuda.layout import HostView
+        def view(address, n=1000):
+            return HostView({"shape": (n,), "typestr": "<f4", "data": (address, False),
+                             "version": 3})
+        _core.check(([view(16)], [view(16 + 4000)]), ("params", "grads"), False)
+        try:
+            _core.check(([view(64)], [view(64 + 3996)]), ("params", "grads"), False)
+        except ValueError as e:
+            print(e)
+    """
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env={**os.environ, "NUMBA_ENABLE_CUDASIM": "1"})
+    assert done.returncode == 0, done.stderr
+    assert "params[0] and grads[0] overlap in memory" in done.stdout
+
+
+def test_backend_has_the_functions_of_core():
+    steps = {name for name in dir(_core) if "One fused" in (getattr(_core, name).__doc__ or "")}
+    assert set(ops.__all__) == steps | {"global_norm", "clip_grad_norm", "clip_grad_value"}
+    assert all(callable(getattr(_core, name)) for name in ops.__all__)
+    assert lrfast.cuda.backend() is ops
+
+
+def test_unchanged_layout_is_checked_and_uploaded_once():
+    p, g = device(np.ones(6, np.float32)), device(np.ones(6, np.float32))
+    tables = lrfast.cuda.tables_built()
+    for _ in range(3):
+        lrfast.sgd_step([p], [g], lr=0.5)
+    assert lrfast.cuda.tables_built() - tables == 1
+    np.testing.assert_allclose(host(p), np.full(6, -0.5, np.float32))
+    assert len(layout._cache) <= layout.CACHED_LAYOUTS
+
+
+@pytest.mark.skipif(SIMULATED, reason="torch CUDA tensors need a GPU")
+def test_torch_cuda_tensors():
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("torch without CUDA")
+    p = torch.ones(1000, device="cuda")
+    g = torch.full((1000,), 2.0, device="cuda")
+    lrfast.sgd_step([p], [g], lr=0.25)
+    torch.testing.assert_close(p.cpu(), torch.full((1000,), 0.5))
+    assert lrfast.global_norm([g]) == pytest.approx(2.0 * 1000 ** 0.5)
