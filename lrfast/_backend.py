@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import _core
+from . import _core, cuda
 
 
 def tensors(name: str, value):
@@ -26,11 +26,8 @@ def tensors(name: str, value):
 
 def for_arrays(first_list):
     """The back end for a call whose first argument is `first_list`."""
-    if first_list and type(first_list[0]) is not np.ndarray and hasattr(
-            first_list[0], "__cuda_array_interface__"):
-        from . import cuda  # numba-cuda is imported only when a device array arrives
-
-        return cuda.backend()
+    if first_list and type(first_list[0]) is not np.ndarray and cuda.is_device_array(first_list[0]):
+        return cuda.backend()  # numba-cuda is imported only now
     return _core
 
 

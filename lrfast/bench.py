@@ -246,7 +246,7 @@ def run(args) -> int:
     if args.device == "cuda":
         from .cuda import bench as cuda_bench
 
-        rows = cuda_bench.run([int(s) for s in sizes], names, args.dtype)
+        rows = cuda_bench.run([int(s) for s in sizes], names, args.dtype, lists=not args.no_lists)
         print(format_table(rows))
         return _dump(args, rows, {"device": "cuda"})
     if args.threads:
