@@ -1,0 +1,321 @@
+"""torch.optim drop-ins that run lrfast's fused kernels: change one line. ::
+
+    optimizer = lrfast.torch.AdamW(model.parameters(), lr=3e-4, weight_decay=0.1)
+
+SGD, Adam, AdamW, RMSprop, Adagrad and Adadelta are ``torch.optim.Optimizer``
+subclasses taking torch's constructor arguments (same names, defaults and
+param groups) and keeping torch's state format (``state[p]["step"]`` a float32
+scalar tensor, ``"exp_avg"``, ``"exp_avg_sq"``, ``"max_exp_avg_sq"``,
+``"momentum_buffer"``, ``"square_avg"``, ``"grad_avg"``, ``"sum"``,
+``"acc_delta"``), so a state dict loads into ``torch.optim.X`` and back.
+Whatever drives a torch optimizer drives these: ``torch.optim.lr_scheduler``
+(it writes ``param_groups[i]["lr"]``, read at every step), clipping with
+``torch.nn.utils.clip_grad_norm_``, ``torch.amp.GradScaler`` (``unscale_``,
+then ``step`` when the gradients are finite), closures, and
+``torch.distributed.optim.ZeroRedundancyOptimizer(optimizer_class=...)``.
+
+A step updates each param group with one call of its lrfast step function
+over all the group's parameters that have a gradient (``grad is None``:
+skipped, as in torch), float32 and float64 together. CPU tensors go to the
+C++ kernels as NumPy views of their memory, without copies; CUDA tensors go to
+lrfast's Numba CUDA path (``pip install lrfast[cuda]``). The numerics are
+torch's single-tensor formulas (see :mod:`lrfast.reference`).
+
+``foreach`` and ``fused`` are accepted and ignored (there is one
+implementation); ``capturable=True``, ``differentiable=True``, sparse
+gradients, non-contiguous parameters and dtypes other than float32/float64
+raise an error.
+
+Why a step costs little Python: the NumPy views of a group's parameters and
+states, and its step counters, are made once and reused while the group has
+the same parameters with gradients, the same storages (data pointers are
+checked every step) and the same state; ``load_state_dict`` starts afresh.
+Replace state tensors only through ``load_state_dict``. The ``"step"``
+tensors of the parameters updated by one call are views into one tensor, so
+a single add advances them all (torch's foreach and fused paths spend ~3 µs
+per parameter there on a CPU).
+"""
+
+from __future__ import annotations
+
+import operator
+
+import torch
+
+from . import cuda
+from .optim import KERNELS, Kernel
+
+__all__ = ["SGD", "Adam", "AdamW", "RMSprop", "Adagrad", "Adadelta"]
+
+# the step functions' state arguments -> torch.optim's state keys
+_STATE_KEYS = {
+    "momentum_buffers": "momentum_buffer", "exp_avgs": "exp_avg", "exp_avg_sqs": "exp_avg_sq",
+    "max_exp_avg_sqs": "max_exp_avg_sq", "square_avgs": "square_avg", "grad_avgs": "grad_avg",
+    "state_sums": "sum", "acc_deltas": "acc_delta",
+}
+
+
+def _plain(value):
+    """A hyperparameter as Python numbers (torch allows 0-d tensors, e.g. for lr)."""
+    if isinstance(value, torch.Tensor):
+        return value.item()
+    return tuple(map(_plain, value)) if isinstance(value, tuple) else value
+
+
+def _step_dtype() -> torch.dtype:
+    # torch.optim's dtype for "step": float32 unless the default dtype is float64
+    return torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32
+
+
+def _check_supported(group) -> None:
+    for flag in ("capturable", "differentiable"):
+        if group.get(flag):
+            raise ValueError(f"lrfast.torch optimizers do not support {flag}=True")
+
+
+def _host_view(t: torch.Tensor):
+    """A NumPy array sharing the memory of the CPU tensor ``t``."""
+    try:
+        return t.numpy()
+    except RuntimeError:  # t requires grad: a parameter, or a grad made with create_graph
+        return t.detach().numpy()
+    except TypeError:
+        if t.layout != torch.strided:
+            raise RuntimeError("lrfast.torch optimizers do not support sparse gradients") from None
+        raise
+
+
+def _host_views(tensors) -> list:
+    try:  # the fast path, for the gradients at every step
+        return list(map(torch.Tensor.numpy, tensors))
+    except (RuntimeError, TypeError):
+        return list(map(_host_view, tensors))
+
+
+def _device_views(tensors) -> list:
+    """The tensors for the CUDA path, which reads ``__cuda_array_interface__``."""
+    for t in tensors:
+        if t.layout != torch.strided:
+            raise RuntimeError("lrfast.torch optimizers do not support sparse gradients")
+    return [t.detach() for t in tensors]
+
+
+def _check_param(p: torch.Tensor, where: str) -> None:
+    if p.dtype not in (torch.float32, torch.float64):
+        raise TypeError(f"{where} has dtype {p.dtype}; lrfast updates float32 and float64 tensors")
+    if not p.is_contiguous():
+        raise ValueError(f"{where} is not contiguous (strides {p.stride()}); lrfast updates "
+                         "contiguous tensors")
+    if p.device.type == "cuda":
+        try:
+            cuda.backend()  # imports numba-cuda
+        except ImportError as exc:
+            raise ImportError(f"{where} is on {p.device}: {exc}") from exc
+    elif p.device.type != "cpu":
+        raise TypeError(f"{where} is on {p.device}; lrfast runs on CPU and CUDA tensors")
+
+
+class _Call:
+    """One step-function call: the parameters of a group on one device with
+    the same number of completed updates (all of them, unless some missed
+    updates), as views made once."""
+
+    def __init__(self, opt, params, index, device, completed, names):
+        # positions in the group's list of parameters with gradients; None: all
+        self.index = None if len(index) == len(params) else index
+        self.views = _host_views if device.type == "cpu" else _device_views
+        params = [params[i] for i in index]
+        states = [opt.state[p] for p in params]
+        self.params = self.views(params)
+        self.states = {name: self.views([s[_STATE_KEYS[name]] for s in states]) for name in names}
+        self.completed = completed
+        self.counter = None
+        if opt._keeps_step:
+            self.counter = torch.full((len(params),), completed, dtype=_step_dtype())
+            for j, state in enumerate(states):
+                state["step"] = self.counter[j]  # a float32 scalar, as torch keeps it
+
+    def run(self, kernel: Kernel, grads, hparams, lr) -> None:
+        if self.index is not None:
+            grads = [grads[i] for i in self.index]
+        kernel(self.params, self.views(grads), self.states, hparams, lr=lr,
+               step=self.completed + 1)
+        self.completed += 1
+        if self.counter is not None:
+            self.counter += 1
+
+
+class _Plan:
+    """A param group's update, prepared once and reused while it fits."""
+
+    def __init__(self, opt, index, group, kernel, names, params):
+        _check_supported(group)
+        self.group, self.state, self.kernel, self.names = group, opt.state, kernel, names
+        self.params = params
+        self.pointers = [p.data_ptr() for p in params]
+        calls: dict[tuple, list[int]] = {}
+        for i, p in enumerate(params):
+            _check_param(p, f"param group {index}, parameter {i} (of those with a grad)")
+            completed = opt._init_state(p, group, kernel, names)
+            calls.setdefault((p.device, completed), []).append(i)
+        self.calls = [_Call(opt, params, i, device, completed, names)
+                      for (device, completed), i in calls.items()]
+
+    def fits(self, group, state, kernel, names, params) -> bool:
+        return (group is self.group and state is self.state and kernel is self.kernel
+                and names == self.names and len(params) == len(self.params)
+                and all(map(operator.is_, params, self.params))
+                and list(map(torch.Tensor.data_ptr, params)) == self.pointers)
+
+
+class _Optimizer(torch.optim.Optimizer):
+    """Base class: torch's Optimizer whose step runs lrfast's step functions."""
+
+    kernel: Kernel
+    _keeps_step = True  # torch keeps state["step"] (SGD does not)
+
+    def __init__(self, params, defaults):
+        _check_supported(defaults)
+        self._kernel(defaults).check_group(defaults, _plain(defaults["lr"]), _plain)
+        super().__init__(params, defaults)
+        self._plans: dict[int, _Plan] = {}
+
+    def _kernel(self, group) -> Kernel:
+        return self.kernel
+
+    def __setstate__(self, state):  # also the end of load_state_dict
+        super().__setstate__(state)
+        for group in self.param_groups:
+            for key, value in self.defaults.items():
+                group.setdefault(key, value)
+        self._plans = {}
+
+    def _init_state(self, p, group, kernel, names) -> int:
+        """Creates ``p``'s missing state as torch.optim would; returns the
+        number of updates ``p`` has had."""
+        state = self.state[p]
+        if self._keeps_step:
+            completed = int(state.get("step", 0))
+            state.setdefault("step", torch.tensor(0.0, dtype=_step_dtype()))
+        else:  # SGD counts nothing; only its first step differs (buffer = gradient)
+            completed = int(all(_STATE_KEYS[name] in state for name in names))
+        for name in names:
+            key = _STATE_KEYS[name]
+            if key not in state:
+                start = _plain(group[kernel.initial[name]]) if name in kernel.initial else 0
+                state[key] = torch.full_like(p, start, memory_format=torch.preserve_format)
+        return completed
+
+    def step(self, closure=None):
+        """Performs one update (one fused call per param group); returns the
+        closure's loss, if a closure was given."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for index, group in enumerate(self.param_groups):
+            params = [p for p in group["params"] if p.grad is not None]
+            if not params:
+                continue
+            kernel = self._kernel(group)
+            hparams = kernel.hparams(group, _plain)
+            names = kernel.uses(hparams)
+            plan = self._plans.get(index)
+            if plan is None or not plan.fits(group, self.state, kernel, names, params):
+                plan = self._plans[index] = _Plan(self, index, group, kernel, names, params)
+            grads = [p.grad for p in params]
+            lr = _plain(group["lr"])
+            for call in plan.calls:
+                call.run(kernel, grads, hparams, lr)
+        return loss
+
+
+class SGD(_Optimizer):
+    """torch.optim.SGD running :func:`lrfast.sgd_step`."""
+
+    kernel = KERNELS["sgd"]
+    _keeps_step = False
+
+    def __init__(self, params, lr=1e-3, momentum=0, dampening=0, weight_decay=0, nesterov=False,
+                 *, maximize=False, foreach=None, differentiable=False, fused=None):
+        super().__init__(params, dict(lr=lr, momentum=momentum, dampening=dampening,
+                                      weight_decay=weight_decay, nesterov=nesterov,
+                                      maximize=maximize, foreach=foreach,
+                                      differentiable=differentiable, fused=fused))
+
+
+class Adam(_Optimizer):
+    """torch.optim.Adam running :func:`lrfast.adam_step`, or
+    :func:`lrfast.adamw_step` with ``decoupled_weight_decay=True``."""
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0,
+                 amsgrad=False, *, foreach=None, maximize=False, capturable=False,
+                 differentiable=False, fused=None, decoupled_weight_decay=False):
+        super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
+                                      amsgrad=amsgrad, foreach=foreach, maximize=maximize,
+                                      capturable=capturable, differentiable=differentiable,
+                                      fused=fused, decoupled_weight_decay=decoupled_weight_decay))
+
+    def _kernel(self, group) -> Kernel:
+        return KERNELS["adamw" if group["decoupled_weight_decay"] else "adam"]
+
+
+class AdamW(Adam):
+    """torch.optim.AdamW running :func:`lrfast.adamw_step`."""
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2,
+                 amsgrad=False, *, maximize=False, foreach=None, capturable=False,
+                 differentiable=False, fused=None):
+        super().__init__(params, lr, betas, eps, weight_decay, amsgrad, foreach=foreach,
+                         maximize=maximize, capturable=capturable,
+                         differentiable=differentiable, fused=fused,
+                         decoupled_weight_decay=True)
+
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        for group in self.param_groups:  # as torch's AdamW: always decoupled
+            group["decoupled_weight_decay"] = True
+
+
+class RMSprop(_Optimizer):
+    """torch.optim.RMSprop running :func:`lrfast.rmsprop_step`."""
+
+    kernel = KERNELS["rmsprop"]
+
+    def __init__(self, params, lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0, momentum=0,
+                 centered=False, capturable=False, foreach=None, maximize=False,
+                 differentiable=False):
+        super().__init__(params, dict(lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay,
+                                      momentum=momentum, centered=centered,
+                                      capturable=capturable, foreach=foreach,
+                                      maximize=maximize, differentiable=differentiable))
+
+
+class Adagrad(_Optimizer):
+    """torch.optim.Adagrad running :func:`lrfast.adagrad_step`. As torch does,
+    the state of every parameter is made by the constructor."""
+
+    kernel = KERNELS["adagrad"]
+
+    def __init__(self, params, lr=1e-2, lr_decay=0, weight_decay=0, initial_accumulator_value=0,
+                 eps=1e-10, foreach=None, *, maximize=False, differentiable=False, fused=None):
+        super().__init__(params, dict(lr=lr, lr_decay=lr_decay, weight_decay=weight_decay,
+                                      initial_accumulator_value=initial_accumulator_value,
+                                      eps=eps, foreach=foreach, maximize=maximize,
+                                      differentiable=differentiable, fused=fused))
+        for group in self.param_groups:
+            names = self.kernel.uses(self.kernel.hparams(group, _plain))
+            for p in group["params"]:
+                self._init_state(p, group, self.kernel, names)
+
+
+class Adadelta(_Optimizer):
+    """torch.optim.Adadelta running :func:`lrfast.adadelta_step`."""
+
+    kernel = KERNELS["adadelta"]
+
+    def __init__(self, params, lr=1.0, rho=0.9, eps=1e-6, weight_decay=0, foreach=None, *,
+                 capturable=False, maximize=False, differentiable=False):
+        super().__init__(params, dict(lr=lr, rho=rho, eps=eps, weight_decay=weight_decay,
+                                      foreach=foreach, capturable=capturable,
+                                      maximize=maximize, differentiable=differentiable))
