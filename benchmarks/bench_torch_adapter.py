@@ -1,8 +1,7 @@
 """lrfast.torch.AdamW against torch.optim.AdamW (fused and foreach) on the
-parameters of a small transformer: 12 layers of width 256 (per layer the q, k,
-v, o weights 256x256 and biases, two LayerNorms, an MLP 256x1024 and
-1024x256 with biases) and a 5000x256 embedding: 193 tensors, 10.76 M
-float32 values. Gradients are filled once; only ``optimizer.step()`` is timed.
+parameters of a small transformer (lrfast.workloads.transformer_like_shapes:
+146 tensors, 10.76 M float32 values). Gradients are filled once; only
+``optimizer.step()`` is timed.
 
     pytest benchmarks/bench_torch_adapter.py --benchmark-columns=min,median,mean
 
@@ -15,15 +14,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 import lrfast.torch  # noqa: E402
-
-WIDTH, LAYERS, VOCAB = 256, 12, 5000
-
-
-def transformer_shapes():
-    layer = ([(WIDTH, WIDTH), (WIDTH,)] * 4  # q, k, v, o
-             + [(WIDTH,), (WIDTH,)] * 2  # two LayerNorms
-             + [(4 * WIDTH, WIDTH), (4 * WIDTH,), (WIDTH, 4 * WIDTH), (WIDTH,)])  # MLP
-    return layer * LAYERS + [(VOCAB, WIDTH)]
+from lrfast.workloads import transformer_like_shapes  # noqa: E402
 
 
 OPTIMIZERS = {
@@ -36,7 +27,7 @@ OPTIMIZERS = {
 @pytest.mark.parametrize("impl", list(OPTIMIZERS))
 def test_adamw_step(benchmark, impl):
     torch.manual_seed(0)
-    params = [torch.nn.Parameter(torch.randn(shape)) for shape in transformer_shapes()]
+    params = [torch.nn.Parameter(torch.randn(shape)) for shape in transformer_like_shapes()]
     for p in params:
         p.grad = torch.randn_like(p)
     optimizer = OPTIMIZERS[impl](params)

@@ -1,5 +1,6 @@
 """lrfast: fused optimizer steps at memory speed, and learning-rate tools."""
 
+from . import optim, reference, schedules
 from ._core import cpu_isa, get_num_threads, set_num_threads
 from .clip import clip_coefficient, clip_grad_norm, clip_grad_value, global_norm
 from .steps import adadelta_step, adagrad_step, adam_step, adamw_step, rmsprop_step, sgd_step

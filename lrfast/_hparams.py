@@ -12,6 +12,8 @@ import math
 import numbers
 import operator
 
+import numpy as np
+
 
 def real(name: str, value) -> float:
     if type(value) is float or type(value) is int:  # the common case, without the ABC check
@@ -51,7 +53,7 @@ def unit_interval(name: str, value, *, closed: bool = False) -> float:
 def flag(name: str, value) -> float:
     if value is True or value is False:
         return 1.0 if value else 0.0
-    if not isinstance(value, bool) and type(value).__name__ != "bool_":
+    if not isinstance(value, (bool, np.bool_)):
         raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
     return 1.0 if value else 0.0
 

@@ -196,3 +196,14 @@ def test_mixing_host_and_device_arrays_is_refused():
     with pytest.raises(TypeError, match=r"grads\[3\] is a CUDA device array"):
         lrfast.adam_step(params, grads, m, v, lr=0.1, step=1)
     assert_unchanged(before, params, m, v)
+
+
+def test_numpy_scalars_are_accepted_as_hyperparameters():
+    params, grads, m, v = adam_arrays(n=1)
+    vmax = [np.zeros_like(params[0])]
+    expected = [p.copy() for p in params]
+    lrfast.adam_step(expected, grads, [x.copy() for x in m], [x.copy() for x in v],
+                     [x.copy() for x in vmax], lr=0.1, step=3, amsgrad=True, eps=1e-6)
+    lrfast.adam_step(params, grads, m, v, vmax, lr=np.float32(0.1), step=np.int64(3),
+                     amsgrad=np.bool_(True), eps=np.float64(1e-6))
+    np.testing.assert_allclose(params[0], expected[0], rtol=1e-6)
