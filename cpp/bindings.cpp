@@ -324,8 +324,8 @@ PYBIND11_MODULE(_core, m) {
             if (!c.f64.params.empty()) run_stream(k.f64.stream, c.f64);
         },
         py::arg("arrays"), py::arg("names"),
-        "The bandwidth probe: x += grads for params and every state given, through the\n"
-        "same blocks and threads as a step (the memory traffic of a step).");
+        "The bandwidth probe: reads grads, reads and writes back (unchanged) params and\n"
+        "every state given, through the same blocks and threads as a step.");
     m.def(
         "check",
         [](const py::tuple& arrays, const py::tuple& names, bool grads_writeable) {

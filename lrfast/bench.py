@@ -22,7 +22,7 @@ import time
 
 import numpy as np
 
-from . import _core, reference, steps
+from . import _core, clip, reference, steps
 from .workloads import many_small_shapes, transformer_like_shapes
 
 # Typical hyperparameters and the states they use, per optimizer.
@@ -37,27 +37,33 @@ CONFIGS = {
 TORCH_FUSED = {"SGD", "Adam", "AdamW", "Adagrad"}  # the rest run with foreach=True
 
 
-def timeit(fn, budget: float = 0.25, before=None) -> float:
-    """Median seconds per call over samples filling about `budget` seconds.
+def timeit(fns: dict, budget: float = 0.3, before=None) -> dict:
+    """Median seconds per call of each function, sampled in turn.
 
-    Each sample times enough calls to last a millisecond; `before`, if given,
-    runs (untimed) before every sample.
+    The functions compared in one row take their samples interleaved (one of
+    each per round), so a change in what else the machine is doing during the
+    run affects all of them alike. Each sample times enough calls to last about
+    a millisecond; `before`, if given, runs untimed before every sample (and
+    then each sample is one call).
     """
-    fn()
-    start = time.perf_counter()
-    fn()
-    once = max(time.perf_counter() - start, 1e-7)
-    calls = 1 if before else max(1, int(1e-3 / once))
-    samples = max(3, min(200, int(budget / (once * calls))))
-    times = []
-    for _ in range(samples):
-        if before:
-            before()
+    calls, once = {}, {}
+    for name, fn in fns.items():
+        fn()
         start = time.perf_counter()
-        for _ in range(calls):
-            fn()
-        times.append((time.perf_counter() - start) / calls)
-    return statistics.median(times)
+        fn()
+        once[name] = max(time.perf_counter() - start, 1e-7)
+        calls[name] = 1 if before else max(1, int(1e-3 / once[name]))
+    rounds = max(3, min(200, int(budget / sum(once[k] * calls[k] for k in fns))))
+    samples = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            if before:
+                before()
+            start = time.perf_counter()
+            for _ in range(calls[name]):
+                fn()
+            samples[name].append((time.perf_counter() - start) / calls[name])
+    return {name: statistics.median(times) for name, times in samples.items()}
 
 
 class Problem:
@@ -80,12 +86,6 @@ class Problem:
     def stream(self):
         names = ("params", "grads") + self.state_names
         _core.stream(tuple([self.params, self.grads] + self.states), names)
-
-    def reset_states(self):
-        """Zeroes the states (after the probe, which adds gradients to them)."""
-        for arrays in self.states:
-            for a in arrays:
-                a.fill(0)
 
     def torch_step(self):
         """torch.optim's fastest CPU step on copies of the same arrays."""
@@ -110,21 +110,22 @@ def layouts(sizes, lists: bool):
 
 def measure(name, label, shapes, dtype, with_reference, with_torch, busy):
     problem = Problem(name, shapes, dtype)
-    large = problem.elements >= 10_000_000
-    t_probe = timeit(problem.stream, before=busy)
-    problem.reset_states()
-    t_step = timeit(lambda: problem.step(steps), before=busy)
-    row = dict(optimizer=name, dtype=problem.dtype.name, layout=label,
-               tensors=len(shapes), elements=problem.elements, time_s=t_step,
-               gelem_s=problem.elements / t_step / 1e9, gbytes_s=problem.bytes / t_step / 1e9,
-               bandwidth_gbs=problem.bytes / t_probe / 1e9, pct_of_bandwidth=100 * t_probe / t_step,
-               vs_reference=None, vs_torch=None, torch_impl=None)
-    if with_reference:
-        row["vs_reference"] = timeit(lambda: problem.step(reference),
-                                     budget=1.0 if large else 0.25) / t_step
+    fns = {"lrfast": lambda: problem.step(steps), "probe": problem.stream}
+    torch_impl = None
     if with_torch:
-        torch_step, row["torch_impl"] = problem.torch_step()
-        row["vs_torch"] = timeit(torch_step, before=busy) / t_step
+        fns["torch"], torch_impl = problem.torch_step()
+    t = timeit(fns, budget=0.5, before=busy)
+    row = dict(optimizer=name, dtype=problem.dtype.name, layout=label,
+               tensors=len(shapes), elements=problem.elements, time_s=t["lrfast"],
+               gelem_s=problem.elements / t["lrfast"] / 1e9,
+               gbytes_s=problem.bytes / t["lrfast"] / 1e9,
+               bandwidth_gbs=problem.bytes / t["probe"] / 1e9,
+               pct_of_bandwidth=100 * t["probe"] / t["lrfast"],
+               vs_reference=None, vs_torch=t["torch"] / t["lrfast"] if with_torch else None,
+               torch_impl=torch_impl)
+    if with_reference:  # slow: timed on its own, a few samples
+        ref = timeit({"numpy": lambda: problem.step(reference)}, budget=0.5)["numpy"]
+        row["vs_reference"] = ref / t["lrfast"]
     return row
 
 
@@ -134,30 +135,29 @@ def clip_row(dtype, with_torch):
     problem = Problem("adamw", transformer_like_shapes(), dtype)
 
     def fused():
-        norm = steps_clip.global_norm(problem.grads)
-        problem.step(steps, grad_scale=steps_clip.clip_coefficient(norm, 1.0))
+        norm = clip.global_norm(problem.grads)
+        problem.step(steps, grad_scale=clip.clip_coefficient(norm, 1.0))
 
-    from . import clip as steps_clip
-
-    t = timeit(fused)
-    row = dict(optimizer="clip+adamw", dtype=problem.dtype.name, layout="transformer-146",
-               tensors=146, elements=problem.elements, time_s=t,
-               gelem_s=problem.elements / t / 1e9,
-               gbytes_s=(problem.bytes + problem.elements * problem.dtype.itemsize) / t / 1e9,
-               bandwidth_gbs=None, pct_of_bandwidth=None, vs_reference=None, vs_torch=None,
-               torch_impl=None)
+    fns = {"lrfast": fused}
+    torch_impl = None
     if with_torch:
         import torch
 
-        torch_step, row["torch_impl"] = problem.torch_step()
+        torch_step, torch_impl = problem.torch_step()
         params = torch_step.__self__.param_groups[0]["params"]
 
         def torch_clip_step():
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             torch_step()
 
-        row["vs_torch"] = timeit(torch_clip_step) / t
-    return row
+        fns["torch"] = torch_clip_step
+    t = timeit(fns, budget=0.5)
+    read_twice = problem.bytes + problem.elements * problem.dtype.itemsize
+    return dict(optimizer="clip+adamw", dtype=problem.dtype.name, layout="transformer-146",
+                tensors=len(problem.shapes), elements=problem.elements, time_s=t["lrfast"],
+                gelem_s=problem.elements / t["lrfast"] / 1e9, gbytes_s=read_twice / t["lrfast"] / 1e9,
+                bandwidth_gbs=None, pct_of_bandwidth=None, vs_reference=None,
+                vs_torch=t["torch"] / t["lrfast"] if with_torch else None, torch_impl=torch_impl)
 
 
 def torch_available() -> bool:

@@ -1,21 +1,24 @@
 // The bandwidth probe of `lrfast bench`: the memory traffic of an optimizer
 // step with almost no arithmetic. It reads the gradient and k arrays and
-// writes the k arrays back (x += g), so it moves the same bytes as an update
-// with k read-write arrays, through the same blocks and threads.
+// writes the k arrays back, so it moves the same bytes as an update with k
+// read-write arrays, through the same blocks and threads. It writes
+// x + 0 * g: the values stay as they were (for finite g), so the probe can run
+// between the steps it is compared with, and the compiler may not drop the
+// read of g (0 * g is NaN for an infinite g; no fast-math here).
 #include "kernel.hpp"
 
 namespace lrfast::LRFAST_ISA_NS {
 
 template <class T>
 static void stream1(const T* __restrict g, T* __restrict a, std::int64_t n) {
-    for (std::int64_t i = 0; i < n; ++i) a[i] = a[i] + g[i];
+    for (std::int64_t i = 0; i < n; ++i) a[i] = a[i] + T(0) * g[i];
 }
 
 template <class T>
 static void stream2(const T* __restrict g, T* __restrict a, T* __restrict b, std::int64_t n) {
     for (std::int64_t i = 0; i < n; ++i) {
-        a[i] = a[i] + g[i];
-        b[i] = b[i] + g[i];
+        a[i] = a[i] + T(0) * g[i];
+        b[i] = b[i] + T(0) * g[i];
     }
 }
 
@@ -23,9 +26,9 @@ template <class T>
 static void stream3(const T* __restrict g, T* __restrict a, T* __restrict b, T* __restrict c,
                     std::int64_t n) {
     for (std::int64_t i = 0; i < n; ++i) {
-        a[i] = a[i] + g[i];
-        b[i] = b[i] + g[i];
-        c[i] = c[i] + g[i];
+        a[i] = a[i] + T(0) * g[i];
+        b[i] = b[i] + T(0) * g[i];
+        c[i] = c[i] + T(0) * g[i];
     }
 }
 

@@ -34,7 +34,7 @@ struct TypedKernels {
     NormPartial (*norm)(const T*, std::int64_t, NormKind, double p);
     void (*scale)(T*, std::int64_t, double factor);        // x *= factor
     void (*clamp)(T*, std::int64_t, double limit);         // x = clamp(x, -limit, limit)
-    void (*stream)(T* const*, int k, const T*, std::int64_t);  // x[j] += g: bandwidth probe
+    void (*stream)(T* const*, int k, const T*, std::int64_t);  // x[j] += 0 * g: bandwidth probe
 };
 
 struct KernelTable {
