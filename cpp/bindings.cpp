@@ -338,7 +338,13 @@ PYBIND11_MODULE(_core, m) {
         "their arrays elsewhere and pass host views with the same pointers).");
     m.def("cpu_isa", [] { return std::string(isa_name(active_isa())); },
           "The instruction set the kernels run with: 'avx512', 'avx2' or 'baseline'.");
-    m.def("set_num_threads", &set_num_threads, py::arg("n"));
+    m.def(
+        "set_num_threads",
+        [](int n) {
+            if (n < 1) throw py::value_error("n must be >= 1, got " + std::to_string(n));
+            set_num_threads(n);
+        },
+        py::arg("n"), "Threads the kernels use, the calling thread included.");
     m.def("get_num_threads", &get_num_threads);
     m.attr("BLOCK") = kBlock;
 

@@ -91,3 +91,10 @@ def test_one_thread_and_many_threads_agree_bitwise(case, hp):
     for other in finals[1:]:
         for a, b in zip(finals[0], other):
             np.testing.assert_array_equal(a, b)
+
+
+def test_thread_count_is_checked():
+    configured = lrfast.get_num_threads()
+    with pytest.raises(ValueError, match="n must be >= 1"):
+        lrfast.set_num_threads(0)
+    assert lrfast.get_num_threads() == configured
