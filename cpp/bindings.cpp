@@ -22,7 +22,7 @@ namespace lrfast {
 namespace {
 
 // Slots of the arrays of one call: params, grads, then up to three states.
-constexpr int kParams = 0, kGrads = 1, kSlots = 5;
+constexpr int kParams = 0, kGrads = 1;
 
 // The arrays of one call, split by dtype; `keep` holds the NumPy views made of
 // buffer-protocol objects and torch tensors until the call ends.
@@ -62,7 +62,11 @@ py::array as_array(py::handle obj, const py::tuple& names, int i, std::size_t t,
             throw py::type_error(name + " is a torch tensor on " +
                                  py::str(obj.attr("device")).cast<std::string>() +
                                  "; the C++ path takes CPU tensors");
-        view = obj.attr("detach")().attr("numpy")();
+        try {
+            view = obj.attr("detach")().attr("numpy")();
+        } catch (py::error_already_set& e) {  // a dtype NumPy lacks, such as bfloat16
+            throw py::type_error(name + ": " + e.what());
+        }
     } else {
         throw py::type_error(name + " must be a float32 or float64 array (NumPy array, buffer "
                              "or CPU torch tensor), got " +

@@ -16,6 +16,8 @@ ORDER = ("baseline", "avx2", "avx512")
 TESTS = Path(__file__).parent
 
 
+# Subprocesses run in the tests folder: from the repository root, `import lrfast`
+# would find the source folder rather than the installed package.
 def run_python(code, isa, *args):
     env = dict(os.environ, LRFAST_CPU_ISA=isa)
     return subprocess.run([sys.executable, "-c", code, *args], env=env, cwd=TESTS,
@@ -96,6 +98,6 @@ def test_kernel_suite_under_variant(isa):
     out = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider",
                           "-k", "not 1000003", str(TESTS / "test_kernels.py"),
                           str(TESTS / "test_clip.py")],
-                         env=env, cwd=TESTS.parent, capture_output=True, text=True, timeout=900)
+                         env=env, cwd=TESTS, capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert " passed" in out.stdout

@@ -4,6 +4,7 @@ resident memory of a fresh process stays put across steps, norms and clips on
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -31,8 +32,10 @@ print(after - before)
 
 @pytest.mark.slow
 def test_steps_do_not_grow_peak_memory():
+    # cwd: the tests folder, so that `import lrfast` finds the installed package,
+    # not the source folder at the repository root.
     out = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True,
-                         timeout=300)
+                         timeout=300, cwd=Path(__file__).parent)
     assert out.returncode == 0, out.stderr
     growth_kib = int(out.stdout.strip())
     assert growth_kib < 4 * 1024, f"peak RSS grew by {growth_kib} KiB"

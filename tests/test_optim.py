@@ -2,6 +2,7 @@
 (schedules, plateau, clipping, loss scale, skipping), checks before writes,
 and checkpoints that resume bit-identically."""
 
+import os
 import subprocess
 import sys
 
@@ -257,7 +258,9 @@ def test_bad_checkpoints_raise_and_change_nothing(tmp_path):
 
 def test_importing_lrfast_optim_does_not_import_torch():
     code = "import sys, lrfast, lrfast.optim; assert 'torch' not in sys.modules, 'torch imported'"
-    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+    # cwd: the tests folder, where `import lrfast` finds the installed package
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120,
+                   cwd=os.path.dirname(__file__))
 
 
 def test_case_table_names_the_classes():
