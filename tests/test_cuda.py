@@ -12,6 +12,7 @@ import os
 import shutil
 import subprocess
 import sys
+import weakref
 
 import numpy as np
 import pytest
@@ -418,6 +419,220 @@ def test_unchanged_layout_is_checked_and_uploaded_once():
     assert len(layout._cache) <= layout.CACHED_LAYOUTS
 
 
+# -- the fast path: a call like the last one -------------------------------------
+
+simulator_only = pytest.mark.skipif(not SIMULATED, reason="shows host memory as device memory")
+
+
+@pytest.fixture
+def fixed(monkeypatch):
+    """In the simulator, device() arrays stand for numba's DeviceNDArray, whose
+    interface cannot change: the same object is trusted by identity."""
+    if SIMULATED:
+        monkeypatch.setattr(layout, "FIXED_TYPES", layout.FIXED_TYPES | {SimulatedDeviceArray})
+
+
+@pytest.fixture
+def checks(monkeypatch):
+    """The calls of lrfast._core.check made during the test."""
+    calls, check = [], _core.check
+    monkeypatch.setattr(_core, "check", lambda *args: calls.append(args) or check(*args))
+    return calls
+
+
+@pytest.fixture
+def reads(monkeypatch):
+    """The arrays whose interface the layout reads during the test."""
+    calls, read = [], layout._interface
+
+    def counted(obj, *args):
+        calls.append(obj)
+        return read(obj, *args)
+
+    monkeypatch.setattr(layout, "_interface", counted)
+    return calls
+
+
+def adam_lists(n):
+    """params, grads, exp_avgs, exp_avg_sqs: `n` float32 device arrays of 3 each."""
+    return tuple([device(np.full(3, value, np.float32)) for _ in range(n)]
+                 for value in (1.0, 0.5, 0.0, 0.0))
+
+
+def fill(d, a):
+    """Writes the host array `a` into the device array `d`."""
+    if SIMULATED:
+        d._host[...] = a
+    else:
+        d.copy_to_device(a)
+
+
+def alias(d):
+    """Another device array object over the memory of `d`."""
+    return SimulatedDeviceArray(d._host) if SIMULATED else cuda.as_cuda_array(d)
+
+
+def test_a_call_like_the_last_reads_and_checks_nothing(fixed, checks, reads):
+    params, grads, exp_avgs, exp_avg_sqs = adam_lists(50)
+    _adam(params, grads, exp_avgs, exp_avg_sqs)
+    assert len(reads) >= 200
+    tables, n_reads = lrfast.cuda.tables_built(), len(reads)
+    for _ in range(3):  # new lists of the same arrays
+        _adam(list(params), list(grads), list(exp_avgs), exp_avg_sqs)
+    assert len(checks) == 1
+    assert lrfast.cuda.tables_built() == tables
+    assert reads[n_reads:] == [params[0]] * 3  # for its stream
+
+
+def test_steps_on_the_fast_path_match_the_reference(fixed, checks):
+    case, hp = CASE_BY_NAME["adam"], dict(lr=1e-2, amsgrad=True, weight_decay=0.1)
+    params, states = make_problem(case, hp, LIST_SHAPES, np.float32)
+    d_params = [device(p) for p in params]
+    d_states = {k: [device(a) for a in v] for k, v in states.items()}
+    d_grads = [device(np.zeros(s, np.float32)) for s in LIST_SHAPES]
+    for step in range(1, STEPS + 1):
+        grads = gradients(LIST_SHAPES, np.float32, step)
+        for d, g in zip(d_grads, grads):
+            fill(d, g)  # a framework's way: new values in the same buffers
+        call_step(lrfast.adam_step, case, hp, d_params, d_grads, d_states, step)
+        call_step(reference.adam_step, case, hp, params, grads, states, step)
+    assert len(checks) == 1
+    for i, (d, p) in enumerate(zip(d_params, params)):
+        np.testing.assert_allclose(host(d), p, rtol=2e-5, atol=2e-6, err_msg=f"params[{i}]")
+
+
+def test_an_element_replaced_in_the_list_is_checked(fixed, checks):
+    params, grads, exp_avgs, exp_avg_sqs = adam_lists(5)
+    _adam(params, grads, exp_avgs, exp_avg_sqs)
+    after_one_step = [host(p) for p in params]
+    for bad, error, message in [
+            (device(np.zeros(3, np.float16)), TypeError, r"^grads\[3\] has dtype float16"),
+            (device(np.zeros(4, np.float32)), ValueError, r"^grads\[3\] has shape \(4,\)"),
+            (alias(params[1]), ValueError,
+             r"^(params\[1\] and grads\[3\]|grads\[3\] and params\[1\]) overlap")]:
+        grads[3] = bad  # in the same list object
+        with pytest.raises(error, match=message):
+            _adam(params, grads, exp_avgs, exp_avg_sqs)
+    for p, before in zip(params, after_one_step):
+        np.testing.assert_array_equal(host(p), before)
+
+    # Another object over the same memory: nothing to check or upload again.
+    grads[3] = device(np.full(3, 0.5, np.float32))
+    _adam(params, grads, exp_avgs, exp_avg_sqs)
+    tables, n_checks = lrfast.cuda.tables_built(), len(checks)
+    grads[3] = alias(grads[3])
+    _adam(params, grads, exp_avgs, exp_avg_sqs)
+    assert (lrfast.cuda.tables_built(), len(checks)) == (tables, n_checks)
+
+
+@simulator_only
+def test_a_new_array_at_the_id_of_a_freed_one_is_checked(fixed):
+    params, grads, exp_avgs, exp_avg_sqs = adam_lists(3)
+    _adam(params, grads, exp_avgs, exp_avg_sqs)
+    freed = id(grads[1])
+    grads[1] = None
+    # CPython gives the freed memory to a later object of the same size.
+    new = SimulatedDeviceArray.__new__
+    bad = next((a for a in [new(SimulatedDeviceArray) for _ in range(10_000)] if id(a) == freed),
+               None)
+    if bad is None:
+        pytest.skip("the freed id went to another object")
+    bad._host = np.zeros(3, np.float16)  # another layout
+    grads[1] = bad
+    with pytest.raises(TypeError, match=r"^grads\[1\] has dtype float16"):
+        _adam(params, grads, exp_avgs, exp_avg_sqs)
+
+
+def test_the_fast_path_keeps_no_array_alive(fixed):
+    params, grads, exp_avgs, exp_avg_sqs = adam_lists(3)
+    _adam(params, grads, exp_avgs, exp_avg_sqs)
+    _adam(params, grads, exp_avgs, exp_avg_sqs)
+    refs = [weakref.ref(g) for g in grads]
+    del grads
+    assert all(ref() is None for ref in refs)
+
+
+class Movable(SimulatedDeviceArray):
+    """A device array whose memory can be swapped under the same object, as
+    an unknown type's may: not trusted by identity."""
+
+    def move_to(self, host_array):
+        self._host = host_array
+
+
+@simulator_only
+def test_an_unknown_array_type_is_read_at_every_call(checks):
+    params, grads = [Movable(np.ones(4, np.float32))], [Movable(np.ones(4, np.float32))]
+    lrfast.sgd_step(params, grads, lr=0.5)
+    lrfast.sgd_step(params, grads, lr=0.5)
+    assert len(checks) == 1
+    grads[0].move_to(np.ones(5, np.float32))
+    with pytest.raises(ValueError, match=r"^grads\[0\] has shape \(5,\)"):
+        lrfast.sgd_step(params, grads, lr=0.5)
+    np.testing.assert_array_equal(host(params[0]), np.zeros(4, np.float32))
+
+
+def test_a_read_only_flag_raised_under_the_same_object_is_seen():
+    exported = Exported(device(np.ones(4, np.float32)))
+    lrfast.clip_grad_value([exported], 0.5)
+    exported._readonly = True
+    with pytest.raises(ValueError, match=r"^grads\[0\] is read-only"):
+        lrfast.clip_grad_value([exported], 0.5)
+
+
+def _mutations(torch):
+    """In-place changes that move a tensor or change what its interface says."""
+    def data_view_as_int(t):
+        t.data = t.data.view(torch.int32)
+
+    def data_assignment(t):
+        t.data = torch.zeros(6)
+
+    return {
+        ".data = other": data_assignment,
+        ".data = view as int32": data_view_as_int,
+        "set_": lambda t: t.set_(torch.zeros(6)),
+        "resize_ smaller": lambda t: t.resize_(3),
+        "resize_ to (2, 3)": lambda t: t.resize_(2, 3),
+        "unsqueeze_": lambda t: t.unsqueeze_(0),
+        "as_strided_": lambda t: t.as_strided_((3,), (2,)),
+        "storage freed": lambda t: t.untyped_storage().resize_(0),
+    }
+
+
+def test_torch_prints_see_what_moves_a_tensor():
+    # The fast path takes a torch tensor's print at every call; CPU tensors
+    # here, whose prints are made the same way.
+    torch = pytest.importorskip("torch")
+    for name, mutate in _mutations(torch).items():
+        t = torch.zeros(6)
+        before = layout._print(t)
+        mutate(t)
+        assert layout._print(t) != before, name
+    t = torch.zeros(6)
+    before = layout._print(t)
+    t.add_(1).mul_(3)
+    t.requires_grad_()
+    assert layout._print(t) == before  # values and autograd flags do not matter
+    assert layout._print(t.detach()) == before  # another object, the same tensor
+    assert layout._print(torch.nn.Parameter(t.detach())) != before  # another type
+
+    class Sub(torch.Tensor):  # may override the interface: printed from it
+        pass
+
+    assert layout._printer(Sub) is layout._interface_print
+
+
+def test_host_cost_of_a_thousand_tensor_step_seen_before(benchmark, fixed):
+    # What the host spends before the launch on an Adam step over 1000
+    # tensors seen at the last step (the launch itself is not timed).
+    arrays = adam_lists(1000)
+    names = ("params", "grads", "exp_avgs", "exp_avg_sqs")
+    layout.prepare(arrays, names, False)
+    benchmark.extra_info["arrays"] = 4000
+    benchmark(layout.prepare, arrays, names, False)
+
+
 @pytest.mark.skipif(SIMULATED, reason="torch CUDA tensors need a GPU")
 def test_torch_cuda_tensors():
     torch = pytest.importorskip("torch")
@@ -428,3 +643,24 @@ def test_torch_cuda_tensors():
     lrfast.sgd_step([p], [g], lr=0.25)
     torch.testing.assert_close(p.cpu(), torch.full((1000,), 0.5))
     assert lrfast.global_norm([g]) == pytest.approx(2.0 * 1000 ** 0.5)
+
+
+@pytest.mark.skipif(SIMULATED, reason="torch CUDA tensors need a GPU")
+def test_a_torch_tensor_moved_under_the_same_object_is_checked_again(checks):
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("torch without CUDA")
+    p = torch.ones(1000, device="cuda")
+    g = torch.full((1000,), 2.0, device="cuda")
+    for _ in range(2):
+        lrfast.sgd_step([p], [g], lr=0.25)
+    assert len(checks) == 1
+    p.data = torch.ones(1000, device="cuda")  # new memory, the same object
+    lrfast.sgd_step([p], [g], lr=0.25)
+    torch.testing.assert_close(p.cpu(), torch.full((1000,), 0.5))
+    g.resize_(500)  # the same memory, another shape
+    with pytest.raises(ValueError, match=r"^grads\[0\] has shape \(500,\)"):
+        lrfast.sgd_step([p], [g], lr=0.25)
+    torch.testing.assert_close(p.cpu(), torch.full((1000,), 0.5))
+    lrfast.sgd_step([p], [g.detach().resize_(1000)], lr=0.25)  # a new object, as at first
+    torch.testing.assert_close(p.cpu(), torch.zeros(1000))

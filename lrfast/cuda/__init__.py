@@ -10,7 +10,17 @@ How a call runs (details in the modules named):
 - :mod:`.layout` reads every array's interface, checks the call with the same
   code and messages as the C++ path (``lrfast._core.check`` on host views
   that carry the device pointers and never read them), and turns the list into
-  a small device table of pieces, cached per list layout;
+  a small device table of pieces, cached per list layout. Reading the
+  interfaces costs microseconds per array, so a call like the last one with
+  the same argument names and list lengths skips all of that when each array
+  still shows what was checked: a numba DeviceNDArray that is the same object
+  as last time is trusted by identity (its interface cannot change; the cache
+  holds weak references and notes deaths, so a reused ``id`` is not trusted);
+  a torch tensor is compared by ``data_ptr()``, shape, dtype, contiguity and
+  device type, which ``.data =``, ``set_``, ``resize_`` or an in-place view
+  op change; any other array by its interface, read again. A replaced
+  element, a moved tensor or a changed interface sends the call through the
+  full read and check again, with the same errors;
 - :mod:`.launch` runs one kernel per dtype over the whole table, so a list of
   a thousand tensors costs one launch per dtype, not a thousand;
 - :mod:`.optimizers` and :mod:`.norms` hold the per-element arithmetic, the

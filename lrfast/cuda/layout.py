@@ -7,19 +7,45 @@ writeability, list-length and overlap checks and messages as the C++ path.
 It only looks at pointers and sizes (``numpy.asarray`` of a HostView wraps
 the address without reading it), so no data leaves the device.
 
-Cache: a call's *layout* is the interface of every array (pointer, shape,
-strides, dtype, read-only flag) plus the argument names. The check and the
-piece tables depend on nothing else, so a layout seen before is neither
+Layout cache: a call's *layout* is the interface of every array (pointer,
+shape, strides, dtype, read-only flag) plus the argument names. The check and
+the piece tables depend on nothing else, so a layout seen before is neither
 checked again nor re-uploaded: in a training loop the parameters and states
 stay put, and the gradients usually do too (a framework reuses their
-buffers), so steps after the first upload nothing. Reading the interfaces to
-build the key is the host's whole per-step cost before the launches.
+buffers), so steps after the first upload nothing.
+
+Fast path: reading an interface builds a dict in Python, microseconds per
+array: most of a thousand-tensor step. So for each call *signature* (the
+argument names, whether the grads are written, the lengths of the sequences)
+:class:`_Seen` keeps the last call's groups and *prints*: what the check and
+the tables see of each array, its type and interface fields, or for a torch
+tensor the attributes torch computes its interface from (``data_ptr()``,
+shape, dtype, contiguity, device type), which cost a fraction of the
+interface. The next call of that signature reuses those groups, reading no
+interface and checking nothing, if every array has the print of the array it
+takes the place of:
+
+- an array of :data:`FIXED_TYPES` (numba's DeviceNDArray), whose interface
+  cannot change while it lives, that is the same object as last time is not
+  even printed again. Identity is tracked by weak reference, so the cache
+  keeps no memory alive, and the death of a remembered array is noted, so
+  that a new object at a reused ``id`` is printed, not taken for the old one;
+- every other array is printed at every call, whether the same object or
+  not: a torch tensor can move under the same identity (``.data =``,
+  ``set_``, ``resize_``, in-place view ops), and an unknown type may too
+  (its print is its interface, read again).
+
+Anything else (an element replaced by an array of another layout, a moved
+tensor, an array that raises) goes down the full path: the interfaces, the
+layout cache, the check, which raises as before.
 """
 
 from __future__ import annotations
 
 import math
+import sys
 import threading
+import weakref
 from collections import OrderedDict
 from dataclasses import dataclass
 
@@ -30,6 +56,17 @@ from .. import _core
 from . import is_torch_tensor, launch
 
 CACHED_LAYOUTS = 32  # a loop alternates between a few: step, norm, clip
+
+# Array types whose interface cannot change while the object lives (and that
+# can be weakly referenced). Numba's DeviceNDArray sets its pointer, shape,
+# strides and dtype in __init__ only; its methods return new arrays. Not its
+# Mapped/ManagedNDArray, which are NumPy arrays too, whose shape can be
+# assigned; nor CuPy's ndarray, whose shape can be assigned too.
+FIXED_TYPES: set[type] = set()
+if not launch.SIMULATED:
+    from numba.cuda.cudadrv.devicearray import DeviceNDArray
+
+    FIXED_TYPES.add(DeviceNDArray)
 
 
 class HostView:
@@ -57,6 +94,7 @@ class Group:
 
 
 _cache: OrderedDict = OrderedDict()  # layout key -> tuple of Groups, least recent first
+_seen: OrderedDict = OrderedDict()   # call signature -> _Seen, least recent first
 _cache_lock = threading.Lock()
 
 
@@ -64,6 +102,21 @@ def prepare(arrays, names, grads_writeable: bool):
     """Checks one call's arrays and returns ``(groups, stream)``: its
     :class:`Group` per dtype and the stream to run on. Raises
     TypeError/ValueError naming the argument and index, before any launch."""
+    signature = (names, grads_writeable) + tuple(None if seq is None else len(seq)
+                                                 for seq in arrays)
+    with _cache_lock:  # holds() updates what it remembers: one thread at a time
+        seen = _seen.get(signature)
+        groups = seen.groups if seen is not None and seen.holds(arrays) else None
+        if groups is not None:
+            _seen.move_to_end(signature)
+    if groups is None:
+        groups = _prepare_in_full(arrays, names, grads_writeable, signature)
+    return groups, _stream(arrays[0])
+
+
+def _prepare_in_full(arrays, names, grads_writeable: bool, signature):
+    """The groups of a call not on the fast path: reads every interface,
+    checks the layout unless it is cached, and remembers the arrays."""
     first = f"{names[0]}[0]"
     interfaces = tuple(None if seq is None else
                        tuple(_interface(a, f"{name}[{t}]", first) for t, a in enumerate(seq))
@@ -83,22 +136,136 @@ def prepare(arrays, names, grads_writeable: bool):
             _cache[key] = groups
             if len(_cache) > CACHED_LAYOUTS:
                 _cache.popitem(last=False)
-    stream = _stream(arrays[0][0], interfaces[0][0]) if interfaces[0] else cuda.default_stream()
-    return groups, stream
+    prints = [None if seq is None else
+              [_print_of(a, i) for a, i in zip(seq, seq_interfaces)]
+              for seq, seq_interfaces in zip(arrays, interfaces)]
+    seen = _Seen(arrays, prints, groups)
+    with _cache_lock:
+        _seen[signature] = seen
+        if len(_seen) > CACHED_LAYOUTS:
+            _seen.popitem(last=False)
+    return groups
 
 
-def _stream(first, interface: dict):
+class _Seen:
+    """The arrays of the last call of one signature, with their prints and the
+    groups their layout was checked into."""
+
+    def __init__(self, arrays, prints: list, groups: tuple):
+        self.groups = groups
+        self.prints = prints
+        # Per sequence: the print function of its arrays' type (_print where
+        # types mix); the places of the arrays whose print can change under
+        # the same identity (not of FIXED_TYPES), and their prints.
+        self.printers = [None if seq is None else _common_printer(seq) for seq in arrays]
+        self.watch = [None if seq is None else
+                      [t for t, a in enumerate(seq) if type(a) not in FIXED_TYPES]
+                      for seq in arrays]
+        self.watched = [None if w is None else [ps[t] for t in w]
+                        for w, ps in zip(self.watch, prints)]
+        # The identities of the sequences with arrays of FIXED_TYPES, by weak
+        # reference (the cache keeps no memory alive). A reference's callback
+        # runs as its array is freed, before any other object can take its
+        # id, and marks the array's sequence dead.
+        self.dead: set[int] = set()
+        self.ids: list = [None] * len(arrays)
+        self.refs: list = [None] * len(arrays)
+        for s, (seq, watch) in enumerate(zip(arrays, self.watch)):
+            if seq is not None and len(watch) < len(seq):
+                self._remember(s, seq)
+
+    def _remember(self, s: int, seq) -> None:
+        """Holds weak references to the arrays of `seq`, sequence `s`."""
+        dead = self.dead
+        died = lambda ref: dead.add(s)  # noqa: E731 (not a method: no cycle through self)
+        self.refs[s] = [weakref.ref(a, died) for a in seq]  # frees the old references
+        self.ids[s] = list(map(id, seq))
+        dead.discard(s)
+
+    def holds(self, arrays) -> bool:
+        """Whether `arrays`, of this signature, have the layout checked into
+        ``self.groups``; if so, remembers them."""
+        try:
+            renew = {s for s, ids in enumerate(self.ids)
+                     if ids is not None and list(map(id, arrays[s])) != ids}
+            # Read after the ids: an array freed before an array of this call
+            # could take its id marked its sequence before that array existed.
+            renew |= self.dead
+            for s, seq in enumerate(arrays):
+                printer, watch = self.printers[s], self.watch[s]
+                if s in renew or (watch and len(watch) == len(seq)):
+                    if list(map(printer, seq)) != self.prints[s]:
+                        return False
+                elif watch and [printer(seq[t]) for t in watch] != self.watched[s]:
+                    return False
+        except Exception:  # an array that raises: the full path says what is wrong
+            return False
+        for s in renew:
+            self._remember(s, arrays[s])
+        return True
+
+
+def _print_of(array, interface: dict) -> tuple:
+    """`array`'s print (see _print), from its interface unless it is a torch
+    tensor, whose print costs less."""
+    if _printer(type(array)) is _torch_print:
+        return _torch_print(array)
+    return (type(array),) + _fields(interface)
+
+
+def _print(array) -> tuple:
+    """What the check and the tables see of `array`: arrays of equal prints
+    have equal interfaces (pointer, shape, strides, dtype, read-only flag)."""
+    return _printer(type(array))(array)
+
+
+def _common_printer(seq):
+    """The print function of the arrays of `seq`, or _print where types mix."""
+    printers = {_printer(type(a)) for a in seq}
+    return printers.pop() if len(printers) == 1 else _print
+
+
+_printers: dict = {}  # array type -> its print function
+
+
+def _printer(kind: type):
+    printer = _printers.get(kind)
+    if printer is None:
+        torch = sys.modules.get("torch")  # a torch tensor means torch is imported
+        exact_torch = torch is not None and kind in (torch.Tensor, torch.nn.Parameter)
+        printer = _printers[kind] = _torch_print if exact_torch else _interface_print
+    return printer
+
+
+def _torch_print(t) -> tuple:
+    # torch.Tensor.__cuda_array_interface__ is a function of these (and of
+    # requires_grad, which _interface detaches away); it has strides only for
+    # a tensor that is not contiguous, which the check refuses. A subclass
+    # may override the interface: it gets _interface_print.
+    return (type(t), t.data_ptr(), t.shape, t.dtype, t.is_contiguous(), t.is_cuda)
+
+
+def _interface_print(array) -> tuple:
+    return (type(array),) + _fields(_interface(array))
+
+
+def _stream(params):
     """The stream of the call: the first array's (CAI v3), or for a torch
     tensor, which exports no stream, torch's current stream on its device."""
+    if not params:
+        return cuda.default_stream()
+    first = params[0]
     if is_torch_tensor(first):
         import torch
 
         handle = torch.cuda.current_stream(first.device).cuda_stream
-        interface = {"stream": handle or 1}  # torch's 0 is the legacy default stream
-    return launch.stream_of(interface)
+        return launch.stream_of({"stream": handle or 1})  # torch's 0 is the legacy default stream
+    return launch.stream_of(_interface(first))
 
 
-def _interface(obj, label: str, first: str) -> dict:
+def _interface(obj, label: str = "", first: str = "") -> dict:
+    """`obj`'s interface; `label` and `first` name it and the call's first
+    array in the messages."""
     if is_torch_tensor(obj) and obj.requires_grad:
         obj = obj.detach()  # torch refuses the interface of a tensor that requires grad
     try:
