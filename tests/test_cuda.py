@@ -396,8 +396,10 @@ def test_the_checks_never_read_device_memory():
         except ValueError as e:
             print(e)
     """
+    # cwd: the tests folder, where `import lrfast` finds the installed package
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          env={**os.environ, "NUMBA_ENABLE_CUDASIM": "1"})
+                          env={**os.environ, "NUMBA_ENABLE_CUDASIM": "1"},
+                          cwd=os.path.dirname(__file__))
     assert done.returncode == 0, done.stderr
     assert "params[0] and grads[0] overlap in memory" in done.stdout
 
