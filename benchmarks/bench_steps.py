@@ -31,17 +31,22 @@ def setup(case, shapes, dtype=np.float32):
     return params, grads, positional, hp
 
 
+def torch_optimizer(case, params, grads, hp):
+    """torch.optim's fastest CPU implementation of the case, over the same arrays."""
+    torch = pytest.importorskip("torch")
+    tensors = [torch.from_numpy(p).requires_grad_() for p in params]
+    for t, g in zip(tensors, grads):
+        t.grad = torch.from_numpy(g)
+    kind = "fused" if case.torch_name in TORCH_FUSED else "foreach"
+    kwargs = {k: v for k, v in hp.items() if k != "step"}
+    return getattr(torch.optim, case.torch_name)(tensors, **kwargs, **{kind: True})
+
+
 def step_fn(impl, case, shapes):
     """A zero-argument step of `impl` ("lrfast", "numpy" or "torch") on fresh arrays."""
     params, grads, states, hp = setup(case, shapes)
     if impl == "torch":
-        torch = pytest.importorskip("torch")
-        tensors = [torch.from_numpy(p).requires_grad_() for p in params]
-        for t, g in zip(tensors, grads):
-            t.grad = torch.from_numpy(g)
-        kind = "fused" if case.torch_name in TORCH_FUSED else "foreach"
-        kwargs = {k: v for k, v in hp.items() if k != "step"}
-        return getattr(torch.optim, case.torch_name)(tensors, **kwargs, **{kind: True}).step
+        return torch_optimizer(case, params, grads, hp).step
     fn = getattr(lrfast if impl == "lrfast" else reference, case.step_fn)
     return lambda: fn(params, grads, *states, **hp)
 
@@ -78,10 +83,8 @@ def test_clip_and_adamw_transformer(benchmark, impl):
     params, grads, states, hp = setup(case, shapes)
     if impl == "torch":
         torch = pytest.importorskip("torch")
-        tensors = [torch.from_numpy(p).requires_grad_() for p in params]
-        for t, g in zip(tensors, grads):
-            t.grad = torch.from_numpy(g)
-        opt = torch.optim.AdamW(tensors, lr=1e-3, fused=True)
+        opt = torch_optimizer(case, params, grads, hp)
+        tensors = opt.param_groups[0]["params"]
 
         def fn():
             torch.nn.utils.clip_grad_norm_(tensors, 1.0)

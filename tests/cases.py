@@ -126,3 +126,17 @@ def call_step(fn, case: Case, hp: dict, params, grads, states, step: int):
     if case.takes_step:
         kwargs["step"] = step
     fn(params, grads, *positional, **kwargs)
+
+
+def assert_close(case: Case, dtype, got, want):
+    """Compares (params, states) pairs from two implementations within the
+    case's tolerance for `dtype`."""
+    rtol, atol = case.tol[dtype]
+    (p_got, s_got), (p_want, s_want) = got, want
+    for i, (a, b) in enumerate(zip(p_got, p_want, strict=True)):
+        assert a.dtype == dtype
+        np.testing.assert_allclose(a, b, rtol=rtol, atol=atol, err_msg=f"params[{i}]")
+    assert s_got.keys() == s_want.keys()
+    for name in s_got:
+        for i, (a, b) in enumerate(zip(s_got[name], s_want[name], strict=True)):
+            np.testing.assert_allclose(a, b, rtol=rtol, atol=atol, err_msg=f"{name}[{i}]")

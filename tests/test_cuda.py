@@ -35,7 +35,7 @@ import lrfast  # noqa: E402
 import lrfast.cuda  # noqa: E402
 from lrfast import _core, reference  # noqa: E402
 from lrfast.cuda import launch, layout, ops  # noqa: E402
-from cases import CASE_BY_NAME, CASES, call_step, gradients, make_problem  # noqa: E402
+from cases import CASE_BY_NAME, CASES, assert_close, call_step, gradients, make_problem  # noqa: E402
 
 SIMULATED = launch.SIMULATED
 STEPS = 5
@@ -114,16 +114,8 @@ def run_reference(case, hp, shapes, dtype, steps=STEPS):
 
 
 def assert_matches_reference(case, hp, shapes, dtype):
-    (p_got, s_got) = run_on_device(case, hp, shapes, dtype)
-    (p_want, s_want) = run_reference(case, hp, shapes, dtype)
-    rtol, atol = case.tol[dtype]
-    for i, (a, b) in enumerate(zip(p_got, p_want)):
-        assert a.dtype == dtype
-        np.testing.assert_allclose(a, b, rtol=rtol, atol=atol, err_msg=f"params[{i}]")
-    assert s_got.keys() == s_want.keys()
-    for name in s_got:
-        for i, (a, b) in enumerate(zip(s_got[name], s_want[name])):
-            np.testing.assert_allclose(a, b, rtol=rtol, atol=atol, err_msg=f"{name}[{i}]")
+    assert_close(case, dtype, run_on_device(case, hp, shapes, dtype),
+                 run_reference(case, hp, shapes, dtype))
 
 
 def test_list_matches_reference(case, hp, dtype):

@@ -7,7 +7,7 @@ import pytest
 
 import lrfast
 from lrfast import reference
-from cases import SIZES, call_step, gradients, make_problem
+from cases import SIZES, assert_close, call_step, gradients, make_problem
 
 STEPS = 10
 
@@ -30,18 +30,6 @@ def run_both(case, hp, shapes, dtype, single=False):
                 np.testing.assert_array_equal(g, b, err_msg="a step wrote its gradient")
         results.append((params, states))
     return results
-
-
-def assert_close(case, dtype, got, want):
-    rtol, atol = case.tol[dtype]
-    (p_got, s_got), (p_want, s_want) = got, want
-    for i, (a, b) in enumerate(zip(p_got, p_want)):
-        assert a.dtype == dtype
-        np.testing.assert_allclose(a, b, rtol=rtol, atol=atol, err_msg=f"params[{i}]")
-    assert s_got.keys() == s_want.keys()
-    for name in s_got:
-        for i, (a, b) in enumerate(zip(s_got[name], s_want[name])):
-            np.testing.assert_allclose(a, b, rtol=rtol, atol=atol, err_msg=f"{name}[{i}]")
 
 
 @pytest.mark.parametrize("size", SIZES)
