@@ -42,11 +42,9 @@ class Pool {
     }
 
     // Runs a job on the caller and whichever workers wake in time; returns when
-    // every block is done, and whether some thread found another's part
-    // untouched (its owner had not started: the cores are busy elsewhere). The
-    // caller never waits for a worker that has not started, only for blocks
-    // that a worker has claimed.
-    bool run(std::int64_t n_blocks, const std::function<void(std::int64_t)>& body) {
+    // every block is done. The caller never waits for a worker that has not
+    // started, only for blocks that a worker has claimed.
+    void run(std::int64_t n_blocks, const std::function<void(std::int64_t)>& body) {
         {
             std::unique_lock<std::mutex> lock(mu_);
             // A late worker may still be leaving the previous job's claim loop.
@@ -54,19 +52,16 @@ class Pool {
             body_ = &body;
             const std::int64_t n_parts = std::int64_t(parts_.size());
             for (std::int64_t k = 0; k < n_parts; ++k) {
-                parts_[k].begin = n_blocks * k / n_parts;
-                parts_[k].next.store(parts_[k].begin, std::memory_order_relaxed);
+                parts_[k].next.store(n_blocks * k / n_parts, std::memory_order_relaxed);
                 parts_[k].end = n_blocks * (k + 1) / n_parts;
             }
             completed_.store(0, std::memory_order_relaxed);
-            late_.store(false, std::memory_order_relaxed);
             ++generation_;
         }
         wake_.notify_all();
         claim(0);
         std::unique_lock<std::mutex> lock(mu_);
         done_.wait(lock, [&] { return completed_.load(std::memory_order_acquire) == n_blocks; });
-        return late_.load(std::memory_order_relaxed);
     }
 
   private:
@@ -79,7 +74,6 @@ class Pool {
         for (std::size_t k = 0; k < parts_.size(); ++k) {
             Part& part = parts_[(self + k) % parts_.size()];
             for (std::int64_t b; (b = part.next.fetch_add(1, std::memory_order_relaxed)) < part.end;) {
-                if (k > 0 && b == part.begin) late_.store(true, std::memory_order_relaxed);
                 (*body_)(b);
                 completed_.fetch_add(1, std::memory_order_release);
             }
@@ -107,7 +101,7 @@ class Pool {
 
     struct Part {
         alignas(64) std::atomic<std::int64_t> next{0};  // own cache line: claimed concurrently
-        std::int64_t begin = 0, end = 0;
+        std::int64_t end = 0;
     };
 
     std::vector<Part> parts_;  // one per thread, the caller's first
@@ -119,21 +113,12 @@ class Pool {
     bool stop_ = false;
     const std::function<void(std::int64_t)>* body_ = nullptr;
     std::atomic<std::int64_t> completed_{0};
-    std::atomic<bool> late_{false};
 };
 
 std::mutex g_config;   // guards g_threads and g_pool's replacement
-std::mutex g_running;  // held by the one call using the pool, and guards the backoff
+std::mutex g_running;  // held by the one call using the pool
 int g_threads = default_threads();
 Pool* g_pool = nullptr;
-
-// When a worker was late (another process or runtime, say PyTorch's OpenMP
-// threads spinning after a parallel region, holds its core), waking it again
-// only adds a wait for it: the next calls run on the caller alone, 1, 2, 4 ...
-// up to 64 of them after repeated late workers, then the pool is tried again.
-int g_inline_calls = 0;
-int g_backoff = 1;
-constexpr int kMaxBackoff = 64;
 
 // A forked child has none of the parent's threads: forget the pool (leaking
 // it, as its threads cannot be joined there) and start a new one on demand.
@@ -165,16 +150,10 @@ void parallel_for(std::int64_t n_blocks, std::int64_t min_parallel_blocks,
             if (g_threads > 1 && g_pool == nullptr) g_pool = new Pool(g_threads - 1);
             pool = g_threads > 1 ? g_pool : nullptr;
         }
-        if (pool != nullptr && g_inline_calls == 0) {
-            if (pool->run(n_blocks, body)) {
-                g_inline_calls = g_backoff;
-                g_backoff = std::min(2 * g_backoff, kMaxBackoff);
-            } else {
-                g_backoff = 1;
-            }
+        if (pool != nullptr) {
+            pool->run(n_blocks, body);
             return;
         }
-        if (g_inline_calls > 0) --g_inline_calls;
     }
     for (std::int64_t b = 0; b < n_blocks; ++b) body(b);
 }

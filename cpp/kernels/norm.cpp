@@ -37,15 +37,26 @@ NormPartial norm_partial(const T* x, std::int64_t n, NormKind kind, double p) {
         case NormKind::linf:
             break;
     }
-    // A maximum comparison drops NaN, so NaNs are counted beside it.
-    T best = 0;
-    std::int64_t nans = 0;
-    for (std::int64_t i = 0; i < n; ++i) {
-        const T a = x[i] < 0 ? -x[i] : x[i];
-        best = a > best ? a : best;
-        nans += x[i] != x[i];
+    // The maximum runs per lane too (a select per element, which vectorises
+    // where a single running maximum would not). A comparison drops NaN, so
+    // a NaN is flagged beside it, in a lane of the same type (selects of one
+    // width vectorise; a mix of float and 64-bit counters does not).
+    T best[kLanes] = {}, nan_seen[kLanes] = {};
+    std::int64_t i = 0;
+    auto visit = [&](int j, T v) {
+        const T a = v < 0 ? -v : v;
+        best[j] = a > best[j] ? a : best[j];
+        nan_seen[j] = v != v ? T(1) : nan_seen[j];
+    };
+    for (; i + kLanes <= n; i += kLanes)
+        for (int j = 0; j < kLanes; ++j) visit(j, x[i + j]);
+    for (int j = 0; i + j < n; ++j) visit(j, x[i + j]);
+    NormPartial out{0.0, 0};
+    for (int j = 0; j < kLanes; ++j) {
+        out.value = double(best[j]) > out.value ? double(best[j]) : out.value;
+        out.nans += nan_seen[j] != 0;
     }
-    return {double(best), nans};
+    return out;
 }
 
 template <class T>

@@ -15,7 +15,7 @@ enum class Isa { baseline = 0, avx2 = 1, avx512 = 2 };
 enum class NormKind { l1, l2, linf, lp };
 
 // A norm kernel's result for one range: `value` is the sum (l1, l2, lp) or the
-// maximum (linf) of |x|^p; `nans` counts NaNs, which a maximum would drop.
+// maximum (linf) of |x|^p; `nans` is non-zero if a NaN was seen (a maximum drops it).
 struct NormPartial {
     double value;
     std::int64_t nans;
