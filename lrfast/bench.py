@@ -41,14 +41,16 @@ def timeit(fns: dict, budget: float = 0.3, before=None) -> dict:
     """Median seconds per call of each function, sampled in turn.
 
     The functions compared in one row take their samples interleaved (one of
-    each per round), so a change in what else the machine is doing during the
-    run affects all of them alike. Each sample times enough calls to last about
-    a millisecond; `before`, if given, runs untimed before every sample (and
-    then each sample is one call).
+    each per round), so a change in what else the machine is doing affects all
+    of them alike. A sample times enough calls to last about a millisecond,
+    after one untimed call when a call is short (under 5 ms): each function is
+    then timed with its own arrays warm in the caches, as back-to-back steps
+    would find them, rather than after another function's traffic. With
+    `before` (the --torch-busy mode), it runs untimed before every sample
+    instead, and each sample is one call, timed as it comes.
     """
     calls, once = {}, {}
-    for name, fn in fns.items():
-        fn()
+    for name, fn in fns.items():  # one call each to size the samples (and warm up)
         start = time.perf_counter()
         fn()
         once[name] = max(time.perf_counter() - start, 1e-7)
@@ -59,6 +61,8 @@ def timeit(fns: dict, budget: float = 0.3, before=None) -> dict:
         for name, fn in fns.items():
             if before:
                 before()
+            elif once[name] < 5e-3:
+                fn()
             start = time.perf_counter()
             for _ in range(calls[name]):
                 fn()
@@ -111,6 +115,8 @@ def layouts(sizes, lists: bool):
 def measure(name, label, shapes, dtype, with_reference, with_torch, busy):
     problem = Problem(name, shapes, dtype)
     fns = {"lrfast": lambda: problem.step(steps), "probe": problem.stream}
+    if with_reference:
+        fns["numpy"] = lambda: problem.step(reference)
     torch_impl = None
     if with_torch:
         fns["torch"], torch_impl = problem.torch_step()
@@ -121,11 +127,8 @@ def measure(name, label, shapes, dtype, with_reference, with_torch, busy):
                gbytes_s=problem.bytes / t["lrfast"] / 1e9,
                bandwidth_gbs=problem.bytes / t["probe"] / 1e9,
                pct_of_bandwidth=100 * t["probe"] / t["lrfast"],
-               vs_reference=None, vs_torch=t["torch"] / t["lrfast"] if with_torch else None,
-               torch_impl=torch_impl)
-    if with_reference:  # slow: timed on its own, a few samples
-        ref = timeit({"numpy": lambda: problem.step(reference)}, budget=0.5)["numpy"]
-        row["vs_reference"] = ref / t["lrfast"]
+               vs_reference=t["numpy"] / t["lrfast"] if with_reference else None,
+               vs_torch=t["torch"] / t["lrfast"] if with_torch else None, torch_impl=torch_impl)
     return row
 
 
