@@ -333,13 +333,14 @@ PYBIND11_MODULE(_core, m) {
     m.def(
         "check",
         [](const py::tuple& arrays, const py::tuple& names, bool grads_writeable) {
-            collect(arrays, names, names.size() > 0 && py::str(names[0]).cast<std::string>() == "grads"
-                                       ? kGrads : kParams,
-                    grads_writeable);
+            // A step's arrays start with params; a norm's or clip's are grads alone.
+            const bool grads_alone = names.size() == 1 && py::str(names[0]).equal(py::str("grads"));
+            collect(arrays, names, grads_alone ? kGrads : kParams, grads_writeable);
         },
         py::arg("arrays"), py::arg("names"), py::arg("grads_writeable"),
         "Runs the checks of a call without running it (for back ends that hold\n"
-        "their arrays elsewhere and pass host views with the same pointers).");
+        "their arrays elsewhere and pass host views with the same pointers):\n"
+        "(params, grads, states...) for a step, or (grads,) for a norm or clip.");
     m.def("cpu_isa", [] { return std::string(isa_name(active_isa())); },
           "The instruction set the kernels run with: 'avx512', 'avx2' or 'baseline'.");
     m.def(

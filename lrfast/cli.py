@@ -26,11 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for module in _COMMANDS.values():
-        try:
-            importlib.import_module(module).register(sub)
-        except ModuleNotFoundError as exc:
-            if exc.name != module:
-                raise
+        importlib.import_module(module).register(sub)
     args = parser.parse_args(argv)
     if args.command is None:
         # The main job on its built-in default: the bandwidth report.
