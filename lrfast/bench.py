@@ -247,6 +247,16 @@ def run(args) -> int:
               file=sys.stderr)
         return 2
     if args.device == "cuda":
+        try:
+            from numba import cuda
+        except ImportError:
+            print("lrfast bench: --device cuda needs numba-cuda: pip install 'lrfast[cuda]'",
+                  file=sys.stderr)
+            return 1
+        if not cuda.is_available():
+            print("lrfast bench: --device cuda found no usable CUDA GPU and driver",
+                  file=sys.stderr)
+            return 1
         from .cuda import bench as cuda_bench
 
         rows = cuda_bench.run([int(s) for s in sizes], names, args.dtype, lists=not args.no_lists)
