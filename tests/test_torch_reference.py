@@ -20,14 +20,14 @@ TORCH_STATE = {"momentum_buffers": "momentum_buffer", "exp_avgs": "exp_avg",
                "acc_deltas": "acc_delta"}
 
 
-def run_torch(case, hp, dtype):
-    params, _ = make_problem(case, hp, SHAPES, dtype)
+def run_torch(case, hp, dtype, shapes):
+    params, _ = make_problem(case, hp, shapes, dtype)
     tensors = [torch.tensor(p, requires_grad=True) for p in params]
     kwargs = {k: v for k, v in hp.items() if k != "grad_scale"}
     opt = getattr(torch.optim, case.torch_name)(tensors, foreach=False, **kwargs)
     scale = hp.get("grad_scale", 1.0)
     for step in range(1, STEPS + 1):
-        for t, g in zip(tensors, gradients(SHAPES, dtype, step)):
+        for t, g in zip(tensors, gradients(shapes, dtype, step)):
             t.grad = torch.tensor(g) * scale  # grad_scale: the unscaled gradient
         opt.step()
     states = {name: [opt.state[t][TORCH_STATE[name]].numpy() for t in tensors]
@@ -35,18 +35,24 @@ def run_torch(case, hp, dtype):
     return [t.detach().numpy() for t in tensors], states
 
 
-def run_ours(impl, case, hp, dtype):
-    params, states = make_problem(case, hp, SHAPES, dtype)
+def run_ours(impl, case, hp, dtype, shapes, single):
+    params, states = make_problem(case, hp, shapes, dtype)
     for step in range(1, STEPS + 1):
-        call_step(getattr(impl, case.step_fn), case, hp, params, gradients(SHAPES, dtype, step),
-                  states, step)
+        grads = gradients(shapes, dtype, step)
+        if single:  # bare arrays rather than lists of one
+            call_step(getattr(impl, case.step_fn), case, hp, params[0], grads[0],
+                      {k: v[0] for k, v in states.items()}, step)
+        else:
+            call_step(getattr(impl, case.step_fn), case, hp, params, grads, states, step)
     return params, states
 
 
+@pytest.mark.parametrize("single", [False, True], ids=["list", "single"])
 @pytest.mark.parametrize("impl", [reference, lrfast], ids=["reference", "lrfast"])
-def test_matches_torch_optim(case, hp, dtype, impl):
-    want_params, want_states = run_torch(case, hp, dtype)
-    got_params, got_states = run_ours(impl, case, hp, dtype)
+def test_matches_torch_optim(case, hp, dtype, impl, single):
+    shapes = SHAPES[-1:] if single else SHAPES
+    want_params, want_states = run_torch(case, hp, dtype, shapes)
+    got_params, got_states = run_ours(impl, case, hp, dtype, shapes, single)
     # torch's scalar arithmetic differs in the last bits (lerp form, scalar
     # division, grad_scale applied outside): tolerances are a few ulps x steps.
     rtol, atol = (1e-5, 1e-6) if dtype == np.float32 else (1e-11, 1e-12)
