@@ -7,7 +7,7 @@ import pytest
 
 import lrfast
 from lrfast import reference
-from cases import SIZES, assert_close, call_step, gradients, make_problem
+from cases import CASES, SIZES, assert_close, call_step, gradients, make_problem
 
 STEPS = 10
 
@@ -86,3 +86,35 @@ def test_thread_count_is_checked():
     with pytest.raises(ValueError, match="n must be >= 1"):
         lrfast.set_num_threads(0)
     assert lrfast.get_num_threads() == configured
+
+
+def test_concurrent_calls_from_python_threads():
+    # The GIL is released during a step: calls from several threads run at once
+    # (one uses the pool, the others their own thread) and give the same bits.
+    import threading
+
+    case = next(c for c in CASES if c.name == "adam")
+    hp = case.grid[0]
+    shapes = [(200003,), (70000,)]
+    problems = [make_problem(case, hp, shapes, np.float32, seed=k) for k in range(4)]
+    expected = []
+    for params, states in problems:
+        params, states = [p.copy() for p in params], {k: [a.copy() for a in v] for k, v in states.items()}
+        for step in range(1, 6):
+            call_step(lrfast.adam_step, case, hp, params, gradients(shapes, np.float32, step),
+                      states, step)
+        expected.append(params)
+
+    def work(params, states):
+        for step in range(1, 6):
+            call_step(lrfast.adam_step, case, hp, params, gradients(shapes, np.float32, step),
+                      states, step)
+
+    threads = [threading.Thread(target=work, args=problem) for problem in problems]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for (params, _), want in zip(problems, expected):
+        for a, b in zip(params, want):
+            np.testing.assert_array_equal(a, b)
