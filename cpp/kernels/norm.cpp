@@ -11,13 +11,20 @@ namespace lrfast::LRFAST_ISA_NS {
 
 constexpr int kLanes = 16;
 
+// Calls visit(j, x[i]) for every element, lane j = i mod kLanes counted from
+// the start of the range, in whole rounds of kLanes and then the tail.
+template <class T, class V>
+static void for_lanes(const T* __restrict x, std::int64_t n, V visit) {
+    std::int64_t i = 0;
+    for (; i + kLanes <= n; i += kLanes)
+        for (int j = 0; j < kLanes; ++j) visit(j, x[i + j]);
+    for (int j = 0; i + j < n; ++j) visit(j, x[i + j]);
+}
+
 template <class T, class F>
 static double lane_sum(const T* __restrict x, std::int64_t n, F f) {
     double acc[kLanes] = {};
-    std::int64_t i = 0;
-    for (; i + kLanes <= n; i += kLanes)
-        for (int j = 0; j < kLanes; ++j) acc[j] += f(double(x[i + j]));
-    for (int j = 0; i + j < n; ++j) acc[j] += f(double(x[i + j]));
+    for_lanes(x, n, [&](int j, T v) { acc[j] += f(double(v)); });
     for (int width = kLanes / 2; width > 0; width /= 2)
         for (int j = 0; j < width; ++j) acc[j] += acc[j + width];
     return acc[0];
@@ -29,7 +36,7 @@ template <class T>
 NormPartial norm_partial(const T* x, std::int64_t n, NormKind kind, double p) {
     switch (kind) {
         case NormKind::l1:
-            return {lane_sum(x, n, magnitude), 0};
+            return {lane_sum(x, n, [](double a) { return magnitude(a); }), 0};
         case NormKind::l2:
             return {lane_sum(x, n, [](double a) { return a * a; }), 0};
         case NormKind::lp:
@@ -42,15 +49,11 @@ NormPartial norm_partial(const T* x, std::int64_t n, NormKind kind, double p) {
     // a NaN is flagged beside it, in a lane of the same type (selects of one
     // width vectorise; a mix of float and 64-bit counters does not).
     T best[kLanes] = {}, nan_seen[kLanes] = {};
-    std::int64_t i = 0;
-    auto visit = [&](int j, T v) {
+    for_lanes(x, n, [&](int j, T v) {
         const T a = v < 0 ? -v : v;
         best[j] = a > best[j] ? a : best[j];
         nan_seen[j] = v != v ? T(1) : nan_seen[j];
-    };
-    for (; i + kLanes <= n; i += kLanes)
-        for (int j = 0; j < kLanes; ++j) visit(j, x[i + j]);
-    for (int j = 0; i + j < n; ++j) visit(j, x[i + j]);
+    });
     NormPartial out{0.0, 0};
     for (int j = 0; j < kLanes; ++j) {
         out.value = double(best[j]) > out.value ? double(best[j]) : out.value;
