@@ -36,6 +36,17 @@ std::string where(const py::tuple& names, int i, std::size_t t) {
     return py::str(names[i]).cast<std::string>() + "[" + std::to_string(t) + "]";
 }
 
+// An array's dtype and shape as Python prints them, for messages.
+std::string dtype_of(const py::detail::PyArray_Proxy* a) {
+    return py::str(reinterpret_cast<PyObject*>(a->descr)).cast<std::string>();
+}
+
+std::string shape_of(const py::detail::PyArray_Proxy* a) {
+    std::string s = "(";
+    for (int d = 0; d < a->nd; ++d) s += (d ? ", " : "") + std::to_string(a->dimensions[d]);
+    return s + (a->nd == 1 ? ",)" : ")");
+}
+
 bool is_torch_tensor(const py::handle& obj) {
     const py::object module = py::type::of(obj).attr("__module__");
     return py::str(module).cast<std::string>().rfind("torch", 0) == 0 &&
@@ -123,15 +134,6 @@ Collected collect(const py::tuple& arrays, const py::tuple& names, int first_slo
             const auto* a = py::detail::array_proxy(item);
             const auto* descr = py::detail::array_descriptor_proxy(a->descr);
             const int num = descr->type_num;
-            auto dtype_of = [](const py::detail::PyArray_Proxy* x) {
-                return py::str(reinterpret_cast<PyObject*>(x->descr)).cast<std::string>();
-            };
-            auto shape_of = [](const py::detail::PyArray_Proxy* x) {  // as Python prints it
-                std::string s = "(";
-                for (int d = 0; d < x->nd; ++d)
-                    s += (d ? ", " : "") + std::to_string(x->dimensions[d]);
-                return s + (x->nd == 1 ? ",)" : ")");
-            };
             if (num != npy.NPY_FLOAT_ && num != npy.NPY_DOUBLE_)
                 throw py::type_error(label() + " has dtype " + dtype_of(a) +
                                      "; expected float32 or float64");
