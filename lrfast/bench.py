@@ -98,8 +98,9 @@ class Problem:
         names = ("params", "grads") + self.state_names
         _core.stream(tuple([self.params, self.grads] + self.states), names)
 
-    def torch_step(self):
-        """torch.optim's fastest CPU step on copies of the same arrays."""
+    def torch_optimizer(self):
+        """torch.optim's fastest CPU optimizer on copies of the same arrays, and
+        which implementation it is ("fused" or "foreach")."""
         import torch
 
         tensors = [torch.from_numpy(p.copy()).requires_grad_() for p in self.params]
@@ -107,8 +108,7 @@ class Problem:
             t.grad = torch.from_numpy(g.copy())
         kwargs = {k: v for k, v in self.hp.items() if k != "step"}
         impl = "fused" if self.torch_name in TORCH_FUSED else "foreach"
-        opt = getattr(torch.optim, self.torch_name)(tensors, **kwargs, **{impl: True})
-        return opt.step, impl
+        return getattr(torch.optim, self.torch_name)(tensors, **kwargs, **{impl: True}), impl
 
 
 def layouts(sizes, lists: bool):
@@ -126,17 +126,10 @@ def measure(name, label, shapes, dtype, with_reference, with_torch, busy):
         fns["numpy"] = lambda: problem.step(reference)
     torch_impl = None
     if with_torch:
-        fns["torch"], torch_impl = problem.torch_step()
+        opt, torch_impl = problem.torch_optimizer()
+        fns["torch"] = opt.step
     t = timeit(fns, budget=0.5, before=busy)
-    row = dict(optimizer=name, dtype=problem.dtype.name, layout=label,
-               tensors=len(shapes), elements=problem.elements, time_s=t["lrfast"],
-               gelem_s=problem.elements / t["lrfast"] / 1e9,
-               gbytes_s=problem.bytes / t["lrfast"] / 1e9,
-               bandwidth_gbs=problem.bytes / t["probe"] / 1e9,
-               pct_of_bandwidth=100 * t["probe"] / t["lrfast"],
-               vs_reference=t["numpy"] / t["lrfast"] if with_reference else None,
-               vs_torch=t["torch"] / t["lrfast"] if with_torch else None, torch_impl=torch_impl)
-    return row
+    return _row(name, label, problem, t, problem.bytes, torch_impl)
 
 
 def clip_row(dtype, with_torch):
@@ -153,21 +146,30 @@ def clip_row(dtype, with_torch):
     if with_torch:
         import torch
 
-        torch_step, torch_impl = problem.torch_step()
-        params = torch_step.__self__.param_groups[0]["params"]
+        opt, torch_impl = problem.torch_optimizer()
+        params = opt.param_groups[0]["params"]
 
         def torch_clip_step():
             torch.nn.utils.clip_grad_norm_(params, 1.0)
-            torch_step()
+            opt.step()
 
         fns["torch"] = torch_clip_step
     t = timeit(fns, budget=0.5)
-    read_twice = problem.bytes + problem.elements * problem.dtype.itemsize
-    return dict(optimizer="clip+adamw", dtype=problem.dtype.name, layout="transformer-146",
-                tensors=len(problem.shapes), elements=problem.elements, time_s=t["lrfast"],
-                gelem_s=problem.elements / t["lrfast"] / 1e9, gbytes_s=read_twice / t["lrfast"] / 1e9,
-                bandwidth_gbs=None, pct_of_bandwidth=None, vs_reference=None,
-                vs_torch=t["torch"] / t["lrfast"] if with_torch else None, torch_impl=torch_impl)
+    read_twice = problem.bytes + problem.elements * problem.dtype.itemsize  # norm, then step
+    return _row("clip+adamw", "transformer-146", problem, t, read_twice, torch_impl)
+
+
+def _row(optimizer, layout, problem, t, traffic, torch_impl) -> dict:
+    """A result row from the median times `t`: "lrfast", and "probe", "numpy",
+    "torch" where they were measured. `traffic` is the bytes lrfast moves."""
+    step, probe = t["lrfast"], t.get("probe")
+    return dict(optimizer=optimizer, dtype=problem.dtype.name, layout=layout,
+                tensors=len(problem.shapes), elements=problem.elements, time_s=step,
+                gelem_s=problem.elements / step / 1e9, gbytes_s=traffic / step / 1e9,
+                bandwidth_gbs=None if probe is None else problem.bytes / probe / 1e9,
+                pct_of_bandwidth=None if probe is None else 100 * probe / step,
+                vs_reference=t["numpy"] / step if "numpy" in t else None,
+                vs_torch=t["torch"] / step if "torch" in t else None, torch_impl=torch_impl)
 
 
 def torch_available() -> bool:
