@@ -53,7 +53,7 @@ def unit_interval(name: str, value, *, closed: bool = False) -> float:
 def flag(name: str, value) -> float:
     if value is True or value is False:
         return 1.0 if value else 0.0
-    if not isinstance(value, (bool, np.bool_)):
+    if not isinstance(value, np.bool_):
         raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
     return 1.0 if value else 0.0
 
