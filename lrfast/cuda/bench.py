@@ -78,12 +78,24 @@ def lrfast_step(name: str, shapes, dtype):
     return (lambda: fn(params, grads, *states, **hp)), traffic
 
 
-def torch_step_of(torch, name: str, shapes, dtype):
-    """``(step, impl)``: torch.optim's fastest CUDA step on the same values."""
-    hp, _, torch_name = CONFIGS[name]
+def lrfast_norm(shapes, dtype):
+    """A zero-argument ``lrfast.global_norm`` over fresh device gradients."""
+    grads = [cuda.to_device(a) for a in _host_arrays(shapes, dtype, 1)]
+    return lambda: lrfast.global_norm(grads)
+
+
+def torch_params(torch, shapes, dtype) -> list:
+    """CUDA parameters with gradients, the values of lrfast_step's arrays."""
     tensors = [torch.from_numpy(a).cuda().requires_grad_() for a in _host_arrays(shapes, dtype, 0)]
     for t, g in zip(tensors, _host_arrays(shapes, dtype, 1)):
         t.grad = torch.from_numpy(g).cuda()
+    return tensors
+
+
+def torch_step_of(torch, name: str, shapes, dtype):
+    """``(step, impl)``: torch.optim's fastest CUDA step on the same values."""
+    hp, _, torch_name = CONFIGS[name]
+    tensors = torch_params(torch, shapes, dtype)
     impl = "fused" if torch_name in TORCH_FUSED_CUDA else "foreach"
     kwargs = {k: v for k, v in hp.items() if k != "step"}
     return getattr(torch.optim, torch_name)(tensors, **kwargs, **{impl: True}).step, impl
