@@ -7,6 +7,9 @@
 # so one that hangs still leaves the others' results.
 #
 #   bash benchmarks/gpu_check.sh [phase ...]    # phases: env install tests profile bench suite
+#
+# BENCH_ARGS (extra `lrfast bench` options) and SUITE_K (a pytest -k filter)
+# narrow the benchmarks when device time is short.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${OUT:-$PWD/gpu-check}
@@ -33,7 +36,7 @@ phase install 300 $py -m pip install --no-build-isolation --no-deps --no-index .
 # From the repository root, `pytest` imports the installed package, not ./lrfast.
 phase tests 300 $py -P -m pytest tests/test_cuda.py -q --timeout 120 --benchmark-disable
 phase profile 120 $py benchmarks/gpu_host_cost.py
-phase bench 240 lrfast bench --device cuda --json "$out/bench.json"
+phase bench 240 lrfast bench --device cuda --json "$out/bench.json" ${BENCH_ARGS:-}
 phase suite 300 $py -P -m pytest -p no:cacheprovider benchmarks/bench_cuda.py -q \
   -c benchmarks/pytest.ini --benchmark-max-time=0.05 --benchmark-min-rounds=5 \
-  --benchmark-json="$out/bench_cuda.json" --benchmark-columns=min,median,rounds
+  --benchmark-json="$out/bench_cuda.json" --benchmark-columns=min,median,rounds -k "${SUITE_K:-}"

@@ -93,11 +93,24 @@ def _host_views(tensors) -> list:
 
 
 def _device_views(tensors) -> list:
-    """The tensors for the CUDA path, which reads ``__cuda_array_interface__``."""
+    """The tensors for the CUDA path, which reads ``__cuda_array_interface__``
+    (of a detached view where a tensor requires grad)."""
     for t in tensors:
         if t.layout != torch.strided:
             raise RuntimeError("lrfast.torch optimizers do not support sparse gradients")
-    return [t.detach() for t in tensors]
+    return list(tensors)
+
+
+def _device_states(tensors) -> list:
+    """Numba device arrays over the memory of the CUDA state tensors, made once
+    per plan. The CUDA path must read a torch tensor's layout at every call
+    (it can move under the same object), but trusts a numba array by
+    identity: for states, which only load_state_dict replaces (and which
+    starts a new plan), that saves reading thousands of layouts per step.
+    Each array keeps its tensor alive."""
+    from numba import cuda as numba_cuda
+
+    return [numba_cuda.as_cuda_array(t.detach(), sync=False) for t in tensors]
 
 
 def _check_param(p: torch.Tensor, where: str) -> None:
@@ -124,10 +137,11 @@ class _Call:
         # positions in the group's list of parameters with gradients; None: all
         self.index = None if len(index) == len(params) else index
         self.views = _host_views if device.type == "cpu" else _device_views
+        state_views = _host_views if device.type == "cpu" else _device_states
         params = [params[i] for i in index]
         states = [opt.state[p] for p in params]
         self.params = self.views(params)
-        self.states = {name: self.views([s[_STATE_KEYS[name]] for s in states]) for name in names}
+        self.states = {name: state_views([s[_STATE_KEYS[name]] for s in states]) for name in names}
         self.completed = completed
         self.counter = None
         if opt._keeps_step:

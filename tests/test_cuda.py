@@ -396,6 +396,20 @@ def test_the_checks_never_read_device_memory():
     assert "params[0] and grads[0] overlap in memory" in done.stdout
 
 
+def test_numpy_without_row_stack_gets_the_alias_numba_cuda_needs():
+    # NumPy 2.5 removed np.row_stack, which numba-cuda 0.30.4 looks up when it
+    # compiles its first kernel; lrfast restores the alias before any launch.
+    code = """if True:
+        import numpy as np
+        del np.row_stack
+        import lrfast.cuda.launch
+        assert np.row_stack is np.vstack
+    """
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          cwd=os.path.dirname(__file__), timeout=120)
+    assert done.returncode == 0, done.stderr
+
+
 def test_backend_has_the_functions_of_core():
     steps = {name for name in dir(_core) if "One fused" in (getattr(_core, name).__doc__ or "")}
     assert set(ops.__all__) == steps | {"global_norm", "clip_grad_norm", "clip_grad_value"}
@@ -658,3 +672,47 @@ def test_a_torch_tensor_moved_under_the_same_object_is_checked_again(checks):
     torch.testing.assert_close(p.cpu(), torch.full((1000,), 0.5))
     lrfast.sgd_step([p], [g.detach().resize_(1000)], lr=0.25)  # a new object, as at first
     torch.testing.assert_close(p.cpu(), torch.zeros(1000))
+
+
+# -- lrfast.torch on CUDA tensors (a GPU only) -----------------------------------
+
+TORCH_OPTIMIZERS = {"SGD": dict(lr=0.1, momentum=0.9, nesterov=True, weight_decay=0.01),
+                    "Adam": dict(lr=1e-2, amsgrad=True), "AdamW": dict(lr=1e-2),
+                    "RMSprop": dict(lr=1e-2, momentum=0.5, centered=True),
+                    "Adagrad": dict(lr=0.1, lr_decay=0.01), "Adadelta": dict(weight_decay=0.1)}
+
+
+def _torch_cuda():
+    torch = pytest.importorskip("torch")
+    if SIMULATED or not torch.cuda.is_available():
+        pytest.skip("torch CUDA tensors need a GPU")
+    return torch
+
+
+@pytest.mark.parametrize("name", TORCH_OPTIMIZERS)
+def test_the_torch_adapter_on_cuda_matches_torch_optim(name):
+    # Including an empty parameter, on a stream of the user's: the steps are
+    # queued on torch's current stream, after the gradients written there.
+    torch = _torch_cuda()
+    import lrfast.torch
+
+    shapes = [(3, 5), (0,), (40_000,), (7,)]
+    gen = torch.Generator().manual_seed(0)
+    start = [torch.randn(s, generator=gen, dtype=torch.float32) for s in shapes]
+    ours = [t.cuda().requires_grad_() for t in start]
+    theirs = [t.cuda().requires_grad_() for t in start]
+    opts = (getattr(lrfast.torch, name)(ours, **TORCH_OPTIMIZERS[name]),
+            getattr(torch.optim, name)(theirs, **TORCH_OPTIMIZERS[name], foreach=False))
+    stream = torch.cuda.Stream()
+    with torch.cuda.stream(stream):
+        for step in range(4):
+            grads = [torch.randn(s, generator=gen).cuda() for s in shapes]
+            for params, opt in zip((ours, theirs), opts):
+                for p, g in zip(params, grads):
+                    p.grad = g.clone()
+                opt.step()
+            if step == 1:  # a checkpoint round trip: new plans, new state arrays
+                opts[0].load_state_dict(opts[1].state_dict())
+    stream.synchronize()
+    for a, b in zip(ours, theirs):
+        torch.testing.assert_close(a, b, rtol=2e-5, atol=2e-6)

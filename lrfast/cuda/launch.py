@@ -31,8 +31,18 @@ from __future__ import annotations
 import functools
 import warnings
 
-from numba import cuda
-from numba.cuda.core.errors import NumbaPerformanceWarning
+import numpy as np
+
+# numba-cuda 0.30.4, its last release, registers an overload of np.row_stack,
+# which NumPy 2.5 removed, as it compiles its first kernel: under NumPy 2.5
+# every launch raised AttributeError (NVIDIA/numba-cuda#907, not to be fixed
+# there). row_stack was an alias of vstack; the alias is all it needs. Set
+# before any lrfast kernel compiles, as every launch goes through this module.
+if not hasattr(np, "row_stack"):
+    np.row_stack = np.vstack
+
+from numba import cuda  # noqa: E402
+from numba.cuda.core.errors import NumbaPerformanceWarning  # noqa: E402
 
 SIMULATED = bool(cuda.config.ENABLE_CUDASIM)
 
