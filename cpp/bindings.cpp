@@ -24,8 +24,9 @@ namespace {
 // Slots of the arrays of one call: params, grads, then up to three states.
 constexpr int kParams = 0, kGrads = 1;
 
-// The arrays of one call, split by dtype; `keep` holds the NumPy views made of
-// buffer-protocol objects and torch tensors until the call ends.
+// The arrays of one call, split by dtype. `keep` holds until the call ends
+// what owns their memory: a tuple of each sequence's items, and the NumPy
+// views made of buffer-protocol objects and torch tensors.
 struct Collected {
     Batch<float> f32;
     Batch<double> f64;
@@ -93,14 +94,22 @@ py::array as_array(py::handle obj, const py::tuple& names, int i, std::size_t t,
 Collected collect(const py::tuple& arrays, const py::tuple& names, int first_slot,
                   bool grads_writeable) {
     const int n_args = int(arrays.size());
+    Collected out;
     std::vector<py::object> seqs(static_cast<std::size_t>(n_args), py::object(py::none()));
     std::size_t n = 0;
     for (int i = 0; i < n_args; ++i) {
         if (arrays[i].is_none()) continue;
+        // A tuple of the items as they are now, taken before any Python code
+        // runs: the checks below call __array_interface__ properties, other
+        // threads run while the kernels hold no GIL, and either may edit a
+        // list. The tuple's references keep every array alive until the end.
         seqs[i] = py::reinterpret_steal<py::object>(
             PySequence_Fast(arrays[i].ptr(), "expected a sequence of arrays"));
+        if (seqs[i] && PyList_Check(seqs[i].ptr()))
+            seqs[i] = py::reinterpret_steal<py::object>(PyList_AsTuple(seqs[i].ptr()));
         if (!seqs[i]) throw py::error_already_set();
-        const std::size_t len = std::size_t(PySequence_Fast_GET_SIZE(seqs[i].ptr()));
+        out.keep.push_back(seqs[i]);
+        const std::size_t len = std::size_t(PyTuple_GET_SIZE(seqs[i].ptr()));
         if (i == 0) n = len;
         else if (len != n)
             throw py::value_error("len(" + py::str(names[i]).cast<std::string>() + ") = " +
@@ -109,7 +118,6 @@ Collected collect(const py::tuple& arrays, const py::tuple& names, int first_slo
                                   std::to_string(n));
     }
 
-    Collected out;
     struct Span {
         std::uintptr_t lo, hi;
         int arg;
@@ -128,7 +136,7 @@ Collected collect(const py::tuple& arrays, const py::tuple& names, int first_slo
         for (int i = 0; i < n_args; ++i) {
             if (seqs[i].is_none()) continue;
             const int slot = first_slot + i;
-            PyObject* item = PySequence_Fast_ITEMS(seqs[i].ptr())[t];
+            PyObject* item = PyTuple_GET_ITEM(seqs[i].ptr(), t);
             auto label = [&] { return where(names, i, t); };  // for messages only
             if (!npy.PyArray_Check_(item)) item = as_array(item, names, i, t, out.keep).ptr();
             const auto* a = py::detail::array_proxy(item);
