@@ -146,10 +146,26 @@ int g_threads = 1;     // until init_num_threads
 Pool* g_pool = nullptr;
 std::string g_warning;  // for take_pool_warning
 
-// A forked child has none of the parent's threads: forget the pool (leaking
-// it, as its threads cannot be joined there) and start a new one on demand.
-void forget_pool_in_child() { g_pool = nullptr; }
-[[maybe_unused]] const int g_atfork = pthread_atfork(nullptr, nullptr, forget_pool_in_child);
+// fork() copies only the calling thread, so a lock another thread holds at
+// that moment would stay locked in the child forever. The forking thread takes
+// both locks first (waiting for a step in flight to finish) and releases them
+// on both sides. The child has none of the pool's threads: it forgets the pool
+// (leaking it, as its threads cannot be joined there) and starts one on demand.
+void before_fork() {
+    g_running.lock();
+    g_config.lock();
+}
+void after_fork_in_parent() {
+    g_config.unlock();
+    g_running.unlock();
+}
+void after_fork_in_child() {
+    g_pool = nullptr;
+    g_config.unlock();
+    g_running.unlock();
+}
+[[maybe_unused]] const int g_atfork =
+    pthread_atfork(before_fork, after_fork_in_parent, after_fork_in_child);
 
 // Starts g_pool for g_threads; with fewer threads when not all can start.
 // Called with both locks held.

@@ -1,5 +1,6 @@
 """The native layer under misuse: threads that cannot start, absurd thread
-counts, bad LRFAST_NUM_THREADS values, and lists edited while a step runs. A failure here is a crash or a hang, so each
+counts, bad LRFAST_NUM_THREADS values, lists edited while a step runs, and fork
+while another thread steps. A failure here is a crash or a hang, so each
 scenario runs in its own interpreter with a time limit."""
 
 import os
@@ -191,5 +192,63 @@ def test_array_interface_that_edits_the_list(edit):
         grads = [Hostile(), np.ones(n, np.float32)]
         lrfast.sgd_step(params, grads, lr=0.5)
         assert (kept == -0.5).all()
+    """)
+    assert_ok(out)
+
+
+def test_fork_while_another_thread_steps():
+    # Each child is forked while the parent's other thread is most likely inside
+    # a step, holding the pool's locks; it must still set the thread count and
+    # step, on one thread and on several.
+    out = run_python("""
+        import os, signal, threading, time, traceback
+        import numpy as np
+        import lrfast
+
+        lrfast.set_num_threads(2)
+        p, g = np.zeros(1 << 25, np.float32), np.ones(1 << 25, np.float32)
+        stop = threading.Event()
+
+        def stepping():
+            while not stop.is_set():
+                lrfast.sgd_step(p, g, lr=0.0)
+
+        def child():
+            q = np.zeros(1 << 20, np.float32)
+            lrfast.sgd_step(q, np.ones_like(q), lr=1.0)
+            for threads in (1, 2, 1):
+                lrfast.set_num_threads(threads)
+                lrfast.sgd_step(q, np.ones_like(q), lr=1.0)
+            assert lrfast.get_num_threads() == 1
+            assert (q == -4).all()
+
+        def wait(pid, seconds=6):
+            deadline = time.monotonic() + seconds
+            while time.monotonic() < deadline:
+                done, status = os.waitpid(pid, os.WNOHANG)
+                if done:
+                    return os.waitstatus_to_exitcode(status)
+                time.sleep(0.01)
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            return "hung"
+
+        stepper = threading.Thread(target=stepping)
+        stepper.start()
+        results = []
+        while len(results) < 3 and set(results) <= {0}:
+            time.sleep(0.02)
+            pid = os.fork()
+            if pid == 0:
+                try:
+                    child()
+                except BaseException:
+                    traceback.print_exc()
+                    os._exit(1)
+                os._exit(0)
+            results.append(wait(pid))
+        stop.set()
+        stepper.join()
+        assert results == [0, 0, 0], results
     """)
     assert_ok(out)
