@@ -24,13 +24,31 @@ namespace {
 // Slots of the arrays of one call: params, grads, then up to three states.
 constexpr int kParams = 0, kGrads = 1;
 
-// The arrays of one call, split by dtype; `keep` holds the NumPy views made of
-// buffer-protocol objects and torch tensors until the call ends.
+// The arrays of one call, split by dtype. `keep` holds until the call ends
+// what owns their memory: a tuple of each sequence's items, and the NumPy
+// views made of buffer-protocol objects and torch tensors.
 struct Collected {
     Batch<float> f32;
     Batch<double> f64;
     std::vector<py::object> keep;
 };
+
+// A RuntimeWarning; where warnings are errors, the exception propagates.
+void warn(const std::string& message) {
+    if (PyErr_WarnEx(PyExc_RuntimeWarning, message.c_str(), 1) < 0) throw py::error_already_set();
+}
+
+// Runs `kernels` without the GIL, then warns if a thread pool started then
+// with fewer threads than asked for (warning needs the GIL).
+template <class F>
+void without_gil(F&& kernels) {
+    {
+        py::gil_scoped_release release;
+        kernels();
+    }
+    const std::string shortfall = take_pool_warning();
+    if (!shortfall.empty()) warn(shortfall);
+}
 
 std::string where(const py::tuple& names, int i, std::size_t t) {
     return py::str(names[i]).cast<std::string>() + "[" + std::to_string(t) + "]";
@@ -93,14 +111,22 @@ py::array as_array(py::handle obj, const py::tuple& names, int i, std::size_t t,
 Collected collect(const py::tuple& arrays, const py::tuple& names, int first_slot,
                   bool grads_writeable) {
     const int n_args = int(arrays.size());
+    Collected out;
     std::vector<py::object> seqs(static_cast<std::size_t>(n_args), py::object(py::none()));
     std::size_t n = 0;
     for (int i = 0; i < n_args; ++i) {
         if (arrays[i].is_none()) continue;
+        // A tuple of the items as they are now, taken before any Python code
+        // runs: the checks below call __array_interface__ properties, other
+        // threads run while the kernels hold no GIL, and either may edit a
+        // list. The tuple's references keep every array alive until the end.
         seqs[i] = py::reinterpret_steal<py::object>(
             PySequence_Fast(arrays[i].ptr(), "expected a sequence of arrays"));
+        if (seqs[i] && PyList_Check(seqs[i].ptr()))
+            seqs[i] = py::reinterpret_steal<py::object>(PyList_AsTuple(seqs[i].ptr()));
         if (!seqs[i]) throw py::error_already_set();
-        const std::size_t len = std::size_t(PySequence_Fast_GET_SIZE(seqs[i].ptr()));
+        out.keep.push_back(seqs[i]);
+        const std::size_t len = std::size_t(PyTuple_GET_SIZE(seqs[i].ptr()));
         if (i == 0) n = len;
         else if (len != n)
             throw py::value_error("len(" + py::str(names[i]).cast<std::string>() + ") = " +
@@ -109,7 +135,6 @@ Collected collect(const py::tuple& arrays, const py::tuple& names, int first_slo
                                   std::to_string(n));
     }
 
-    Collected out;
     struct Span {
         std::uintptr_t lo, hi;
         int arg;
@@ -128,7 +153,7 @@ Collected collect(const py::tuple& arrays, const py::tuple& names, int first_slo
         for (int i = 0; i < n_args; ++i) {
             if (seqs[i].is_none()) continue;
             const int slot = first_slot + i;
-            PyObject* item = PySequence_Fast_ITEMS(seqs[i].ptr())[t];
+            PyObject* item = PyTuple_GET_ITEM(seqs[i].ptr(), t);
             auto label = [&] { return where(names, i, t); };  // for messages only
             if (!npy.PyArray_Check_(item)) item = as_array(item, names, i, t, out.keep).ptr();
             const auto* a = py::detail::array_proxy(item);
@@ -214,10 +239,11 @@ void update(UpdateFn<P, float> TypedKernels<float>::*f32, UpdateFn<P, double> Ty
             const py::tuple& arrays, const py::tuple& names, const py::dict& hp) {
     const P params = params_from<P>(hp);
     Collected c = collect(arrays, names, kParams, false);
-    py::gil_scoped_release release;
-    const KernelTable& k = kernels();
-    if (!c.f32.params.empty()) run_update(k.f32.*f32, params, c.f32);
-    if (!c.f64.params.empty()) run_update(k.f64.*f64, params, c.f64);
+    without_gil([&] {
+        const KernelTable& k = kernels();
+        if (!c.f32.params.empty()) run_update(k.f32.*f32, params, c.f32);
+        if (!c.f64.params.empty()) run_update(k.f64.*f64, params, c.f64);
+    });
 }
 
 NormKind norm_kind(double p) {
@@ -285,8 +311,9 @@ PYBIND11_MODULE(_core, m) {
         "global_norm",
         [](const py::object& grads, double p) {
             Collected c = collect(grads_only(grads), py::make_tuple("grads"), kGrads, false);
-            py::gil_scoped_release release;
-            return norm_of(c, p);
+            double total;
+            without_gil([&] { total = norm_of(c, p); });
+            return total;
         },
         py::arg("grads"), py::arg("norm_type"));
     m.def(
@@ -294,20 +321,15 @@ PYBIND11_MODULE(_core, m) {
         [](const py::object& grads, double max_norm, double p, bool error_if_nonfinite) {
             Collected c = collect(grads_only(grads), py::make_tuple("grads"), kGrads, true);
             double total;
-            {
-                py::gil_scoped_release release;
-                total = norm_of(c, p);
-            }
+            without_gil([&] { total = norm_of(c, p); });
             if (error_if_nonfinite && !std::isfinite(total))
                 throw std::runtime_error(
                     "the total norm of order " + std::to_string(p) +
                     " of the gradients is non-finite, so it cannot be clipped; pass "
                     "error_if_nonfinite=False to scale them anyway");
             const double coef = max_norm / (total + 1e-6);
-            if (coef < 1.0 || std::isnan(coef)) {  // x * 1 == x: skip the write
-                py::gil_scoped_release release;
-                apply_inplace(c, false, coef);
-            }
+            if (coef < 1.0 || std::isnan(coef))  // x * 1 == x: skip the write
+                without_gil([&] { apply_inplace(c, false, coef); });
             return total;
         },
         py::arg("grads"), py::arg("max_norm"), py::arg("norm_type"), py::arg("error_if_nonfinite"));
@@ -315,8 +337,7 @@ PYBIND11_MODULE(_core, m) {
         "clip_grad_value",
         [](const py::object& grads, double clip_value) {
             Collected c = collect(grads_only(grads), py::make_tuple("grads"), kGrads, true);
-            py::gil_scoped_release release;
-            apply_inplace(c, true, clip_value);
+            without_gil([&] { apply_inplace(c, true, clip_value); });
         },
         py::arg("grads"), py::arg("clip_value"));
 
@@ -324,10 +345,11 @@ PYBIND11_MODULE(_core, m) {
         "stream",
         [](const py::tuple& arrays, const py::tuple& names) {
             Collected c = collect(arrays, names, kParams, false);
-            py::gil_scoped_release release;
-            const KernelTable& k = kernels();
-            if (!c.f32.params.empty()) run_stream(k.f32.stream, c.f32);
-            if (!c.f64.params.empty()) run_stream(k.f64.stream, c.f64);
+            without_gil([&] {
+                const KernelTable& k = kernels();
+                if (!c.f32.params.empty()) run_stream(k.f32.stream, c.f32);
+                if (!c.f64.params.empty()) run_stream(k.f64.stream, c.f64);
+            });
         },
         py::arg("arrays"), py::arg("names"),
         "The bandwidth probe: reads grads, reads and writes back (unchanged) params and\n"
@@ -347,19 +369,39 @@ PYBIND11_MODULE(_core, m) {
           "The instruction set the kernels run with: 'avx512', 'avx2' or 'baseline'.");
     m.def(
         "set_num_threads",
-        [](int n) {
-            if (n < 1) throw py::value_error("n must be >= 1, got " + std::to_string(n));
-            set_num_threads(n);
+        [](const py::object& n) {
+            if (PyBool_Check(n.ptr()) || !PyIndex_Check(n.ptr()))
+                throw py::type_error("n must be an int, got " +
+                                     py::str(py::type::of(n).attr("__name__")).cast<std::string>());
+            const auto index = py::reinterpret_steal<py::object>(PyNumber_Index(n.ptr()));
+            if (!index) throw py::error_already_set();
+            int overflow = 0;  // -1 or 1 beyond a C long; then `value` is -1
+            const long value = PyLong_AsLongAndOverflow(index.ptr(), &overflow);
+            if (value == -1 && PyErr_Occurred()) throw py::error_already_set();
+            const std::string got =
+                overflow != 0 ? "an int beyond the 64-bit range" : std::to_string(value);
+            if (overflow < 0 || (overflow == 0 && value < 1))
+                throw py::value_error("n must be >= 1, got " + got);
+            if (overflow > 0 || value > kMaxThreads)
+                throw py::value_error("n must be <= " + std::to_string(kMaxThreads) +
+                                      " (lrfast's most threads), got " + got);
+            py::gil_scoped_release release;  // waits for a step in flight to finish
+            set_num_threads(int(value));
         },
-        py::arg("n"), "Threads the kernels use, the calling thread included.");
+        py::arg("n"),
+        ("Threads the kernels use, the calling thread included: an int from 1 to " +
+         std::to_string(kMaxThreads) +
+         ".\nA thread that cannot start is left out with a RuntimeWarning.")
+            .c_str());
     m.def("get_num_threads", &get_num_threads);
     m.attr("BLOCK") = kBlock;
 
+    // Environment values that cannot be used as given warn on import.
+    const std::string threads_warning = init_num_threads();
+    if (!threads_warning.empty()) warn(threads_warning);
     if (const char* cap = std::getenv("LRFAST_CPU_ISA")) {
         const std::string value(cap);
         if (value != "baseline" && value != "avx2" && value != "avx512")
-            PyErr_WarnEx(PyExc_RuntimeWarning,
-                         ("ignoring LRFAST_CPU_ISA=" + value +
-                          " (expected baseline, avx2 or avx512)").c_str(), 1);
+            warn("ignoring LRFAST_CPU_ISA=" + value + " (expected baseline, avx2 or avx512)");
     }
 }

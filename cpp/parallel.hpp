@@ -12,13 +12,29 @@
 
 #include <cstdint>
 #include <functional>
+#include <string>
 
 namespace lrfast {
 
-// Threads used by parallel_for, the caller included (default: the CPUs this
-// process may run on, or LRFAST_NUM_THREADS).
+// The most threads the kernels use. A step is bound by memory bandwidth, which
+// a few dozen threads saturate on any machine; a mistaken count (10**6) must
+// not start a thread per unit and exhaust the machine's processes.
+constexpr int kMaxThreads = 256;
+
+// Threads used by parallel_for, the caller included, in [1, kMaxThreads].
 void set_num_threads(int n);
 int get_num_threads();
+
+// Sets the thread count from LRFAST_NUM_THREADS, or else the CPUs this process
+// may run on (at most kMaxThreads). Returns a warning about an environment
+// value it could not use as given, or "".
+std::string init_num_threads();
+
+// Set when a pool could not start all its threads: it runs on those that
+// started, and the thread count drops to match. Returns the message once, then
+// "" until another pool falls short. (Pools start where the GIL is released,
+// so the binding reports this after taking it back.)
+std::string take_pool_warning();
 
 // Calls body(b) once for every block b in [0, n_blocks). Runs on the calling
 // thread alone when there are fewer than `min_parallel_blocks` blocks, when one
