@@ -111,6 +111,10 @@ class Kernel:
     def check_group(self, group: Mapping, lr, plain: Callable = lambda v: v) -> None:
         """Checks a param group's hyperparameters, the states' start values included."""
         self.validate(self.hparams(group, plain), lr)
+        self.check_start_values(group, plain)
+
+    def check_start_values(self, group: Mapping, plain: Callable = lambda v: v) -> None:
+        """Checks the group's start values of states (Adagrad's initial_accumulator_value)."""
         for key in self.initial.values():
             _hparams.non_negative(key, plain(group[key]))
 
