@@ -72,6 +72,16 @@ def step_count(value) -> int:
     return step
 
 
+# Public as lrfast.clip_coefficient (through lrfast.clip); it lives here, below
+# the back ends, so that the CUDA back end uses it without importing lrfast.clip,
+# which imports the router lrfast._backend, which imports the CUDA back end.
+def clip_coefficient(norm: float, max_norm: float) -> float:
+    """The factor ``clip_grad_norm`` applies: ``min(1, max_norm / (norm + 1e-6))``,
+    to pass as a step's ``grad_scale``."""
+    coef = max_norm / (norm + 1e-6)
+    return coef if coef < 1.0 or math.isnan(coef) else 1.0
+
+
 def signed_scale(grad_scale, maximize) -> float:
     """The gradient multiplier, negated for maximize (negation is exact)."""
     scale = finite("grad_scale", grad_scale)
