@@ -26,7 +26,7 @@ def real(name: str, value) -> float:
         try:
             return float(value)
         except OverflowError:  # an int beyond the float range
-            raise ValueError(f"{name} is too large for a float ({_brief(value)})") from None
+            raise ValueError(f"{name} is too large for a float ({describe_int(value)})") from None
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
     try:
@@ -38,7 +38,7 @@ def real(name: str, value) -> float:
     return v
 
 
-def _brief(value: int) -> str:
+def describe_int(value: int) -> str:
     """An int for an error message, without printing hundreds of digits."""
     return repr(value) if abs(value) < 10**30 else f"an integer of {value.bit_length()} bits"
 
@@ -85,7 +85,7 @@ def step_count(value) -> int:
     if step < 1:
         raise ValueError(f"step must be >= 1 (the 1-based index of this update), got {step}")
     if step > MAX_STEP:
-        raise ValueError(f"step must be < 2**63, got {_brief(step)}")
+        raise ValueError(f"step must be < 2**63, got {describe_int(step)}")
     return step
 
 
