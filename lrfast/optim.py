@@ -87,7 +87,7 @@ _KEYS = ("format", "optimizer", "step_count", "skipped_steps", "last_grad_norm",
          "plateau", "param_groups", "state")
 _OPTIONS = ("max_grad_norm", "clip_value", "grad_scale", "skip_nonfinite")
 # the JSON of a checkpoint, in characters: far beyond what thousands of groups need
-_MAX_META = 2**24
+_MAX_META = 2**22
 
 
 # ------------------------------------------------------- the step functions

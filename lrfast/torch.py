@@ -92,40 +92,35 @@ def _host_view(t: torch.Tensor):
         return t.numpy()
     except RuntimeError:  # t requires grad: a parameter, or a grad made with create_graph
         return t.detach().numpy()
-    except TypeError:
-        if t.layout != torch.strided:
-            raise RuntimeError("lrfast.torch optimizers do not support sparse gradients") from None
-        raise
 
 
 def _contiguous(grads: list) -> list:
     """The gradients, with a contiguous copy of each one that is not
-    (transposed, expanded): the kernels read C-contiguous memory. Sparse
-    gradients pass through, to be refused with their own error."""
+    (transposed, expanded): the kernels read C-contiguous memory."""
     if all(map(torch.Tensor.is_contiguous, grads)):
         return grads
-    return [g.contiguous() if g.layout == torch.strided else g for g in grads]
+    for g in grads:  # a sparse gradient is never contiguous
+        if g.layout != torch.strided:
+            raise RuntimeError("lrfast.torch optimizers do not support sparse gradients")
+    return [g.contiguous() for g in grads]
 
 
 def _host_views(tensors) -> list:
     try:  # the fast path
         return list(map(torch.Tensor.numpy, tensors))
-    except (RuntimeError, TypeError):
+    except RuntimeError:
         return list(map(_host_view, tensors))
 
 
 def _host_grad_views(grads) -> list:
     try:  # the fast path, at every step
         return list(map(torch.Tensor.numpy, grads))
-    except (RuntimeError, TypeError):  # also for a negative-bit view: read a resolved copy
+    except RuntimeError:  # requires grad, or a negative-bit view: read a resolved copy
         return [_host_view(g.resolve_neg()) for g in grads]
 
 
 def _device_views(tensors) -> list:
     """The tensors for the CUDA path, which reads ``__cuda_array_interface__``."""
-    for t in tensors:
-        if t.layout != torch.strided:
-            raise RuntimeError("lrfast.torch optimizers do not support sparse gradients")
     return [t.detach() for t in tensors]
 
 
@@ -134,6 +129,8 @@ def _device_grad_views(grads) -> list:
 
 
 def _check_param(p: torch.Tensor, where: str) -> None:
+    if p.layout != torch.strided:
+        raise TypeError(f"{where} is a {p.layout} tensor; lrfast updates dense tensors")
     if p.dtype not in (torch.float32, torch.float64):
         raise TypeError(f"{where} has dtype {p.dtype}; lrfast updates float32 and float64 tensors")
     if p.is_neg():

@@ -396,3 +396,14 @@ def test_non_contiguous_state_from_a_torch_state_dict():
     state = opt.state[params[1]]
     assert state["exp_avg"].is_contiguous() and state["exp_avg_sq"].is_contiguous()
     torch.testing.assert_close(state["exp_avg"], ref.state[params[0]]["exp_avg"])
+
+
+def test_a_sparse_gradient_in_a_later_group_writes_nothing():
+    dense = torch.nn.Parameter(torch.ones(3))
+    emb = torch.nn.Embedding(10, 4, sparse=True)
+    opt = lrfast.torch.Adagrad([{"params": [dense]}, {"params": emb.parameters()}])
+    dense.grad = torch.ones(3)
+    emb(torch.tensor([1, 2])).sum().backward()
+    with pytest.raises(RuntimeError, match="sparse"):
+        opt.step()
+    assert torch.equal(dense, torch.ones(3))
