@@ -15,17 +15,32 @@ import operator
 import numpy as np
 
 
+# steps are counted in int64, as torch counts them and as lrfast.schedules takes them
+MAX_STEP = 2**63 - 1
+
+
 def real(name: str, value) -> float:
     if type(value) is float or type(value) is int:  # the common case, without the ABC check
         if value != value:
             raise ValueError(f"{name} must not be NaN")
-        return float(value)
+        try:
+            return float(value)
+        except OverflowError:  # an int beyond the float range
+            raise ValueError(f"{name} is too large for a float ({describe_int(value)})") from None
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
-    v = float(value)
+    try:
+        v = float(value)
+    except OverflowError:
+        raise ValueError(f"{name} is too large for a float") from None
     if math.isnan(v):
         raise ValueError(f"{name} must not be NaN")
     return v
+
+
+def describe_int(value: int) -> str:
+    """An int for an error message, without printing hundreds of digits."""
+    return repr(value) if abs(value) < 10**30 else f"an integer of {value.bit_length()} bits"
 
 
 def non_negative(name: str, value) -> float:
@@ -59,7 +74,7 @@ def flag(name: str, value) -> float:
 
 
 def step_count(value) -> int:
-    if type(value) is int and value >= 1:
+    if type(value) is int and 1 <= value <= MAX_STEP:
         return value
     if isinstance(value, bool):
         raise TypeError("step must be an int, got bool")
@@ -69,7 +84,19 @@ def step_count(value) -> int:
         raise TypeError(f"step must be an int, got {type(value).__name__}") from None
     if step < 1:
         raise ValueError(f"step must be >= 1 (the 1-based index of this update), got {step}")
+    if step > MAX_STEP:
+        raise ValueError(f"step must be < 2**63, got {describe_int(step)}")
     return step
+
+
+# Public as lrfast.clip_coefficient (through lrfast.clip); it lives here, below
+# the back ends, so that the CUDA back end uses it without importing lrfast.clip,
+# which imports the router lrfast._backend, which imports the CUDA back end.
+def clip_coefficient(norm: float, max_norm: float) -> float:
+    """The factor ``clip_grad_norm`` applies: ``min(1, max_norm / (norm + 1e-6))``,
+    to pass as a step's ``grad_scale``."""
+    coef = max_norm / (norm + 1e-6)
+    return coef if coef < 1.0 or math.isnan(coef) else 1.0
 
 
 def signed_scale(grad_scale, maximize) -> float:

@@ -9,10 +9,9 @@ written.
 
 from __future__ import annotations
 
-import math
-
 from . import _hparams
 from ._backend import for_arrays, tensors
+from ._hparams import clip_coefficient
 
 __all__ = ["global_norm", "clip_grad_norm", "clip_grad_value", "clip_coefficient"]
 
@@ -28,11 +27,14 @@ def global_norm(grads, norm_type=2.0) -> float:
 def clip_grad_norm(grads, max_norm, norm_type=2.0, error_if_nonfinite=False) -> float:
     """Scales the gradients in place by ``min(1, max_norm / (norm + 1e-6))`` like
     ``torch.nn.utils.clip_grad_norm_`` and returns the norm before clipping.
+    ``max_norm=inf`` clips nothing but a NaN or infinite norm, as in torch.
 
     With ``error_if_nonfinite`` a NaN or infinite norm raises RuntimeError and
     leaves the gradients untouched.
     """
-    max_norm = _hparams.non_negative("max_norm", max_norm)
+    max_norm = _hparams.real("max_norm", max_norm)
+    if not max_norm >= 0:  # inf is allowed, as torch allows it: no clipping
+        raise ValueError(f"max_norm must be a number >= 0 or inf, got {max_norm!r}")
     p = _hparams.norm_type(norm_type)
     _hparams.flag("error_if_nonfinite", error_if_nonfinite)
     grads = tensors("grads", grads)
@@ -44,10 +46,3 @@ def clip_grad_value(grads, clip_value) -> None:
     clip_value = _hparams.non_negative("clip_value", clip_value)
     grads = tensors("grads", grads)
     for_arrays(grads).clip_grad_value(grads, clip_value)
-
-
-def clip_coefficient(norm: float, max_norm: float) -> float:
-    """The factor ``clip_grad_norm`` applies: ``min(1, max_norm / (norm + 1e-6))``,
-    to pass as a step's ``grad_scale``."""
-    coef = max_norm / (norm + 1e-6)
-    return coef if coef < 1.0 or math.isnan(coef) else 1.0

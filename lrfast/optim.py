@@ -42,9 +42,11 @@ Options every class takes (keyword-only):
     ``1 / loss_scale`` to unscale loss-scaled gradients. ``max_grad_norm``,
     ``clip_value`` and ``last_grad_norm`` refer to the gradients after it.
 ``skip_nonfinite``
-    A step whose gradients hold an inf or NaN (whose global norm is not finite)
-    changes nothing, neither parameters nor state nor step count: ``step()``
-    returns False and ``opt.skipped_steps`` counts it.
+    A step whose gradients hold an inf or NaN (whose global norm is not finite),
+    or would once scaled (``grad_scale`` and the clip coefficient multiply
+    each gradient in its own dtype, so a float32 gradient of 1e10 times 1e30
+    overflows), changes nothing, neither parameters nor state nor step count:
+    ``step()`` returns False and ``opt.skipped_steps`` counts it.
 
 ``opt.last_grad_norm`` is the global gradient norm of the last step (None
 unless ``max_grad_norm`` or ``skip_nonfinite`` made the step compute it).
@@ -52,16 +54,24 @@ unless ``max_grad_norm`` or ``skip_nonfinite`` made the step compute it).
 ``.npz`` file read without pickle) capture everything a run needs to continue
 bit-identically: state arrays, step count, hyperparameters, schedules,
 plateau and options; the parameters themselves are the caller's to save.
+``save`` writes a temporary file of its own beside ``path`` and renames it
+over ``path`` once complete, so a failed or concurrent save never leaves a
+damaged checkpoint. A malformed checkpoint raises ValueError naming the field
+and changes nothing; ``load`` reads a state array only after its header
+matched the parameter's shape and dtype.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import numbers
 import os
+import secrets
+import zipfile
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import IO, Any, Callable, Mapping
 
 import numpy as np
 
@@ -75,6 +85,9 @@ __all__ = ["Optimizer", "SGD", "Adam", "AdamW", "RMSprop", "Adagrad", "Adadelta"
 _FORMAT = "lrfast.optim/1"
 _KEYS = ("format", "optimizer", "step_count", "skipped_steps", "last_grad_norm", "options",
          "plateau", "param_groups", "state")
+_OPTIONS = ("max_grad_norm", "clip_value", "grad_scale", "skip_nonfinite")
+# the JSON of a checkpoint, in characters: far beyond what thousands of groups need
+_MAX_META = 2**22
 
 
 # ------------------------------------------------------- the step functions
@@ -111,6 +124,10 @@ class Kernel:
     def check_group(self, group: Mapping, lr, plain: Callable = lambda v: v) -> None:
         """Checks a param group's hyperparameters, the states' start values included."""
         self.validate(self.hparams(group, plain), lr)
+        self.check_start_values(group, plain)
+
+    def check_start_values(self, group: Mapping, plain: Callable = lambda v: v) -> None:
+        """Checks the group's start values of states (Adagrad's initial_accumulator_value)."""
         for key in self.initial.values():
             _hparams.non_negative(key, plain(group[key]))
 
@@ -268,16 +285,17 @@ class Optimizer:
             calls.append((group, hparams, lr))
         _core.check((params, grads), ("params", "grads"), self.clip_value is not None)
 
+        scale = self.grad_scale
         if self.max_grad_norm is not None or self.skip_nonfinite:
-            self.last_grad_norm = global_norm(grads) * self.grad_scale
-            if self.skip_nonfinite and not math.isfinite(self.last_grad_norm):
+            norm = global_norm(grads)
+            self.last_grad_norm = norm * self.grad_scale
+            if self.max_grad_norm is not None:
+                scale *= clip_coefficient(self.last_grad_norm, self.max_grad_norm)
+            if self.skip_nonfinite and not self._scaled_grads_finite(grads, norm, scale):
                 self.skipped_steps += 1
                 return False
         if self.clip_value is not None:
             clip_grad_value(grads, self.clip_value / self.grad_scale)
-        scale = self.grad_scale
-        if self.max_grad_norm is not None:
-            scale *= clip_coefficient(self.last_grad_norm, self.max_grad_norm)
 
         start = 0
         for index, (group, hparams, lr) in enumerate(calls):
@@ -286,6 +304,28 @@ class Optimizer:
                         hparams, lr=lr, step=self.step_count + 1, grad_scale=scale)
             start = stop
         self.step_count += 1
+        return True
+
+    def _scaled_grads_finite(self, grads, norm: float, scale: float) -> bool:
+        """Whether the gradients the kernels compute are all finite: each
+        ``g * T(scale)`` in the gradient's dtype T, ``g`` clamped first when
+        ``clip_value`` is set. ``norm`` (their 2-norm) bounds every ``|g|``,
+        which settles the usual case with one product; past float32's range
+        the largest ``|g|`` of each dtype decides, exactly as the kernels round."""
+        if not math.isfinite(self.last_grad_norm):
+            return False  # an inf or NaN among them
+        clamp = math.inf if self.clip_value is None else self.clip_value / self.grad_scale
+        # Below 2**127 both T(scale) and |g| * T(scale) stay finite in float32
+        # (T(scale) rounds up by at most 2**-24), a fortiori in float64.
+        if max(min(norm, clamp), 1.0) * abs(scale) <= 2.0**127:
+            return True
+        arrays = [np.asarray(g) for g in grads]
+        with np.errstate(over="ignore", invalid="ignore"):
+            for dtype in {a.dtype for a in arrays}:
+                largest = dtype.type(global_norm([a for a in arrays if a.dtype == dtype], math.inf))
+                product = min(largest, dtype.type(clamp)) * dtype.type(abs(scale))
+                if not np.isfinite(product):  # inf, or NaN from 0 * T(scale) = 0 * inf
+                    return False
         return True
 
     # -- checkpoints
@@ -315,33 +355,24 @@ class Optimizer:
 
         Everything is checked first (same optimizer class, same number of
         groups and parameters, state arrays of the parameters' shapes and
-        dtypes); on any error the optimizer is left as it was.
+        dtypes, every field well formed); any error is a ValueError naming the
+        field, and leaves the optimizer as it was.
         """
         sd = state_dict
-        missing = [key for key in _KEYS if key not in sd]
-        if missing:
-            raise ValueError(f"not an lrfast optimizer state dict: missing {missing}")
-        if sd["format"] != _FORMAT:
-            raise ValueError(f"unknown state dict format {sd['format']!r}, expected {_FORMAT!r}")
-        if sd["optimizer"] != type(self).__name__:
-            raise ValueError(f"state dict of {sd['optimizer']!r} cannot be loaded into "
-                             f"{type(self).__name__}")
-        n = len(self.param_groups)
-        if len(sd["param_groups"]) != n or len(sd["state"]) != n:
-            raise ValueError(f"state dict has {len(sd['param_groups'])} param groups, "
-                             f"the optimizer {n}")
-        groups = [self._loaded_group(saved, group, i)
+        self._check_outline(sd)
+        groups = [_field(f"param_groups[{i}]", self._loaded_group, saved, group)
                   for i, (saved, group) in enumerate(zip(sd["param_groups"], self.param_groups))]
-        states = [self._loaded_state(saved, group, i)
+        states = [_field(f"state[{i}]", self._loaded_state, saved, group)
                   for i, (saved, group) in enumerate(zip(sd["state"], self.param_groups))]
-        options = _options(**sd["options"])
+        options = _field("options", _loaded_options, sd["options"])
         plateau = None
         if sd["plateau"] is not None:
             plateau = ReduceLROnPlateau()
-            plateau.load_state_dict(sd["plateau"])
-        counts = [_count(key, sd[key]) for key in ("step_count", "skipped_steps")]
+            _field("plateau", plateau.load_state_dict, sd["plateau"])
+        counts = [_field(key, _count, key, sd[key]) for key in ("step_count", "skipped_steps")]
         norm = sd["last_grad_norm"]
-        norm = None if norm is None else _hparams.real("last_grad_norm", norm)
+        if norm is not None:
+            norm = _field("last_grad_norm", _hparams.real, "last_grad_norm", norm)
 
         # all checked: commit
         self.param_groups, self.state = groups, states
@@ -353,57 +384,107 @@ class Optimizer:
         self.step_count, self.skipped_steps = counts
         self.last_grad_norm = norm
 
-    def _loaded_group(self, saved: Mapping, group: Mapping, index: int) -> dict:
+    def _check_outline(self, sd) -> None:
+        """The keys, the kind and the number of groups of a state dict."""
+        if not isinstance(sd, Mapping):
+            raise ValueError(f"not an lrfast optimizer state dict: a {type(sd).__name__}")
+        missing = [key for key in _KEYS if key not in sd]
+        if missing:
+            raise ValueError(f"not an lrfast optimizer state dict: missing {missing}")
+        unexpected = [key for key in sd if key not in _KEYS]
+        if unexpected:
+            raise ValueError(f"lrfast optimizer state dict with unexpected keys {unexpected}")
+        if sd["format"] != _FORMAT:
+            raise ValueError(f"unknown state dict format {sd['format']!r}, expected {_FORMAT!r}")
+        if sd["optimizer"] != type(self).__name__:
+            raise ValueError(f"state dict of {sd['optimizer']!r} cannot be loaded into "
+                             f"{type(self).__name__}")
+        n = len(self.param_groups)
+        for key in ("param_groups", "state"):
+            if not isinstance(sd[key], (list, tuple)) or len(sd[key]) != n:
+                got = (f"{len(sd[key])} param groups" if isinstance(sd[key], (list, tuple))
+                       else f"a {type(sd[key]).__name__}")
+                raise ValueError(f"state dict field {key} must hold one entry for each of the "
+                                 f"optimizer's {n} param groups, got {got}")
+
+    def _loaded_group(self, saved, group: Mapping) -> dict:
+        if not isinstance(saved, Mapping):
+            raise ValueError(f"must be a dict of hyperparameters, got a {type(saved).__name__}")
         if set(saved) != set(self.defaults):
-            raise ValueError(f"param group {index} of the state dict has hyperparameters "
-                             f"{sorted(saved)}, expected {sorted(self.defaults)}")
+            raise ValueError(f"has hyperparameters {sorted(map(str, saved))}, expected "
+                             f"{sorted(self.defaults)}")
         loaded = {"params": group["params"], **{key: _decode(v) for key, v in saved.items()}}
         self._check_group(loaded)
         return loaded
 
-    def _loaded_state(self, saved: Mapping, group: Mapping, index: int) -> dict:
+    def _loaded_state(self, saved, group: Mapping) -> dict:
+        if not isinstance(saved, Mapping):
+            raise ValueError(f"must map state names to lists of arrays, got a "
+                             f"{type(saved).__name__}")
         params, state = group["params"], {}
         for name, arrays in saved.items():
             if name not in self.kernel.states:
-                raise ValueError(f"param group {index}: unknown state {name!r}")
-            if len(arrays) != len(params):
-                raise ValueError(f"param group {index}: {len(arrays)} arrays of {name} "
-                                 f"for {len(params)} parameters")
+                raise ValueError(f"unknown state {name!r}")
+            if not isinstance(arrays, (list, tuple)) or len(arrays) != len(params):
+                got = len(arrays) if isinstance(arrays, (list, tuple)) else type(arrays).__name__
+                raise ValueError(f"{name} must be a list of {len(params)} arrays, one per "
+                                 f"parameter, got {got}")
             for j, (a, p) in enumerate(zip(arrays, params)):
-                if not isinstance(a, np.ndarray) or a.shape != p.shape or a.dtype != p.dtype:
-                    raise ValueError(f"param group {index}: {name}[{j}] must be an array of shape "
-                                     f"{p.shape} and dtype {p.dtype}, like its parameter")
+                if not isinstance(a, np.ndarray):
+                    raise ValueError(f"{name}[{j}] must be an array, got a {type(a).__name__}")
+                _like(f"{name}[{j}]", p)(a.shape, a.dtype)
             state[name] = [np.array(a, order="C") for a in arrays]
         return state
 
     def save(self, path: str | os.PathLike) -> None:
         """Writes the state dict to ``path`` as an ``.npz`` file (arrays as
-        members, the rest as JSON in ``meta``), through a temporary file so an
-        interrupted save leaves an older checkpoint intact."""
+        members, the rest as JSON in ``meta``) through a temporary file of its
+        own, renamed over ``path`` once written and flushed to disk: a failed
+        or interrupted save leaves an older checkpoint intact and removes its
+        temporary file, and saves from several threads to one path each
+        leave a whole checkpoint."""
         sd = self._state_dict(copy=False)
         arrays = {f"state/{i}/{name}/{j}": a for i, state in enumerate(sd["state"])
                   for name, lst in state.items() for j, a in enumerate(lst)}
         sd["state"] = [{name: len(lst) for name, lst in state.items()} for state in sd["state"]]
-        path = os.fspath(path)
-        tmp = f"{path}.tmp"
-        with open(tmp, "wb") as f:
-            np.savez(f, meta=np.array(json.dumps(sd)), **arrays)
-        os.replace(tmp, path)
+        _write_atomically(os.fspath(path),
+                          lambda f: np.savez(f, meta=np.array(json.dumps(sd)), **arrays))
 
     def load(self, path: str | os.PathLike) -> None:
         """Restores a checkpoint written by :meth:`save`. A file that is not
-        one (truncated, foreign) raises ValueError and changes nothing."""
+        one (truncated, foreign, malformed) raises ValueError and changes
+        nothing. Each state array is read only once its ``.npy`` header has
+        matched its parameter's shape and dtype, so a file cannot make this
+        decompress more than the optimizer's own state."""
+        path = os.fspath(path)
         with open(path, "rb") as f:
-            try:
-                with np.load(f, allow_pickle=False) as npz:
-                    sd = json.loads(npz["meta"].item())
-                    sd["state"] = [{name: [npz[f"state/{i}/{name}/{j}"] for j in range(count)]
-                                    for name, count in state.items()}
-                                   for i, state in enumerate(sd["state"])]
-            except Exception as exc:  # whatever a damaged zip, npy or JSON raises
-                raise ValueError(f"{os.fspath(path)!r} is not a readable lrfast optimizer "
-                                 f"checkpoint: {type(exc).__name__}: {exc}") from exc
+            with _readable(path):
+                archive = zipfile.ZipFile(f)
+            meta = _read_npy(archive, "meta.npy", path, _is_meta(path))
+            with _readable(path):
+                sd = json.loads(meta.item())
+            self._check_outline(sd)
+            sd["state"] = [_field(f"state[{i}]", self._read_states, archive, path, i, counts)
+                           for i, counts in enumerate(sd["state"])]
         self.load_state_dict(sd)
+
+    def _read_states(self, archive: zipfile.ZipFile, path: str, index: int, counts) -> dict:
+        """Group ``index``'s state arrays from a checkpoint whose meta gives
+        their number per state name; each is checked against its parameter
+        before it is read."""
+        params = self.param_groups[index]["params"]
+        if not isinstance(counts, Mapping):
+            raise ValueError(f"must map state names to numbers of arrays, got a "
+                             f"{type(counts).__name__}")
+        state = {}
+        for name, count in counts.items():
+            if type(count) is not int or not 0 <= count <= len(params):
+                raise ValueError(f"{name} must be a number of arrays from 0 to {len(params)}, "
+                                 f"got {count!r}")
+            state[name] = [_read_npy(archive, f"state/{index}/{name}/{j}.npy", path,
+                                     _like(f"{name}[{j}]", p))
+                           for j, p in zip(range(count), params)]
+        return state
 
 
 def _group_specs(params) -> list[dict]:
@@ -437,9 +518,102 @@ def _options(*, max_grad_norm, clip_value, grad_scale, skip_nonfinite) -> dict:
 
 
 def _count(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
-        raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
+    if (isinstance(value, bool) or not isinstance(value, numbers.Integral)
+            or not 0 <= value <= _hparams.MAX_STEP):
+        got = _hparams.describe_int(value) if isinstance(value, int) else repr(value)
+        raise ValueError(f"{name} must be an integer from 0 to 2**63 - 1, got {got}")
     return int(value)
+
+
+def _field(name: str, check: Callable, *args):
+    """``check(*args)``, with a TypeError or ValueError it raises turned into
+    a ValueError naming ``name``, the field of the state dict being checked."""
+    try:
+        return check(*args)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"state dict field {name}: {exc}") from exc
+
+
+def _loaded_options(saved) -> dict:
+    if not isinstance(saved, Mapping) or set(saved) != set(_OPTIONS):
+        got = sorted(map(str, saved)) if isinstance(saved, Mapping) else type(saved).__name__
+        raise ValueError(f"must be a dict with the keys {list(_OPTIONS)}, got {got}")
+    return _options(**saved)
+
+
+def _like(name: str, param: np.ndarray) -> Callable:
+    """A check that a state array of this shape and dtype fits ``param``."""
+    def check(shape, dtype) -> None:
+        if shape != param.shape or dtype != param.dtype:
+            raise ValueError(f"{name} must be an array of shape {param.shape} and dtype "
+                             f"{param.dtype}, like its parameter; got shape {shape} and "
+                             f"dtype {dtype}")
+    return check
+
+
+# ------------------------------------------------------------ checkpoint files
+
+
+def _write_atomically(path: str, write: Callable[[IO[bytes]], None]) -> None:
+    """Calls ``write`` on a new temporary file beside ``path``, flushes it to
+    disk and renames it over ``path``: readers find the old file or the new
+    one, whole. On any error the temporary file is removed."""
+    folder, name = os.path.split(os.path.abspath(path))
+    # A unique name, created exclusively. Not tempfile.mkstemp: its files are
+    # private (0600), and a checkpoint gets the permissions open() would give.
+    tmp = os.path.join(folder, f".{name}.{secrets.token_hex(8)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+    try:
+        with open(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise
+
+
+@contextlib.contextmanager
+def _readable(path: str):
+    """Turns whatever a damaged zip, .npy or JSON raises into a ValueError."""
+    try:
+        yield
+    except Exception as exc:
+        raise ValueError(f"{path!r} is not a readable lrfast optimizer checkpoint: "
+                         f"{type(exc).__name__}: {exc}") from exc
+
+
+_NPY_HEADERS = {(1, 0): np.lib.format.read_array_header_1_0,
+                (2, 0): np.lib.format.read_array_header_2_0}
+
+
+def _read_npy(archive: zipfile.ZipFile, member: str, path: str,
+              check: Callable[[tuple, np.dtype], None]) -> np.ndarray:
+    """The array in ``member`` (an .npy file) of a checkpoint, read only once
+    ``check(shape, dtype)`` has accepted its header (or raised ValueError)."""
+    with _readable(path), archive.open(member) as f:
+        version = np.lib.format.read_magic(f)
+        if version not in _NPY_HEADERS:
+            raise ValueError(f"{member} has .npy format version {version}")
+        shape, _, dtype = _NPY_HEADERS[version](f)
+    check(shape, dtype)
+    with _readable(path), archive.open(member) as f:
+        array = np.lib.format.read_array(f, allow_pickle=False)
+        if f.read(1):  # reading to the end also has zipfile check the CRC
+            raise ValueError(f"{member} holds more than its array")
+    return array
+
+
+def _is_meta(path: str) -> Callable:
+    """A check that an array of this shape and dtype can be a checkpoint's meta."""
+    def check(shape, dtype) -> None:
+        if shape != () or dtype.kind != "U" or dtype.itemsize > 4 * _MAX_META:
+            raise ValueError(f"{path!r} is not a readable lrfast optimizer checkpoint: its meta "
+                             f"is not JSON text of at most {_MAX_META} characters (shape "
+                             f"{shape}, dtype {dtype})")
+    return check
 
 
 # hyperparameters as JSON: a schedule as its to_dict(), NumPy scalars as Python

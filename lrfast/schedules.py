@@ -64,10 +64,18 @@ __all__ = [
 # ---------------------------------------------------------------- validation
 
 
-def _real(name: str, value: Any) -> float:
+def _number(name: str, value: Any) -> float:
+    """A real number as a float, infinities included."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
-    value = float(value)
+    try:
+        return float(value)
+    except OverflowError:  # an int beyond the float range
+        raise ValueError(f"{name} must be finite, got a number too large for a float") from None
+
+
+def _real(name: str, value: Any) -> float:
+    value = _number(name, value)
     if not math.isfinite(value):
         raise ValueError(f"{name} must be finite, got {value}")
     return value
@@ -93,6 +101,8 @@ def _count(name: str, value: Any, minimum: int = 0) -> int:
     value = int(value)
     if value < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    if value >= 2**63:  # step counts are int64 (see _step)
+        raise ValueError(f"{name} must be < 2**63, got an integer of {value.bit_length()} bits")
     return value
 
 
@@ -799,7 +809,7 @@ class ReduceLROnPlateau:
         min_lr: float = 0.0,
         eps: float = 1e-8,
     ) -> None:
-        self._configure(
+        settings = _plateau_settings(
             mode=mode,
             factor=factor,
             patience=patience,
@@ -809,29 +819,12 @@ class ReduceLROnPlateau:
             min_lr=min_lr,
             eps=eps,
         )
+        vars(self).update(settings)
         self.best = math.inf if self.mode == "min" else -math.inf
         self.num_bad_epochs = 0
         self.cooldown_counter = 0
         self.last_epoch = 0  # number of metrics seen
         self.multiplier = 1.0
-
-    def _configure(self, **config: Any) -> None:
-        threshold_mode = _choice("threshold_mode", config["threshold_mode"], ("rel", "abs"))
-        factor = _real("factor", config["factor"])
-        if not 0 < factor < 1:
-            raise ValueError(f"factor must be in (0, 1), got {factor}")
-        threshold = _real("threshold", config["threshold"])
-        # a relative threshold >= 1 would turn the initial best (inf) into -inf or nan
-        if threshold < 0 or (threshold_mode == "rel" and threshold >= 1):
-            raise ValueError(f"threshold must be >= 0 (and < 1 when threshold_mode='rel'), got {threshold}")
-        self.mode = _choice("mode", config["mode"], ("min", "max"))
-        self.factor = factor
-        self.patience = _count("patience", config["patience"])
-        self.threshold = threshold
-        self.threshold_mode = threshold_mode
-        self.cooldown = _count("cooldown", config["cooldown"])
-        self.min_lr = _nonnegative("min_lr", config["min_lr"])
-        self.eps = _nonnegative("eps", config["eps"])
 
     def _is_better(self, a: float) -> bool:
         best, minimize = self.best, self.mode == "min"
@@ -847,7 +840,10 @@ class ReduceLROnPlateau:
         """Record one metric value (e.g. a validation loss) and return the multiplier."""
         if isinstance(metric, (str, bytes)):
             raise TypeError(f"metric must be a number, got {type(metric).__name__}")
-        current = float(metric)  # also takes numpy scalars and 0-d tensors
+        try:
+            current = float(metric)  # also takes numpy scalars and 0-d tensors
+        except OverflowError:
+            raise ValueError("metric is too large for a float") from None
         self.last_epoch += 1
         if self._is_better(current):  # never true for NaN
             self.best = current
@@ -874,21 +870,55 @@ class ReduceLROnPlateau:
         which Python's json writes as Infinity and reads back)."""
         return {name: getattr(self, name) for name in _CONFIG + _STATE}
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore :meth:`state_dict` output; later steps continue identically."""
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore :meth:`state_dict` output; later steps continue identically.
+        Every field is checked first: on an error nothing changes."""
+        if not isinstance(state, Mapping):
+            raise TypeError(f"state must be a dict, got {type(state).__name__}")
         missing = [name for name in _CONFIG + _STATE if name not in state]
         if missing:
             raise ValueError(f"state is missing {missing}")
-        self._configure(**{name: state[name] for name in _CONFIG})
-        self.best = float(state["best"])
-        self.num_bad_epochs = _count("num_bad_epochs", state["num_bad_epochs"])
-        self.cooldown_counter = _count("cooldown_counter", state["cooldown_counter"])
-        self.last_epoch = _count("last_epoch", state["last_epoch"])
-        self.multiplier = _real("multiplier", state["multiplier"])
+        loaded = _plateau_settings(**{name: state[name] for name in _CONFIG})
+        best = _number("best", state["best"])
+        if math.isnan(best):
+            raise ValueError("best must not be NaN")
+        multiplier = _real("multiplier", state["multiplier"])
+        if not 0 <= multiplier <= 1:  # 1, then factor, factor**2, ...
+            raise ValueError(f"multiplier must lie in [0, 1], got {multiplier}")
+        loaded.update(
+            best=best,
+            num_bad_epochs=_count("num_bad_epochs", state["num_bad_epochs"]),
+            cooldown_counter=_count("cooldown_counter", state["cooldown_counter"]),
+            last_epoch=_count("last_epoch", state["last_epoch"]),
+            multiplier=multiplier,
+        )
+        vars(self).update(loaded)
 
     def __repr__(self) -> str:
         config = ", ".join(f"{name}={getattr(self, name)!r}" for name in _CONFIG)
         return f"ReduceLROnPlateau({config})"
+
+
+def _plateau_settings(**config: Any) -> dict[str, Any]:
+    """ReduceLROnPlateau's settings (the names in _CONFIG), checked."""
+    threshold_mode = _choice("threshold_mode", config["threshold_mode"], ("rel", "abs"))
+    factor = _real("factor", config["factor"])
+    if not 0 < factor < 1:
+        raise ValueError(f"factor must be in (0, 1), got {factor}")
+    threshold = _real("threshold", config["threshold"])
+    # a relative threshold >= 1 would turn the initial best (inf) into -inf or nan
+    if threshold < 0 or (threshold_mode == "rel" and threshold >= 1):
+        raise ValueError(f"threshold must be >= 0 (and < 1 when threshold_mode='rel'), got {threshold}")
+    return {
+        "mode": _choice("mode", config["mode"], ("min", "max")),
+        "factor": factor,
+        "patience": _count("patience", config["patience"]),
+        "threshold": threshold,
+        "threshold_mode": threshold_mode,
+        "cooldown": _count("cooldown", config["cooldown"]),
+        "min_lr": _nonnegative("min_lr", config["min_lr"]),
+        "eps": _nonnegative("eps", config["eps"]),
+    }
 
 
 # ---------------------------------------------------------------- save / parse
@@ -922,37 +952,64 @@ def parse_schedule(expression: str) -> Schedule:
 
         parse_schedule("warmup(cosine_restarts(0.1, 200, cycle_mult=2), 50)")
 
-    Anything else (attributes, other names, operators, ``**kwargs``...) raises
+    Anything else (attributes, other names, operators, ``**kwargs``, a
+    keyword given twice, integers beyond int64, more than
+    ``_MAX_LENGTH`` characters or ``_MAX_DEPTH`` levels of nesting) raises
     ``ValueError``. Every ``repr`` of a schedule parses back to an equal one.
     """
     if not isinstance(expression, str):
         raise TypeError(f"expression must be a string, got {type(expression).__name__}")
+    if len(expression) > _MAX_LENGTH:
+        raise ValueError(f"schedule expression is too long: {len(expression)} characters, "
+                         f"at most {_MAX_LENGTH}")
     try:
         tree = ast.parse(expression.strip(), mode="eval")
-    except SyntaxError as exc:
-        raise ValueError(f"cannot parse schedule expression {expression!r}: {exc.msg}") from None
-    result = _build(tree.body, expression)
+    except (SyntaxError, ValueError) as exc:  # ValueError: a null byte
+        reason = exc.msg if isinstance(exc, SyntaxError) else str(exc)
+        raise ValueError(f"cannot parse schedule expression {expression!r}: {reason}") from None
+    except (RecursionError, MemoryError):  # what CPython's parser raises on deep nesting
+        raise ValueError(f"schedule expression is nested too deeply (at most {_MAX_DEPTH} "
+                         "levels)") from None
+    result = _build(tree.body, expression, 0)
     if not isinstance(result, Schedule):
         raise ValueError(f"expression must be a call to a schedule, e.g. cosine_decay(0.1, 1000); got {expression!r}")
     return result
 
 
-def _build(node: ast.AST, source: str) -> Any:
+# Limits that keep parsing hostile input cheap and free of RecursionError: far
+# beyond any real schedule (a deep one nests about 10 levels in 200 characters).
+_MAX_LENGTH = 10_000
+_MAX_DEPTH = 50
+
+
+def _build(node: ast.AST, source: str, depth: int) -> Any:
+    if depth > _MAX_DEPTH:
+        raise ValueError(f"schedule expression is nested too deeply (at most {_MAX_DEPTH} levels)")
+    depth += 1
     if isinstance(node, ast.Call):
         if not isinstance(node.func, ast.Name) or node.func.id not in _SCHEDULES:
             name = ast.get_source_segment(source, node.func)
             raise ValueError(f"unknown schedule {name!r}; known: {', '.join(_SCHEDULES)}")
         if any(kw.arg is None for kw in node.keywords):
             raise ValueError("**kwargs is not allowed in a schedule expression")
-        args = [_build(a, source) for a in node.args]
-        kwargs = {kw.arg: _build(kw.value, source) for kw in node.keywords}
+        names = [kw.arg for kw in node.keywords]
+        for name in names:
+            if names.count(name) > 1:  # Python's compiler refuses it; ast.parse does not
+                raise ValueError(f"keyword argument {name!r} is given more than once "
+                                 f"to {node.func.id}")
+        args = [_build(a, source, depth) for a in node.args]
+        kwargs = {kw.arg: _build(kw.value, source, depth) for kw in node.keywords}
         return _SCHEDULES[node.func.id](*args, **kwargs)
     if isinstance(node, ast.Constant) and (node.value is None or isinstance(node.value, (int, float, str))):
+        if isinstance(node.value, int) and not isinstance(node.value, bool) and node.value >= 2**63:
+            digits = ast.get_source_segment(source, node)
+            raise ValueError(f"the integer literal of {len(digits)} digits is out of range: "
+                             "integers must be < 2**63 (write a large rate as a float, e.g. 1e20)")
         return node.value
     if isinstance(node, (ast.List, ast.Tuple)):
-        return tuple(_build(e, source) for e in node.elts)
+        return tuple(_build(e, source, depth) for e in node.elts)
     if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
-        value = _build(node.operand, source)
+        value = _build(node.operand, source, depth)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ValueError(f"unary {'-' if isinstance(node.op, ast.USub) else '+'} needs a number")
         return -value if isinstance(node.op, ast.USub) else value

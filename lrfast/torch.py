@@ -22,9 +22,22 @@ lrfast's Numba CUDA path (``pip install lrfast[cuda]``). The numerics are
 torch's single-tensor formulas (see :mod:`lrfast.reference`).
 
 ``foreach`` and ``fused`` are accepted and ignored (there is one
-implementation); ``capturable=True``, ``differentiable=True``, sparse
-gradients, non-contiguous parameters and dtypes other than float32/float64
-raise an error.
+implementation); ``capturable=True``, ``differentiable=True`` (at construction
+or set in a param group later), sparse gradients, non-contiguous parameters
+and dtypes other than float32/float64 raise an error. A step checks every
+group (options, hyperparameters, parameters) before it writes anything.
+
+Layouts the kernels cannot read in place are taken as torch.optim takes them:
+a gradient that is not contiguous (transposed, expanded) or has its negative
+bit set is read from a contiguous copy made for that step (the parameter
+itself is always updated in place), and a state tensor that is not contiguous,
+as ``load_state_dict`` may bring from a torch state dict, is replaced in the
+state dict by a contiguous copy once, before the first step that uses it.
+
+As torch.optim's in-place updates do, a step moves the autograd version
+counter of every tensor it writes (parameters, states and step counts), so a
+``backward()`` through a graph that saved the old values raises instead of
+running with the new ones. It costs no pass over the data.
 
 Why a step costs little Python: the NumPy views of a group's parameters and
 states, and its step counters, are made once and reused while the group has
@@ -79,26 +92,41 @@ def _host_view(t: torch.Tensor):
         return t.numpy()
     except RuntimeError:  # t requires grad: a parameter, or a grad made with create_graph
         return t.detach().numpy()
-    except TypeError:
-        if t.layout != torch.strided:
-            raise RuntimeError("lrfast.torch optimizers do not support sparse gradients") from None
-        raise
+
+
+def _contiguous(grads: list) -> list:
+    """The gradients, with a contiguous copy of each one that is not
+    (transposed, expanded): the kernels read C-contiguous memory."""
+    if all(map(torch.Tensor.is_contiguous, grads)):
+        return grads
+    for g in grads:  # a sparse gradient is never contiguous
+        if g.layout != torch.strided:
+            raise RuntimeError("lrfast.torch optimizers do not support sparse gradients")
+    return [g.contiguous() for g in grads]
 
 
 def _host_views(tensors) -> list:
-    try:  # the fast path, for the gradients at every step
+    try:  # the fast path
         return list(map(torch.Tensor.numpy, tensors))
-    except (RuntimeError, TypeError):
+    except RuntimeError:
         return list(map(_host_view, tensors))
 
 
+def _host_grad_views(grads) -> list:
+    try:  # the fast path, at every step
+        return list(map(torch.Tensor.numpy, grads))
+    except RuntimeError:  # requires grad, or a negative-bit view: read a resolved copy
+        return [_host_view(g.resolve_neg()) for g in grads]
+
+
 def _device_views(tensors) -> list:
-    """The tensors for the CUDA path, which reads ``__cuda_array_interface__``
+    """The params for the CUDA path, which reads ``__cuda_array_interface__``
     (of a detached view where a tensor requires grad)."""
-    for t in tensors:
-        if t.layout != torch.strided:
-            raise RuntimeError("lrfast.torch optimizers do not support sparse gradients")
     return list(tensors)
+
+
+def _device_grad_views(grads) -> list:
+    return [g.resolve_neg() for g in grads]  # the same tensor unless negative-bit
 
 
 def _device_states(tensors) -> list:
@@ -114,8 +142,12 @@ def _device_states(tensors) -> list:
 
 
 def _check_param(p: torch.Tensor, where: str) -> None:
+    if p.layout != torch.strided:
+        raise TypeError(f"{where} is a {p.layout} tensor; lrfast updates dense tensors")
     if p.dtype not in (torch.float32, torch.float64):
         raise TypeError(f"{where} has dtype {p.dtype}; lrfast updates float32 and float64 tensors")
+    if p.is_neg():
+        raise ValueError(f"{where} is a negative-bit view; lrfast updates plain tensors in place")
     if not p.is_contiguous():
         raise ValueError(f"{where} is not contiguous (strides {p.stride()}); lrfast updates "
                          "contiguous tensors")
@@ -136,12 +168,17 @@ class _Call:
     def __init__(self, opt, params, index, device, completed, names):
         # positions in the group's list of parameters with gradients; None: all
         self.index = None if len(index) == len(params) else index
-        self.views = _host_views if device.type == "cpu" else _device_views
-        state_views = _host_views if device.type == "cpu" else _device_states
+        on_host = device.type == "cpu"
+        self.views = _host_views if on_host else _device_views
+        self.grad_views = _host_grad_views if on_host else _device_grad_views
+        state_views = _host_views if on_host else _device_states
         params = [params[i] for i in index]
         states = [opt.state[p] for p in params]
+        tensors = {name: [s[_STATE_KEYS[name]] for s in states] for name in names}
+        # what a step writes besides the step counts, whose own in-place add moves their version
+        self.written = params + [t for ts in tensors.values() for t in ts]
         self.params = self.views(params)
-        self.states = {name: state_views([s[_STATE_KEYS[name]] for s in states]) for name in names}
+        self.states = {name: state_views(ts) for name, ts in tensors.items()}
         self.completed = completed
         self.counter = None
         if opt._keeps_step:
@@ -152,8 +189,11 @@ class _Call:
     def run(self, kernel: Kernel, grads, hparams, lr) -> None:
         if self.index is not None:
             grads = [grads[i] for i in self.index]
-        kernel(self.params, self.views(grads), self.states, hparams, lr=lr,
+        kernel(self.params, self.grad_views(grads), self.states, hparams, lr=lr,
                step=self.completed + 1)
+        # the kernel wrote through views autograd does not see: tell it, as
+        # torch's in-place ops do, so backward() refuses graphs with old values
+        torch.autograd.graph.increment_version(self.written)
         self.completed += 1
         if self.counter is not None:
             self.counter += 1
@@ -163,7 +203,6 @@ class _Plan:
     """A param group's update, prepared once and reused while it fits."""
 
     def __init__(self, opt, index, group, kernel, names, params):
-        _check_supported(group)
         self.group, self.state, self.kernel, self.names = group, opt.state, kernel, names
         self.params = params
         self.pointers = [p.data_ptr() for p in params]
@@ -218,6 +257,9 @@ class _Optimizer(torch.optim.Optimizer):
             if key not in state:
                 start = _plain(group[kernel.initial[name]]) if name in kernel.initial else 0
                 state[key] = torch.full_like(p, start, memory_format=torch.preserve_format)
+            elif not state[key].is_contiguous() or state[key].is_neg():
+                # e.g. loaded from a torch state dict: written in place from now on
+                state[key] = state[key].resolve_neg().contiguous()
         return completed
 
     def step(self, closure=None):
@@ -227,18 +269,28 @@ class _Optimizer(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        # Every group is checked before the first write, so an error leaves
+        # them all as they were (as a step function does for its list).
+        work = []
         for index, group in enumerate(self.param_groups):
             params = [p for p in group["params"] if p.grad is not None]
             if not params:
                 continue
             kernel = self._kernel(group)
             hparams = kernel.hparams(group, _plain)
+            lr = _plain(group["lr"])
+            # what the constructor refuses, refused when set later too; the
+            # first call checks its own hyperparameters before it writes
+            _check_supported(group)
+            kernel.check_start_values(group, _plain)
+            if work:
+                kernel.validate(hparams, lr)
             names = kernel.uses(hparams)
             plan = self._plans.get(index)
             if plan is None or not plan.fits(group, self.state, kernel, names, params):
                 plan = self._plans[index] = _Plan(self, index, group, kernel, names, params)
-            grads = [p.grad for p in params]
-            lr = _plain(group["lr"])
+            work.append((plan, kernel, _contiguous([p.grad for p in params]), hparams, lr))
+        for plan, kernel, grads, hparams, lr in work:
             for call in plan.calls:
                 call.run(kernel, grads, hparams, lr)
         return loss

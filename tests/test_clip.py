@@ -139,3 +139,56 @@ def test_fused_clip_through_grad_scale_equals_clip_then_step():
         results.append(params + m + v)
     for a, b in zip(*results):
         np.testing.assert_allclose(a, b, rtol=1e-13, atol=1e-15)
+
+
+@pytest.mark.parametrize("bad", [None, math.inf])
+def test_infinite_max_norm_is_taken_as_torch_takes_it(bad):
+    torch = pytest.importorskip("torch")
+    grads = gradients([(50,), (7,)], np.float32, 1)
+    if bad is not None:
+        grads[1][2] = bad
+    tensors = [torch.tensor(g) for g in grads]
+    params = [torch.nn.Parameter(torch.zeros_like(t)) for t in tensors]
+    for p, t in zip(params, tensors):
+        p.grad = t.clone()
+    want = torch.nn.utils.clip_grad_norm_(params, math.inf).item()
+    assert lrfast.clip_grad_norm(grads, math.inf) == pytest.approx(want, rel=1e-6)  # torch: in fp32
+    for g, p in zip(grads, params):  # unchanged, or all NaN as torch makes them
+        np.testing.assert_array_equal(g, p.grad.numpy())
+
+
+def lrfast_imports(module: str) -> set[str]:
+    """The lrfast modules ``module`` imports anywhere in its source (lazy
+    imports inside functions included), read without running it."""
+    import ast
+    import importlib.util
+    import pathlib
+    import pkgutil
+
+    every = {"lrfast"} | {m.name for m in pkgutil.walk_packages(lrfast.__path__, "lrfast.")}
+    spec = importlib.util.find_spec(module)
+    if not spec.origin.endswith(".py"):
+        return set()  # the compiled lrfast._core
+    package = module if spec.submodule_search_locations is not None else module.rpartition(".")[0]
+    found = set()
+    for node in ast.walk(ast.parse(pathlib.Path(spec.origin).read_text())):
+        if isinstance(node, ast.ImportFrom):
+            base = importlib.util.resolve_name("." * node.level + (node.module or ""), package)
+            # `from . import ops` imports the module ops; `from ..clip import f`, ..clip
+            found |= ({f"{base}.{a.name}" for a in node.names} & every) or {base}
+        elif isinstance(node, ast.Import):
+            found |= {a.name for a in node.names}
+    return found & every
+
+
+def test_the_cuda_back_end_does_not_import_the_front_end():
+    """clip_coefficient lives in lrfast._hparams so that lrfast.cuda.ops does
+    not import lrfast.clip, which imports lrfast._backend, which imports lrfast.cuda."""
+    seen, todo = set(), ["lrfast.cuda.ops"]
+    while todo:
+        module = todo.pop()
+        if module not in seen:
+            seen.add(module)
+            todo.extend(lrfast_imports(module))
+    assert "lrfast._backend" not in seen and "lrfast.clip" not in seen
+    assert lrfast.clip_coefficient(3.0, 1.0) == 1.0 / (3.0 + 1e-6)

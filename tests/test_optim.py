@@ -268,3 +268,204 @@ def test_case_table_names_the_classes():
         cls = getattr(lrfast.optim, case.torch_name)
         assert cls.kernel.step is getattr(lrfast, case.step_fn)
         assert cls.kernel.states == case.states
+
+
+# ------------------------------------------------------------ issue 10
+
+
+F32_MAX = float(np.finfo(np.float32).max)
+
+
+@pytest.mark.parametrize("name", ["SGD", "Adam"])
+def test_skip_nonfinite_sees_the_gradient_the_kernel_computes(name):
+    """A float32 gradient times grad_scale that overflows float32 (where the
+    kernels multiply) is skipped, though its float64 norm is finite."""
+    params = [np.ones(4, np.float32), np.ones(3)]
+    opt = getattr(lrfast.optim, name)(params, lr=0.1, grad_scale=1e30, skip_nonfinite=True)
+    before = [p.copy() for p in params]
+    grads = [np.full(4, 1e10, np.float32), np.ones(3)]
+    assert opt.step(grads) is False
+    assert opt.skipped_steps == 1 and opt.step_count == 0
+    assert_same(params, before)
+    # float64 gradients of 1e10 times 1e30 are finite where the kernel computes them
+    opt = getattr(lrfast.optim, name)([np.ones(3)], lr=0.1, grad_scale=1e30, skip_nonfinite=True)
+    assert opt.step([np.full(3, 1e10)]) is True
+
+
+@pytest.mark.parametrize(("grad", "scale", "runs"), [
+    (F32_MAX, 1.0, True),
+    (F32_MAX, 1.0 + 2.0**-30, True),    # the scale rounds to 1 in float32
+    (F32_MAX, 1.0 + 2.0**-23, False),   # one ulp above 1: the product overflows
+    (2e38, 1.0, True),                  # 2-norm of four: 4e38 > F32_MAX; each one fits
+    (0.0, 1e39, False),                 # the scale is inf in float32: 0 * inf is NaN
+    (1e-30, 1e38, True),
+])
+def test_skip_nonfinite_is_exact_at_the_float32_limit(grad, scale, runs):
+    params = [np.zeros(4, np.float32)]
+    opt = lrfast.optim.SGD(params, lr=1e-40, grad_scale=scale, skip_nonfinite=True)
+    assert opt.step([np.full(4, grad, np.float32)]) is runs
+    assert np.isfinite(params[0]).all()
+
+
+def test_skip_nonfinite_with_clip_value_sees_the_clamped_gradient():
+    params = [np.zeros(4, np.float32)]
+    opt = lrfast.optim.SGD(params, lr=0.1, grad_scale=1e30, clip_value=1.0, skip_nonfinite=True)
+    assert opt.step([np.full(4, 1e10, np.float32)]) is True  # clamped to 1e-30, times 1e30
+    np.testing.assert_allclose(params[0], -0.1, rtol=1e-6)
+
+
+def test_saves_from_two_threads_to_one_path(tmp_path):
+    import threading
+
+    path = tmp_path / "opt.npz"
+    opts = [lrfast.optim.Adam(make_params(seed), lr=0.1) for seed in (1, 2)]
+    for opt in opts:
+        opt.step(grads_for(1))
+    errors = []
+
+    def save_often(opt):
+        try:
+            for _ in range(15):
+                opt.save(path)
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=save_often, args=(opt,)) for opt in opts]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert os.listdir(tmp_path) == ["opt.npz"]  # no temporary file left
+    loaded = lrfast.optim.Adam(make_params(), lr=0.1)
+    loaded.load(path)  # one of the two, whole
+    assert any(np.array_equal(loaded.state[0]["exp_avgs"][0], o.state[0]["exp_avgs"][0])
+               for o in opts)
+
+
+def test_save_leaves_a_users_tmp_file_alone(tmp_path):
+    (tmp_path / "opt.npz.tmp").write_text("mine")
+    lrfast.optim.SGD(make_params()).save(tmp_path / "opt.npz")
+    assert (tmp_path / "opt.npz.tmp").read_text() == "mine"
+    assert sorted(os.listdir(tmp_path)) == ["opt.npz", "opt.npz.tmp"]
+
+
+def test_a_failed_save_keeps_the_old_checkpoint_and_no_temporary_file(tmp_path, monkeypatch):
+    import errno
+
+    path = tmp_path / "opt.npz"
+    opt = lrfast.optim.Adam(make_params(), lr=0.1)
+    opt.step(grads_for(1))
+    opt.save(path)
+    good = path.read_bytes()
+    opt.step(grads_for(2))
+
+    def disk_full(file, *args, **kwargs):
+        file.write(b"PK\x03\x04 half a checkpoint")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(np, "savez", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        opt.save(path)
+    assert path.read_bytes() == good
+    assert os.listdir(tmp_path) == ["opt.npz"]
+
+
+def checkpoint_with(tmp_path, edit):
+    """A good Adam checkpoint whose JSON meta went through ``edit``."""
+    import json
+
+    opt = lrfast.optim.Adam([{"params": make_params()[:2]}, {"params": make_params()[2:]}],
+                            lr=0.1, plateau=ReduceLROnPlateau())
+    opt.step(grads_for(1))
+    opt.save(tmp_path / "good.npz")
+    with np.load(tmp_path / "good.npz") as npz:
+        members = {name: npz[name] for name in npz.files}
+    meta = json.loads(members.pop("meta").item())
+    edit(meta)
+    np.savez(tmp_path / "bad.npz", meta=np.array(json.dumps(meta)), **members)
+    return tmp_path / "bad.npz"
+
+
+def _set(path, value):
+    def edit(meta):
+        *keys, last = path
+        target = meta
+        for key in keys:
+            target = target[key]
+        if value is KeyError:
+            del target[last]
+        else:
+            target[last] = value
+    return edit
+
+
+@pytest.mark.parametrize(("edit", "field"), [
+    (_set(["options"], [1.0, None, 1.0, False]), "options"),
+    (_set(["options", "extra"], 1), "options.*extra"),
+    (_set(["options", "grad_scale"], KeyError), "options.*grad_scale"),
+    (_set(["options", "grad_scale"], "1"), "grad_scale"),
+    (_set(["extra"], 1), "extra"),
+    (_set(["step_count"], KeyError), "step_count"),
+    (_set(["step_count"], 10**400), "step_count"),
+    (_set(["param_groups", 1, "lr"], "0.1"), r"param_groups\[1\].*lr"),
+    (_set(["param_groups", 0, "betas"], [0.9, 0.99, 0.5]), r"param_groups\[0\].*betas"),
+    (_set(["param_groups", 0, "lr"], {"type": "cosine_decay", "lr": "x"}), r"param_groups\[0\]"),
+    (_set(["param_groups", 0], [1, 2]), r"param_groups\[0\]"),
+    (_set(["param_groups"], {"0": {}}), "param_groups"),
+    (_set(["plateau", "factor"], "0.5"), "plateau.*factor"),
+    (_set(["plateau"], [1]), "plateau"),
+    (_set(["state", 0], ["exp_avgs"]), r"state\[0\]"),
+    (_set(["state", 0, "exp_avgs"], "2"), r"state\[0\].*exp_avgs"),
+    (_set(["last_grad_norm"], "big"), "last_grad_norm"),
+])
+def test_malformed_checkpoints_are_value_errors_naming_the_field(tmp_path, edit, field):
+    bad = checkpoint_with(tmp_path, edit)
+    opt = lrfast.optim.Adam([{"params": make_params(5)[:2]}, {"params": make_params(5)[2:]}])
+    opt.step(grads_for(3))
+    before = opt.state_dict()
+    with pytest.raises(ValueError, match=field):
+        opt.load(bad)
+    after = opt.state_dict()
+    assert after["param_groups"] == before["param_groups"] and after["plateau"] is None
+    assert after["step_count"] == 1 and after["options"] == before["options"]
+    for group_before, group_after in zip(before["state"], after["state"]):
+        for name in group_before:
+            assert_same(group_after[name], group_before[name])
+
+
+def test_a_member_that_claims_more_than_its_parameter_is_refused_unread(tmp_path, monkeypatch):
+    """A 1 MB file whose member would inflate to 1.2 GB: its .npy header
+    disagrees with the parameter's shape, so nothing past it is read."""
+    import io
+    import zipfile
+
+    params = [np.zeros(3, np.float32)]
+    opt = lrfast.optim.Adam(params)
+    opt.step([np.ones(3, np.float32)])
+    opt.save(tmp_path / "good.npz")
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(
+        header, {"descr": "<f4", "fortran_order": False, "shape": (300_000_000,)})
+    with zipfile.ZipFile(tmp_path / "good.npz") as good, \
+            zipfile.ZipFile(tmp_path / "bomb.npz", "w", zipfile.ZIP_DEFLATED) as bomb:
+        for info in good.infolist():
+            data = good.read(info)
+            if info.filename == "state/0/exp_avgs/0.npy":
+                data = header.getvalue() + bytes(50_000_000)  # deflates to ~50 kB
+            bomb.writestr(info.filename, data)
+    assert os.path.getsize(tmp_path / "bomb.npz") < 1_000_000
+
+    read = []
+    original = zipfile.ZipExtFile.read
+
+    def counting_read(self, n=-1):
+        data = original(self, n)
+        read.append(len(data))
+        return data
+
+    monkeypatch.setattr(zipfile.ZipExtFile, "read", counting_read)
+    with pytest.raises(ValueError, match=r"exp_avgs.*shape"):
+        opt.load(tmp_path / "bomb.npz")
+    assert sum(read) < 1_000_000
+    assert opt.step_count == 1

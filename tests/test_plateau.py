@@ -172,3 +172,31 @@ def test_repr_and_validation():
         plateau.load_state_dict({"mode": "min"})
     with pytest.raises(ValueError, match="scheduled_lr"):
         plateau.rate(-0.1)
+
+
+@pytest.mark.parametrize("field, value, error", [
+    ("patience", "x", TypeError),        # after mode, factor and threshold in _CONFIG
+    ("eps", -1.0, ValueError),           # the last setting
+    ("multiplier", "x", TypeError),      # the last field of progress
+    ("best", "x", TypeError),
+    ("last_epoch", -1, ValueError),
+    ("multiplier", 10**400, ValueError),
+], ids=["patience", "eps", "multiplier", "best", "last_epoch", "huge multiplier"])
+def test_load_state_dict_with_one_bad_field_changes_nothing(field, value, error):
+    source = ReduceLROnPlateau(mode="max", factor=0.5, patience=2, threshold_mode="abs",
+                               cooldown=1, min_lr=1e-4)
+    for metric in (1.0, 0.5, 0.5, 0.5, 0.5):
+        source.step(metric)
+    state = source.state_dict()
+    state[field] = value
+    target = ReduceLROnPlateau()
+    target.step(3.0)
+    before = target.state_dict()
+    with pytest.raises(error, match=field):
+        target.load_state_dict(state)
+    assert target.state_dict() == before
+
+
+def test_a_metric_too_large_for_a_float_is_a_value_error():
+    with pytest.raises(ValueError, match="metric"):
+        ReduceLROnPlateau().step(10**400)

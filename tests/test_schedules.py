@@ -338,6 +338,14 @@ BAD = [
     (lambda: S.join([], []), ValueError, "schedules"),
     (lambda: S.join([S.constant(0.1), 0.2], [5]), TypeError, "schedules"),
     (lambda: S.from_dict({"type": "nope"}), ValueError, "nope"),
+    # integers no float or int64 holds: a ValueError naming the argument
+    (lambda: S.constant(10**400), ValueError, "lr"),
+    (lambda: S.cosine_decay(0.1, 10**29), ValueError, "total_steps"),
+    (lambda: S.step_decay(0.1, 10**400), ValueError, "step_size"),
+    (lambda: S.step_decay(0.1, 10, gamma=10**400), ValueError, "gamma"),
+    (lambda: S.multistep_decay(0.1, [10, 2**63]), ValueError, r"milestones\[1\]"),
+    (lambda: S.warmup(S.constant(0.1), 10**400), ValueError, "warmup_steps"),
+    (lambda: S.one_cycle(10**400, 100), ValueError, "max_lr"),
 ]
 
 
@@ -399,6 +407,33 @@ def test_parse_expression():
 def test_parse_rejects(expression, message):
     with pytest.raises((ValueError, TypeError), match=message):
         S.parse_schedule(expression)
+
+
+@pytest.mark.parametrize(
+    "expression, message",
+    [
+        ("constant(" + "-" * 5000 + "0.1)", "deep"),
+        ("constant(" + "-" * 100_000 + "0.1)", "long"),
+        ("constant(" + "-" * 900 + "0.1)", "deep"),
+        ("join(" + "[" * 150 + "]" * 150 + ", [])", "deep"),
+        ("constant(" + "-" * 3000 + "0.1)", "deep"),  # ast.parse's RecursionError
+        ("constant(" + "9" * 400 + ")", "integer"),
+        ("cosine_decay(0.1, " + "1" * 30 + ")", "integer"),
+        ("cosine_decay(0.1, -" + "1" * 30 + ")", "integer"),
+        ("cosine_decay(0.1, 100, min_lr=0.0, min_lr=0.01)", "min_lr.*more than once|repeated.*min_lr"),
+        ("warmup(constant(0.1), warmup_steps=5, warmup_steps=5)", "warmup_steps"),
+    ],
+)
+def test_parse_refuses_hostile_input_with_a_value_error(expression, message):
+    """Deep, long or huge input is a ValueError naming the problem, never a
+    RecursionError, MemoryError or OverflowError; so is a repeated keyword."""
+    with pytest.raises(ValueError, match=message):
+        S.parse_schedule(expression)
+
+
+def test_parse_takes_integers_up_to_int64():
+    assert S.parse_schedule(f"cosine_decay(0.1, {2**62})").total_steps == 2**62
+    assert S.parse_schedule("constant(12345678901234567890.0)").lr == 12345678901234567890.0
 
 
 # ---------------------------------------------------------------- CLI

@@ -266,3 +266,144 @@ def test_every_case_names_a_torch_class():
     for case in CASE_BY_NAME.values():
         cls = getattr(lrfast.torch, case.torch_name)
         assert issubclass(cls, torch.optim.Optimizer)
+
+
+# ------------------------------------------------- issue 10: as torch.optim does
+
+
+@pytest.mark.parametrize("module", [torch.optim, lrfast.torch], ids=["torch", "lrfast"])
+def test_backward_through_old_weights_after_a_step_raises(module):
+    """A step writes the parameters in place, so autograd refuses a graph
+    that saved the old values, as it does after torch.optim's step."""
+    p = torch.nn.Parameter(torch.randn(5))
+    loss = (p * p).sum()  # saves p for backward
+    opt = module.Adam([p], lr=0.1)
+    p.grad = torch.ones(5)
+    opt.step()
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        loss.backward()
+
+
+@pytest.mark.parametrize("case", CASES, ids=str)
+def test_a_step_moves_the_version_of_every_tensor_it_writes(case):
+    hp = {k: v for k, v in richest(case).items() if k != "grad_scale"}
+    counts = []
+    for module in (torch.optim, lrfast.torch):
+        model = Net(torch.float32)
+        opt = getattr(module, case.torch_name)(model.parameters(), **hp)
+        train_step(model, opt, 0, torch.float32)
+        tensors = [t for p in model.parameters() if p.grad is not None
+                   for t in (p, *opt.state[p].values())]
+        before = [t._version for t in tensors]
+        train_step(model, opt, 1, torch.float32)
+        counts.append([t._version > v for t, v in zip(tensors, before)])
+    assert counts[1] == counts[0] and all(counts[1])
+
+
+def two_groups(module, lr2=0.1):
+    torch.manual_seed(3)
+    a, b = (torch.nn.Parameter(torch.randn(4)) for _ in range(2))
+    opt = module.Adam([{"params": [a]}, {"params": [b], "lr": lr2}], lr=0.1)
+    for p in (a, b):
+        p.grad = torch.randn(4)
+    return (a, b), opt
+
+
+def test_a_bad_second_group_writes_nothing():
+    (a, b), opt = two_groups(lrfast.torch)
+    opt.step()
+    before = [t.clone() for t in (a, b, opt.state[a]["exp_avg"], opt.state[a]["step"])]
+    opt.param_groups[1]["lr"] = float("nan")
+    with pytest.raises(ValueError, match="lr"):
+        opt.step()
+    after = (a, b, opt.state[a]["exp_avg"], opt.state[a]["step"])
+    assert all(torch.equal(x, y) for x, y in zip(before, after))
+
+    opt.param_groups[1]["lr"] = 0.1
+    c = torch.nn.Parameter(torch.zeros(3, dtype=torch.bfloat16))  # a param the kernels refuse
+    c.grad = torch.zeros_like(c)
+    opt.param_groups[1]["params"].append(c)
+    with pytest.raises(TypeError, match="bfloat16"):
+        opt.step()
+    assert all(torch.equal(x, y) for x, y in zip(before, after))
+
+
+@pytest.mark.parametrize("flag", ["capturable", "differentiable"])
+def test_options_refused_at_construction_are_refused_at_step(flag):
+    (a, b), opt = two_groups(lrfast.torch)
+    opt.step()
+    before = [a.clone(), b.clone()]
+    opt.param_groups[1][flag] = True
+    with pytest.raises(ValueError, match=flag):
+        opt.step()
+    assert torch.equal(a, before[0]) and torch.equal(b, before[1])
+
+
+def test_initial_accumulator_value_changed_after_construction_is_refused():
+    p = torch.nn.Parameter(torch.ones(3))
+    opt = lrfast.torch.Adagrad([p])
+    opt.param_groups[0]["initial_accumulator_value"] = -1.0
+    p.grad = torch.ones(3)
+    with pytest.raises(ValueError, match="initial_accumulator_value"):
+        opt.step()
+    assert torch.equal(p, torch.ones(3))
+
+
+def odd_gradients():
+    """Gradients torch.optim takes but a kernel cannot read in place:
+    transposed, expanded (stride 0) and with the negative bit set."""
+    torch.manual_seed(4)
+    return {"transposed": torch.randn(4, 3).t(),
+            "expanded": torch.randn(1, 4).expand(3, 4),
+            "negative bit": torch._neg_view(torch.randn(3, 4))}
+
+
+@pytest.mark.parametrize("kind", list(odd_gradients()))
+@pytest.mark.parametrize("name", ["SGD", "Adam"])
+def test_gradients_of_any_layout(kind, name):
+    results = []
+    for module in (torch.optim, lrfast.torch):
+        torch.manual_seed(5)
+        p = torch.nn.Parameter(torch.randn(3, 4))
+        storage = p.data_ptr()
+        opt = getattr(module, name)([p], lr=0.1, **({"momentum": 0.9} if name == "SGD" else {}))
+        for _ in range(2):
+            p.grad = odd_gradients()[kind]
+            opt.step()
+        assert p.data_ptr() == storage  # updated in place
+        results.append(p.detach().clone())
+    torch.testing.assert_close(results[1], results[0])
+
+
+def test_non_contiguous_state_from_a_torch_state_dict():
+    torch.manual_seed(6)
+    params = [torch.nn.Parameter(torch.randn(3, 4)) for _ in range(2)]
+    ref = torch.optim.Adam([params[0]], lr=0.1)
+    params[0].grad = torch.randn(3, 4)
+    ref.step()
+    saved = copy.deepcopy(ref.state_dict())
+    for key in ("exp_avg", "exp_avg_sq"):  # the same values, in Fortran order
+        saved["state"][0][key] = saved["state"][0][key].t().contiguous().t()
+    with torch.no_grad():
+        params[1].copy_(params[0])
+    opt = lrfast.torch.Adam([params[1]], lr=0.1)
+    opt.load_state_dict(saved)
+    grad = torch.randn(3, 4)
+    for p, o in zip(params, (ref, opt)):
+        p.grad = grad.clone()
+        o.step()
+    torch.testing.assert_close(params[1], params[0])
+    state = opt.state[params[1]]
+    assert state["exp_avg"].is_contiguous() and state["exp_avg_sq"].is_contiguous()
+    torch.testing.assert_close(state["exp_avg"], ref.state[params[0]]["exp_avg"])
+
+
+def test_a_sparse_gradient_in_a_later_group_writes_nothing():
+    dense = torch.nn.Parameter(torch.ones(3))
+    emb = torch.nn.Embedding(10, 4, sparse=True)
+    opt = lrfast.torch.Adagrad([{"params": [dense]}, {"params": emb.parameters()}])
+    dense.grad = torch.ones(3)
+    emb(torch.tensor([1, 2])).sum().backward()
+    with pytest.raises(RuntimeError, match="sparse"):
+        opt.step()
+    assert torch.equal(dense, torch.ones(3))

@@ -207,3 +207,61 @@ def test_numpy_scalars_are_accepted_as_hyperparameters():
     lrfast.adam_step(params, grads, m, v, vmax, lr=np.float32(0.1), step=np.int64(3),
                      amsgrad=np.bool_(True), eps=np.float64(1e-6))
     np.testing.assert_allclose(params[0], expected[0], rtol=1e-6)
+
+
+HUGE = 10**400  # a Python int no float can hold
+
+
+@pytest.mark.parametrize(("fn", "kwargs", "name"), [
+    ("sgd_step", dict(lr=HUGE), "lr"),
+    ("sgd_step", dict(lr=0.1, weight_decay=HUGE), "weight_decay"),
+    ("sgd_step", dict(lr=0.1, grad_scale=HUGE), "grad_scale"),
+    ("sgd_step", dict(lr=0.1, momentum=0.9, dampening=0.5, step=HUGE), "step"),
+    ("adam_step", dict(step=HUGE), "step"),
+    ("adam_step", dict(step=2**63), "step"),
+    ("adam_step", dict(step=1, eps=HUGE), "eps"),
+    ("adam_step", dict(step=1, betas=(HUGE, 0.9)), r"betas\[0\]"),
+    ("adagrad_step", dict(step=HUGE), "step"),
+    ("adagrad_step", dict(step=2, lr_decay=HUGE), "lr_decay"),
+])
+def test_huge_integers_are_refused_by_name(fn, kwargs, name):
+    """An int too large for a float is a ValueError naming the argument, not
+    an OverflowError from deep inside."""
+    params, grads, m, v = adam_arrays(n=2)
+    states = {"sgd_step": (m,), "adam_step": (m, v), "adagrad_step": (m,)}[fn]
+    before = snapshot(params, m, v)
+    with pytest.raises(ValueError, match=name):
+        getattr(lrfast, fn)(params, grads, *states, **kwargs)
+    assert_unchanged(before, params, m, v)
+
+
+def test_huge_integers_in_the_classes_and_clipping():
+    import lrfast.optim
+
+    params = [np.zeros(3, np.float32)]
+    for kwargs, name in [(dict(lr=HUGE), "lr"), (dict(weight_decay=HUGE), "weight_decay"),
+                         (dict(grad_scale=HUGE), "grad_scale"),
+                         (dict(max_grad_norm=HUGE), "max_grad_norm")]:
+        with pytest.raises(ValueError, match=name):
+            lrfast.optim.SGD(params, **kwargs)
+    opt = lrfast.optim.Adam(params)
+    opt.step_count = HUGE
+    with pytest.raises(ValueError, match="step"):
+        opt.step([np.zeros(3, np.float32)])
+    with pytest.raises(ValueError, match="max_norm"):
+        lrfast.clip_grad_norm(params, HUGE)
+    with pytest.raises(ValueError, match="norm_type"):
+        lrfast.global_norm(params, HUGE)
+
+    torch = pytest.importorskip("torch")
+    import lrfast.torch
+
+    p = torch.nn.Parameter(torch.zeros(3))
+    for kwargs, name in [(dict(lr=HUGE), "lr"), (dict(weight_decay=HUGE), "weight_decay")]:
+        with pytest.raises(ValueError, match=name):
+            lrfast.torch.Adam([p], **kwargs)
+    opt = lrfast.torch.Adam([p])
+    opt.param_groups[0]["lr"] = HUGE
+    p.grad = torch.ones(3)
+    with pytest.raises(ValueError, match="lr"):
+        opt.step()

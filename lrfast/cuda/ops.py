@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 
-from ..clip import clip_coefficient
+from .._hparams import clip_coefficient
 from . import launch, layout, norms
 from .optimizers import OPTIMIZERS
 
