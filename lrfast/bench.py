@@ -23,17 +23,9 @@ import time
 import numpy as np
 
 from . import _core, clip, reference, steps
-from .workloads import many_small_shapes, transformer_like_shapes
+from .bench_configs import CONFIGS, layouts
+from .workloads import transformer_like_shapes
 
-# Typical hyperparameters and the states they use, per optimizer.
-CONFIGS = {
-    "sgd": (dict(lr=0.01, momentum=0.9, step=2), ("momentum_buffers",), "SGD"),
-    "adam": (dict(lr=1e-3, step=2), ("exp_avgs", "exp_avg_sqs"), "Adam"),
-    "adamw": (dict(lr=1e-3, step=2), ("exp_avgs", "exp_avg_sqs"), "AdamW"),
-    "rmsprop": (dict(lr=1e-2), ("square_avgs",), "RMSprop"),
-    "adagrad": (dict(lr=1e-2, step=2), ("state_sums",), "Adagrad"),
-    "adadelta": (dict(), ("square_avgs", "acc_deltas"), "Adadelta"),
-}
 TORCH_FUSED = {"SGD", "Adam", "AdamW", "Adagrad"}  # the rest run with foreach=True
 
 
@@ -109,14 +101,6 @@ class Problem:
         kwargs = {k: v for k, v in self.hp.items() if k != "step"}
         impl = "fused" if self.torch_name in TORCH_FUSED else "foreach"
         return getattr(torch.optim, self.torch_name)(tensors, **kwargs, **{impl: True}), impl
-
-
-def layouts(sizes, lists: bool):
-    out = [(f"1x{int(n)}", [(int(n),)]) for n in sizes]
-    if lists:
-        out.append(("1000x1000", many_small_shapes()))
-        out.append(("transformer-146", transformer_like_shapes()))
-    return out
 
 
 def measure(name, label, shapes, dtype, with_reference, with_torch, busy):
@@ -281,7 +265,7 @@ def run(args) -> int:
           f"{'yes' if with_torch else 'not installed' if not args.no_torch else 'off'}"
           f"{', busy before each step' if busy else ''}", flush=True)
     rows = []
-    for label, shapes in layouts(sizes, not args.no_lists):
+    for label, shapes in layouts([int(s) for s in sizes], not args.no_lists):
         for name in names:
             if len(shapes) > 1 and name not in ("adam", "adamw"):
                 continue  # the list layouts show per-tensor overhead; Adam is enough
