@@ -17,12 +17,11 @@ import math
 import os
 import platform
 import statistics
-import sys
 import time
 
 import numpy as np
 
-from . import _core, clip, reference, steps
+from . import _core, cli_args, clip, reference, steps
 from .bench_configs import CONFIGS, layouts
 from .workloads import transformer_like_shapes
 
@@ -206,16 +205,29 @@ def format_table(rows) -> str:
     return "\n".join(lines)
 
 
+def _optimizers(text: str) -> list[str]:
+    """The --optimizers type: comma-separated names from CONFIGS."""
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    unknown = sorted(set(names) - set(CONFIGS))
+    if unknown:
+        raise argparse.ArgumentTypeError(
+            f"unknown optimizers {unknown}; choose from {', '.join(CONFIGS)}")
+    if not names:
+        raise argparse.ArgumentTypeError(f"name at least one of {', '.join(CONFIGS)}")
+    return names
+
+
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "bench", help="time the fused steps against memory bandwidth, NumPy and torch",
         description=__doc__.split("\n\n")[0])
-    p.add_argument("--sizes", default="1e3,1e5,1e6,5e7",
-                   help="single-tensor sizes, comma-separated (default: %(default)s)")
-    p.add_argument("--optimizers", default=",".join(CONFIGS),
+    p.add_argument("--sizes", type=cli_args.sizes, default="1e3,1e5,1e6,5e7",
+                   help="single-tensor sizes in elements, comma-separated (default: %(default)s)")
+    p.add_argument("--optimizers", type=_optimizers, default=",".join(CONFIGS),
                    help="comma-separated subset of: %(default)s")
     p.add_argument("--dtype", choices=("float32", "float64"), default="float32")
-    p.add_argument("--threads", type=int, help="threads for the kernels (default: all CPUs)")
+    p.add_argument("--threads", type=cli_args.positive_int, metavar="N",
+                   help="threads for the kernels, >= 1 (default: all CPUs)")
     p.add_argument("--no-lists", action="store_true",
                    help="skip the 1000x1000 list and the 146-tensor transformer list")
     p.add_argument("--no-reference", action="store_true", help="skip the NumPy reference")
@@ -223,36 +235,35 @@ def register(subparsers) -> None:
     p.add_argument("--torch-busy", action="store_true",
                    help="run a torch matmul before every timed step (two thread pools)")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    p.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    p.add_argument("--json", metavar="PATH", type=cli_args.output_file,
+                   help="also write the results as JSON")
     p.set_defaults(func=run)
 
 
+def plan(sizes: list[int], names: list[str], lists: bool) -> list[tuple[str, list, str]]:
+    """(layout label, shapes, optimizer) of every row but the clip row."""
+    return [(label, shapes, name) for label, shapes in layouts(sizes, lists) for name in names
+            # the list layouts show per-tensor overhead; Adam is enough
+            if len(shapes) == 1 or name in ("adam", "adamw")]
+
+
 def run(args) -> int:
-    try:
-        sizes = [float(s) for s in args.sizes.split(",") if s]
-    except ValueError:
-        print(f"lrfast bench: --sizes must be numbers, got {args.sizes!r}", file=sys.stderr)
-        return 2
-    names = [n for n in args.optimizers.split(",") if n]
-    unknown = sorted(set(names) - set(CONFIGS))
-    if unknown:
-        print(f"lrfast bench: unknown optimizers {unknown}; choose from {list(CONFIGS)}",
-              file=sys.stderr)
-        return 2
+    names = args.optimizers
+    with_clip_row = not args.no_lists and "adamw" in names
+    if not plan(args.sizes, names, not args.no_lists) and not with_clip_row:
+        return cli_args.error("lrfast bench", "nothing to measure: give --sizes, or drop "
+                              "--no-lists and include adam or adamw", code=2)
     if args.device == "cuda":
         try:
             from numba import cuda
         except ImportError:
-            print("lrfast bench: --device cuda needs numba-cuda: pip install 'lrfast[cuda]'",
-                  file=sys.stderr)
-            return 1
+            return cli_args.error("lrfast bench",
+                                  "--device cuda needs numba-cuda: pip install 'lrfast[cuda]'")
         if not cuda.is_available():
-            print("lrfast bench: --device cuda found no usable CUDA GPU and driver",
-                  file=sys.stderr)
-            return 1
+            return cli_args.error("lrfast bench", "--device cuda found no usable CUDA GPU and driver")
         from .cuda import bench as cuda_bench
 
-        rows = cuda_bench.run([int(s) for s in sizes], names, args.dtype, lists=not args.no_lists)
+        rows = cuda_bench.run(args.sizes, names, args.dtype, lists=not args.no_lists)
         print(format_table(rows))
         return _dump(args, rows, {"device": "cuda"})
     if args.threads:
@@ -265,17 +276,18 @@ def run(args) -> int:
           f"{'yes' if with_torch else 'not installed' if not args.no_torch else 'off'}"
           f"{', busy before each step' if busy else ''}", flush=True)
     rows = []
-    for label, shapes in layouts([int(s) for s in sizes], not args.no_lists):
-        for name in names:
-            if len(shapes) > 1 and name not in ("adam", "adamw"):
-                continue  # the list layouts show per-tensor overhead; Adam is enough
+    try:
+        for label, shapes, name in plan(args.sizes, names, not args.no_lists):
             rows.append(measure(name, label, shapes, args.dtype, not args.no_reference,
                                 with_torch, busy))
             print(format_table(rows[-1:]).splitlines()[-1] if rows[1:] else format_table(rows),
                   flush=True)
-    if not args.no_lists and "adamw" in names:
-        rows.append(clip_row(args.dtype, with_torch))
-        print(format_table(rows[-1:]).splitlines()[-1], flush=True)
+        if with_clip_row:
+            rows.append(clip_row(args.dtype, with_torch))
+            print(format_table(rows[-1:]).splitlines()[-1], flush=True)
+    except MemoryError:
+        return cli_args.error("lrfast bench", f"not enough memory for the arrays of the next "
+                              f"row (after {len(rows)} rows); try smaller --sizes")
     print("\nGB/s: the step's bytes (grad read; param and states read and written) per second."
           "\nprobe: the same traffic with no arithmetic, through the same threads (the bound)."
           "\nx numpy / x torch: their time over lrfast's, same arrays, same run.")
@@ -284,6 +296,9 @@ def run(args) -> int:
 
 def _dump(args, rows, info) -> int:
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"machine": info, "rows": rows}, f, indent=1)
+        try:
+            with open(args.json, "w") as f:
+                json.dump({"machine": info, "rows": rows}, f, indent=1)
+        except OSError as exc:
+            return cli_args.error("lrfast bench", f"cannot write {args.json}: {exc.strerror}")
     return 0

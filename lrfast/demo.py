@@ -26,6 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from . import cli_args
+
 # Half-decades from 1e-4 to 1.
 GRID = tuple(10 ** (k / 2) for k in range(-8, 1))
 OPTIMIZERS = {"sgd": "SGD with momentum 0.9", "adam": "Adam"}
@@ -235,13 +237,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             'Needs: pip install "lrfast[demo]".'
         ),
     )
-    parser.add_argument("--seeds", type=int, default=3, metavar="N", help="seeds per setting (default 3)")
+    parser.add_argument("--seeds", type=cli_args.positive_int, default=3, metavar="N",
+                        help="seeds per setting (default 3)")
     budget = parser.add_mutually_exclusive_group()
-    budget.add_argument("--epochs", type=int, metavar="E",
+    budget.add_argument("--epochs", type=cli_args.positive_int, metavar="E",
                         help=f"training budget in epochs (default {DEFAULT_EPOCHS})")
-    budget.add_argument("--steps", type=int, metavar="N", help="training budget in steps")
+    budget.add_argument("--steps", type=cli_args.positive_int, metavar="N",
+                        help="training budget in steps")
     parser.add_argument("--out", default="lrfast-demo", metavar="DIR",
-                        help="directory for the PNGs (default ./lrfast-demo)")
+                        help="directory for the PNGs, made if missing (default ./lrfast-demo)")
     parser.add_argument("--no-plots", action="store_true", help="do not draw the PNGs")
     parser.add_argument("--quick", action="store_true",
                         help=f"a tiny budget ({QUICK_STEPS} steps) to check that everything runs")
@@ -249,10 +253,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    for value, name in ((args.seeds, "--seeds"), (args.epochs, "--epochs"), (args.steps, "--steps")):
-        if value is not None and value < 1:
-            print(f"lrfast demo: error: {name} must be >= 1, got {value}", file=sys.stderr)
-            return 2
     try:
         import sklearn  # noqa: F401
         import tqdm
@@ -260,8 +260,7 @@ def run(args: argparse.Namespace) -> int:
         if not args.no_plots:
             import matplotlib  # noqa: F401
     except ImportError as exc:
-        print(f"lrfast demo needs {exc.name}: pip install \"lrfast[demo]\"", file=sys.stderr)
-        return 1
+        return cli_args.error("lrfast demo", f'needs {exc.name}: pip install "lrfast[demo]"')
 
     from .examples.digits_mlp import load_digits
     from .finder import DEFAULT_SUGGESTION
@@ -277,7 +276,10 @@ def run(args: argparse.Namespace) -> int:
     seeds = list(range(args.seeds))
     out = Path(args.out)
     if not args.no_plots:
-        out.mkdir(parents=True, exist_ok=True)
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            return cli_args.error("lrfast demo", f"cannot make the folder {str(out)!r}: {exc.strerror}")
 
     print(f"digits: {len(data.y_train)} training / {len(data.y_val)} validation images; "
           f"MLP 64-64-64-10; batches of {BATCH_SIZE}; {steps} steps "
