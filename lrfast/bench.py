@@ -12,6 +12,7 @@ float32).
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import os
@@ -21,14 +22,15 @@ import time
 
 import numpy as np
 
-from . import _core, cli_args, clip, reference, steps
+from . import _core, bench_table, cli_args, clip, reference, steps
 from .bench_configs import CONFIGS, layouts
+from .progress import Progress
 from .workloads import transformer_like_shapes
 
 TORCH_FUSED = {"SGD", "Adam", "AdamW", "Adagrad"}  # the rest run with foreach=True
 
 
-def timeit(fns: dict, budget: float = 0.3, before=None) -> dict:
+def timeit(fns: dict, budget: float = 0.3, before=None, report=None) -> dict:
     """Median seconds per call of each function, sampled in turn.
 
     The functions compared in one row take their samples interleaved (one of
@@ -38,8 +40,11 @@ def timeit(fns: dict, budget: float = 0.3, before=None) -> dict:
     then timed with its own arrays warm in the caches, as back-to-back steps
     would find them, rather than after another function's traffic. With
     `before` (the --torch-busy mode), it runs untimed before every sample
-    instead, and each sample is one call, timed as it comes.
+    instead, and each sample is one call, timed as it comes. `report`, when
+    given, is told how far it got.
     """
+    report = report or (lambda what: None)
+    report("first calls")
     calls, once = {}, {}
     for name, fn in fns.items():  # one call each to size the samples (and warm up)
         start = time.perf_counter()
@@ -54,6 +59,7 @@ def timeit(fns: dict, budget: float = 0.3, before=None) -> dict:
     rounds = max(3, min(200, int(budget / per_round)))
     samples = {name: [] for name in fns}
     for r in range(rounds):
+        report(f"sample round {r + 1} of {rounds}")
         for name, fn in fns.items():
             if name in slow and r >= 3:
                 continue
@@ -102,7 +108,9 @@ class Problem:
         return getattr(torch.optim, self.torch_name)(tensors, **kwargs, **{impl: True}), impl
 
 
-def measure(name, label, shapes, dtype, with_reference, with_torch, busy):
+def measure(name, label, shapes, dtype, with_reference, with_torch, busy, report=None):
+    if report:
+        report("making the arrays")
     problem = Problem(name, shapes, dtype)
     fns = {"lrfast": lambda: problem.step(steps), "probe": problem.stream}
     if with_reference:
@@ -111,11 +119,11 @@ def measure(name, label, shapes, dtype, with_reference, with_torch, busy):
     if with_torch:
         opt, torch_impl = problem.torch_optimizer()
         fns["torch"] = opt.step
-    t = timeit(fns, budget=0.5, before=busy)
+    t = timeit(fns, budget=0.5, before=busy, report=report)
     return _row(name, label, problem, t, problem.bytes, torch_impl)
 
 
-def clip_row(dtype, with_torch):
+def clip_row(dtype, with_torch, report=None):
     """Global-norm clipping fused into AdamW, on the transformer-like list, against
     torch's clip_grad_norm_ followed by its fused AdamW."""
     problem = Problem("adamw", transformer_like_shapes(), dtype)
@@ -137,7 +145,7 @@ def clip_row(dtype, with_torch):
             opt.step()
 
         fns["torch"] = torch_clip_step
-    t = timeit(fns, budget=0.5)
+    t = timeit(fns, budget=0.5, report=report)
     read_twice = problem.bytes + problem.elements * problem.dtype.itemsize  # norm, then step
     return _row("clip+adamw", "transformer-146", problem, t, read_twice, torch_impl)
 
@@ -188,23 +196,6 @@ def machine() -> dict:
                 python=platform.python_version())
 
 
-def format_table(rows) -> str:
-    def f(value, spec):
-        return "-" if value is None else format(value, spec)
-
-    head = (f"{'optimizer':<11}{'dtype':<8}{'layout':<16}{'time':>11}{'Gelem/s':>9}"
-            f"{'GB/s':>8}{'probe GB/s':>11}{'% of bw':>8}{'x numpy':>9}{'x torch':>9}  torch")
-    lines = [head, "-" * len(head)]
-    for r in rows:
-        t = r["time_s"]
-        shown = f"{t * 1e3:.3f} ms" if t >= 1e-4 else f"{t * 1e6:.1f} us"
-        lines.append(f"{r['optimizer']:<11}{r['dtype']:<8}{r['layout']:<16}{shown:>11}"
-                     f"{r['gelem_s']:>9.2f}{r['gbytes_s']:>8.1f}{f(r['bandwidth_gbs'], '.1f'):>11}"
-                     f"{f(r['pct_of_bandwidth'], '.0f'):>8}{f(r['vs_reference'], '.1f'):>9}"
-                     f"{f(r['vs_torch'], '.2f'):>9}  {r['torch_impl'] or '-'}")
-    return "\n".join(lines)
-
-
 def _optimizers(text: str) -> list[str]:
     """The --optimizers type: comma-separated names from CONFIGS."""
     names = [n.strip() for n in text.split(",") if n.strip()]
@@ -249,8 +240,7 @@ def plan(sizes: list[int], names: list[str], lists: bool) -> list[tuple[str, lis
 
 def run(args) -> int:
     names = args.optimizers
-    with_clip_row = not args.no_lists and "adamw" in names
-    if not plan(args.sizes, names, not args.no_lists) and not with_clip_row:
+    if not plan(args.sizes, names, not args.no_lists) and (args.no_lists or "adamw" not in names):
         return cli_args.error("lrfast bench", "nothing to measure: give --sizes, or drop "
                               "--no-lists and include adam or adamw", code=2)
     if args.device == "cuda":
@@ -264,7 +254,7 @@ def run(args) -> int:
         from .cuda import bench as cuda_bench
 
         rows = cuda_bench.run(args.sizes, names, args.dtype, lists=not args.no_lists)
-        print(format_table(rows))
+        print(bench_table.legend("cuda"), bench_table.format_table(rows), sep="\n\n")
         return _dump(args, rows, {"device": "cuda"})
     if args.threads:
         _core.set_num_threads(args.threads)
@@ -274,24 +264,34 @@ def run(args) -> int:
     print(f"lrfast bench: {info['cpu']}, {info['cores']} CPUs, ISA {info['isa']}, "
           f"{info['threads']} threads, {args.dtype}; torch: "
           f"{'yes' if with_torch else 'not installed' if not args.no_torch else 'off'}"
-          f"{', busy before each step' if busy else ''}", flush=True)
+          f"{', busy before each step' if busy else ''}\n", flush=True)
+    print(bench_table.legend("cpu"), bench_table.header(), sep="\n\n", flush=True)
+    try:
+        rows = _measure_rows(args, with_torch, busy)
+    except MemoryError:
+        return cli_args.error("lrfast bench", "not enough memory for the arrays of a row; "
+                              "try smaller --sizes")
+    return _dump(args, rows, info)
+
+
+def _measure_rows(args, with_torch: bool, busy) -> list[dict]:
+    """Measures and prints the rows one by one; on a terminal, stderr shows
+    which row is running and how far it got."""
+    jobs = [(f"{name} {label}", functools.partial(measure, name, label, shapes, args.dtype,
+                                                   not args.no_reference, with_torch, busy))
+            for label, shapes, name in plan(args.sizes, args.optimizers, not args.no_lists)]
+    if not args.no_lists and "adamw" in args.optimizers:
+        jobs.append(("clip+adamw transformer-146", functools.partial(clip_row, args.dtype, with_torch)))
+    progress = Progress()
     rows = []
     try:
-        for label, shapes, name in plan(args.sizes, names, not args.no_lists):
-            rows.append(measure(name, label, shapes, args.dtype, not args.no_reference,
-                                with_torch, busy))
-            print(format_table(rows[-1:]).splitlines()[-1] if rows[1:] else format_table(rows),
-                  flush=True)
-        if with_clip_row:
-            rows.append(clip_row(args.dtype, with_torch))
-            print(format_table(rows[-1:]).splitlines()[-1], flush=True)
-    except MemoryError:
-        return cli_args.error("lrfast bench", f"not enough memory for the arrays of the next "
-                              f"row (after {len(rows)} rows); try smaller --sizes")
-    print("\nGB/s: the step's bytes (grad read; param and states read and written) per second."
-          "\nprobe: the same traffic with no arithmetic, through the same threads (the bound)."
-          "\nx numpy / x torch: their time over lrfast's, same arrays, same run.")
-    return _dump(args, rows, info)
+        for i, (what, job) in enumerate(jobs, 1):
+            rows.append(job(report=lambda stage: progress.show(f"row {i} of {len(jobs)}: {what}, {stage}")))
+            progress.clear()
+            print(bench_table.row(rows[-1]), flush=True)
+    finally:
+        progress.clear()
+    return rows
 
 
 def _dump(args, rows, info) -> int:
