@@ -12,10 +12,10 @@ except ImportError:
     if _importlib_util.find_spec(f"{__name__}._core") is not None:
         raise
     raise ImportError(
-        f"lrfast's compiled core is not in {_os.path.dirname(__file__)}: that is the source "
-        "checkout, and it shadows the installed lrfast; run Python from another folder, "
-        "or build in place with: pip install --no-build-isolation -e . (after pip install "
-        "scikit-build-core pybind11)"
+        f"lrfast's compiled core (_core) is missing from {_os.path.dirname(__file__)}: a source "
+        "checkout without a build, which hides any installed lrfast when Python runs from its "
+        "root; run Python from another folder, or build in place: pip install scikit-build-core "
+        "pybind11 && pip install --no-build-isolation -e ."
     ) from None
 
 from . import optim, reference, schedules

@@ -34,9 +34,9 @@ def test_a_shadowing_checkout_says_what_happened_and_what_to_do(tmp_path):
     done = import_from(source_copy(tmp_path))
     assert done.returncode != 0
     last = done.stderr.strip().splitlines()[-1]
-    assert last.startswith("ImportError: lrfast's compiled core is not in ")
+    assert last.startswith("ImportError: lrfast's compiled core (_core) is missing from ")
     assert str(tmp_path / "lrfast") in last
-    assert "shadows the installed lrfast" in last and "pip install" in last
+    assert "hides any installed lrfast" in last and "pip install" in last
     assert "circular import" not in done.stderr
 
 
