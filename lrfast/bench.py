@@ -57,7 +57,7 @@ def timeit(fns: dict, budget: float = 0.3, before=None, report=None) -> dict:
     slow = {k for k in fns if once[k] > 10 * fastest}
     per_round = sum(once[k] * calls[k] for k in fns if k not in slow)
     rounds = max(3, min(200, int(budget / per_round)))
-    samples = {name: [] for name in fns}
+    samples: dict[str, list[float]] = {name: [] for name in fns}
     for r in range(rounds):
         report(f"sample round {r + 1} of {rounds}")
         for name, fn in fns.items():

@@ -25,7 +25,7 @@ CONFIGS: dict[str, tuple[dict[str, Any], tuple[str, ...], str]] = {
 def layouts(sizes: list[int], lists: bool) -> list[tuple[str, list[tuple[int, ...]]]]:
     """(label, shapes) per layout: one tensor of each size, then (with `lists`)
     1000 tensors of 1000 and the 146-tensor transformer-like list."""
-    out = [(f"1x{n}", [(n,)]) for n in sizes]
+    out: list[tuple[str, list[tuple[int, ...]]]] = [(f"1x{n}", [(n,)]) for n in sizes]
     if lists:
         out.append(("1000x1000", many_small_shapes()))
         out.append(("transformer-146", transformer_like_shapes()))

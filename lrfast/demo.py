@@ -63,7 +63,7 @@ def _plans(suggested: list[float], steps: int) -> list[tuple[str, str, float | N
     from .schedules import ReduceLROnPlateau, constant, cosine_decay, one_cycle, step_decay
 
     shown = _geomean(suggested)
-    plans = [(f"lr {lr:.0e}", "fixed", lr, lambda i, lr=lr: (constant(lr), None)) for lr in GRID]
+    plans: list[tuple[str, str, float | None, Any]] = [(f"lr {lr:.0e}", "fixed", lr, lambda i, lr=lr: (constant(lr), None)) for lr in GRID]
     plans += [
         (f"suggested lr {shown:.2g}", "suggested", None, lambda i: (constant(suggested[i]), None)),
         ("step decay, /10 every third", "schedule", None,
@@ -108,10 +108,10 @@ def compare(data: Any, kind: str, seeds: list[int], steps: int, *, schedules: bo
         for i, seed in enumerate(seeds):
             schedule, plateau = make(i)
             # the suggested rate trains the model its range test ran on
-            model = models[i] if group == "suggested" else None
+            tested = models[i] if group == "suggested" else None
             runs.append(train(data, kind, schedule, steps, seed=seed, batch_size=BATCH_SIZE,
                               eval_every=EVAL_EVERY, plateau=plateau,
-                              target_accuracy=TARGET_ACCURACY, model=model))
+                              target_accuracy=TARGET_ACCURACY, model=tested))
             if progress is not None:
                 progress.update()
         rows.append(Row(label, group, runs, rate))

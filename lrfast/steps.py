@@ -15,14 +15,19 @@ any array is written.
 
 from __future__ import annotations
 
+from typing import Any
+
 from . import _hparams
 from ._backend import run
+from .array_types import Bool, Int, Real, Tensors
 
 __all__ = ["sgd_step", "adam_step", "adamw_step", "rmsprop_step", "adagrad_step", "adadelta_step"]
 
 
-def sgd_step(params, grads, momentum_buffers=None, *, lr, step=None, momentum=0.0,
-             dampening=0.0, nesterov=False, weight_decay=0.0, maximize=False, grad_scale=1.0):
+def sgd_step(params: Tensors, grads: Tensors, momentum_buffers: Tensors | None = None, *,
+             lr: Real, step: Int | None = None, momentum: Real = 0.0, dampening: Real = 0.0,
+             nesterov: Bool = False, weight_decay: Real = 0.0, maximize: Bool = False,
+             grad_scale: Real = 1.0) -> None:
     """SGD with momentum, dampening, Nesterov and weight decay (torch.optim.SGD).
 
     ``momentum_buffers`` is needed when ``momentum != 0``; on ``step == 1`` the
@@ -39,7 +44,8 @@ def sgd_step(params, grads, momentum_buffers=None, *, lr, step=None, momentum=0.
         required=("params", "grads") + (("momentum_buffers",) if uses_buffers else ()))
 
 
-def _adam(kernel_decoupled, params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, **kw):
+def _adam(kernel_decoupled: bool, params: Tensors, grads: Tensors, exp_avgs: Tensors,
+          exp_avg_sqs: Tensors, max_exp_avg_sqs: Tensors | None, **kw: Any) -> None:
     hp = _hparams.adam(decoupled=kernel_decoupled, **kw)
     amsgrad = hp["amsgrad"] != 0
     run("adam", hp, {"params": params, "grads": grads, "exp_avgs": exp_avgs,
@@ -49,9 +55,10 @@ def _adam(kernel_decoupled, params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sq
         + (("max_exp_avg_sqs",) if amsgrad else ()))
 
 
-def adam_step(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs=None, *, lr=1e-3, step,
-              betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, amsgrad=False, maximize=False,
-              grad_scale=1.0):
+def adam_step(params: Tensors, grads: Tensors, exp_avgs: Tensors, exp_avg_sqs: Tensors,
+              max_exp_avg_sqs: Tensors | None = None, *, lr: Real = 1e-3, step: Int,
+              betas: tuple[Real, Real] = (0.9, 0.999), eps: Real = 1e-8, weight_decay: Real = 0.0,
+              amsgrad: Bool = False, maximize: Bool = False, grad_scale: Real = 1.0) -> None:
     """Adam (torch.optim.Adam); weight decay is added to the gradient.
     ``max_exp_avg_sqs`` is needed when ``amsgrad``. See
     :func:`lrfast.reference.adam_step`."""
@@ -60,9 +67,11 @@ def adam_step(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs=None, *, lr=
           grad_scale=grad_scale)
 
 
-def adamw_step(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs=None, *, lr=1e-3, step,
-               betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2, amsgrad=False, maximize=False,
-               grad_scale=1.0):
+def adamw_step(params: Tensors, grads: Tensors, exp_avgs: Tensors, exp_avg_sqs: Tensors,
+               max_exp_avg_sqs: Tensors | None = None, *, lr: Real = 1e-3, step: Int,
+               betas: tuple[Real, Real] = (0.9, 0.999), eps: Real = 1e-8,
+               weight_decay: Real = 1e-2, amsgrad: Bool = False, maximize: Bool = False,
+               grad_scale: Real = 1.0) -> None:
     """AdamW (torch.optim.AdamW): decoupled weight decay, ``p *= 1 - lr * weight_decay``
     before the Adam update. See :func:`lrfast.reference.adamw_step`."""
     _adam(True, params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, lr=lr, step=step,
@@ -70,9 +79,11 @@ def adamw_step(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs=None, *, lr
           grad_scale=grad_scale)
 
 
-def rmsprop_step(params, grads, square_avgs, momentum_buffers=None, grad_avgs=None, *, lr=1e-2,
-                 alpha=0.99, eps=1e-8, weight_decay=0.0, momentum=0.0, centered=False,
-                 maximize=False, grad_scale=1.0):
+def rmsprop_step(params: Tensors, grads: Tensors, square_avgs: Tensors,
+                 momentum_buffers: Tensors | None = None, grad_avgs: Tensors | None = None, *,
+                 lr: Real = 1e-2, alpha: Real = 0.99, eps: Real = 1e-8, weight_decay: Real = 0.0,
+                 momentum: Real = 0.0, centered: Bool = False, maximize: Bool = False,
+                 grad_scale: Real = 1.0) -> None:
     """RMSprop (torch.optim.RMSprop). ``momentum_buffers`` is needed when
     ``momentum > 0``, ``grad_avgs`` when ``centered``. See
     :func:`lrfast.reference.rmsprop_step`."""
@@ -87,8 +98,9 @@ def rmsprop_step(params, grads, square_avgs, momentum_buffers=None, grad_avgs=No
         + (("momentum_buffers",) if with_momentum else ()) + (("grad_avgs",) if centered else ()))
 
 
-def adagrad_step(params, grads, state_sums, *, lr=1e-2, step, lr_decay=0.0, weight_decay=0.0,
-                 eps=1e-10, maximize=False, grad_scale=1.0):
+def adagrad_step(params: Tensors, grads: Tensors, state_sums: Tensors, *, lr: Real = 1e-2,
+                 step: Int, lr_decay: Real = 0.0, weight_decay: Real = 0.0, eps: Real = 1e-10,
+                 maximize: Bool = False, grad_scale: Real = 1.0) -> None:
     """Adagrad (torch.optim.Adagrad), with the rate ``lr / (1 + (step - 1) * lr_decay)``.
     See :func:`lrfast.reference.adagrad_step`."""
     hp = _hparams.adagrad(lr=lr, step=step, lr_decay=lr_decay, weight_decay=weight_decay,
@@ -97,8 +109,9 @@ def adagrad_step(params, grads, state_sums, *, lr=1e-2, step, lr_decay=0.0, weig
         required=("params", "grads", "state_sums"))
 
 
-def adadelta_step(params, grads, square_avgs, acc_deltas, *, lr=1.0, rho=0.9, eps=1e-6,
-                  weight_decay=0.0, maximize=False, grad_scale=1.0):
+def adadelta_step(params: Tensors, grads: Tensors, square_avgs: Tensors, acc_deltas: Tensors, *,
+                  lr: Real = 1.0, rho: Real = 0.9, eps: Real = 1e-6, weight_decay: Real = 0.0,
+                  maximize: Bool = False, grad_scale: Real = 1.0) -> None:
     """Adadelta (torch.optim.Adadelta). See :func:`lrfast.reference.adadelta_step`."""
     hp = _hparams.adadelta(lr=lr, rho=rho, eps=eps, weight_decay=weight_decay,
                            maximize=maximize, grad_scale=grad_scale)
