@@ -38,6 +38,8 @@ BATCH_SIZE = 64
 # the resolution of "steps to 95%", and what reduce-on-plateau watches.
 EVAL_EVERY = 10
 QUICK_STEPS = 30
+# The loss curves' y axis ends at this multiple of the loss before training.
+CLIP_ABOVE_START = 2.0
 
 
 @dataclass(frozen=True)
@@ -171,43 +173,53 @@ def plot_range_tests(finders: list, title: str, path: Path) -> None:
     fig.savefig(path, dpi=120)
 
 
-def plot_curves(rows: list[Row], title: str, path: Path) -> None:
+def plot_curves(rows: list[Row], title: str, path: Path) -> Any:
     """Validation loss against step, mean over seeds: the grid on the left,
-    the schedules on the right, the suggested constant rate on both."""
+    the schedules on the right, the suggested constant rate on both, legends
+    below the axes. The y axis stops at CLIP_ABOVE_START times the loss at
+    step 0 (diverging rates would stretch it over decades), and the figure
+    says so. Returns the figure."""
     import numpy as np
     from matplotlib import colormaps
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(12, 4.8), layout="constrained")
+    fig = Figure(figsize=(12, 6.4), layout="constrained")
     FigureCanvasAgg(fig)
     left, right = fig.subplots(1, 2, sharey=True)
     fixed = [row for row in rows if row.group == "fixed"]
     colors = colormaps["viridis"](np.linspace(0, 0.95, len(fixed)))
     schedule_colors = iter(["tab:orange", "tab:green", "tab:purple", "tab:brown", "tab:pink"])
-    lowest = math.inf
+    lowest, starts = math.inf, []
     for row in rows:
         steps, mean = _mean_curve(row)
         lowest = min(lowest, float(np.nanmin(mean)))
+        starts.append(mean[0])
+        diverged = sum(run.diverged for run in row.runs)
+        label = row.label + (f" (diverged {diverged}/{len(row.runs)})" if diverged else "")
         if row.group == "fixed":
-            left.plot(steps, mean, color=colors[fixed.index(row)], lw=1.2, label=row.label)
+            left.plot(steps, mean, color=colors[fixed.index(row)], lw=1.2, label=label)
         elif row.group == "suggested":
             for ax in (left, right):
-                ax.plot(steps, mean, color="tab:red", lw=2.5, label=row.label)
+                ax.plot(steps, mean, color="tab:red", lw=2.5, label=label)
         else:
-            right.plot(steps, mean, color=next(schedule_colors), lw=1.5, label=row.label)
+            right.plot(steps, mean, color=next(schedule_colors), lw=1.5, label=label)
     left.set_title(f"{title}: fixed rates")
     right.set_title(f"{title}: schedules from the suggested rate")
     for ax in (left, right):
         ax.set_yscale("log")
         ax.set_xlabel("step")
         ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=7, ncol=2)
-    # Zoom on what separates the good settings: from the lowest loss reached
-    # up to ten times that (slow and diverging runs enter from the top).
-    left.set_ylim(0.9 * lowest, 10 * lowest)
+        ax.legend(fontsize=8, ncol=3, loc="upper center", bbox_to_anchor=(0.5, -0.12),
+                  frameon=False)
+    top = CLIP_ABOVE_START * float(np.nanmedian(starts))
+    left.set_ylim(0.9 * lowest, top)
     left.set_ylabel(f"validation loss (mean of {len(rows[0].runs)} seeds)")
+    fig.suptitle(f"y axis clipped at {top:.2g} ({CLIP_ABOVE_START:g} x the loss at step 0): "
+                 "a curve that leaves the top rose above it; one that ends early diverged "
+                 "(a NaN or infinite loss in a seed)", fontsize=9)
     fig.savefig(path, dpi=110)
+    return fig
 
 
 def _mean_curve(row: Row) -> tuple[Any, Any]:
