@@ -135,9 +135,10 @@ def test_help_exits_0(capsys):
 
 @pytest.mark.parametrize("argv", [[], ["bench", "--threads", "-3"],
                                   ["schedule", "cosine_decay(0.1)", "--steps", "10"]])
-def test_the_process_exits_2_with_one_line(argv):
-    """As a user sees it: the exit status of the process, and no traceback."""
+def test_the_process_exits_2_with_one_line(argv, tmp_path):
+    """As a user sees it: the exit status of the process, and no traceback.
+    (Run outside the checkout, whose lrfast/ would hide a non-editable install.)"""
     done = subprocess.run([sys.executable, "-m", "lrfast.cli", *argv], capture_output=True,
-                          text=True, timeout=120)
+                          text=True, timeout=120, cwd=tmp_path)
     assert done.returncode == 2 and done.stdout == ""
     one_error_line(done.stderr)
