@@ -1,5 +1,23 @@
 """lrfast: fused optimizer steps at memory speed, and learning-rate tools."""
 
+import importlib.util as _importlib_util
+import os as _os
+
+try:
+    from . import _core
+except ImportError:
+    # Python puts the current folder first on its path, so from a source
+    # checkout's root this folder shadows the installed lrfast, and it has no
+    # compiled _core. (A _core that is there but fails to load raises its own error.)
+    if _importlib_util.find_spec(f"{__name__}._core") is not None:
+        raise
+    raise ImportError(
+        f"lrfast's compiled core (_core) is missing from {_os.path.dirname(__file__)}: a source "
+        "checkout without a build, which hides any installed lrfast when Python runs from its "
+        "root; run Python from another folder, or build in place: pip install scikit-build-core "
+        "pybind11 && pip install --no-build-isolation -e ."
+    ) from None
+
 from . import optim, reference, schedules
 from ._core import cpu_isa, get_num_threads, set_num_threads
 from .clip import clip_coefficient, clip_grad_norm, clip_grad_value, global_norm

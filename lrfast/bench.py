@@ -12,32 +12,25 @@ float32).
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import os
 import platform
 import statistics
-import sys
 import time
 
 import numpy as np
 
-from . import _core, clip, reference, steps
-from .workloads import many_small_shapes, transformer_like_shapes
+from . import _core, bench_table, cli_args, clip, reference, steps
+from .bench_configs import CONFIGS, layouts
+from .progress import Progress
+from .workloads import transformer_like_shapes
 
-# Typical hyperparameters and the states they use, per optimizer.
-CONFIGS = {
-    "sgd": (dict(lr=0.01, momentum=0.9, step=2), ("momentum_buffers",), "SGD"),
-    "adam": (dict(lr=1e-3, step=2), ("exp_avgs", "exp_avg_sqs"), "Adam"),
-    "adamw": (dict(lr=1e-3, step=2), ("exp_avgs", "exp_avg_sqs"), "AdamW"),
-    "rmsprop": (dict(lr=1e-2), ("square_avgs",), "RMSprop"),
-    "adagrad": (dict(lr=1e-2, step=2), ("state_sums",), "Adagrad"),
-    "adadelta": (dict(), ("square_avgs", "acc_deltas"), "Adadelta"),
-}
 TORCH_FUSED = {"SGD", "Adam", "AdamW", "Adagrad"}  # the rest run with foreach=True
 
 
-def timeit(fns: dict, budget: float = 0.3, before=None) -> dict:
+def timeit(fns: dict, budget: float = 0.3, before=None, report=None) -> dict:
     """Median seconds per call of each function, sampled in turn.
 
     The functions compared in one row take their samples interleaved (one of
@@ -47,8 +40,11 @@ def timeit(fns: dict, budget: float = 0.3, before=None) -> dict:
     then timed with its own arrays warm in the caches, as back-to-back steps
     would find them, rather than after another function's traffic. With
     `before` (the --torch-busy mode), it runs untimed before every sample
-    instead, and each sample is one call, timed as it comes.
+    instead, and each sample is one call, timed as it comes. `report`, when
+    given, is told how far it got.
     """
+    report = report or (lambda what: None)
+    report("first calls")
     calls, once = {}, {}
     for name, fn in fns.items():  # one call each to size the samples (and warm up)
         start = time.perf_counter()
@@ -61,8 +57,9 @@ def timeit(fns: dict, budget: float = 0.3, before=None) -> dict:
     slow = {k for k in fns if once[k] > 10 * fastest}
     per_round = sum(once[k] * calls[k] for k in fns if k not in slow)
     rounds = max(3, min(200, int(budget / per_round)))
-    samples = {name: [] for name in fns}
+    samples: dict[str, list[float]] = {name: [] for name in fns}
     for r in range(rounds):
+        report(f"sample round {r + 1} of {rounds}")
         for name, fn in fns.items():
             if name in slow and r >= 3:
                 continue
@@ -111,15 +108,9 @@ class Problem:
         return getattr(torch.optim, self.torch_name)(tensors, **kwargs, **{impl: True}), impl
 
 
-def layouts(sizes, lists: bool):
-    out = [(f"1x{int(n)}", [(int(n),)]) for n in sizes]
-    if lists:
-        out.append(("1000x1000", many_small_shapes()))
-        out.append(("transformer-146", transformer_like_shapes()))
-    return out
-
-
-def measure(name, label, shapes, dtype, with_reference, with_torch, busy):
+def measure(name, label, shapes, dtype, with_reference, with_torch, busy, report=None):
+    if report:
+        report("making the arrays")
     problem = Problem(name, shapes, dtype)
     fns = {"lrfast": lambda: problem.step(steps), "probe": problem.stream}
     if with_reference:
@@ -128,11 +119,11 @@ def measure(name, label, shapes, dtype, with_reference, with_torch, busy):
     if with_torch:
         opt, torch_impl = problem.torch_optimizer()
         fns["torch"] = opt.step
-    t = timeit(fns, budget=0.5, before=busy)
+    t = timeit(fns, budget=0.5, before=busy, report=report)
     return _row(name, label, problem, t, problem.bytes, torch_impl)
 
 
-def clip_row(dtype, with_torch):
+def clip_row(dtype, with_torch, report=None):
     """Global-norm clipping fused into AdamW, on the transformer-like list, against
     torch's clip_grad_norm_ followed by its fused AdamW."""
     problem = Problem("adamw", transformer_like_shapes(), dtype)
@@ -154,7 +145,7 @@ def clip_row(dtype, with_torch):
             opt.step()
 
         fns["torch"] = torch_clip_step
-    t = timeit(fns, budget=0.5)
+    t = timeit(fns, budget=0.5, report=report)
     read_twice = problem.bytes + problem.elements * problem.dtype.itemsize  # norm, then step
     return _row("clip+adamw", "transformer-146", problem, t, read_twice, torch_impl)
 
@@ -205,33 +196,29 @@ def machine() -> dict:
                 python=platform.python_version())
 
 
-def format_table(rows) -> str:
-    def f(value, spec):
-        return "-" if value is None else format(value, spec)
-
-    head = (f"{'optimizer':<11}{'dtype':<8}{'layout':<16}{'time':>11}{'Gelem/s':>9}"
-            f"{'GB/s':>8}{'probe GB/s':>11}{'% of bw':>8}{'x numpy':>9}{'x torch':>9}  torch")
-    lines = [head, "-" * len(head)]
-    for r in rows:
-        t = r["time_s"]
-        shown = f"{t * 1e3:.3f} ms" if t >= 1e-4 else f"{t * 1e6:.1f} us"
-        lines.append(f"{r['optimizer']:<11}{r['dtype']:<8}{r['layout']:<16}{shown:>11}"
-                     f"{r['gelem_s']:>9.2f}{r['gbytes_s']:>8.1f}{f(r['bandwidth_gbs'], '.1f'):>11}"
-                     f"{f(r['pct_of_bandwidth'], '.0f'):>8}{f(r['vs_reference'], '.1f'):>9}"
-                     f"{f(r['vs_torch'], '.2f'):>9}  {r['torch_impl'] or '-'}")
-    return "\n".join(lines)
+def _optimizers(text: str) -> list[str]:
+    """The --optimizers type: comma-separated names from CONFIGS."""
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    unknown = sorted(set(names) - set(CONFIGS))
+    if unknown:
+        raise argparse.ArgumentTypeError(
+            f"unknown optimizers {unknown}; choose from {', '.join(CONFIGS)}")
+    if not names:
+        raise argparse.ArgumentTypeError(f"name at least one of {', '.join(CONFIGS)}")
+    return names
 
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "bench", help="time the fused steps against memory bandwidth, NumPy and torch",
         description=__doc__.split("\n\n")[0])
-    p.add_argument("--sizes", default="1e3,1e5,1e6,5e7",
-                   help="single-tensor sizes, comma-separated (default: %(default)s)")
-    p.add_argument("--optimizers", default=",".join(CONFIGS),
+    p.add_argument("--sizes", type=cli_args.sizes, default="1e3,1e5,1e6,5e7",
+                   help="single-tensor sizes in elements, comma-separated (default: %(default)s)")
+    p.add_argument("--optimizers", type=_optimizers, default=",".join(CONFIGS),
                    help="comma-separated subset of: %(default)s")
     p.add_argument("--dtype", choices=("float32", "float64"), default="float32")
-    p.add_argument("--threads", type=int, help="threads for the kernels (default: all CPUs)")
+    p.add_argument("--threads", type=cli_args.positive_int, metavar="N",
+                   help="threads for the kernels, >= 1 (default: all CPUs)")
     p.add_argument("--no-lists", action="store_true",
                    help="skip the 1000x1000 list and the 146-tensor transformer list")
     p.add_argument("--no-reference", action="store_true", help="skip the NumPy reference")
@@ -239,37 +226,35 @@ def register(subparsers) -> None:
     p.add_argument("--torch-busy", action="store_true",
                    help="run a torch matmul before every timed step (two thread pools)")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    p.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    p.add_argument("--json", metavar="PATH", type=cli_args.output_file,
+                   help="also write the results as JSON")
     p.set_defaults(func=run)
 
 
+def plan(sizes: list[int], names: list[str], lists: bool) -> list[tuple[str, list, str]]:
+    """(layout label, shapes, optimizer) of every row but the clip row."""
+    return [(label, shapes, name) for label, shapes in layouts(sizes, lists) for name in names
+            # the list layouts show per-tensor overhead; Adam is enough
+            if len(shapes) == 1 or name in ("adam", "adamw")]
+
+
 def run(args) -> int:
-    try:
-        sizes = [float(s) for s in args.sizes.split(",") if s]
-    except ValueError:
-        print(f"lrfast bench: --sizes must be numbers, got {args.sizes!r}", file=sys.stderr)
-        return 2
-    names = [n for n in args.optimizers.split(",") if n]
-    unknown = sorted(set(names) - set(CONFIGS))
-    if unknown:
-        print(f"lrfast bench: unknown optimizers {unknown}; choose from {list(CONFIGS)}",
-              file=sys.stderr)
-        return 2
+    names = args.optimizers
+    if not plan(args.sizes, names, not args.no_lists) and (args.no_lists or "adamw" not in names):
+        return cli_args.error("lrfast bench", "nothing to measure: give --sizes, or drop "
+                              "--no-lists and include adam or adamw", code=2)
     if args.device == "cuda":
         try:
             from numba import cuda
         except ImportError:
-            print("lrfast bench: --device cuda needs numba-cuda: pip install 'lrfast[cuda]'",
-                  file=sys.stderr)
-            return 1
+            return cli_args.error("lrfast bench",
+                                  "--device cuda needs numba-cuda: pip install 'lrfast[cuda]'")
         if not cuda.is_available():
-            print("lrfast bench: --device cuda found no usable CUDA GPU and driver",
-                  file=sys.stderr)
-            return 1
+            return cli_args.error("lrfast bench", "--device cuda found no usable CUDA GPU and driver")
         from .cuda import bench as cuda_bench
 
-        rows = cuda_bench.run([int(s) for s in sizes], names, args.dtype, lists=not args.no_lists)
-        print(format_table(rows))
+        rows = cuda_bench.run(args.sizes, names, args.dtype, lists=not args.no_lists)
+        print(bench_table.legend("cuda"), bench_table.format_table(rows), sep="\n\n")
         return _dump(args, rows, {"device": "cuda"})
     if args.threads:
         _core.set_num_threads(args.threads)
@@ -279,27 +264,41 @@ def run(args) -> int:
     print(f"lrfast bench: {info['cpu']}, {info['cores']} CPUs, ISA {info['isa']}, "
           f"{info['threads']} threads, {args.dtype}; torch: "
           f"{'yes' if with_torch else 'not installed' if not args.no_torch else 'off'}"
-          f"{', busy before each step' if busy else ''}", flush=True)
-    rows = []
-    for label, shapes in layouts(sizes, not args.no_lists):
-        for name in names:
-            if len(shapes) > 1 and name not in ("adam", "adamw"):
-                continue  # the list layouts show per-tensor overhead; Adam is enough
-            rows.append(measure(name, label, shapes, args.dtype, not args.no_reference,
-                                with_torch, busy))
-            print(format_table(rows[-1:]).splitlines()[-1] if rows[1:] else format_table(rows),
-                  flush=True)
-    if not args.no_lists and "adamw" in names:
-        rows.append(clip_row(args.dtype, with_torch))
-        print(format_table(rows[-1:]).splitlines()[-1], flush=True)
-    print("\nGB/s: the step's bytes (grad read; param and states read and written) per second."
-          "\nprobe: the same traffic with no arithmetic, through the same threads (the bound)."
-          "\nx numpy / x torch: their time over lrfast's, same arrays, same run.")
+          f"{', busy before each step' if busy else ''}\n", flush=True)
+    print(bench_table.legend("cpu"), bench_table.header(), sep="\n\n", flush=True)
+    try:
+        rows = _measure_rows(args, with_torch, busy)
+    except MemoryError:
+        return cli_args.error("lrfast bench", "not enough memory for the arrays of a row; "
+                              "try smaller --sizes")
     return _dump(args, rows, info)
+
+
+def _measure_rows(args, with_torch: bool, busy) -> list[dict]:
+    """Measures and prints the rows one by one; on a terminal, stderr shows
+    which row is running and how far it got."""
+    jobs = [(f"{name} {label}", functools.partial(measure, name, label, shapes, args.dtype,
+                                                   not args.no_reference, with_torch, busy))
+            for label, shapes, name in plan(args.sizes, args.optimizers, not args.no_lists)]
+    if not args.no_lists and "adamw" in args.optimizers:
+        jobs.append(("clip+adamw transformer-146", functools.partial(clip_row, args.dtype, with_torch)))
+    progress = Progress()
+    rows = []
+    try:
+        for i, (what, job) in enumerate(jobs, 1):
+            rows.append(job(report=lambda stage: progress.show(f"row {i} of {len(jobs)}: {what}, {stage}")))
+            progress.clear()
+            print(bench_table.row(rows[-1]), flush=True)
+    finally:
+        progress.clear()
+    return rows
 
 
 def _dump(args, rows, info) -> int:
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"machine": info, "rows": rows}, f, indent=1)
+        try:
+            with open(args.json, "w") as f:
+                json.dump({"machine": info, "rows": rows}, f, indent=1)
+        except OSError as exc:
+            return cli_args.error("lrfast bench", f"cannot write {args.json}: {exc.strerror}")
     return 0

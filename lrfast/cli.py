@@ -11,6 +11,8 @@ import argparse
 import importlib
 import sys
 
+from .cli_args import Parser
+
 # sub-command -> module holding register(subparsers)
 _COMMANDS = {
     "bench": "lrfast.bench",
@@ -19,19 +21,34 @@ _COMMANDS = {
 }
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+def build_parser() -> argparse.ArgumentParser:
+    """The parser of the whole command, every sub-command registered."""
+    parser = Parser(
         prog="lrfast",
-        description="Fused optimizer steps at memory speed, and learning-rate tools.",
+        description="Fused optimizer steps at memory speed, and learning-rate tools. "
+                    "'lrfast COMMAND --help' describes a command.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for module in _COMMANDS.values():
         importlib.import_module(module).register(sub)
-    args = parser.parse_args(argv)
-    if args.command is None:
-        # The main job on its built-in default: the bandwidth report.
-        args = parser.parse_args(["bench", *(argv or [])])
-    return int(args.func(args) or 0)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Runs the command line `argv` (default: sys.argv[1:]) and returns its exit
+    status; bad input gives one line on stderr and a non-zero status."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+        if args.command is None:
+            parser.error(f"choose a command: {', '.join(_COMMANDS)}")
+    except SystemExit as exc:  # --help (0) or a bad argument (2), already reported
+        return exc.code if isinstance(exc.code, int) else 2
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:  # Ctrl-C in a long benchmark or demo: no traceback
+        print(f"lrfast {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

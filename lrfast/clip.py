@@ -12,11 +12,12 @@ from __future__ import annotations
 from . import _hparams
 from ._backend import for_arrays, tensors
 from ._hparams import clip_coefficient
+from .array_types import Bool, Real, Tensors
 
 __all__ = ["global_norm", "clip_grad_norm", "clip_grad_value", "clip_coefficient"]
 
 
-def global_norm(grads, norm_type=2.0) -> float:
+def global_norm(grads: Tensors, norm_type: Real = 2.0) -> float:
     """The ``norm_type``-norm of all gradients taken as one vector (2, 1, inf or
     any p > 0). See :func:`lrfast.reference.global_norm`."""
     p = _hparams.norm_type(norm_type)
@@ -24,7 +25,8 @@ def global_norm(grads, norm_type=2.0) -> float:
     return for_arrays(grads).global_norm(grads, p)
 
 
-def clip_grad_norm(grads, max_norm, norm_type=2.0, error_if_nonfinite=False) -> float:
+def clip_grad_norm(grads: Tensors, max_norm: Real, norm_type: Real = 2.0,
+                   error_if_nonfinite: Bool = False) -> float:
     """Scales the gradients in place by ``min(1, max_norm / (norm + 1e-6))`` like
     ``torch.nn.utils.clip_grad_norm_`` and returns the norm before clipping.
     ``max_norm=inf`` clips nothing but a NaN or infinite norm, as in torch.
@@ -41,7 +43,7 @@ def clip_grad_norm(grads, max_norm, norm_type=2.0, error_if_nonfinite=False) -> 
     return for_arrays(grads).clip_grad_norm(grads, max_norm, p, bool(error_if_nonfinite))
 
 
-def clip_grad_value(grads, clip_value) -> None:
+def clip_grad_value(grads: Tensors, clip_value: Real) -> None:
     """Clamps every gradient element to ``[-clip_value, clip_value]`` in place."""
     clip_value = _hparams.non_negative("clip_value", clip_value)
     grads = tensors("grads", grads)

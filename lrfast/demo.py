@@ -26,6 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from . import cli_args
+
 # Half-decades from 1e-4 to 1.
 GRID = tuple(10 ** (k / 2) for k in range(-8, 1))
 OPTIMIZERS = {"sgd": "SGD with momentum 0.9", "adam": "Adam"}
@@ -36,6 +38,8 @@ BATCH_SIZE = 64
 # the resolution of "steps to 95%", and what reduce-on-plateau watches.
 EVAL_EVERY = 10
 QUICK_STEPS = 30
+# The loss curves' y axis ends at this multiple of the loss before training.
+CLIP_ABOVE_START = 2.0
 
 
 @dataclass(frozen=True)
@@ -61,7 +65,7 @@ def _plans(suggested: list[float], steps: int) -> list[tuple[str, str, float | N
     from .schedules import ReduceLROnPlateau, constant, cosine_decay, one_cycle, step_decay
 
     shown = _geomean(suggested)
-    plans = [(f"lr {lr:.0e}", "fixed", lr, lambda i, lr=lr: (constant(lr), None)) for lr in GRID]
+    plans: list[tuple[str, str, float | None, Any]] = [(f"lr {lr:.0e}", "fixed", lr, lambda i, lr=lr: (constant(lr), None)) for lr in GRID]
     plans += [
         (f"suggested lr {shown:.2g}", "suggested", None, lambda i: (constant(suggested[i]), None)),
         ("step decay, /10 every third", "schedule", None,
@@ -106,10 +110,10 @@ def compare(data: Any, kind: str, seeds: list[int], steps: int, *, schedules: bo
         for i, seed in enumerate(seeds):
             schedule, plateau = make(i)
             # the suggested rate trains the model its range test ran on
-            model = models[i] if group == "suggested" else None
+            tested = models[i] if group == "suggested" else None
             runs.append(train(data, kind, schedule, steps, seed=seed, batch_size=BATCH_SIZE,
                               eval_every=EVAL_EVERY, plateau=plateau,
-                              target_accuracy=TARGET_ACCURACY, model=model))
+                              target_accuracy=TARGET_ACCURACY, model=tested))
             if progress is not None:
                 progress.update()
         rows.append(Row(label, group, runs, rate))
@@ -169,43 +173,53 @@ def plot_range_tests(finders: list, title: str, path: Path) -> None:
     fig.savefig(path, dpi=120)
 
 
-def plot_curves(rows: list[Row], title: str, path: Path) -> None:
+def plot_curves(rows: list[Row], title: str, path: Path) -> Any:
     """Validation loss against step, mean over seeds: the grid on the left,
-    the schedules on the right, the suggested constant rate on both."""
+    the schedules on the right, the suggested constant rate on both, legends
+    below the axes. The y axis stops at CLIP_ABOVE_START times the loss at
+    step 0 (diverging rates would stretch it over decades), and the figure
+    says so. Returns the figure."""
     import numpy as np
     from matplotlib import colormaps
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(12, 4.8), layout="constrained")
+    fig = Figure(figsize=(12, 6.4), layout="constrained")
     FigureCanvasAgg(fig)
     left, right = fig.subplots(1, 2, sharey=True)
     fixed = [row for row in rows if row.group == "fixed"]
     colors = colormaps["viridis"](np.linspace(0, 0.95, len(fixed)))
     schedule_colors = iter(["tab:orange", "tab:green", "tab:purple", "tab:brown", "tab:pink"])
-    lowest = math.inf
+    lowest, starts = math.inf, []
     for row in rows:
         steps, mean = _mean_curve(row)
         lowest = min(lowest, float(np.nanmin(mean)))
+        starts.append(mean[0])
+        diverged = sum(run.diverged for run in row.runs)
+        label = row.label + (f" (diverged {diverged}/{len(row.runs)})" if diverged else "")
         if row.group == "fixed":
-            left.plot(steps, mean, color=colors[fixed.index(row)], lw=1.2, label=row.label)
+            left.plot(steps, mean, color=colors[fixed.index(row)], lw=1.2, label=label)
         elif row.group == "suggested":
             for ax in (left, right):
-                ax.plot(steps, mean, color="tab:red", lw=2.5, label=row.label)
+                ax.plot(steps, mean, color="tab:red", lw=2.5, label=label)
         else:
-            right.plot(steps, mean, color=next(schedule_colors), lw=1.5, label=row.label)
+            right.plot(steps, mean, color=next(schedule_colors), lw=1.5, label=label)
     left.set_title(f"{title}: fixed rates")
     right.set_title(f"{title}: schedules from the suggested rate")
     for ax in (left, right):
         ax.set_yscale("log")
         ax.set_xlabel("step")
         ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=7, ncol=2)
-    # Zoom on what separates the good settings: from the lowest loss reached
-    # up to ten times that (slow and diverging runs enter from the top).
-    left.set_ylim(0.9 * lowest, 10 * lowest)
+        ax.legend(fontsize=8, ncol=3, loc="upper center", bbox_to_anchor=(0.5, -0.12),
+                  frameon=False)
+    top = CLIP_ABOVE_START * float(np.nanmedian(starts))
+    left.set_ylim(0.9 * lowest, top)
     left.set_ylabel(f"validation loss (mean of {len(rows[0].runs)} seeds)")
+    fig.suptitle(f"y axis clipped at {top:.2g} ({CLIP_ABOVE_START:g} x the loss at step 0): "
+                 "a curve that leaves the top rose above it; one that ends early diverged "
+                 "(a NaN or infinite loss in a seed)", fontsize=9)
     fig.savefig(path, dpi=110)
+    return fig
 
 
 def _mean_curve(row: Row) -> tuple[Any, Any]:
@@ -235,13 +249,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             'Needs: pip install "lrfast[demo]".'
         ),
     )
-    parser.add_argument("--seeds", type=int, default=3, metavar="N", help="seeds per setting (default 3)")
+    parser.add_argument("--seeds", type=cli_args.positive_int, default=3, metavar="N",
+                        help="seeds per setting (default 3)")
     budget = parser.add_mutually_exclusive_group()
-    budget.add_argument("--epochs", type=int, metavar="E",
+    budget.add_argument("--epochs", type=cli_args.positive_int, metavar="E",
                         help=f"training budget in epochs (default {DEFAULT_EPOCHS})")
-    budget.add_argument("--steps", type=int, metavar="N", help="training budget in steps")
+    budget.add_argument("--steps", type=cli_args.positive_int, metavar="N",
+                        help="training budget in steps")
     parser.add_argument("--out", default="lrfast-demo", metavar="DIR",
-                        help="directory for the PNGs (default ./lrfast-demo)")
+                        help="directory for the PNGs, made if missing (default ./lrfast-demo)")
     parser.add_argument("--no-plots", action="store_true", help="do not draw the PNGs")
     parser.add_argument("--quick", action="store_true",
                         help=f"a tiny budget ({QUICK_STEPS} steps) to check that everything runs")
@@ -249,10 +265,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    for value, name in ((args.seeds, "--seeds"), (args.epochs, "--epochs"), (args.steps, "--steps")):
-        if value is not None and value < 1:
-            print(f"lrfast demo: error: {name} must be >= 1, got {value}", file=sys.stderr)
-            return 2
     try:
         import sklearn  # noqa: F401
         import tqdm
@@ -260,8 +272,7 @@ def run(args: argparse.Namespace) -> int:
         if not args.no_plots:
             import matplotlib  # noqa: F401
     except ImportError as exc:
-        print(f"lrfast demo needs {exc.name}: pip install \"lrfast[demo]\"", file=sys.stderr)
-        return 1
+        return cli_args.error("lrfast demo", f'needs {exc.name}: pip install "lrfast[demo]"')
 
     from .examples.digits_mlp import load_digits
     from .finder import DEFAULT_SUGGESTION
@@ -277,7 +288,10 @@ def run(args: argparse.Namespace) -> int:
     seeds = list(range(args.seeds))
     out = Path(args.out)
     if not args.no_plots:
-        out.mkdir(parents=True, exist_ok=True)
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            return cli_args.error("lrfast demo", f"cannot make the folder {str(out)!r}: {exc.strerror}")
 
     print(f"digits: {len(data.y_train)} training / {len(data.y_val)} validation images; "
           f"MLP 64-64-64-10; batches of {BATCH_SIZE}; {steps} steps "

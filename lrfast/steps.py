@@ -1,8 +1,8 @@
 """The fused optimizer steps: one call updates every tensor of a list in place.
 
-The maths of each step is in the docstring of its NumPy reference in
-:mod:`lrfast.reference`; these functions give the same results, fused into one
-pass over memory per tensor and one native call per list.
+Each function's docstring states its update, its state arrays and an example;
+the results are those of its NumPy reference in :mod:`lrfast.reference`, fused
+into one pass over memory per tensor and one native call per list.
 
 Arguments: every tensor argument takes one array or a list/tuple of arrays
 (float32/float64, C-contiguous; params and states writeable). Hyperparameters
@@ -15,20 +15,43 @@ any array is written.
 
 from __future__ import annotations
 
+from typing import Any
+
 from . import _hparams
 from ._backend import run
+from .array_types import Bool, Int, Real, Tensors
 
 __all__ = ["sgd_step", "adam_step", "adamw_step", "rmsprop_step", "adagrad_step", "adadelta_step"]
 
 
-def sgd_step(params, grads, momentum_buffers=None, *, lr, step=None, momentum=0.0,
-             dampening=0.0, nesterov=False, weight_decay=0.0, maximize=False, grad_scale=1.0):
-    """SGD with momentum, dampening, Nesterov and weight decay (torch.optim.SGD).
+def sgd_step(params: Tensors, grads: Tensors, momentum_buffers: Tensors | None = None, *,
+             lr: Real, step: Int | None = None, momentum: Real = 0.0, dampening: Real = 0.0,
+             nesterov: Bool = False, weight_decay: Real = 0.0, maximize: Bool = False,
+             grad_scale: Real = 1.0) -> None:
+    """SGD with momentum, dampening, Nesterov and weight decay (torch.optim.SGD),
+    every tensor updated in place in one pass.
 
-    ``momentum_buffers`` is needed when ``momentum != 0``; on ``step == 1`` the
-    buffer takes the gradient itself whatever it held. Without ``step`` the
-    buffers must start at zero (which gives the same first step when
-    ``dampening == 0``). See :func:`lrfast.reference.sgd_step`.
+    For each tensor, with ``g`` the gradient as the update sees it (``grad *
+    grad_scale``, negated if ``maximize``, plus ``weight_decay * param`` when
+    ``weight_decay != 0``)::
+
+        b = g                                    on the first step (step == 1)
+        b = momentum * b + (1 - dampening) * g   after it
+        g = g + momentum * b if nesterov else b  (when momentum != 0)
+        param = param - lr * g
+
+    State: ``momentum_buffers`` (``b``: one array per param, its shape and
+    dtype), needed when ``momentum != 0``. On ``step == 1`` a buffer takes the
+    gradient whatever it held; without ``step`` the buffers must start at zero
+    (the same first step when ``dampening == 0``).
+
+    >>> import numpy as np, lrfast
+    >>> p = np.array([1.0, -2.0], np.float32)
+    >>> g = np.array([0.5, 0.5], np.float32)
+    >>> b = np.zeros_like(p)
+    >>> lrfast.sgd_step(p, g, b, lr=0.1, momentum=0.9, step=1)
+    >>> print(p, b)
+    [ 0.95 -2.05] [0.5 0.5]
     """
     hp = _hparams.sgd(lr=lr, step=step, momentum=momentum, dampening=dampening,
                       nesterov=nesterov, weight_decay=weight_decay, maximize=maximize,
@@ -39,7 +62,8 @@ def sgd_step(params, grads, momentum_buffers=None, *, lr, step=None, momentum=0.
         required=("params", "grads") + (("momentum_buffers",) if uses_buffers else ()))
 
 
-def _adam(kernel_decoupled, params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, **kw):
+def _adam(kernel_decoupled: bool, params: Tensors, grads: Tensors, exp_avgs: Tensors,
+          exp_avg_sqs: Tensors, max_exp_avg_sqs: Tensors | None, **kw: Any) -> None:
     hp = _hparams.adam(decoupled=kernel_decoupled, **kw)
     amsgrad = hp["amsgrad"] != 0
     run("adam", hp, {"params": params, "grads": grads, "exp_avgs": exp_avgs,
@@ -49,33 +73,101 @@ def _adam(kernel_decoupled, params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sq
         + (("max_exp_avg_sqs",) if amsgrad else ()))
 
 
-def adam_step(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs=None, *, lr=1e-3, step,
-              betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, amsgrad=False, maximize=False,
-              grad_scale=1.0):
-    """Adam (torch.optim.Adam); weight decay is added to the gradient.
-    ``max_exp_avg_sqs`` is needed when ``amsgrad``. See
-    :func:`lrfast.reference.adam_step`."""
+def adam_step(params: Tensors, grads: Tensors, exp_avgs: Tensors, exp_avg_sqs: Tensors,
+              max_exp_avg_sqs: Tensors | None = None, *, lr: Real = 1e-3, step: Int,
+              betas: tuple[Real, Real] = (0.9, 0.999), eps: Real = 1e-8, weight_decay: Real = 0.0,
+              amsgrad: Bool = False, maximize: Bool = False, grad_scale: Real = 1.0) -> None:
+    """Adam (torch.optim.Adam), every tensor updated in place in one pass;
+    weight decay is added to the gradient (see adamw_step for decoupled decay).
+
+    For each tensor, with ``g`` the gradient as the update sees it (``grad *
+    grad_scale``, negated if ``maximize``, plus ``weight_decay * param`` when
+    ``weight_decay != 0``)::
+
+        m = m + (1 - beta1) * (g - m)
+        v = beta2 * v + (1 - beta2) * g * g
+        vmax = max(vmax, v); v = vmax                      if amsgrad
+        param = param - lr / (1 - beta1**step) * m / (sqrt(v) / sqrt(1 - beta2**step) + eps)
+
+    State (one array per param, its shape and dtype, zeros before the first
+    step): ``exp_avgs`` (``m``), ``exp_avg_sqs`` (``v``), and
+    ``max_exp_avg_sqs`` (``vmax``), needed only when ``amsgrad``. ``step`` is
+    the 1-based index of this update (the bias corrections).
+
+    >>> import numpy as np, lrfast
+    >>> p = np.array([1.0, -2.0], np.float32)
+    >>> g = np.array([0.5, -1.0], np.float32)
+    >>> m, v = np.zeros_like(p), np.zeros_like(p)
+    >>> lrfast.adam_step(p, g, m, v, lr=0.1, step=1)
+    >>> print(p, m)
+    [ 0.9 -1.9] [ 0.05 -0.1 ]
+    """
     _adam(False, params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, lr=lr, step=step,
           betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad, maximize=maximize,
           grad_scale=grad_scale)
 
 
-def adamw_step(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs=None, *, lr=1e-3, step,
-               betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2, amsgrad=False, maximize=False,
-               grad_scale=1.0):
-    """AdamW (torch.optim.AdamW): decoupled weight decay, ``p *= 1 - lr * weight_decay``
-    before the Adam update. See :func:`lrfast.reference.adamw_step`."""
+def adamw_step(params: Tensors, grads: Tensors, exp_avgs: Tensors, exp_avg_sqs: Tensors,
+               max_exp_avg_sqs: Tensors | None = None, *, lr: Real = 1e-3, step: Int,
+               betas: tuple[Real, Real] = (0.9, 0.999), eps: Real = 1e-8,
+               weight_decay: Real = 1e-2, amsgrad: Bool = False, maximize: Bool = False,
+               grad_scale: Real = 1.0) -> None:
+    """AdamW (torch.optim.AdamW): Adam with decoupled weight decay, applied
+    first; every tensor updated in place in one pass.
+
+    For each tensor, with ``g = grad * grad_scale``, negated if ``maximize``::
+
+        param = param * (1 - lr * weight_decay)
+        m = m + (1 - beta1) * (g - m)
+        v = beta2 * v + (1 - beta2) * g * g
+        vmax = max(vmax, v); v = vmax                      if amsgrad
+        param = param - lr / (1 - beta1**step) * m / (sqrt(v) / sqrt(1 - beta2**step) + eps)
+
+    State as :func:`adam_step`: ``exp_avgs`` (``m``), ``exp_avg_sqs`` (``v``),
+    ``max_exp_avg_sqs`` (``vmax``, only with ``amsgrad``).
+
+    >>> import numpy as np, lrfast
+    >>> p = np.array([1.0, -2.0], np.float32)
+    >>> g = np.array([0.5, -1.0], np.float32)
+    >>> m, v = np.zeros_like(p), np.zeros_like(p)
+    >>> lrfast.adamw_step(p, g, m, v, lr=0.1, step=1, weight_decay=0.01)
+    >>> print(p)
+    [ 0.899 -1.898]
+    """
     _adam(True, params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, lr=lr, step=step,
           betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad, maximize=maximize,
           grad_scale=grad_scale)
 
 
-def rmsprop_step(params, grads, square_avgs, momentum_buffers=None, grad_avgs=None, *, lr=1e-2,
-                 alpha=0.99, eps=1e-8, weight_decay=0.0, momentum=0.0, centered=False,
-                 maximize=False, grad_scale=1.0):
-    """RMSprop (torch.optim.RMSprop). ``momentum_buffers`` is needed when
-    ``momentum > 0``, ``grad_avgs`` when ``centered``. See
-    :func:`lrfast.reference.rmsprop_step`."""
+def rmsprop_step(params: Tensors, grads: Tensors, square_avgs: Tensors,
+                 momentum_buffers: Tensors | None = None, grad_avgs: Tensors | None = None, *,
+                 lr: Real = 1e-2, alpha: Real = 0.99, eps: Real = 1e-8, weight_decay: Real = 0.0,
+                 momentum: Real = 0.0, centered: Bool = False, maximize: Bool = False,
+                 grad_scale: Real = 1.0) -> None:
+    """RMSprop (torch.optim.RMSprop), every tensor updated in place in one pass.
+
+    For each tensor, with ``g`` the gradient as the update sees it (``grad *
+    grad_scale``, negated if ``maximize``, plus ``weight_decay * param`` when
+    ``weight_decay != 0``)::
+
+        s = alpha * s + (1 - alpha) * g * g
+        a = a + (1 - alpha) * (g - a)                   if centered
+        avg = sqrt(s - a * a) + eps if centered else sqrt(s) + eps
+        b = momentum * b + g / avg; param = param - lr * b      if momentum > 0
+        param = param - lr * g / avg                            otherwise
+
+    State (one array per param, its shape and dtype, zeros before the first
+    step): ``square_avgs`` (``s``), ``momentum_buffers`` (``b``, needed when
+    ``momentum > 0``), ``grad_avgs`` (``a``, needed when ``centered``).
+
+    >>> import numpy as np, lrfast
+    >>> p = np.array([1.0, -2.0], np.float32)
+    >>> g = np.array([0.5, -1.0], np.float32)
+    >>> s = np.zeros_like(p)
+    >>> lrfast.rmsprop_step(p, g, s, lr=0.01)
+    >>> print(p.round(6), s)
+    [ 0.9 -1.9] [0.0025 0.01  ]
+    """
     hp = _hparams.rmsprop(lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay,
                           momentum=momentum, centered=centered, maximize=maximize,
                           grad_scale=grad_scale)
@@ -87,19 +179,61 @@ def rmsprop_step(params, grads, square_avgs, momentum_buffers=None, grad_avgs=No
         + (("momentum_buffers",) if with_momentum else ()) + (("grad_avgs",) if centered else ()))
 
 
-def adagrad_step(params, grads, state_sums, *, lr=1e-2, step, lr_decay=0.0, weight_decay=0.0,
-                 eps=1e-10, maximize=False, grad_scale=1.0):
-    """Adagrad (torch.optim.Adagrad), with the rate ``lr / (1 + (step - 1) * lr_decay)``.
-    See :func:`lrfast.reference.adagrad_step`."""
+def adagrad_step(params: Tensors, grads: Tensors, state_sums: Tensors, *, lr: Real = 1e-2,
+                 step: Int, lr_decay: Real = 0.0, weight_decay: Real = 0.0, eps: Real = 1e-10,
+                 maximize: Bool = False, grad_scale: Real = 1.0) -> None:
+    """Adagrad (torch.optim.Adagrad), every tensor updated in place in one pass.
+
+    For each tensor, with ``g`` the gradient as the update sees it (``grad *
+    grad_scale``, negated if ``maximize``, plus ``weight_decay * param`` when
+    ``weight_decay != 0``)::
+
+        s = s + g * g
+        param = param - lr / (1 + (step - 1) * lr_decay) * g / (sqrt(s) + eps)
+
+    State: ``state_sums`` (``s``: one array per param, its shape and dtype,
+    zeros, or torch's ``initial_accumulator_value``, before the first step).
+    ``step`` is the 1-based index of this update (the rate's decay).
+
+    >>> import numpy as np, lrfast
+    >>> p = np.array([1.0, -2.0], np.float32)
+    >>> g = np.array([0.5, -1.0], np.float32)
+    >>> s = np.zeros_like(p)
+    >>> lrfast.adagrad_step(p, g, s, lr=0.1, step=1)
+    >>> print(p, s)
+    [ 0.9 -1.9] [0.25 1.  ]
+    """
     hp = _hparams.adagrad(lr=lr, step=step, lr_decay=lr_decay, weight_decay=weight_decay,
                           eps=eps, maximize=maximize, grad_scale=grad_scale)
     run("adagrad", hp, {"params": params, "grads": grads, "state_sums": state_sums},
         required=("params", "grads", "state_sums"))
 
 
-def adadelta_step(params, grads, square_avgs, acc_deltas, *, lr=1.0, rho=0.9, eps=1e-6,
-                  weight_decay=0.0, maximize=False, grad_scale=1.0):
-    """Adadelta (torch.optim.Adadelta). See :func:`lrfast.reference.adadelta_step`."""
+def adadelta_step(params: Tensors, grads: Tensors, square_avgs: Tensors, acc_deltas: Tensors, *,
+                  lr: Real = 1.0, rho: Real = 0.9, eps: Real = 1e-6, weight_decay: Real = 0.0,
+                  maximize: Bool = False, grad_scale: Real = 1.0) -> None:
+    """Adadelta (torch.optim.Adadelta), every tensor updated in place in one pass.
+
+    For each tensor, with ``g`` the gradient as the update sees it (``grad *
+    grad_scale``, negated if ``maximize``, plus ``weight_decay * param`` when
+    ``weight_decay != 0``)::
+
+        s = rho * s + (1 - rho) * g * g
+        delta = sqrt(u + eps) / sqrt(s + eps) * g
+        u = rho * u + (1 - rho) * delta * delta
+        param = param - lr * delta
+
+    State (one array per param, its shape and dtype, zeros before the first
+    step): ``square_avgs`` (``s``) and ``acc_deltas`` (``u``).
+
+    >>> import numpy as np, lrfast
+    >>> p = np.array([1.0, -2.0], np.float32)
+    >>> g = np.array([0.5, -1.0], np.float32)
+    >>> s, u = np.zeros_like(p), np.zeros_like(p)
+    >>> lrfast.adadelta_step(p, g, s, u, lr=1.0)
+    >>> print(p, s)
+    [ 0.9968378 -1.9968377] [0.025 0.1  ]
+    """
     hp = _hparams.adadelta(lr=lr, rho=rho, eps=eps, weight_decay=weight_decay,
                            maximize=maximize, grad_scale=grad_scale)
     run("adadelta", hp, {"params": params, "grads": grads, "square_avgs": square_avgs,

@@ -1,19 +1,22 @@
 """`lrfast bench` on tiny sizes: it runs, prints its table and writes sane JSON."""
 
+import io
 import json
 
 import pytest
 
-from lrfast import bench
+from lrfast import bench, bench_table
 from lrfast.cli import main
+from lrfast.progress import Progress
 
 
 def test_bench_writes_rows(tmp_path, capsys):
     out = tmp_path / "bench.json"
     assert main(["bench", "--sizes", "1000,17", "--optimizers", "adam,sgd", "--no-lists",
                  "--json", str(out)]) == 0
-    printed = capsys.readouterr().out
-    assert "% of bw" in printed and "adam" in printed
+    printed, err = capsys.readouterr()
+    assert err == ""  # no progress line when stderr is not a terminal
+    assert bench_table.legend() in printed and bench_table.header() in printed
     result = json.loads(out.read_text())
     rows = result["rows"]
     assert [(r["optimizer"], r["layout"]) for r in rows] == [
@@ -45,3 +48,44 @@ def test_bench_cuda_without_gpu_says_so(capsys, monkeypatch):
     monkeypatch.setattr(cuda, "is_available", lambda: False)  # as on a machine without a GPU
     assert main(["bench", "--device", "cuda", "--sizes", "1000"]) == 1
     assert "--device cuda found no usable CUDA GPU" in capsys.readouterr().err
+
+
+def test_the_legend_explains_every_column():
+    legend = bench_table.legend()
+    titles = bench_table.header().splitlines()[0]
+    for column in bench_table.COLUMNS:
+        assert column.title in titles
+        assert f"\n  {column.title}  " in legend, column.title
+    assert "above 100 is noise" in legend
+    assert "copy" in bench_table.legend("cuda")
+
+
+def test_ratios_read_as_ratios():
+    row = dict(optimizer="adam", dtype="float32", layout="1x1000", time_s=1e-5, gelem_s=0.1,
+               gbytes_s=2.8, bandwidth_gbs=20.0, pct_of_bandwidth=50.0, vs_reference=2.5,
+               vs_torch=1.234, torch_impl="fused")
+    assert bench_table.row(row).split()[-3:] == ["2.5x", "1.23x", "fused"]
+    no_torch = dict(row, vs_torch=None, torch_impl=None)
+    assert bench_table.row(no_torch).split()[-3:] == ["2.5x", "-", "-"]
+
+
+class Terminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def test_progress_rewrites_one_line_on_a_terminal_only():
+    tty = Terminal()
+    progress = Progress(tty, interval=0)
+    progress.show("row 1 of 2: adam 1x50000000, making the arrays")
+    progress.show("row 1 of 2: adam, round 1")
+    progress.clear()
+    written = tty.getvalue()
+    assert "\n" not in written and written.count("\r") == 4 and written.endswith("\r")
+    assert written.split("\r")[2].startswith("row 1 of 2: adam, round 1  ")  # covers the longer text
+
+    piped = io.StringIO()
+    progress = Progress(piped, interval=0)
+    progress.show("anything")
+    progress.clear()
+    assert piped.getvalue() == ""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -135,6 +136,30 @@ def test_demo_rejects_non_positive_budgets(flag, capsys):
 
     assert main(["demo", flag, "0"]) == 2
     assert flag in capsys.readouterr().err
+
+
+def test_loss_curves_clip_the_y_axis_and_say_so(tmp_path):
+    pytest.importorskip("matplotlib")
+    from lrfast.demo import CLIP_ABOVE_START, Row, plot_curves
+
+    def run(losses, diverged=False):
+        return SimpleNamespace(eval_steps=np.arange(len(losses)) * 10, val_losses=np.array(losses),
+                               diverged=diverged)
+
+    rows = [Row("lr 1e-02", "fixed", [run([2.3, 0.5, 0.2]), run([2.3, 0.6, 0.3])], 1e-2),
+            Row("lr 1e+00", "fixed", [run([2.3, 40.0, 900.0]), run([2.3, np.nan], True)], 1.0),
+            Row("suggested lr 0.01", "suggested", [run([2.3, 0.5, 0.2])] * 2),
+            Row("cosine decay to 0", "schedule", [run([2.3, 0.4, 0.1])] * 2)]
+    fig = plot_curves(rows, "Adam", tmp_path / "curves.png")
+    assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    left, right = fig.axes
+    assert left.get_ylim()[1] == pytest.approx(CLIP_ABOVE_START * 2.3)
+    assert "clipped at 4.6" in fig.get_suptitle()
+    labels = [text.get_text() for text in left.get_legend().get_texts()]
+    assert "lr 1e+00 (diverged 1/2)" in labels and "lr 1e-02" in labels
+    for ax in (left, right):  # the legends sit below the axes, not over the curves
+        assert ax.get_legend().get_window_extent(fig.canvas.get_renderer()).y1 < \
+            ax.get_window_extent(fig.canvas.get_renderer()).y0
 
 
 @pytest.mark.slow

@@ -1,8 +1,8 @@
-"""lrfast.schedules: values against torch, save/restore, parsing, CLI, plotting."""
+"""lrfast.schedules: values against torch, save/restore, parsing, plotting
+(`lrfast schedule` is tested in test_cli.py)."""
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import math
@@ -14,7 +14,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lrfast import schedule_cli
 from lrfast import schedules as S
 
 RTOL = 1e-12
@@ -434,58 +433,6 @@ def test_parse_refuses_hostile_input_with_a_value_error(expression, message):
 def test_parse_takes_integers_up_to_int64():
     assert S.parse_schedule(f"cosine_decay(0.1, {2**62})").total_steps == 2**62
     assert S.parse_schedule("constant(12345678901234567890.0)").lr == 12345678901234567890.0
-
-
-# ---------------------------------------------------------------- CLI
-
-
-def run_cli(argv):
-    parser = argparse.ArgumentParser(prog="lrfast")
-    schedule_cli.register(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(argv)
-    return args.func(args)
-
-
-def test_cli_prints_table(capsys):
-    expression = "warmup(cosine_restarts(0.1, 200, cycle_mult=2, peak_decay=0.8), 50)"
-    assert run_cli(["schedule", expression, "--steps", "1000", "--every", "250"]) == 0
-    out = capsys.readouterr().out.splitlines()
-    assert out[0].startswith("warmup(schedule=cosine_restarts(")
-    assert out[1].split() == ["step", "lr"]
-    rows = [line.split() for line in out[2:]]
-    assert [int(r[0]) for r in rows] == [0, 250, 500, 750, 999]
-    s = S.parse_schedule(expression)
-    assert [float(r[1]) for r in rows] == pytest.approx([s(t) for t in (0, 250, 500, 750, 999)], rel=1e-5)
-
-
-def test_cli_momentum_and_default_every(capsys):
-    assert run_cli(["schedule", "one_cycle(0.1, 100)", "--steps", "100"]) == 0
-    out = capsys.readouterr().out.splitlines()
-    assert out[1].split() == ["step", "lr", "momentum"]
-    assert len(out) == 2 + 21 and out[-1].split()[0] == "99"
-
-
-@pytest.mark.parametrize(
-    "argv, message",
-    [
-        (["schedule", "eval('1')", "--steps", "10"], "unknown schedule"),
-        (["schedule", "constant(0.1)", "--steps", "0"], "--steps"),
-        (["schedule", "constant(0.1)", "--steps", "10", "--every", "0"], "--every"),
-    ],
-)
-def test_cli_errors(capsys, argv, message):
-    assert run_cli(argv) == 2
-    assert message in capsys.readouterr().err
-
-
-def test_cli_through_main_and_plot(capsys, tmp_path):
-    pytest.importorskip("matplotlib")
-    from lrfast.cli import main
-
-    path = tmp_path / "s.png"
-    assert main(["schedule", "cyclic(0.001, 0.1, 50)", "--steps", "300", "--plot", str(path), "--log"]) == 0
-    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert "plot written" in capsys.readouterr().out
 
 
 # ---------------------------------------------------------------- plotting

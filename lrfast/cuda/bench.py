@@ -21,7 +21,7 @@ from numba import cuda
 
 import lrfast
 
-from ..bench import CONFIGS, layouts
+from ..bench_configs import CONFIGS, layouts
 
 TORCH_FUSED_CUDA = {"SGD", "Adam", "AdamW"}  # the rest run with foreach=True
 

@@ -118,9 +118,9 @@ def _prepare_in_full(arrays, names, grads_writeable: bool, signature):
     """The groups of a call not on the fast path: reads every interface,
     checks the layout unless it is cached, and remembers the arrays."""
     first = f"{names[0]}[0]"
-    interfaces = tuple(None if seq is None else
-                       tuple(_interface(a, f"{name}[{t}]", first) for t, a in enumerate(seq))
-                       for seq, name in zip(arrays, names))
+    interfaces: tuple = tuple(None if seq is None else
+                              tuple(_interface(a, f"{name}[{t}]", first) for t, a in enumerate(seq))
+                              for seq, name in zip(arrays, names))
     key = (names, grads_writeable) + tuple(
         None if seq is None else tuple(_fields(i) for i in seq) for seq in interfaces)
     with _cache_lock:
@@ -157,10 +157,11 @@ class _Seen:
         # Per sequence: the print function of its arrays' type (_print where
         # types mix); the places of the arrays whose print can change under
         # the same identity (not of FIXED_TYPES), and their prints.
-        self.printers = [None if seq is None else _common_printer(seq) for seq in arrays]
-        self.watch = [None if seq is None else
-                      [t for t, a in enumerate(seq) if type(a) not in FIXED_TYPES]
-                      for seq in arrays]
+        # Lists of None or a value, None exactly where `arrays` has no sequence.
+        self.printers: list = [None if seq is None else _common_printer(seq) for seq in arrays]
+        self.watch: list = [None if seq is None else
+                            [t for t, a in enumerate(seq) if type(a) not in FIXED_TYPES]
+                            for seq in arrays]
         self.watched = [None if w is None else [ps[t] for t in w]
                         for w, ps in zip(self.watch, prints)]
         # The identities of the sequences with arrays of FIXED_TYPES, by weak

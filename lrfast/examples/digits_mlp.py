@@ -207,7 +207,7 @@ def train(data: Digits, kind: str, schedule: Callable[[int], float], steps: int,
     model = MLP(seed=seed, dtype=data.x_train.dtype) if model is None else model
     opt = Optimizer(kind, model.params)
     batches = _batches(len(data.y_train), batch_size, np.random.default_rng(seed))
-    cycles_momentum = hasattr(schedule, "momentum")
+    momentum = getattr(schedule, "momentum", None)
     evals: list[tuple[int, float, float]] = []
     diverged = False
     start = time.perf_counter()
@@ -227,7 +227,7 @@ def train(data: Digits, kind: str, schedule: Callable[[int], float], steps: int,
                 evals.append((t, *model.evaluate(data.x_val, data.y_val)))
             break
         lr = schedule(t) if plateau is None else plateau.rate(schedule(t))
-        opt.step(grads, lr, schedule.momentum(t) if cycles_momentum else None)
+        opt.step(grads, lr, None if momentum is None else momentum(t))
     seconds = time.perf_counter() - start
     eval_steps, val_losses, val_accs = (np.array(column) for column in zip(*evals))
     reached = np.flatnonzero(val_accs >= target_accuracy)
