@@ -26,7 +26,7 @@ def real(name: str, value) -> float:
         try:
             return float(value)
         except OverflowError:  # an int beyond the float range
-            raise ValueError(f"{name} is too large for a float ({describe_int(value)})") from None
+            raise ValueError(f"{name} is too large for a float ({describe_int(int(value))})") from None
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
     try:

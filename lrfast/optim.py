@@ -288,9 +288,9 @@ class Optimizer:
         scale = self.grad_scale
         if self.max_grad_norm is not None or self.skip_nonfinite:
             norm = global_norm(grads)
-            self.last_grad_norm = norm * self.grad_scale
+            self.last_grad_norm = scaled_norm = norm * self.grad_scale
             if self.max_grad_norm is not None:
-                scale *= clip_coefficient(self.last_grad_norm, self.max_grad_norm)
+                scale *= clip_coefficient(scaled_norm, self.max_grad_norm)
             if self.skip_nonfinite and not self._scaled_grads_finite(grads, norm, scale):
                 self.skipped_steps += 1
                 return False
@@ -312,7 +312,7 @@ class Optimizer:
         ``clip_value`` is set. ``norm`` (their 2-norm) bounds every ``|g|``,
         which settles the usual case with one product; past float32's range
         the largest ``|g|`` of each dtype decides, exactly as the kernels round."""
-        if not math.isfinite(self.last_grad_norm):
+        if not math.isfinite(norm * self.grad_scale):
             return False  # an inf or NaN among them
         clamp = math.inf if self.clip_value is None else self.clip_value / self.grad_scale
         # Below 2**127 both T(scale) and |g| * T(scale) stay finite in float32
@@ -519,7 +519,7 @@ def _options(*, max_grad_norm, clip_value, grad_scale, skip_nonfinite) -> dict:
 
 def _count(name: str, value) -> int:
     if (isinstance(value, bool) or not isinstance(value, numbers.Integral)
-            or not 0 <= value <= _hparams.MAX_STEP):
+            or not 0 <= int(value) <= _hparams.MAX_STEP):
         got = _hparams.describe_int(value) if isinstance(value, int) else repr(value)
         raise ValueError(f"{name} must be an integer from 0 to 2**63 - 1, got {got}")
     return int(value)

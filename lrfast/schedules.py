@@ -135,7 +135,7 @@ def _counts(name: str, values: Any, *, strict: bool, minimum: int) -> tuple[int,
 def _step(t: Any) -> int:
     if isinstance(t, bool) or not isinstance(t, numbers.Integral):
         raise TypeError(f"step t must be an integer, got {type(t).__name__}")
-    if not 0 <= t < 2**63:
+    if not 0 <= int(t) < 2**63:
         raise ValueError(f"step t must be >= 0 (and < 2**63), got {t}")
     return int(t)
 
@@ -798,6 +798,16 @@ class ReduceLROnPlateau:
       ``eps / (1 - factor)`` (1.1e-8 by default), long after training stalled.
     """
 
+    # set from the checked settings in __init__ and load_state_dict
+    mode: str
+    factor: float
+    patience: int
+    threshold: float
+    threshold_mode: str
+    cooldown: int
+    min_lr: float
+    eps: float
+
     def __init__(
         self,
         mode: str = "min",
@@ -990,20 +1000,20 @@ def _build(node: ast.AST, source: str, depth: int) -> Any:
         if not isinstance(node.func, ast.Name) or node.func.id not in _SCHEDULES:
             name = ast.get_source_segment(source, node.func)
             raise ValueError(f"unknown schedule {name!r}; known: {', '.join(_SCHEDULES)}")
-        if any(kw.arg is None for kw in node.keywords):
-            raise ValueError("**kwargs is not allowed in a schedule expression")
-        names = [kw.arg for kw in node.keywords]
-        for name in names:
-            if names.count(name) > 1:  # Python's compiler refuses it; ast.parse does not
-                raise ValueError(f"keyword argument {name!r} is given more than once "
+        names: list[str] = []
+        for kw in node.keywords:
+            if kw.arg is None:
+                raise ValueError("**kwargs is not allowed in a schedule expression")
+            if kw.arg in names:  # Python's compiler refuses it; ast.parse does not
+                raise ValueError(f"keyword argument {kw.arg!r} is given more than once "
                                  f"to {node.func.id}")
+            names.append(kw.arg)
         args = [_build(a, source, depth) for a in node.args]
-        kwargs = {kw.arg: _build(kw.value, source, depth) for kw in node.keywords}
+        kwargs = {name: _build(kw.value, source, depth) for name, kw in zip(names, node.keywords)}
         return _SCHEDULES[node.func.id](*args, **kwargs)
     if isinstance(node, ast.Constant) and (node.value is None or isinstance(node.value, (int, float, str))):
         if isinstance(node.value, int) and not isinstance(node.value, bool) and node.value >= 2**63:
-            digits = ast.get_source_segment(source, node)
-            raise ValueError(f"the integer literal of {len(digits)} digits is out of range: "
+            raise ValueError(f"the integer literal of {len(str(node.value))} digits is out of range: "
                              "integers must be < 2**63 (write a large rate as a float, e.g. 1e20)")
         return node.value
     if isinstance(node, (ast.List, ast.Tuple)):
