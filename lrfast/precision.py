@@ -294,7 +294,7 @@ def round_nearest(x, dtype):
     """
     dtype = np.dtype(dtype)
     x = np.asarray(x)
-    with np.errstate(over="ignore"):
+    with np.errstate(over="ignore", invalid="ignore"):
         if is_16bit(dtype):
             x = x.astype(np.float32, copy=False)
         return x.astype(dtype, copy=False)
