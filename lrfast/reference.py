@@ -12,8 +12,30 @@ it::
     g = -g                          if maximize
     g = g + weight_decay * param    if weight_decay != 0 (coupled decay)
 
-Arithmetic runs in the arrays' dtype; per-step scalars (bias corrections,
-step sizes) are computed in Python floats (double).
+Arithmetic runs in float64 for float64 params and in float32 otherwise;
+per-step scalars (bias corrections, step sizes) are computed in Python floats
+(double) and rounded once to the arithmetic dtype.
+
+Low precision (the rules are in :mod:`lrfast.precision`): params and grads may
+be bfloat16 or float16 (a grad has its param's dtype, or float32 for a 16-bit
+param); each state may be float32, the param's dtype, bfloat16 or a
+:class:`~lrfast.precision.Q8State` (float64 states only with float64 params).
+Per tensor, a step
+
+1. loads: widens 16-bit arrays and dequantizes q8 states to the arithmetic dtype;
+2. updates with the formulas below; the param update uses the new moments
+   before they are rounded or quantized;
+3. stores: states round to nearest even, or are re-quantized block by block
+   with their new absmax; the param rounds to nearest even, or, with
+   ``stochastic_rounding=True`` and a 16-bit param, stochastically with the
+   random bits of ``random_bits(seed, step, position, size)``, ``position``
+   counting the elements of the params before it in the list (``step`` is 0
+   for a step function without one, and for ``step=None``: vary ``seed``
+   per call there).
+
+A q8 state made with ``signed=False`` is refused (ValueError) in a slot whose
+values can be negative: momentum buffers, first moments and RMSprop's grad
+averages. For float32 and float64 arrays all of this is the identity.
 """
 
 from __future__ import annotations
@@ -21,6 +43,8 @@ from __future__ import annotations
 import math
 
 import numpy as np
+
+from .precision import Q8State, quantize_blockwise, random_bits, round_nearest, round_stochastic
 
 __all__ = [
     "sgd_step", "adam_step", "adamw_step", "rmsprop_step", "adagrad_step",
@@ -41,6 +65,53 @@ def _each(params, grads, *states):
     return zip(params, grads, *states)
 
 
+def _arithmetic_dtype(p):
+    return np.dtype(np.float64 if p.dtype == np.float64 else np.float32)
+
+
+def _load(x, dtype):
+    """``x`` (an array, a Q8State or None) in the arithmetic ``dtype``; an
+    array already of that dtype is returned itself, not copied."""
+    if x is None:
+        return None
+    if isinstance(x, Q8State):
+        return x.dequantize().astype(dtype, copy=False)
+    return x.astype(dtype, copy=False)
+
+
+def _store(x, value):
+    """Writes ``value`` into ``x``: rounded to nearest even, or re-quantized."""
+    if x is None:
+        return
+    if isinstance(x, Q8State):
+        x.codes[...], x.absmax[...] = quantize_blockwise(value, x.signed)
+    else:
+        x[...] = round_nearest(value, x.dtype)
+
+
+class _ParamStore:
+    """Stores the new params of one call, counting their elements' positions."""
+
+    def __init__(self, stochastic_rounding, seed, step):
+        self.stochastic_rounding, self.seed, self.step = stochastic_rounding, seed, step or 0
+        self.position = 0
+
+    def __call__(self, p, value):
+        if self.stochastic_rounding and p.dtype.itemsize == 2:
+            bits = random_bits(self.seed, self.step, self.position, p.size)
+            p[...] = round_stochastic(value, p.dtype, bits)
+        else:
+            _store(p, value)
+        self.position += p.size
+
+
+def _check_signed(states, name):
+    for i, s in enumerate(_listify(states) or []):
+        if isinstance(s, Q8State) and not s.signed:
+            raise ValueError(f"{name}[{i}]: an unsigned q8 state cannot hold values that can be "
+                             "negative; make it with zeros_state(param, 'q8', signed=True)")
+
+
 def _grad(p, g, grad_scale, maximize, weight_decay):
     d = g * g.dtype.type(grad_scale)
     if maximize:
@@ -51,7 +122,8 @@ def _grad(p, g, grad_scale, maximize, weight_decay):
 
 
 def sgd_step(params, grads, momentum_buffers=None, *, lr, step=None, momentum=0.0,
-             dampening=0.0, nesterov=False, weight_decay=0.0, maximize=False, grad_scale=1.0):
+             dampening=0.0, nesterov=False, weight_decay=0.0, maximize=False, grad_scale=1.0,
+             stochastic_rounding=False, seed=0):
     """SGD with momentum (torch.optim.SGD)::
 
         b = g                                    on the first step (step == 1)
@@ -59,40 +131,54 @@ def sgd_step(params, grads, momentum_buffers=None, *, lr, step=None, momentum=0.
         g = g + momentum * b if nesterov else b  (when momentum != 0)
         param = param - lr * g
     """
+    _check_signed(momentum_buffers, "momentum_buffers")
+    store_param = _ParamStore(stochastic_rounding, seed, step)
     for p, g, b in _each(params, grads, momentum_buffers):
-        d = _grad(p, g, grad_scale, maximize, weight_decay)
-        t = p.dtype.type
+        dtype = _arithmetic_dtype(p)
+        t = dtype.type
+        P, B = _load(p, dtype), _load(b, dtype)
+        d = _grad(P, _load(g, dtype), grad_scale, maximize, weight_decay)
         if momentum != 0:
             if step == 1:
-                b[...] = d
+                B[...] = d
             else:
-                b[...] = b * t(momentum) + t(1 - dampening) * d
-            d = d + t(momentum) * b if nesterov else b
-        p += t(-lr) * d
+                B[...] = B * t(momentum) + t(1 - dampening) * d
+            d = d + t(momentum) * B if nesterov else B
+            _store(b, B)
+        P += t(-lr) * d
+        store_param(p, P)
 
 
 def _adam(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, *, lr, step, betas, eps,
-          weight_decay, amsgrad, maximize, grad_scale, decoupled):
+          weight_decay, amsgrad, maximize, grad_scale, decoupled, stochastic_rounding, seed):
+    _check_signed(exp_avgs, "exp_avgs")
+    store_param = _ParamStore(stochastic_rounding, seed, step)
     beta1, beta2 = betas
     step_size = lr / (1 - beta1**step)
     bias_correction2_sqrt = math.sqrt(1 - beta2**step)
     for p, g, m, v, vmax in _each(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs):
-        t = p.dtype.type
+        dtype = _arithmetic_dtype(p)
+        t = dtype.type
+        P, M, V, VMAX = (_load(x, dtype) for x in (p, m, v, vmax))
         if decoupled and weight_decay != 0:
-            p *= t(1 - lr * weight_decay)
-        d = _grad(p, g, grad_scale, maximize, 0.0 if decoupled else weight_decay)
-        m += t(1 - beta1) * (d - m)
-        v[...] = v * t(beta2) + t(1 - beta2) * d * d
+            P *= t(1 - lr * weight_decay)
+        d = _grad(P, _load(g, dtype), grad_scale, maximize, 0.0 if decoupled else weight_decay)
+        M += t(1 - beta1) * (d - M)
+        V = V * t(beta2) + t(1 - beta2) * d * d
         if amsgrad:
-            np.maximum(vmax, v, out=vmax)
-            v = vmax
-        denom = np.sqrt(v) / t(bias_correction2_sqrt) + t(eps)
-        p += t(-step_size) * (m / denom)
+            np.maximum(VMAX, V, out=VMAX)
+        denom = np.sqrt(VMAX if amsgrad else V) / t(bias_correction2_sqrt) + t(eps)
+        P += t(-step_size) * (M / denom)
+        _store(m, M)
+        _store(v, V)
+        if amsgrad:
+            _store(vmax, VMAX)
+        store_param(p, P)
 
 
 def adam_step(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs=None, *, lr=1e-3, step,
               betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, amsgrad=False, maximize=False,
-              grad_scale=1.0):
+              grad_scale=1.0, stochastic_rounding=False, seed=0):
     """Adam (torch.optim.Adam), with weight decay added to the gradient::
 
         m = m + (1 - beta1) * (g - m)
@@ -102,12 +188,12 @@ def adam_step(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs=None, *, lr=
     """
     _adam(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, lr=lr, step=step, betas=betas,
           eps=eps, weight_decay=weight_decay, amsgrad=amsgrad, maximize=maximize,
-          grad_scale=grad_scale, decoupled=False)
+          grad_scale=grad_scale, decoupled=False, stochastic_rounding=stochastic_rounding, seed=seed)
 
 
 def adamw_step(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs=None, *, lr=1e-3, step,
                betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2, amsgrad=False, maximize=False,
-               grad_scale=1.0):
+               grad_scale=1.0, stochastic_rounding=False, seed=0):
     """AdamW (torch.optim.AdamW): Adam with decoupled weight decay, applied first::
 
         param = param * (1 - lr * weight_decay)
@@ -115,12 +201,12 @@ def adamw_step(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs=None, *, lr
     """
     _adam(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, lr=lr, step=step, betas=betas,
           eps=eps, weight_decay=weight_decay, amsgrad=amsgrad, maximize=maximize,
-          grad_scale=grad_scale, decoupled=True)
+          grad_scale=grad_scale, decoupled=True, stochastic_rounding=stochastic_rounding, seed=seed)
 
 
 def rmsprop_step(params, grads, square_avgs, momentum_buffers=None, grad_avgs=None, *, lr=1e-2,
                  alpha=0.99, eps=1e-8, weight_decay=0.0, momentum=0.0, centered=False,
-                 maximize=False, grad_scale=1.0):
+                 maximize=False, grad_scale=1.0, stochastic_rounding=False, seed=0):
     """RMSprop (torch.optim.RMSprop)::
 
         s = alpha * s + (1 - alpha) * g * g
@@ -129,39 +215,56 @@ def rmsprop_step(params, grads, square_avgs, momentum_buffers=None, grad_avgs=No
         b = momentum * b + g / avg; param = param - lr * b      if momentum > 0
         param = param - lr * g / avg                            otherwise
     """
+    _check_signed(momentum_buffers, "momentum_buffers")
+    _check_signed(grad_avgs, "grad_avgs")
+    store_param = _ParamStore(stochastic_rounding, seed, None)
     for p, g, s, b, a in _each(params, grads, square_avgs, momentum_buffers, grad_avgs):
-        t = p.dtype.type
-        d = _grad(p, g, grad_scale, maximize, weight_decay)
-        s[...] = s * t(alpha) + t(1 - alpha) * d * d
+        dtype = _arithmetic_dtype(p)
+        t = dtype.type
+        P, S, B, A = (_load(x, dtype) for x in (p, s, b, a))
+        d = _grad(P, _load(g, dtype), grad_scale, maximize, weight_decay)
+        S = S * t(alpha) + t(1 - alpha) * d * d
         if centered:
-            a += t(1 - alpha) * (d - a)
-            avg = np.sqrt(s - a * a) + t(eps)
+            A += t(1 - alpha) * (d - A)
+            avg = np.sqrt(S - A * A) + t(eps)
         else:
-            avg = np.sqrt(s) + t(eps)
+            avg = np.sqrt(S) + t(eps)
         if momentum > 0:
-            b[...] = b * t(momentum) + d / avg
-            p += t(-lr) * b
+            B = B * t(momentum) + d / avg
+            P += t(-lr) * B
         else:
-            p += t(-lr) * (d / avg)
+            P += t(-lr) * (d / avg)
+        _store(s, S)
+        if centered:
+            _store(a, A)
+        if momentum > 0:
+            _store(b, B)
+        store_param(p, P)
 
 
 def adagrad_step(params, grads, state_sums, *, lr=1e-2, step, lr_decay=0.0, weight_decay=0.0,
-                 eps=1e-10, maximize=False, grad_scale=1.0):
+                 eps=1e-10, maximize=False, grad_scale=1.0, stochastic_rounding=False, seed=0):
     """Adagrad (torch.optim.Adagrad)::
 
         s = s + g * g
         param = param - lr / (1 + (step - 1) * lr_decay) * g / (sqrt(s) + eps)
     """
     clr = lr / (1 + (step - 1) * lr_decay)
+    store_param = _ParamStore(stochastic_rounding, seed, step)
     for p, g, s in _each(params, grads, state_sums):
-        t = p.dtype.type
-        d = _grad(p, g, grad_scale, maximize, weight_decay)
-        s += d * d
-        p += t(-clr) * (d / (np.sqrt(s) + t(eps)))
+        dtype = _arithmetic_dtype(p)
+        t = dtype.type
+        P, S = _load(p, dtype), _load(s, dtype)
+        d = _grad(P, _load(g, dtype), grad_scale, maximize, weight_decay)
+        S += d * d
+        P += t(-clr) * (d / (np.sqrt(S) + t(eps)))
+        _store(s, S)
+        store_param(p, P)
 
 
 def adadelta_step(params, grads, square_avgs, acc_deltas, *, lr=1.0, rho=0.9, eps=1e-6,
-                  weight_decay=0.0, maximize=False, grad_scale=1.0):
+                  weight_decay=0.0, maximize=False, grad_scale=1.0, stochastic_rounding=False,
+                  seed=0):
     """Adadelta (torch.optim.Adadelta)::
 
         s = rho * s + (1 - rho) * g * g
@@ -169,13 +272,19 @@ def adadelta_step(params, grads, square_avgs, acc_deltas, *, lr=1.0, rho=0.9, ep
         u = rho * u + (1 - rho) * delta * delta
         param = param - lr * delta
     """
+    store_param = _ParamStore(stochastic_rounding, seed, None)
     for p, g, s, u in _each(params, grads, square_avgs, acc_deltas):
-        t = p.dtype.type
-        d = _grad(p, g, grad_scale, maximize, weight_decay)
-        s[...] = s * t(rho) + t(1 - rho) * d * d
-        delta = np.sqrt(u + t(eps)) / np.sqrt(s + t(eps)) * d
-        u[...] = u * t(rho) + t(1 - rho) * delta * delta
-        p += t(-lr) * delta
+        dtype = _arithmetic_dtype(p)
+        t = dtype.type
+        P, S, U = (_load(x, dtype) for x in (p, s, u))
+        d = _grad(P, _load(g, dtype), grad_scale, maximize, weight_decay)
+        S = S * t(rho) + t(1 - rho) * d * d
+        delta = np.sqrt(U + t(eps)) / np.sqrt(S + t(eps)) * d
+        U = U * t(rho) + t(1 - rho) * delta * delta
+        P += t(-lr) * delta
+        _store(s, S)
+        _store(u, U)
+        store_param(p, P)
 
 
 def global_norm(grads, norm_type=2.0):

@@ -1,0 +1,399 @@
+"""Low-precision numbers: the exact rules for bfloat16, float16 and 8-bit states.
+
+This module is the specification the kernels follow bit for bit; the steps of
+:mod:`lrfast.reference` use it to load and store low-precision arrays.
+
+**16-bit floats.** NumPy's bfloat16 is ``ml_dtypes.bfloat16``, imported only
+when a bfloat16 array is asked for. Stores round to nearest even
+(:func:`round_nearest`), or stochastically (:func:`round_stochastic`) with
+random bits from the counter-based hash :func:`random_bits`.
+
+**q8 states.** Block-wise dynamic quantization (Dettmers et al., "8-bit
+Optimizers via Block-wise Quantization"): a tensor, in C order, is cut into
+blocks of ``BLOCK = 256`` elements (the last may be shorter); each block keeps
+its ``absmax`` in float32 and each element the uint8 index of the nearest value
+of bitsandbytes' dynamic map (:func:`create_dynamic_map`) to ``x / absmax``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = [
+    "BLOCK", "Q8_MIN_SIZE", "Q8State", "create_dynamic_map", "quantize_blockwise",
+    "dequantize_blockwise", "zeros_state", "bfloat16", "is_16bit", "round_nearest",
+    "random_bits", "round_stochastic",
+]
+
+BLOCK = 256
+"""Elements per q8 block, counted in C order."""
+
+Q8_MIN_SIZE = 4096
+"""``zeros_state(param, "q8")`` quantizes params of at least this many elements."""
+
+
+# bitsandbytes' create_dynamic_map(signed, max_exponent_bits=7, total_bits=8),
+# as float32 bit patterns. The algorithm: for i = 0..6, the fraction_items =
+# 2**i + 1 (signed) or 2**(i + 1) + 1 (unsigned) points b = torch.linspace(0.1,
+# 1, fraction_items) (float32), their midpoints (b[:-1] + b[1:]) / 2 (float32)
+# scaled by 10**(i - 6) (float32 product); with signed=True their negatives
+# too; then 0 and 1.0; sorted. The signed map has no -1: its ends are
+# -0.99296874 and 1.0. Both tables equal bitsandbytes 0.50's maps bit for bit
+# (tests/test_precision_reference.py rebuilds them with torch and compares).
+_SIGNED_MAP_BITS = (
+    0xBF7E3333, 0xBF7A999A, 0xBF770000, 0xBF736666, 0xBF6FCCCD, 0xBF6C3333, 0xBF68999A, 0xBF650000,
+    0xBF616666, 0xBF5DCCCD, 0xBF5A3333, 0xBF56999A, 0xBF530000, 0xBF4F6666, 0xBF4BCCCD, 0xBF483333,
+    0xBF44999A, 0xBF410000, 0xBF3D6666, 0xBF39CCCD, 0xBF363334, 0xBF32999A, 0xBF2F0000, 0xBF2B6666,
+    0xBF27CCCD, 0xBF243334, 0xBF20999A, 0xBF1D0000, 0xBF196666, 0xBF15CCCD, 0xBF123334, 0xBF0E999A,
+    0xBF0B0000, 0xBF076666, 0xBF03CCCC, 0xBF003333, 0xBEF93332, 0xBEF20000, 0xBEEACCCC, 0xBEE3999A,
+    0xBEDC6666, 0xBED53333, 0xBECE0000, 0xBEC6CCCC, 0xBEBF999A, 0xBEB86666, 0xBEB13333, 0xBEAA0000,
+    0xBEA2CCCC, 0xBE9B999A, 0xBE946666, 0xBE8D3334, 0xBE860000, 0xBE7D9999, 0xBE6F3333, 0xBE60CCCD,
+    0xBE526666, 0xBE440000, 0xBE35999A, 0xBE273333, 0xBE18CCCD, 0xBE0A6666, 0xBDF80000, 0xBDDB3334,
+    0xBDC9EB85, 0xBDC428F7, 0xBDBE6667, 0xBDB8A3D7, 0xBDB2E148, 0xBDAD1EB8, 0xBDA75C2A, 0xBDA1999A,
+    0xBD9BD70A, 0xBD96147B, 0xBD9051EB, 0xBD8A8F5D, 0xBD84CCCD, 0xBD7E147B, 0xBD728F5D, 0xBD670A3D,
+    0xBD5B851F, 0xBD500000, 0xBD447AE1, 0xBD38F5C3, 0xBD2D70A3, 0xBD21EB85, 0xBD166667, 0xBD0AE148,
+    0xBCFEB852, 0xBCE7AE15, 0xBCD0A3D7, 0xBCB9999A, 0xBCA28F5D, 0xBC8B851F, 0xBC68F5C3, 0xBC3AE148,
+    0xBC1F3B64, 0xBC160418, 0xBC0CCCCD, 0xBC039581, 0xBBF4BC6A, 0xBBE24DD3, 0xBBCFDF3B, 0xBBBD70A4,
+    0xBBAB020D, 0xBB989374, 0xBB8624DD, 0xBB676C8A, 0xBB428F5C, 0xBB1DB22D, 0xBAF1A9FC, 0xBAA7EF9D,
+    0xBA7765FF, 0xBA59E83E, 0xBA3C6A80, 0xBA1EECC1, 0xBA016F01, 0xB9C7E283, 0xB98CE705, 0xB923D70B,
+    0xB8BA1F4B, 0xB88AEFB3, 0xB8378034, 0xB7B24206, 0xB70205FF, 0xB65A1A94, 0xB513A3B7, 0x00000000,
+    0x3513A3B7, 0x365A1A94, 0x370205FF, 0x37B24206, 0x38378034, 0x388AEFB3, 0x38BA1F4B, 0x3923D70B,
+    0x398CE705, 0x39C7E283, 0x3A016F01, 0x3A1EECC1, 0x3A3C6A80, 0x3A59E83E, 0x3A7765FF, 0x3AA7EF9D,
+    0x3AF1A9FC, 0x3B1DB22D, 0x3B428F5C, 0x3B676C8A, 0x3B8624DD, 0x3B989374, 0x3BAB020D, 0x3BBD70A4,
+    0x3BCFDF3B, 0x3BE24DD3, 0x3BF4BC6A, 0x3C039581, 0x3C0CCCCD, 0x3C160418, 0x3C1F3B64, 0x3C3AE148,
+    0x3C68F5C3, 0x3C8B851F, 0x3CA28F5D, 0x3CB9999A, 0x3CD0A3D7, 0x3CE7AE15, 0x3CFEB852, 0x3D0AE148,
+    0x3D166667, 0x3D21EB85, 0x3D2D70A3, 0x3D38F5C3, 0x3D447AE1, 0x3D500000, 0x3D5B851F, 0x3D670A3D,
+    0x3D728F5D, 0x3D7E147B, 0x3D84CCCD, 0x3D8A8F5D, 0x3D9051EB, 0x3D96147B, 0x3D9BD70A, 0x3DA1999A,
+    0x3DA75C2A, 0x3DAD1EB8, 0x3DB2E148, 0x3DB8A3D7, 0x3DBE6667, 0x3DC428F7, 0x3DC9EB85, 0x3DDB3334,
+    0x3DF80000, 0x3E0A6666, 0x3E18CCCD, 0x3E273333, 0x3E35999A, 0x3E440000, 0x3E526666, 0x3E60CCCD,
+    0x3E6F3333, 0x3E7D9999, 0x3E860000, 0x3E8D3334, 0x3E946666, 0x3E9B999A, 0x3EA2CCCC, 0x3EAA0000,
+    0x3EB13333, 0x3EB86666, 0x3EBF999A, 0x3EC6CCCC, 0x3ECE0000, 0x3ED53333, 0x3EDC6666, 0x3EE3999A,
+    0x3EEACCCC, 0x3EF20000, 0x3EF93332, 0x3F003333, 0x3F03CCCC, 0x3F076666, 0x3F0B0000, 0x3F0E999A,
+    0x3F123334, 0x3F15CCCD, 0x3F196666, 0x3F1D0000, 0x3F20999A, 0x3F243334, 0x3F27CCCD, 0x3F2B6666,
+    0x3F2F0000, 0x3F32999A, 0x3F363334, 0x3F39CCCD, 0x3F3D6666, 0x3F410000, 0x3F44999A, 0x3F483333,
+    0x3F4BCCCD, 0x3F4F6666, 0x3F530000, 0x3F56999A, 0x3F5A3333, 0x3F5DCCCD, 0x3F616666, 0x3F650000,
+    0x3F68999A, 0x3F6C3333, 0x3F6FCCCD, 0x3F736666, 0x3F770000, 0x3F7A999A, 0x3F7E3333, 0x3F800000,
+)
+_UNSIGNED_MAP_BITS = (
+    0x00000000, 0x34AE7BAA, 0x35500998, 0x360E9B38, 0x3692CCF6, 0x36DE4C51, 0x3714E5D5, 0x3783126E,
+    0x37E171A0, 0x381FE868, 0x384F1800, 0x387E479A, 0x3896BB99, 0x38AE5364, 0x38C5EB31, 0x3906594B,
+    0x394154CA, 0x397C5049, 0x399BA5E4, 0x39B923A2, 0x39D6A163, 0x39F41F22, 0x3A08CE71, 0x3A178D50,
+    0x3A264C30, 0x3A350B10, 0x3A43C9EF, 0x3A5288D0, 0x3A6147AF, 0x3A70068E, 0x3A7EC56E, 0x3A958106,
+    0x3ABA5E35, 0x3ADF3B64, 0x3B020C4A, 0x3B147AE1, 0x3B26E978, 0x3B395810, 0x3B4BC6A7, 0x3B5E3540,
+    0x3B70A3D7, 0x3B818937, 0x3B8AC082, 0x3B93F7CF, 0x3B9D2F1A, 0x3BA66666, 0x3BAF9DB2, 0x3BB8D4FD,
+    0x3BC20C4A, 0x3BCB4395, 0x3BD47AE1, 0x3BDDB22E, 0x3BE6E978, 0x3BF020C5, 0x3BF9580F, 0x3C0147AE,
+    0x3C05E354, 0x3C0A7EF9, 0x3C0F1AA0, 0x3C13B645, 0x3C1851EB, 0x3C1CED92, 0x3C218937, 0x3C2F5C2A,
+    0x3C466667, 0x3C5D70A3, 0x3C747AE2, 0x3C85C28F, 0x3C9147AF, 0x3C9CCCCD, 0x3CA851EB, 0x3CB3D70B,
+    0x3CBF5C29, 0x3CCAE147, 0x3CD66667, 0x3CE1EB87, 0x3CED70A3, 0x3CF8F5C3, 0x3D023D70, 0x3D080000,
+    0x3D0DC28F, 0x3D13851F, 0x3D1947AF, 0x3D1F0A3D, 0x3D24CCCD, 0x3D2A8F5C, 0x3D3051EB, 0x3D36147B,
+    0x3D3BD70A, 0x3D41999A, 0x3D475C28, 0x3D4D1EB8, 0x3D52E147, 0x3D58A3D7, 0x3D5E6667, 0x3D6428F7,
+    0x3D69EB87, 0x3D6FAE15, 0x3D7570A3, 0x3D7B3333, 0x3D807AE2, 0x3D835C2A, 0x3D863D71, 0x3D891EB8,
+    0x3D8C0000, 0x3D8EE148, 0x3D91C290, 0x3D94A3D7, 0x3D97851F, 0x3D9A6667, 0x3D9D47AF, 0x3DA028F6,
+    0x3DA30A3E, 0x3DA5EB85, 0x3DA8CCCD, 0x3DABAE15, 0x3DAE8F5C, 0x3DB170A4, 0x3DB451EB, 0x3DB73333,
+    0x3DBA147B, 0x3DBCF5C3, 0x3DBFD70B, 0x3DC2B852, 0x3DC5999A, 0x3DC87AE2, 0x3DCB5C29, 0x3DD40000,
+    0x3DE26666, 0x3DF0CCCD, 0x3DFF3333, 0x3E06CCCC, 0x3E0E0000, 0x3E153334, 0x3E1C6666, 0x3E23999A,
+    0x3E2ACCCC, 0x3E320000, 0x3E393334, 0x3E406666, 0x3E47999A, 0x3E4ECCCC, 0x3E560000, 0x3E5D3334,
+    0x3E646666, 0x3E6B999A, 0x3E72CCCC, 0x3E7A0000, 0x3E809999, 0x3E843333, 0x3E87CCCD, 0x3E8B6666,
+    0x3E8F0000, 0x3E92999A, 0x3E963333, 0x3E99CCCC, 0x3E9D6666, 0x3EA10000, 0x3EA4999A, 0x3EA83333,
+    0x3EABCCCC, 0x3EAF6666, 0x3EB30000, 0x3EB6999A, 0x3EBA3333, 0x3EBDCCCC, 0x3EC16666, 0x3EC50000,
+    0x3EC8999A, 0x3ECC3333, 0x3ECFCCCC, 0x3ED36666, 0x3ED70000, 0x3EDA999A, 0x3EDE3333, 0x3EE1CCCC,
+    0x3EE56666, 0x3EE90000, 0x3EEC999A, 0x3EF03333, 0x3EF3CCCC, 0x3EF76666, 0x3EFB0000, 0x3EFE9999,
+    0x3F01199A, 0x3F02E666, 0x3F04B333, 0x3F068000, 0x3F084CCC, 0x3F0A199A, 0x3F0BE666, 0x3F0DB334,
+    0x3F0F8000, 0x3F114CCD, 0x3F13199A, 0x3F14E666, 0x3F16B334, 0x3F188000, 0x3F1A4CCD, 0x3F1C199A,
+    0x3F1DE666, 0x3F1FB334, 0x3F218000, 0x3F234CCD, 0x3F25199A, 0x3F26E666, 0x3F28B334, 0x3F2A8000,
+    0x3F2C4CCD, 0x3F2E199A, 0x3F2FE666, 0x3F31B334, 0x3F338000, 0x3F354CCD, 0x3F37199A, 0x3F38E666,
+    0x3F3AB334, 0x3F3C8000, 0x3F3E4CCD, 0x3F40199A, 0x3F41E666, 0x3F43B334, 0x3F458000, 0x3F474CCC,
+    0x3F49199A, 0x3F4AE666, 0x3F4CB334, 0x3F4E8000, 0x3F504CCC, 0x3F52199A, 0x3F53E666, 0x3F55B334,
+    0x3F578000, 0x3F594CCC, 0x3F5B199A, 0x3F5CE666, 0x3F5EB334, 0x3F608000, 0x3F624CCC, 0x3F64199A,
+    0x3F65E666, 0x3F67B334, 0x3F698000, 0x3F6B4CCC, 0x3F6D199A, 0x3F6EE666, 0x3F70B334, 0x3F728000,
+    0x3F744CCC, 0x3F76199A, 0x3F77E666, 0x3F79B334, 0x3F7B8000, 0x3F7D4CCC, 0x3F7F199A, 0x3F800000,
+)
+
+
+def _table(bits):
+    table = np.array(bits, dtype=np.uint32).view(np.float32)
+    table.flags.writeable = False
+    return table
+
+
+_MAPS = {True: _table(_SIGNED_MAP_BITS), False: _table(_UNSIGNED_MAP_BITS)}
+
+# The decision boundaries: the midpoint of each pair of neighbouring map values,
+# computed exactly in float64 and rounded (to nearest even) to float32.
+_MIDPOINTS = {}
+for _signed, _map in _MAPS.items():
+    _MIDPOINTS[_signed] = ((_map[:-1].astype(np.float64) + _map[1:]) / 2).astype(np.float32)
+    _MIDPOINTS[_signed].flags.writeable = False
+del _signed, _map
+
+
+def create_dynamic_map(signed=True):
+    """The 256 sorted float32 values of bitsandbytes' dynamic map (a new array).
+
+    ``signed=True``: 127 negative values, 0 (code 127), 127 positive values, and
+    1.0 (code 255); ``map[k] == -map[254 - k]`` for k < 255. ``signed=False``:
+    0 (code 0), 254 positive values, 1.0 (code 255).
+    """
+    return _MAPS[bool(signed)].copy()
+
+
+def _blocks(n):
+    return -(-n // BLOCK)
+
+
+def quantize_blockwise(x, signed=True):
+    """Block-wise dynamic quantization of float32 values: ``(codes, absmax)``.
+
+    ``x`` is read in C order and cut into blocks of 256 (the last may be
+    shorter). For each block, in float32::
+
+        absmax = max |x|                       (NaN if the block holds a NaN)
+        n      = x / absmax                    (IEEE division; n = 0 where absmax == 0)
+        code   = the number of midpoints m[k] with m[k] < n
+
+    where ``m[k]`` (k = 0..254) is the midpoint of map values k and k + 1,
+    rounded to float32 (``_MIDPOINTS``). So ``code`` is the index of the
+    nearest map value, and a value exactly on a midpoint takes the lower code.
+    An all-zero block has absmax 0 and every code the code of 0. A NaN ``n``
+    takes code 255. With ``signed=False`` a negative ``n`` takes code 0.
+
+    Returns ``codes`` (uint8, the shape of ``x``) and ``absmax`` (float32,
+    ``ceil(x.size / 256)`` values).
+    """
+    x = np.asarray(x, dtype=np.float32)
+    flat = x.reshape(-1)
+    nblocks = _blocks(flat.size)
+    padded = np.zeros(nblocks * BLOCK, dtype=np.float32)
+    padded[:flat.size] = flat
+    blocks = padded.reshape(nblocks, BLOCK)
+    absmax = np.max(np.abs(blocks), axis=1, initial=np.float32(0))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        n = blocks / absmax[:, None]
+    n[absmax == 0] = 0
+    codes = np.searchsorted(_MIDPOINTS[bool(signed)], n.reshape(-1), side="left")
+    return codes[:flat.size].astype(np.uint8).reshape(x.shape), absmax
+
+
+def dequantize_blockwise(codes, absmax, signed=True):
+    """float32 values ``map[code] * absmax`` of each element's block (one
+    float32 rounding), in the shape of ``codes``."""
+    codes = np.asarray(codes)
+    flat = codes.reshape(-1)
+    scale = np.repeat(np.asarray(absmax, dtype=np.float32), BLOCK)[:flat.size]
+    return (_MAPS[bool(signed)][flat] * scale).reshape(codes.shape)
+
+
+def _writeable_c_array(x, name, dtype):
+    if not isinstance(x, np.ndarray):
+        raise TypeError(f"{name}: expected a NumPy array, got {type(x).__name__}")
+    if x.dtype != dtype:
+        raise TypeError(f"{name}: expected dtype {np.dtype(dtype).name}, got {x.dtype}")
+    if not x.flags.c_contiguous:
+        raise ValueError(f"{name}: the array must be C-contiguous")
+    if not x.flags.writeable:
+        raise ValueError(f"{name}: the array must be writeable")
+
+
+class Q8State:
+    """An optimizer state held in 8 bits (see :func:`quantize_blockwise`).
+
+    ``codes``: uint8, the param's shape, C-contiguous, writeable. ``absmax``:
+    float32, 1-D, C-contiguous, writeable, one value per block of 256 codes
+    in C order. ``signed``: which dynamic map the codes index; ``False`` is for
+    states that are never negative. Steps update ``codes`` and ``absmax`` in
+    place.
+    """
+
+    __slots__ = ("codes", "absmax", "signed")
+
+    def __init__(self, codes, absmax, signed=True):
+        _writeable_c_array(codes, "codes", np.uint8)
+        _writeable_c_array(absmax, "absmax", np.float32)
+        if absmax.ndim != 1 or absmax.size != _blocks(codes.size):
+            raise ValueError(f"absmax: expected {_blocks(codes.size)} values (one per block of "
+                             f"{BLOCK} codes), got shape {absmax.shape}")
+        if not isinstance(signed, (bool, np.bool_)):
+            raise TypeError(f"signed: expected a bool, got {type(signed).__name__}")
+        self.codes, self.absmax, self.signed = codes, absmax, bool(signed)
+
+    @property
+    def shape(self):
+        return self.codes.shape
+
+    @property
+    def nbytes(self):
+        return self.codes.nbytes + self.absmax.nbytes
+
+    def dequantize(self):
+        """The values as a new float32 array of the state's shape."""
+        return dequantize_blockwise(self.codes, self.absmax, self.signed)
+
+    def __repr__(self):
+        return f"Q8State(shape={self.shape}, signed={self.signed})"
+
+
+def bfloat16():
+    """``ml_dtypes.bfloat16``, imported on first use."""
+    try:
+        import ml_dtypes
+    except ImportError:
+        raise ImportError("bfloat16 arrays need ml_dtypes: pip install ml_dtypes") from None
+    return np.dtype(ml_dtypes.bfloat16)
+
+
+def is_16bit(dtype):
+    """Whether ``dtype`` is bfloat16 or float16."""
+    return np.dtype(dtype) == np.float16 or np.dtype(dtype).name == "bfloat16"
+
+
+def zeros_state(param, dtype=None, *, signed=True):
+    """A zero optimizer state for ``param`` (a NumPy array).
+
+    ``dtype``: ``None`` (the param's dtype), ``"float32"``, ``"bfloat16"``,
+    ``"float16"`` (float16 params only), ``"float64"`` (float64 params only) or
+    ``"q8"``: a :class:`Q8State` (all codes the code of 0, absmax 0) when the
+    param has at least ``Q8_MIN_SIZE`` = 4096 elements, float32 zeros
+    otherwise. ``signed=False`` makes q8 states for values that are never
+    negative (second moments, Adagrad sums, Adadelta accumulators).
+    """
+    if not isinstance(param, np.ndarray):
+        raise TypeError(f"param: expected a NumPy array, got {type(param).__name__}")
+    if not (param.dtype in (np.float32, np.float64) or is_16bit(param.dtype)):
+        raise TypeError(f"param: dtype {param.dtype} is not supported "
+                        "(float32, float64, bfloat16 or float16)")
+    if not isinstance(signed, (bool, np.bool_)):
+        raise TypeError(f"signed: expected a bool, got {type(signed).__name__}")
+    choices = "None, 'float32', 'bfloat16', 'float16', 'float64' or 'q8'"
+    if dtype is None:
+        dtype = param.dtype.name
+    if not isinstance(dtype, str):
+        raise TypeError(f"dtype: expected {choices}, got {dtype!r}")
+    if dtype == "q8":
+        if param.size < Q8_MIN_SIZE:
+            return np.zeros(param.shape, dtype=np.float32)
+        codes = np.full(param.shape, 127 if signed else 0, dtype=np.uint8)
+        return Q8State(codes, np.zeros(_blocks(param.size), dtype=np.float32), signed)
+    if dtype == "float32":
+        return np.zeros(param.shape, dtype=np.float32)
+    if dtype == "bfloat16":
+        return np.zeros(param.shape, dtype=bfloat16())
+    if dtype in ("float16", "float64"):
+        if param.dtype != dtype:
+            raise ValueError(f"dtype: {dtype} states need a {dtype} param, not {param.dtype} "
+                             "(states are float32, the param's dtype, bfloat16 or q8)")
+        return np.zeros(param.shape, dtype=dtype)
+    raise ValueError(f"dtype: expected {choices}, got {dtype!r}")
+
+
+def round_nearest(x, dtype):
+    """``x`` rounded to ``dtype`` to nearest, ties to even (IEEE's default).
+
+    A float64 value goes to a 16-bit dtype through float32 (two roundings, as
+    ``cvtpd_ps`` then ``cvtps_ph``/``cvtneps_pbh`` do). Overflow gives inf; NaN
+    stays NaN.
+    """
+    dtype = np.dtype(dtype)
+    x = np.asarray(x)
+    with np.errstate(over="ignore", invalid="ignore"):
+        if is_16bit(dtype):
+            x = x.astype(np.float32, copy=False)
+        return x.astype(dtype, copy=False)
+
+
+_M32 = 0xFFFFFFFF
+_KEY_INIT = 0x243F6A88
+_WEYL = 0x9E3779B9
+
+
+def _lowbias32(x):
+    """Chris Wellons' lowbias32 on uint32 arrays (all arithmetic mod 2**32)::
+
+        x ^= x >> 16; x *= 0x7FEB352D; x ^= x >> 15; x *= 0x846CA68B; x ^= x >> 16
+    """
+    x = x ^ (x >> np.uint32(16))
+    x = x * np.uint32(0x7FEB352D)
+    x = x ^ (x >> np.uint32(15))
+    x = x * np.uint32(0x846CA68B)
+    return x ^ (x >> np.uint32(16))
+
+
+def _word(value, name):
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name}: expected an int, got {type(value).__name__}")
+    if not 0 <= value < 2**64:
+        raise ValueError(f"{name}: expected 0 <= {name} < 2**64, got {value}")
+    return int(value)
+
+
+def random_bits(seed, step, start, count):
+    """The 32-bit random numbers ``R(i)`` of stochastic rounding, for the
+    positions ``i = start .. start + count - 1`` (uint32 array).
+
+    ``i`` is an element's position in the call: the params of the list laid
+    end to end, each in C order, counted from 0. ``seed`` and ``step`` are
+    integers in [0, 2**64) (a step function without a step uses 0). With
+    ``lo(v)``/``hi(v)`` the low/high 32 bits, all arithmetic mod 2**32 and
+    ``H`` = :func:`_lowbias32`::
+
+        key(h) = H(H(H(H(H(0x243F6A88 ^ lo(seed)) ^ hi(seed)) ^ lo(step)) ^ hi(step)) ^ h)
+        R(i)   = H(key(hi(i)) + lo(i) * 0x9E3779B9)
+
+    ``key`` changes only every 2**32 positions, so a kernel computes it once
+    per run of positions; per element it costs one multiply-add and one ``H``.
+    """
+    seed, step = _word(seed, "seed"), _word(step, "step")
+    positions = np.arange(start, start + count, dtype=np.uint64)
+    key = np.array([_KEY_INIT], dtype=np.uint32)
+    for word in (seed & _M32, seed >> 32, step & _M32, step >> 32):
+        key = _lowbias32(key ^ np.uint32(word))
+    keys = _lowbias32(key ^ (positions >> np.uint64(32)).astype(np.uint32))
+    lo = (positions & np.uint64(_M32)).astype(np.uint32)
+    return _lowbias32(keys + lo * np.uint32(_WEYL))
+
+
+def round_stochastic(x, dtype, bits):
+    """float32 ``x`` rounded stochastically to bfloat16 or float16 with the
+    random numbers ``bits`` (uint32, one per element, from :func:`random_bits`).
+
+    Let ``a`` be ``x`` truncated toward zero to ``dtype`` (its bit pattern with
+    the low bits dropped) and ``b`` the next value away from zero (inf after the
+    largest finite value); the result is ``b`` if::
+
+        R < 2**32 * (|x| - |a|) / ulp(a)
+
+    and ``a`` otherwise, so it is ``b`` with probability ``(|x| - |a|) /
+    ulp(a)``: unbiased. ``x == a`` (zeros, infs, exact values) never moves;
+    NaN stays NaN (bfloat16: the high half of its bits with the quiet bit set).
+    In bit form, with ``u`` the float32 bits of ``x``:
+
+    * bfloat16: ``(u >> 16) + ((R >> 16) < (u & 0xFFFF))``; equivalently the
+      classic ``(u + (0xFFFF - (R >> 16))) >> 16``.
+    * float16, ``2**-14 <= |x| < 2**16``: the float16 truncation of ``x`` plus
+      one ulp when ``(R >> 19) < (u & 0x1FFF)``. Below ``2**-14`` (float16
+      subnormals, ``ulp = 2**-24``): ``R < (|x| - |a|) * 2**56``, compared
+      exactly (in float64). ``|x| >= 2**16`` gives inf.
+    """
+    x = np.asarray(x, dtype=np.float32)
+    bits = np.asarray(bits, dtype=np.uint32).reshape(x.shape)
+    if np.dtype(dtype) == np.float16:
+        return _round_stochastic_float16(x, bits)
+    u = x.view(np.uint32)
+    high = (u >> np.uint32(16)).astype(np.uint16)
+    up = (bits >> np.uint32(16)) < (u & np.uint32(0xFFFF))
+    out = np.where(np.isnan(x), high | np.uint16(0x0040), high + up.astype(np.uint16))
+    return out.astype(np.uint16).view(bfloat16())
+
+
+def _round_stochastic_float16(x, bits):
+    ax = np.abs(x.astype(np.float64))
+    with np.errstate(over="ignore", invalid="ignore"):
+        nearest = x.astype(np.float16)
+        toward_zero = np.where(np.abs(nearest.astype(np.float64)) > ax,
+                               np.nextafter(nearest, np.float16(0)), nearest)
+        exponent = np.frexp(toward_zero.astype(np.float64))[1] - 1
+        exponent = np.where(toward_zero == 0, -14, np.maximum(exponent, -14))
+        threshold = (ax - np.abs(toward_zero.astype(np.float64))) * 2.0**(42 - exponent)
+        up = bits.astype(np.float64) < threshold
+        away = np.nextafter(toward_zero, np.copysign(np.float16(np.inf), toward_zero))
+    out = np.where(up, away, toward_zero)
+    return np.where(ax >= 2.0**16, np.copysign(np.float16(np.inf), x), out).astype(np.float16)
