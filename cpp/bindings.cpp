@@ -5,6 +5,7 @@
 #include <pybind11/pybind11.h>
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
@@ -24,14 +25,80 @@ namespace {
 // Slots of the arrays of one call: params, grads, then up to three states.
 constexpr int kParams = 0, kGrads = 1;
 
-// The arrays of one call, split by dtype. `keep` holds until the call ends
-// what owns their memory: a tuple of each sequence's items, and the NumPy
-// views made of buffer-protocol objects and torch tensors.
+// The arrays of one call, split by how each tensor's arrays store their
+// numbers: all float32 and all float64 run the plain kernels; any other mix
+// (16-bit arrays, float32 or bfloat16 states of a float64 param) runs the
+// tiled kernels, in float (mixed32) or, for float64 params, in double
+// (mixed64). For a norm or a clip, 16-bit gradients go to mixed32. `keep`
+// holds until the call ends what owns the memory: a tuple of each sequence's
+// items, and the NumPy views made of buffer-protocol objects and torch tensors.
 struct Collected {
     Batch<float> f32;
     Batch<double> f64;
+    MixedBatch<float> mixed32;
+    MixedBatch<double> mixed64;
     std::vector<py::object> keep;
 };
+
+bool is_16bit(Storage s) { return s == Storage::bf16 || s == Storage::f16; }
+
+int storage_bytes(Storage s) {
+    return s == Storage::f64 ? 8 : s == Storage::f32 ? 4 : is_16bit(s) ? 2 : 0;
+}
+
+const char* storage_name(Storage s) {
+    switch (s) {
+        case Storage::f32: return "float32";
+        case Storage::f64: return "float64";
+        case Storage::bf16: return "bfloat16";
+        case Storage::f16: return "float16";
+        case Storage::none: break;
+    }
+    return "none";
+}
+
+// The dtypes a state of a `param` param may have: float32, the param's own,
+// or bfloat16 (float64 only with float64 params).
+const char* state_dtypes(Storage param) {
+    switch (param) {
+        case Storage::f64: return "float64, float32 or bfloat16";
+        case Storage::f16: return "float16, float32 or bfloat16";
+        default: return "float32 or bfloat16";
+    }
+}
+
+constexpr int kNpyHalf = 23;      // NPY_HALF, NumPy's float16 (pybind11 has no name for it)
+constexpr int kNpyUserDef = 256;  // NPY_USERDEF: type numbers from here on are registered by extensions
+
+// The type number of ml_dtypes.bfloat16 in this process, or -1 without
+// ml_dtypes. Looked up once, when the first array of a registered dtype
+// arrives (only then could ml_dtypes be in use): never imported before.
+int bfloat16_type_num() {
+    static int num = -1;  // guarded by the GIL
+    static bool looked = false;
+    if (!looked) {
+        try {
+            num = py::module_::import("numpy")
+                      .attr("dtype")(py::module_::import("ml_dtypes").attr("bfloat16"))
+                      .attr("num")
+                      .cast<int>();
+        } catch (py::error_already_set&) {  // no ml_dtypes: then no bfloat16 array either
+        }
+        looked = true;
+    }
+    return num;
+}
+
+// How an array of this dtype stores its numbers; none for a dtype the kernels lack.
+Storage storage_of(const py::detail::PyArrayDescr_Proxy* descr) {
+    const auto& npy = py::detail::npy_api::get();
+    const int num = descr->type_num;
+    if (num == npy.NPY_FLOAT_) return Storage::f32;
+    if (num == npy.NPY_DOUBLE_) return Storage::f64;
+    if (num == kNpyHalf) return Storage::f16;
+    if (num >= kNpyUserDef && num == bfloat16_type_num()) return Storage::bf16;
+    return Storage::none;
+}
 
 // A RuntimeWarning; where warnings are errors, the exception propagates.
 void warn(const std::string& message) {
@@ -73,10 +140,11 @@ bool is_torch_tensor(const py::handle& obj) {
 
 // A NumPy view of `obj` that shares its memory: an ndarray itself, a view of a
 // buffer or an __array_interface__ exporter, or a CPU torch tensor's .numpy().
-// Anything that could only be converted by copying is refused: the update
-// would land in the copy.
+// NumPy has no bfloat16 of its own, so a torch bfloat16 tensor is viewed as
+// int16 and `forced` says bfloat16. Anything that could only be converted by
+// copying is refused: the update would land in the copy.
 py::array as_array(py::handle obj, const py::tuple& names, int i, std::size_t t,
-                   std::vector<py::object>& keep) {
+                   std::vector<py::object>& keep, Storage& forced) {
     if (py::isinstance<py::array>(obj)) return py::reinterpret_borrow<py::array>(obj);
     const std::string name = where(names, i, t);
     if (py::hasattr(obj, "__cuda_array_interface__"))
@@ -92,13 +160,18 @@ py::array as_array(py::handle obj, const py::tuple& names, int i, std::size_t t,
                                  py::str(obj.attr("device")).cast<std::string>() +
                                  "; the C++ path takes CPU tensors");
         try {
-            view = obj.attr("detach")().attr("numpy")();
+            py::object tensor = obj.attr("detach")();
+            if (py::str(obj.attr("dtype")).equal(py::str("torch.bfloat16"))) {
+                tensor = tensor.attr("view")(py::module_::import("torch").attr("int16"));
+                forced = Storage::bf16;
+            }
+            view = tensor.attr("numpy")();
         } catch (py::error_already_set& e) {  // a dtype NumPy lacks, such as bfloat16
             throw py::type_error(name + ": " + e.what());
         }
     } else {
-        throw py::type_error(name + " must be a float32 or float64 array (NumPy array, buffer "
-                             "or CPU torch tensor), got " +
+        throw py::type_error(name + " must be a float32, float64, bfloat16 or float16 array "
+                             "(NumPy array, buffer or CPU torch tensor), got " +
                              py::str(py::type::of(obj).attr("__name__")).cast<std::string>());
     }
     keep.push_back(view);
@@ -107,9 +180,11 @@ py::array as_array(py::handle obj, const py::tuple& names, int i, std::size_t t,
 
 // Checks every array of one call and gathers the pointers. `arrays` holds one
 // sequence (or None for an unused state) per slot starting at `first_slot`.
-// Throws TypeError/ValueError naming the argument and index; writes nothing.
+// Without `sixteen_bit`, bfloat16 and float16 arrays are refused (back ends
+// that lack them). Throws TypeError/ValueError naming the argument and index;
+// writes nothing.
 Collected collect(const py::tuple& arrays, const py::tuple& names, int first_slot,
-                  bool grads_writeable) {
+                  bool grads_writeable, bool sixteen_bit = true) {
     const int n_args = int(arrays.size());
     Collected out;
     std::vector<py::object> seqs(static_cast<std::size_t>(n_args), py::object(py::none()));
@@ -149,55 +224,86 @@ Collected collect(const py::tuple& arrays, const py::tuple& names, int first_slo
     // thousand-tensor step must not spend microseconds here.
     for (std::size_t t = 0; t < n; ++t) {
         const py::detail::PyArray_Proxy* first = nullptr;
-        int first_num = 0;
+        Storage param = Storage::none;
+        std::array<Operand, kOperands> x{};
+        std::int64_t size = 0;
         for (int i = 0; i < n_args; ++i) {
             if (seqs[i].is_none()) continue;
             const int slot = first_slot + i;
             PyObject* item = PyTuple_GET_ITEM(seqs[i].ptr(), t);
             auto label = [&] { return where(names, i, t); };  // for messages only
-            if (!npy.PyArray_Check_(item)) item = as_array(item, names, i, t, out.keep).ptr();
+            Storage forced = Storage::none;
+            if (!npy.PyArray_Check_(item))
+                item = as_array(item, names, i, t, out.keep, forced).ptr();
             const auto* a = py::detail::array_proxy(item);
             const auto* descr = py::detail::array_descriptor_proxy(a->descr);
-            const int num = descr->type_num;
-            if (num != npy.NPY_FLOAT_ && num != npy.NPY_DOUBLE_)
-                throw py::type_error(label() + " has dtype " + dtype_of(a) +
-                                     "; expected float32 or float64");
+            const Storage storage = forced != Storage::none ? forced : storage_of(descr);
+            auto dtype = [&] { return forced != Storage::none ? storage_name(forced) : dtype_of(a); };
+            if (storage == Storage::none || (!sixteen_bit && is_16bit(storage)))
+                throw py::type_error(label() + " has dtype " + dtype() + "; expected " +
+                                     (sixteen_bit ? "float32, float64, bfloat16 or float16"
+                                                  : "float32 or float64"));
             if (descr->byteorder != '=' && descr->byteorder != '|')
                 throw py::type_error(label() + " has non-native byte order");
             if (first == nullptr) {
                 first = a;
-                first_num = num;
-            } else {
-                if (num != first_num)
-                    throw py::type_error(label() + " has dtype " + dtype_of(a) + " but " +
-                                         where(names, 0, t) + " has " + dtype_of(first) +
-                                         " (no implicit conversion)");
-                if (a->nd != first->nd ||
-                    !std::equal(a->dimensions, a->dimensions + a->nd, first->dimensions))
-                    throw py::value_error(label() + " has shape " + shape_of(a) + " but " +
-                                          where(names, 0, t) + " has shape " + shape_of(first));
+            } else if (a->nd != first->nd ||
+                       !std::equal(a->dimensions, a->dimensions + a->nd, first->dimensions)) {
+                throw py::value_error(label() + " has shape " + shape_of(a) + " but " +
+                                      where(names, 0, t) + " has shape " + shape_of(first));
+            }
+            // A grad has its param's dtype, or float32 for a 16-bit param; a
+            // state float32, the param's dtype or bfloat16.
+            if (slot == kParams) {
+                param = storage;
+            } else if (slot == kGrads && param != Storage::none && storage != param &&
+                       !(storage == Storage::f32 && is_16bit(param))) {
+                throw py::type_error(
+                    label() + " has dtype " + dtype() + " but " + where(names, 0, t) + " has " +
+                    storage_name(param) +
+                    (is_16bit(param) ? " (a grad has its param's dtype, or float32)"
+                                     : " (no implicit conversion)"));
+            } else if (slot > kGrads && storage != param && storage != Storage::f32 &&
+                       storage != Storage::bf16) {
+                throw py::type_error(label() + " has dtype " + dtype() + "; a state of a " +
+                                     storage_name(param) + " param (" + where(names, 0, t) +
+                                     ") is " + state_dtypes(param));
             }
             if (!(a->flags & npy.NPY_ARRAY_C_CONTIGUOUS_))
                 throw py::value_error(label() + " is not C-contiguous");
             if ((slot != kGrads || grads_writeable) && !(a->flags & npy.NPY_ARRAY_WRITEABLE_))
                 throw py::value_error(label() + " is read-only");
-            std::int64_t size = 1;
+            size = 1;
             for (int d = 0; d < a->nd; ++d) size *= a->dimensions[d];
             const std::uintptr_t lo = reinterpret_cast<std::uintptr_t>(a->data);
-            const std::uintptr_t bytes = std::uintptr_t(size) * (num == npy.NPY_FLOAT_ ? 4 : 8);
+            const std::uintptr_t bytes = std::uintptr_t(size) * std::uintptr_t(storage_bytes(storage));
             if (size > 0) spans.push_back({lo, lo + bytes, i, t});
-
-            auto push = [&](auto& batch) {
-                using T = std::remove_pointer_t<typename std::decay_t<decltype(batch.params)>::value_type>;
-                T* p = reinterpret_cast<T*>(a->data);
-                if (slot == kParams) batch.params.push_back(p);
-                else if (slot == kGrads) batch.grads.push_back(p);
-                else batch.states[slot - 2].push_back(p);
-                if (i == 0) batch.offsets.push_back(batch.offsets.back() + size);
-            };
-            if (num == npy.NPY_FLOAT_) push(out.f32);
-            else push(out.f64);
+            x[std::size_t(slot)] = Operand{a->data, storage};
         }
+
+        // All float32 or all float64: the plain kernels; any other mix: tiles.
+        bool all_f32 = true, all_f64 = true;
+        for (const Operand& o : x) {
+            all_f32 = all_f32 && (o.data == nullptr || o.storage == Storage::f32);
+            all_f64 = all_f64 && (o.data == nullptr || o.storage == Storage::f64);
+        }
+        auto push = [&](auto& batch) {
+            using T = std::remove_pointer_t<typename std::decay_t<decltype(batch.params)>::value_type>;
+            if (first_slot == kParams) batch.params.push_back(static_cast<T*>(x[kParams].data));
+            batch.grads.push_back(static_cast<const T*>(x[kGrads].data));
+            for (int k = 0; k < 3; ++k)
+                if (x[std::size_t(kGrads + 1 + k)].data != nullptr)
+                    batch.states[k].push_back(static_cast<T*>(x[std::size_t(kGrads + 1 + k)].data));
+            batch.offsets.push_back(batch.offsets.back() + size);
+        };
+        auto push_mixed = [&](auto& batch) {
+            batch.tensors.push_back(x);
+            batch.offsets.push_back(batch.offsets.back() + size);
+        };
+        if (all_f32) push(out.f32);
+        else if (all_f64) push(out.f64);
+        else if (param == Storage::f64) push_mixed(out.mixed64);
+        else push_mixed(out.mixed32);
     }
 
     // Overlapping arrays would be read after another array's write: refuse
@@ -234,15 +340,26 @@ P params_from(const py::dict& hp) {
     return p;
 }
 
+// One optimizer's kernels in each part of the kernel table.
 template <class P>
-void update(UpdateFn<P, float> TypedKernels<float>::*f32, UpdateFn<P, double> TypedKernels<double>::*f64,
-            const py::tuple& arrays, const py::tuple& names, const py::dict& hp) {
+struct UpdateKernels {
+    UpdateFn<P, float> TypedKernels<float>::*f32;
+    UpdateFn<P, double> TypedKernels<double>::*f64;
+    MixedFn<P> MixedKernels<float>::*mixed32;
+    MixedFn<P> MixedKernels<double>::*mixed64;
+};
+
+template <class P>
+void update(UpdateKernels<P> fn, const py::tuple& arrays, const py::tuple& names,
+            const py::dict& hp) {
     const P params = params_from<P>(hp);
     Collected c = collect(arrays, names, kParams, false);
     without_gil([&] {
         const KernelTable& k = kernels();
-        if (!c.f32.params.empty()) run_update(k.f32.*f32, params, c.f32);
-        if (!c.f64.params.empty()) run_update(k.f64.*f64, params, c.f64);
+        if (!c.f32.params.empty()) run_update(k.f32.*fn.f32, params, c.f32);
+        if (!c.f64.params.empty()) run_update(k.f64.*fn.f64, params, c.f64);
+        if (!c.mixed32.tensors.empty()) run_update(k.mixed32.*fn.mixed32, params, c.mixed32);
+        if (!c.mixed64.tensors.empty()) run_update(k.mixed64.*fn.mixed64, params, c.mixed64);
     });
 }
 
@@ -253,37 +370,56 @@ NormKind norm_kind(double p) {
     return NormKind::lp;
 }
 
-// The norm over float32 and float64 tensors together: each dtype's norm is
-// combined as a p-norm of the two.
+// The norm over float32, float64 and 16-bit gradients together: the norms of
+// the groups present are combined, in that order, as a p-norm.
 double norm_of(const Collected& c, double p) {
     const KernelTable& k = kernels();
     const NormKind kind = norm_kind(p);
-    const double a = run_norm(k.f32, c.f32.grads, c.f32.offsets, kind, p);
-    const double b = run_norm(k.f64, c.f64.grads, c.f64.offsets, kind, p);
-    if (c.f64.grads.empty()) return a;
-    if (c.f32.grads.empty()) return b;
-    if (std::isnan(a) || std::isnan(b)) return std::nan("");
-    switch (kind) {
-        case NormKind::linf: return std::max(a, b);
-        case NormKind::l1: return a + b;
-        case NormKind::l2: return std::hypot(a, b);
-        case NormKind::lp: return std::pow(std::pow(a, p) + std::pow(b, p), 1.0 / p);
+    double parts[3];
+    int n = 0;
+    if (!c.f32.grads.empty())
+        parts[n++] = run_norm(c.f32.offsets, kind, p, [&](std::int64_t t, std::int64_t lo, std::int64_t m) {
+            return k.f32.norm(c.f32.grads[std::size_t(t)] + lo, m, kind, p);
+        });
+    if (!c.f64.grads.empty())
+        parts[n++] = run_norm(c.f64.offsets, kind, p, [&](std::int64_t t, std::int64_t lo, std::int64_t m) {
+            return k.f64.norm(c.f64.grads[std::size_t(t)] + lo, m, kind, p);
+        });
+    if (!c.mixed32.tensors.empty())
+        parts[n++] = run_norm(c.mixed32.offsets, kind, p, [&](std::int64_t t, std::int64_t lo, std::int64_t m) {
+            return k.half.norm(c.mixed32.tensors[std::size_t(t)][kGrads], lo, m, kind, p);
+        });
+    if (n == 0) return 0.0;
+    double total = parts[0];
+    for (int i = 1; i < n; ++i) {
+        const double b = parts[i];
+        if (std::isnan(total) || std::isnan(b)) return std::nan("");
+        switch (kind) {
+            case NormKind::linf: total = std::max(total, b); break;
+            case NormKind::l1: total = total + b; break;
+            case NormKind::l2: total = std::hypot(total, b); break;
+            case NormKind::lp: total = std::pow(std::pow(total, p) + std::pow(b, p), 1.0 / p); break;
+        }
     }
-    return a;
+    return total;
 }
 
 template <class T>
-std::vector<T*> writable(const std::vector<const T*>& xs) {
-    std::vector<T*> out;
-    out.reserve(xs.size());
-    for (const T* x : xs) out.push_back(const_cast<T*>(x));  // validated writeable
-    return out;
+void apply_inplace(const Batch<T>& batch, const TypedKernels<T>& k, bool clamp, double arg) {
+    const auto kernel = clamp ? k.clamp : k.scale;
+    run_inplace(batch.offsets, [&](std::int64_t t, std::int64_t lo, std::int64_t n) {
+        kernel(const_cast<T*>(batch.grads[std::size_t(t)]) + lo, n, arg);  // validated writeable
+    });
 }
 
 void apply_inplace(const Collected& c, bool clamp, double arg) {
     const KernelTable& k = kernels();
-    run_inplace(clamp ? k.f32.clamp : k.f32.scale, writable(c.f32.grads), c.f32.offsets, arg);
-    run_inplace(clamp ? k.f64.clamp : k.f64.scale, writable(c.f64.grads), c.f64.offsets, arg);
+    apply_inplace(c.f32, k.f32, clamp, arg);
+    apply_inplace(c.f64, k.f64, clamp, arg);
+    const auto half = clamp ? k.half.clamp : k.half.scale;
+    run_inplace(c.mixed32.offsets, [&](std::int64_t t, std::int64_t lo, std::int64_t n) {
+        half(c.mixed32.tensors[std::size_t(t)][kGrads], lo, n, arg);
+    });
 }
 
 py::tuple grads_only(const py::object& grads) { return py::make_tuple(grads); }
@@ -299,8 +435,9 @@ PYBIND11_MODULE(_core, m) {
     m.def(                                                                                   \
         #name,                                                                               \
         [](const py::tuple& arrays, const py::tuple& names, const py::dict& hp) {            \
-            update<P>(&TypedKernels<float>::name, &TypedKernels<double>::name, arrays, names, \
-                      hp);                                                                   \
+            update<P>({&TypedKernels<float>::name, &TypedKernels<double>::name,               \
+                       &MixedKernels<float>::name, &MixedKernels<double>::name},             \
+                      arrays, names, hp);                                                    \
         },                                                                                   \
         py::arg("arrays"), py::arg("names"), py::arg("hparams"),                             \
         "One fused " #name " step over (params, grads, states...); see lrfast." #name "_step.");
@@ -349,6 +486,8 @@ PYBIND11_MODULE(_core, m) {
                 const KernelTable& k = kernels();
                 if (!c.f32.params.empty()) run_stream(k.f32.stream, c.f32);
                 if (!c.f64.params.empty()) run_stream(k.f64.stream, c.f64);
+                if (!c.mixed32.tensors.empty()) run_stream(k.half.stream, c.mixed32);
+                if (!c.mixed64.tensors.empty()) run_stream(k.half.stream, c.mixed64);
             });
         },
         py::arg("arrays"), py::arg("names"),
@@ -356,15 +495,18 @@ PYBIND11_MODULE(_core, m) {
         "every state given, through the same blocks and threads as a step.");
     m.def(
         "check",
-        [](const py::tuple& arrays, const py::tuple& names, bool grads_writeable) {
+        [](const py::tuple& arrays, const py::tuple& names, bool grads_writeable,
+           bool sixteen_bit) {
             // A step's arrays start with params; a norm's or clip's are grads alone.
             const bool grads_alone = names.size() == 1 && py::str(names[0]).equal(py::str("grads"));
-            collect(arrays, names, grads_alone ? kGrads : kParams, grads_writeable);
+            collect(arrays, names, grads_alone ? kGrads : kParams, grads_writeable, sixteen_bit);
         },
         py::arg("arrays"), py::arg("names"), py::arg("grads_writeable"),
+        py::arg("sixteen_bit") = true,
         "Runs the checks of a call without running it (for back ends that hold\n"
         "their arrays elsewhere and pass host views with the same pointers):\n"
-        "(params, grads, states...) for a step, or (grads,) for a norm or clip.");
+        "(params, grads, states...) for a step, or (grads,) for a norm or clip.\n"
+        "sixteen_bit=False refuses bfloat16 and float16 arrays.");
     m.def("cpu_isa", [] { return std::string(isa_name(active_isa())); },
           "The instruction set the kernels run with: 'avx512', 'avx2' or 'baseline'.");
     m.def(

@@ -1,8 +1,8 @@
 // Picks the kernel table once, from what the CPU and the OS support.
 //
 // Each variant's compile flags (CMakeLists.txt) and its check here name the
-// same features: avx2 is built with -mavx2 -mfma, avx512 with
-// -mavx512f -mavx512vl -mavx512bw -mavx512dq -mavx2 -mfma. GCC's and Clang's
+// same features: avx2 is built with -mavx2 -mfma -mf16c, avx512 with
+// -mavx512f -mavx512vl -mavx512bw -mavx512dq -mavx2 -mfma -mf16c. GCC's and Clang's
 // __builtin_cpu_supports also require the OS to save the wider registers
 // (XGETBV), so a feature reported here is usable.
 #include <cstdlib>
@@ -16,7 +16,8 @@ namespace {
 Isa best_supported() {
 #if defined(LRFAST_X86_VARIANTS)
     __builtin_cpu_init();
-    const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+                      __builtin_cpu_supports("f16c");
     const bool avx512 = avx2 && __builtin_cpu_supports("avx512f") &&
                         __builtin_cpu_supports("avx512vl") &&
                         __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq");

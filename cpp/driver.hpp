@@ -9,6 +9,7 @@
 #pragma once
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstdint>
 #include <limits>
@@ -31,6 +32,17 @@ struct Batch {
     std::vector<const T*> grads;
     std::vector<T*> states[3];            // a vector per state slot; empty if unused
     std::vector<std::int64_t> offsets{0};  // offsets[t] .. offsets[t+1] is tensor t
+
+    std::int64_t total() const { return offsets.back(); }
+    std::int64_t blocks() const { return (total() + kBlock - 1) / kBlock; }
+};
+
+// Tensors whose arrays mix storages: per tensor, its param, grad and state
+// operands (data nullptr where unused); T is the arithmetic type.
+template <class T>
+struct MixedBatch {
+    std::vector<std::array<Operand, kOperands>> tensors;
+    std::vector<std::int64_t> offsets{0};
 
     std::int64_t total() const { return offsets.back(); }
     std::int64_t blocks() const { return (total() + kBlock - 1) / kBlock; }
@@ -61,6 +73,15 @@ void run_update(UpdateFn<P, T> kernel, const P& hp, const Batch<T>& batch) {
     });
 }
 
+template <class P, class T>
+void run_update(MixedFn<P> kernel, const P& hp, const MixedBatch<T>& batch) {
+    parallel_for(batch.blocks(), kMinParallelBlocks, [&](std::int64_t b) {
+        for_each_piece(batch.offsets, b, [&](std::int64_t t, std::int64_t lo, std::int64_t hi) {
+            kernel(hp, batch.tensors[t].data(), lo, hi - lo);
+        });
+    });
+}
+
 // The bandwidth probe over the same arrays as an update: params and the
 // states in use are read and written, grads only read.
 template <class T>
@@ -76,11 +97,20 @@ void run_stream(void (*kernel)(T* const*, int, const T*, std::int64_t), const Ba
     });
 }
 
-// The p-norm of all elements of all tensors: per-block partials, then combined
-// in block order.
 template <class T>
-double run_norm(const TypedKernels<T>& k, const std::vector<const T*>& xs,
-                const std::vector<std::int64_t>& offsets, NormKind kind, double p) {
+void run_stream(void (*kernel)(const Operand*, std::int64_t, std::int64_t),
+                const MixedBatch<T>& batch) {
+    parallel_for(batch.blocks(), kMinParallelBlocks, [&](std::int64_t b) {
+        for_each_piece(batch.offsets, b, [&](std::int64_t t, std::int64_t lo, std::int64_t hi) {
+            kernel(batch.tensors[t].data(), lo, hi - lo);
+        });
+    });
+}
+
+// The p-norm of all elements of all tensors: per-block partials, then combined
+// in block order. partial(t, lo, n) is a norm kernel on tensor t's [lo, lo + n).
+template <class F>
+double run_norm(const std::vector<std::int64_t>& offsets, NormKind kind, double p, F partial) {
     const std::int64_t n_blocks = (offsets.back() + kBlock - 1) / kBlock;
     // Reused by this thread's calls, so a step allocates nothing new. Workers
     // reach it through the reference (a thread_local named in the lambda would
@@ -91,7 +121,7 @@ double run_norm(const TypedKernels<T>& k, const std::vector<const T*>& xs,
     parallel_for(n_blocks, kMinParallelBlocks, [&](std::int64_t b) {
         NormPartial acc{0.0, 0};
         for_each_piece(offsets, b, [&](std::int64_t t, std::int64_t lo, std::int64_t hi) {
-            const NormPartial part = k.norm(xs[t] + lo, hi - lo, kind, p);
+            const NormPartial part = partial(t, lo, hi - lo);
             acc.value = kind == NormKind::linf ? std::max(acc.value, part.value)
                                                : acc.value + part.value;
             acc.nans += part.nans;
@@ -112,14 +142,14 @@ double run_norm(const TypedKernels<T>& k, const std::vector<const T*>& xs,
     }
 }
 
-// Applies an in-place elementwise kernel (scale, clamp) to every tensor.
-template <class T>
-void run_inplace(void (*kernel)(T*, std::int64_t, double), const std::vector<T*>& xs,
-                 const std::vector<std::int64_t>& offsets, double arg) {
+// Applies an in-place elementwise kernel (scale, clamp) to every tensor:
+// piece(t, lo, n) runs it on tensor t's [lo, lo + n).
+template <class F>
+void run_inplace(const std::vector<std::int64_t>& offsets, F piece) {
     const std::int64_t n_blocks = (offsets.back() + kBlock - 1) / kBlock;
     parallel_for(n_blocks, kMinParallelBlocks, [&](std::int64_t b) {
         for_each_piece(offsets, b, [&](std::int64_t t, std::int64_t lo, std::int64_t hi) {
-            kernel(xs[t] + lo, hi - lo, arg);
+            piece(t, lo, hi - lo);
         });
     });
 }

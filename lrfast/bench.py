@@ -6,7 +6,7 @@ through the same blocks and threads, with no arithmetic), the NumPy reference
 and, when torch is installed, torch.optim's fused (or foreach) step. All
 ratios come from the one run. Traffic per element: the gradient is read, the
 parameter and each state are read and written (Adam: 7 arrays, 28 bytes in
-float32).
+float32, 14 in bfloat16), each array counted at its own dtype's size.
 """
 
 from __future__ import annotations
@@ -74,18 +74,38 @@ def timeit(fns: dict, budget: float = 0.3, before=None, report=None) -> dict:
     return {name: statistics.median(times) for name, times in samples.items()}
 
 
-class Problem:
-    """Params, grads and zeroed states of one optimizer over one layout."""
+def numpy_dtype(name: str) -> np.dtype:
+    """The NumPy dtype of a --dtype or --state-dtype name (bfloat16 from ml_dtypes)."""
+    if name == "bfloat16":
+        import ml_dtypes
 
-    def __init__(self, name: str, shapes, dtype):
-        self.name, self.shapes, self.dtype = name, shapes, np.dtype(dtype)
+        return np.dtype(ml_dtypes.bfloat16)
+    return np.dtype(name)
+
+
+class Problem:
+    """Params, grads and zeroed states of one optimizer over one layout; the
+    states have `state_dtype` (default: the params' dtype)."""
+
+    def __init__(self, name: str, shapes, dtype, state_dtype=None):
+        self.name, self.shapes, self.dtype = name, shapes, numpy_dtype(str(dtype))
+        self.state_dtype = self.dtype if state_dtype is None else numpy_dtype(str(state_dtype))
         self.hp, self.state_names, self.torch_name = CONFIGS[name]
         rng = np.random.default_rng(0)
-        self.params = [rng.standard_normal(s, dtype=np.float32).astype(dtype) for s in shapes]
-        self.grads = [rng.standard_normal(s, dtype=np.float32).astype(dtype) for s in shapes]
-        self.states = [[np.zeros(s, dtype) for s in shapes] for _ in self.state_names]
+        self.params = [rng.standard_normal(s, dtype=np.float32).astype(self.dtype) for s in shapes]
+        self.grads = [rng.standard_normal(s, dtype=np.float32).astype(self.dtype) for s in shapes]
+        self.states = [[np.zeros(s, self.state_dtype) for s in shapes] for _ in self.state_names]
         self.elements = sum(math.prod(s) for s in shapes)
-        self.bytes = self.elements * self.dtype.itemsize * (2 * (1 + len(self.states)) + 1)
+        per_element = (3 * self.dtype.itemsize  # grad read, param read and written
+                       + 2 * self.state_dtype.itemsize * len(self.states))
+        self.bytes = self.elements * per_element
+
+    @property
+    def label(self) -> str:
+        """The dtype column: the params' dtype, and the states' where it differs."""
+        if self.state_dtype == self.dtype:
+            return self.dtype.name
+        return f"{self.dtype.name}/{self.state_dtype.name}"
 
     def step(self, impl, grad_scale=1.0):
         getattr(impl, f"{self.name}_step")(self.params, self.grads, *self.states,
@@ -100,18 +120,24 @@ class Problem:
         which implementation it is ("fused" or "foreach")."""
         import torch
 
-        tensors = [torch.from_numpy(p.copy()).requires_grad_() for p in self.params]
+        def tensor(a):  # a copy; torch cannot take NumPy's bfloat16 itself
+            if a.dtype.name == "bfloat16":
+                return torch.from_numpy(a.view(np.int16).copy()).view(torch.bfloat16)
+            return torch.from_numpy(a.copy())
+
+        tensors = [tensor(p).requires_grad_() for p in self.params]
         for t, g in zip(tensors, self.grads):
-            t.grad = torch.from_numpy(g.copy())
+            t.grad = tensor(g)
         kwargs = {k: v for k, v in self.hp.items() if k != "step"}
         impl = "fused" if self.torch_name in TORCH_FUSED else "foreach"
         return getattr(torch.optim, self.torch_name)(tensors, **kwargs, **{impl: True}), impl
 
 
-def measure(name, label, shapes, dtype, with_reference, with_torch, busy, report=None):
+def measure(name, label, shapes, dtype, with_reference, with_torch, busy, report=None,
+            state_dtype=None):
     if report:
         report("making the arrays")
-    problem = Problem(name, shapes, dtype)
+    problem = Problem(name, shapes, dtype, state_dtype)
     fns = {"lrfast": lambda: problem.step(steps), "probe": problem.stream}
     if with_reference:
         fns["numpy"] = lambda: problem.step(reference)
@@ -123,10 +149,10 @@ def measure(name, label, shapes, dtype, with_reference, with_torch, busy, report
     return _row(name, label, problem, t, problem.bytes, torch_impl)
 
 
-def clip_row(dtype, with_torch, report=None):
+def clip_row(dtype, with_torch, report=None, state_dtype=None):
     """Global-norm clipping fused into AdamW, on the transformer-like list, against
     torch's clip_grad_norm_ followed by its fused AdamW."""
-    problem = Problem("adamw", transformer_like_shapes(), dtype)
+    problem = Problem("adamw", transformer_like_shapes(), dtype, state_dtype)
 
     def fused():
         norm = clip.global_norm(problem.grads)
@@ -154,7 +180,7 @@ def _row(optimizer, layout, problem, t, traffic, torch_impl) -> dict:
     """A result row from the median times `t`: "lrfast", and "probe", "numpy",
     "torch" where they were measured. `traffic` is the bytes lrfast moves."""
     step, probe = t["lrfast"], t.get("probe")
-    return dict(optimizer=optimizer, dtype=problem.dtype.name, layout=layout,
+    return dict(optimizer=optimizer, dtype=problem.label, layout=layout,
                 tensors=len(problem.shapes), elements=problem.elements, time_s=step,
                 gelem_s=problem.elements / step / 1e9, gbytes_s=traffic / step / 1e9,
                 bandwidth_gbs=None if probe is None else problem.bytes / probe / 1e9,
@@ -216,7 +242,11 @@ def register(subparsers) -> None:
                    help="single-tensor sizes in elements, comma-separated (default: %(default)s)")
     p.add_argument("--optimizers", type=_optimizers, default=",".join(CONFIGS),
                    help="comma-separated subset of: %(default)s")
-    p.add_argument("--dtype", choices=("float32", "float64"), default="float32")
+    p.add_argument("--dtype", choices=("float32", "float64", "bfloat16", "float16"),
+                   default="float32", help="of the params and grads (default: %(default)s)")
+    p.add_argument("--state-dtype", choices=("param", "float32", "bfloat16"), default="param",
+                   help="of the optimizer states (default: the params' dtype); torch keeps "
+                        "its states in the params' dtype whatever this says")
     p.add_argument("--threads", type=cli_args.positive_int, metavar="N",
                    help="threads for the kernels, >= 1 (default: all CPUs)")
     p.add_argument("--no-lists", action="store_true",
@@ -243,6 +273,16 @@ def run(args) -> int:
     if not plan(args.sizes, names, not args.no_lists) and (args.no_lists or "adamw" not in names):
         return cli_args.error("lrfast bench", "nothing to measure: give --sizes, or drop "
                               "--no-lists and include adam or adamw", code=2)
+    sixteen_bit = args.dtype in ("bfloat16", "float16") or args.state_dtype == "bfloat16"
+    if args.device == "cuda" and (sixteen_bit or args.state_dtype != "param"):
+        return cli_args.error("lrfast bench", "--device cuda runs float32 and float64 only, "
+                              "with states of the params' dtype", code=2)
+    if sixteen_bit:
+        try:
+            import ml_dtypes  # noqa: F401
+        except ImportError:
+            return cli_args.error("lrfast bench", "bfloat16 arrays need ml_dtypes: "
+                                  "pip install ml_dtypes")
     if args.device == "cuda":
         try:
             from numba import cuda
@@ -262,7 +302,8 @@ def run(args) -> int:
     busy = torch_busy() if args.torch_busy and with_torch else None
     info = machine()
     print(f"lrfast bench: {info['cpu']}, {info['cores']} CPUs, ISA {info['isa']}, "
-          f"{info['threads']} threads, {args.dtype}; torch: "
+          f"{info['threads']} threads, {args.dtype}"
+          f"{'' if args.state_dtype == 'param' else f' with {args.state_dtype} states'}; torch: "
           f"{'yes' if with_torch else 'not installed' if not args.no_torch else 'off'}"
           f"{', busy before each step' if busy else ''}\n", flush=True)
     print(bench_table.legend("cpu"), bench_table.header(), sep="\n\n", flush=True)
@@ -277,11 +318,17 @@ def run(args) -> int:
 def _measure_rows(args, with_torch: bool, busy) -> list[dict]:
     """Measures and prints the rows one by one; on a terminal, stderr shows
     which row is running and how far it got."""
+    state_dtype = None if args.state_dtype == "param" else args.state_dtype
+    # The NumPy reference computes in the arrays' own dtypes: float32 and float64 only.
+    with_reference = (not args.no_reference and args.dtype in ("float32", "float64")
+                      and state_dtype in (None, args.dtype))
     jobs = [(f"{name} {label}", functools.partial(measure, name, label, shapes, args.dtype,
-                                                   not args.no_reference, with_torch, busy))
+                                                   with_reference, with_torch, busy,
+                                                   state_dtype=state_dtype))
             for label, shapes, name in plan(args.sizes, args.optimizers, not args.no_lists)]
     if not args.no_lists and "adamw" in args.optimizers:
-        jobs.append(("clip+adamw transformer-146", functools.partial(clip_row, args.dtype, with_torch)))
+        jobs.append(("clip+adamw transformer-146", functools.partial(
+            clip_row, args.dtype, with_torch, state_dtype=state_dtype)))
     progress = Progress()
     rows = []
     try:

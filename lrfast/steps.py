@@ -5,7 +5,12 @@ the results are those of its NumPy reference in :mod:`lrfast.reference`, fused
 into one pass over memory per tensor and one native call per list.
 
 Arguments: every tensor argument takes one array or a list/tuple of arrays
-(float32/float64, C-contiguous; params and states writeable). Hyperparameters
+(C-contiguous; params and states writeable). Params are float32, float64,
+bfloat16 (``ml_dtypes.bfloat16``, or a torch tensor) or float16; a grad has
+its param's dtype, or float32 for a 16-bit param; each state is float32, the
+param's dtype or bfloat16 (float64 only with float64 params), and a list may
+mix dtypes. Arithmetic runs in float32 (float64 for float64 params) and every
+16-bit value written rounds to nearest even. Hyperparameters
 are keyword-only; ``step`` is the 1-based index of the update being applied.
 ``grad_scale`` multiplies the gradient inside the kernel (an unscale factor or
 a clip coefficient) and the gradients themselves are never written. Invalid

@@ -51,7 +51,7 @@ CORRUPTIONS = {
     "strided": (0, lambda a: np.repeat(a, 2)[::2], ValueError, "params[{i}] is not C-contiguous"),
     "read-only param": (0, read_only, ValueError, "params[{i}] is read-only"),
     "read-only state": (2, read_only, ValueError, "exp_avgs[{i}] is read-only"),
-    "python list": (1, lambda a: a.tolist(), TypeError, "grads[{i}] must be a float32 or float64"),
+    "python list": (1, lambda a: a.tolist(), TypeError, "grads[{i}] must be a float32, float64"),
     "byte order": (0, lambda a: a.astype(">f4"), TypeError, "params[{i}] has non-native byte order"),
     "None in list": (3, lambda a: None, TypeError, "exp_avg_sqs[{i}] must be a float32"),
 }

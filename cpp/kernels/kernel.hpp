@@ -44,6 +44,18 @@ inline void branch(F&& f, bool flag, Rest... rest) {
 #include "lrfast/optimizers.def"
 #undef LRFAST_OPTIMIZER
 
+// The same updates for tensors whose arrays mix storages (cpp/kernels/tiles.cpp).
+#define LRFAST_OPTIMIZER(name, P, nstates)                                                \
+    template <class T>                                                                    \
+    void name##_mixed(const P& hp, const Operand* x, std::int64_t lo, std::int64_t n);
+#include "lrfast/optimizers.def"
+#undef LRFAST_OPTIMIZER
+
+NormPartial half_norm(const Operand& x, std::int64_t lo, std::int64_t n, NormKind kind, double p);
+void half_scale(const Operand& x, std::int64_t lo, std::int64_t n, double factor);
+void half_clamp(const Operand& x, std::int64_t lo, std::int64_t n, double limit);
+void mixed_stream(const Operand* x, std::int64_t lo, std::int64_t n);
+
 template <class T>
 NormPartial norm_partial(const T* x, std::int64_t n, NormKind kind, double p);
 template <class T>

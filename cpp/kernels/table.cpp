@@ -13,6 +13,18 @@ static constexpr TypedKernels<T> typed_kernels() {
     };
 }
 
-extern const KernelTable table = {typed_kernels<float>(), typed_kernels<double>()};
+template <class T>
+static constexpr MixedKernels<T> mixed_kernels() {
+    return {
+#define LRFAST_OPTIMIZER(name, P, nstates) &name##_mixed<T>,
+#include "lrfast/optimizers.def"
+#undef LRFAST_OPTIMIZER
+    };
+}
+
+extern const KernelTable table = {
+    typed_kernels<float>(), typed_kernels<double>(), mixed_kernels<float>(),
+    mixed_kernels<double>(), {&half_norm, &half_scale, &half_clamp, &mixed_stream},
+};
 
 }  // namespace lrfast::LRFAST_ISA_NS

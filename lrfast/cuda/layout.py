@@ -130,7 +130,7 @@ def _prepare_in_full(arrays, names, grads_writeable: bool, signature):
     if groups is None:
         proxies = tuple(None if seq is None else [HostView(i) for i in seq]
                         for seq in interfaces)
-        _core.check(proxies, names, grads_writeable)
+        _core.check(proxies, names, grads_writeable, sixteen_bit=False)
         groups = _build(interfaces, names)
         with _cache_lock:
             _cache[key] = groups

@@ -26,6 +26,25 @@ struct NormPartial {
 template <class P, class T>
 using UpdateFn = void (*)(const P&, T*, const T*, T* const*, std::int64_t);
 
+// How an array stores its numbers. Arithmetic runs in float for float32 and
+// 16-bit arrays, in double for float64 params.
+enum class Storage : std::uint8_t { none, f32, f64, bf16, f16 };
+
+// One array of a call that mixes storages; data is nullptr for an unused state.
+struct Operand {
+    void* data;
+    Storage storage;
+};
+
+// The arrays of a tensor in a mixed call: param, grad, then three state slots.
+constexpr int kOperands = 5;
+
+// An update kernel for a tensor whose arrays are not all of the arithmetic
+// type (16-bit params, grads or states, or float32/bfloat16 states of a
+// float64 param): elements [lo, lo + n) of x[0..kOperands).
+template <class P>
+using MixedFn = void (*)(const P&, const Operand* x, std::int64_t lo, std::int64_t n);
+
 template <class T>
 struct TypedKernels {
 #define LRFAST_OPTIMIZER(name, P, nstates) UpdateFn<P, T> name;
@@ -37,9 +56,30 @@ struct TypedKernels {
     void (*stream)(T* const*, int k, const T*, std::int64_t);  // x[j] += 0 * g: bandwidth probe
 };
 
+// Updates of mixed tensors, computed in T on tiles converted from storage.
+template <class T>
+struct MixedKernels {
+#define LRFAST_OPTIMIZER(name, P, nstates) MixedFn<P> name;
+#include "lrfast/optimizers.def"
+#undef LRFAST_OPTIMIZER
+};
+
+// Norms and clips of 16-bit gradients (float arithmetic) and the bandwidth
+// probe of mixed tensors, all over elements [lo, lo + n).
+struct HalfKernels {
+    NormPartial (*norm)(const Operand&, std::int64_t lo, std::int64_t n, NormKind, double p);
+    void (*scale)(const Operand&, std::int64_t lo, std::int64_t n, double factor);
+    void (*clamp)(const Operand&, std::int64_t lo, std::int64_t n, double limit);
+    // Reads x[1] (the grad), reads and writes back the other non-null operands.
+    void (*stream)(const Operand* x, std::int64_t lo, std::int64_t n);
+};
+
 struct KernelTable {
     TypedKernels<float> f32;
     TypedKernels<double> f64;
+    MixedKernels<float> mixed32;
+    MixedKernels<double> mixed64;
+    HalfKernels half;
 };
 
 // The table for the ISA in use: the best this CPU supports, capped by

@@ -1,0 +1,149 @@
+// Conversions between the 16-bit storage formats and float, per ISA.
+//
+// Widening is exact. Narrowing rounds to nearest, ties to even; overflow
+// gives inf, inf stays inf, NaN stays NaN. A float64 value narrows to 16 bits
+// through float32 (two roundings, as cvtpd_ps then cvtps_ph do): the rule of
+// lrfast.precision.round_nearest.
+//
+// bfloat16 is the high half of a float32, so its conversions are integer
+// shifts the compiler vectorises for every ISA. float16 goes through
+// _Float16 (GCC >= 12 on x86-64): the baseline converts in software (libgcc),
+// and the variants with F16C (AVX2) or AVX-512F run the hardware conversion
+// eight or sixteen lanes at a time. The intrinsics are always-inline
+// functions, so nothing compiled here outlives its ISA namespace.
+#pragma once
+
+#include <cstdint>
+
+#if defined(__F16C__) || defined(__AVX512F__)
+#include <immintrin.h>
+#endif
+
+#include "kernel.hpp"
+
+namespace lrfast::LRFAST_ISA_NS {
+
+inline float from_bf16(std::uint16_t h) {
+    const std::uint32_t u = std::uint32_t(h) << 16;
+    float f;
+    __builtin_memcpy(&f, &u, sizeof f);
+    return f;
+}
+
+inline std::uint16_t to_bf16(float f) {
+    std::uint32_t u;
+    __builtin_memcpy(&u, &f, sizeof u);
+    // Adding 0x7fff rounds halfway cases down, plus the kept lowest bit rounds
+    // them to even; a carry into the exponent gives the next binade or inf.
+    const std::uint32_t rounded = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
+    // NaN keeps its sign and high payload, with the quiet bit set (rounding
+    // could carry a NaN's payload into inf).
+    const std::uint32_t quiet_nan = (u >> 16) | 0x40u;
+    return std::uint16_t((u & 0x7fffffffu) > 0x7f800000u ? quiet_nan : rounded);
+}
+
+inline float from_f16(std::uint16_t h) {
+    _Float16 x;
+    __builtin_memcpy(&x, &h, sizeof x);
+    return float(x);
+}
+
+inline std::uint16_t to_f16(float f) {
+    const _Float16 x = static_cast<_Float16>(f);
+    std::uint16_t h;
+    __builtin_memcpy(&h, &x, sizeof h);
+    return h;
+}
+
+// out[i] = float(in[i]) for float16 in.
+inline void widen_f16(const std::uint16_t* __restrict in, float* __restrict out,
+                      std::int64_t n) {
+    std::int64_t i = 0;
+#if defined(__AVX512F__)
+    for (; i + 16 <= n; i += 16)
+        _mm512_storeu_ps(out + i, _mm512_cvtph_ps(_mm256_loadu_si256(
+                                      reinterpret_cast<const __m256i*>(in + i))));
+#elif defined(__F16C__)
+    for (; i + 8 <= n; i += 8)
+        _mm256_storeu_ps(out + i, _mm256_cvtph_ps(_mm_loadu_si128(
+                                      reinterpret_cast<const __m128i*>(in + i))));
+#endif
+    for (; i < n; ++i) out[i] = from_f16(in[i]);
+}
+
+// out[i] = in[i] rounded to float16, nearest even.
+inline void narrow_f16(const float* __restrict in, std::uint16_t* __restrict out,
+                       std::int64_t n) {
+    std::int64_t i = 0;
+#if defined(__AVX512F__)
+    for (; i + 16 <= n; i += 16)
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + i),
+                            _mm512_cvtps_ph(_mm512_loadu_ps(in + i),
+                                            _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+#elif defined(__F16C__)
+    for (; i + 8 <= n; i += 8)
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(out + i),
+                         _mm256_cvtps_ph(_mm256_loadu_ps(in + i),
+                                         _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+#endif
+    for (; i < n; ++i) out[i] = to_f16(in[i]);
+}
+
+// out[0..n) = elements [lo, lo + n) of x, widened to T (float or double).
+// x's storage is float32 (then T is double), bfloat16 or float16.
+template <class T>
+inline void widen(const Operand& x, std::int64_t lo, std::int64_t n, T* __restrict out) {
+    const void* data = x.data;
+    switch (x.storage) {
+        case Storage::f32: {
+            const float* in = static_cast<const float*>(data) + lo;
+            for (std::int64_t i = 0; i < n; ++i) out[i] = T(in[i]);
+            break;
+        }
+        case Storage::bf16: {
+            const std::uint16_t* in = static_cast<const std::uint16_t*>(data) + lo;
+            for (std::int64_t i = 0; i < n; ++i) out[i] = T(from_bf16(in[i]));
+            break;
+        }
+        case Storage::f16: {
+            const std::uint16_t* in = static_cast<const std::uint16_t*>(data) + lo;
+            if constexpr (std::is_same_v<T, float>) {
+                widen_f16(in, out, n);
+            } else {
+                for (std::int64_t i = 0; i < n; ++i) out[i] = T(from_f16(in[i]));
+            }
+            break;
+        }
+        default: break;
+    }
+}
+
+// Elements [lo, lo + n) of x = in[0..n), rounded to x's storage (as for widen).
+template <class T>
+inline void narrow(const T* __restrict in, const Operand& x, std::int64_t lo, std::int64_t n) {
+    void* data = x.data;
+    switch (x.storage) {
+        case Storage::f32: {
+            float* out = static_cast<float*>(data) + lo;
+            for (std::int64_t i = 0; i < n; ++i) out[i] = float(in[i]);
+            break;
+        }
+        case Storage::bf16: {
+            std::uint16_t* out = static_cast<std::uint16_t*>(data) + lo;
+            for (std::int64_t i = 0; i < n; ++i) out[i] = to_bf16(float(in[i]));
+            break;
+        }
+        case Storage::f16: {
+            std::uint16_t* out = static_cast<std::uint16_t*>(data) + lo;
+            if constexpr (std::is_same_v<T, float>) {
+                narrow_f16(in, out, n);
+            } else {
+                for (std::int64_t i = 0; i < n; ++i) out[i] = to_f16(float(in[i]));
+            }
+            break;
+        }
+        default: break;
+    }
+}
+
+}  // namespace lrfast::LRFAST_ISA_NS

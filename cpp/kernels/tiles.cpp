@@ -1,0 +1,133 @@
+// The tile layer: tensors whose arrays mix storages (16-bit params, grads or
+// states; float32 or bfloat16 states of a float64 param).
+//
+// Such a tensor is processed kTile elements at a time: each array that does
+// not hold the arithmetic type T is widened into a T buffer, the very update
+// kernel of all-T tensors runs on the buffers (and on the arrays that do hold
+// T, in place), and the written buffers are rounded back to their storage.
+// The maths stays in one place, and the result is by construction that of
+// the T kernel on widened copies, each written array rounded to its storage.
+#include "convert.hpp"
+
+namespace lrfast::LRFAST_ISA_NS {
+
+// Elements per tile: the buffers of one tile (up to five arrays) stay in L1.
+constexpr std::int64_t kTile = 512;
+constexpr int kGrad = 1;  // the one operand an update only reads
+
+template <class T>
+static constexpr Storage own_storage() {
+    return std::is_same_v<T, float> ? Storage::f32 : Storage::f64;
+}
+
+template <class T, class P>
+static void tiled(UpdateFn<P, T> update, const P& hp, const Operand* x, std::int64_t lo,
+                  std::int64_t n) {
+    alignas(64) T buffer[kOperands][kTile];
+    for (std::int64_t at = 0; at < n; at += kTile) {
+        const std::int64_t m = n - at < kTile ? n - at : kTile;
+        T* v[kOperands];
+        for (int k = 0; k < kOperands; ++k) {
+            if (x[k].data == nullptr) {
+                v[k] = nullptr;
+            } else if (x[k].storage == own_storage<T>()) {
+                v[k] = static_cast<T*>(x[k].data) + lo + at;
+            } else {
+                widen(x[k], lo + at, m, buffer[k]);
+                v[k] = buffer[k];
+            }
+        }
+        update(hp, v[0], v[1], v + 2, m);
+        for (int k = 0; k < kOperands; ++k)
+            if (k != kGrad && v[k] == buffer[k]) narrow(buffer[k], x[k], lo + at, m);
+    }
+}
+
+#define LRFAST_OPTIMIZER(name, P, nstates)                                                \
+    template <class T>                                                                    \
+    void name##_mixed(const P& hp, const Operand* x, std::int64_t lo, std::int64_t n) {   \
+        tiled<T, P>(&name##_update<T>, hp, x, lo, n);                                     \
+    }                                                                                     \
+    template void name##_mixed<float>(const P&, const Operand*, std::int64_t, std::int64_t); \
+    template void name##_mixed<double>(const P&, const Operand*, std::int64_t, std::int64_t);
+#include "lrfast/optimizers.def"
+#undef LRFAST_OPTIMIZER
+
+// Norms of 16-bit gradients: the float norm kernel per tile, the tiles' partials
+// summed (or maximised) in order, so the bits depend only on the tensor sizes.
+NormPartial half_norm(const Operand& x, std::int64_t lo, std::int64_t n, NormKind kind,
+                      double p) {
+    alignas(64) float buffer[kTile];
+    NormPartial out{0.0, 0};
+    for (std::int64_t at = 0; at < n; at += kTile) {
+        const std::int64_t m = n - at < kTile ? n - at : kTile;
+        widen(x, lo + at, m, buffer);
+        const NormPartial part = norm_partial<float>(buffer, m, kind, p);
+        out.value = kind == NormKind::linf ? (part.value > out.value ? part.value : out.value)
+                                           : out.value + part.value;
+        out.nans += part.nans;
+    }
+    return out;
+}
+
+// In-place clips of 16-bit gradients: float arithmetic, rounded back.
+template <class F>
+static void half_inplace(const Operand& x, std::int64_t lo, std::int64_t n, F kernel) {
+    alignas(64) float buffer[kTile];
+    for (std::int64_t at = 0; at < n; at += kTile) {
+        const std::int64_t m = n - at < kTile ? n - at : kTile;
+        widen(x, lo + at, m, buffer);
+        kernel(buffer, m);
+        narrow(buffer, x, lo + at, m);
+    }
+}
+
+void half_scale(const Operand& x, std::int64_t lo, std::int64_t n, double factor) {
+    half_inplace(x, lo, n, [factor](float* b, std::int64_t m) { scale<float>(b, m, factor); });
+}
+
+void half_clamp(const Operand& x, std::int64_t lo, std::int64_t n, double limit) {
+    half_inplace(x, lo, n, [limit](float* b, std::int64_t m) { clamp<float>(b, m, limit); });
+}
+
+// The bandwidth probe of a mixed tensor moves the bytes its update moves, as
+// raw words: each written array is read and written back as a ^ (g & zero),
+// with a zero read from a volatile, so the compiler must keep every read.
+static volatile std::uint32_t g_zero = 0;
+
+template <class W>
+static void xor_words(void* data, std::int64_t lo, const std::uint32_t* __restrict mask,
+                      std::int64_t m) {
+    W* __restrict a = static_cast<W*>(data) + lo;
+    for (std::int64_t i = 0; i < m; ++i) a[i] = a[i] ^ W(mask[i]);
+}
+
+template <class W>
+static void grad_words(const void* data, std::int64_t lo, std::uint32_t zero,
+                       std::uint32_t* __restrict mask, std::int64_t m) {
+    const W* __restrict g = static_cast<const W*>(data) + lo;
+    for (std::int64_t i = 0; i < m; ++i) mask[i] = std::uint32_t(g[i]) & zero;
+}
+
+void mixed_stream(const Operand* x, std::int64_t lo, std::int64_t n) {
+    const std::uint32_t zero = g_zero;
+    alignas(64) std::uint32_t mask[kTile];
+    for (std::int64_t at = 0; at < n; at += kTile) {
+        const std::int64_t m = n - at < kTile ? n - at : kTile;
+        switch (x[kGrad].storage) {
+            case Storage::f64: grad_words<std::uint64_t>(x[kGrad].data, lo + at, zero, mask, m); break;
+            case Storage::f32: grad_words<std::uint32_t>(x[kGrad].data, lo + at, zero, mask, m); break;
+            default: grad_words<std::uint16_t>(x[kGrad].data, lo + at, zero, mask, m);
+        }
+        for (int k = 0; k < kOperands; ++k) {
+            if (k == kGrad || x[k].data == nullptr) continue;
+            switch (x[k].storage) {
+                case Storage::f64: xor_words<std::uint64_t>(x[k].data, lo + at, mask, m); break;
+                case Storage::f32: xor_words<std::uint32_t>(x[k].data, lo + at, mask, m); break;
+                default: xor_words<std::uint16_t>(x[k].data, lo + at, mask, m);
+            }
+        }
+    }
+}
+
+}  // namespace lrfast::LRFAST_ISA_NS
