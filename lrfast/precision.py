@@ -193,13 +193,15 @@ def _writeable_c_array(x, name, dtype):
     """Checks a Q8State part: a NumPy array, or a CUDA device array (read
     from its interface, without touching its memory)."""
     if isinstance(x, np.ndarray):
-        shape, got, contiguous, writeable = x.shape, x.dtype, x.flags.c_contiguous, x.flags.writeable
+        shape, got = x.shape, x.dtype
+        contiguous, writeable = x.flags.c_contiguous, x.flags.writeable
     elif _is_device_array(x):
         from .cuda.devicearrays import describe
 
         shape, got, contiguous, writeable = describe(x, name)
     else:
-        raise TypeError(f"{name}: expected a NumPy array or a CUDA device array, got {type(x).__name__}")
+        raise TypeError(f"{name}: expected a NumPy array or a CUDA device array, "
+                        f"got {type(x).__name__}")
     if got != dtype:
         raise TypeError(f"{name}: expected dtype {np.dtype(dtype).name}, got {got}")
     if not contiguous:
@@ -300,7 +302,8 @@ def zeros_state(param, dtype=None, *, signed=True):
         def full(shape, value, dtype):
             return devicearrays.full(param, shape, value, dtype)
     else:
-        raise TypeError(f"param: expected a NumPy array or a CUDA device array, got {type(param).__name__}")
+        raise TypeError("param: expected a NumPy array or a CUDA device array, "
+                        f"got {type(param).__name__}")
     if not (param_dtype in (np.float32, np.float64) or is_16bit(param_dtype)):
         raise TypeError(f"param: dtype {param_dtype} is not supported "
                         "(float32, float64, bfloat16 or float16)")

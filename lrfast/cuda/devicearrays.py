@@ -97,8 +97,30 @@ def full(param, shape: tuple, value: int, dtype: np.dtype):
         import torch
 
         return torch.full(shape, value, dtype=getattr(torch, dtype.name), device=param.device)
-    from numba import cuda
-
     bfloat16 = dtype == precision.bfloat16()
-    array = cuda.to_device(np.full(shape, value, dtype=np.uint16 if bfloat16 else dtype))
+    values = np.full(shape, value, dtype=np.uint16 if bfloat16 else dtype)
+    if layout.launch.SIMULATED:
+        array = SimulatedArray(values)
+    else:
+        from numba import cuda
+
+        array = cuda.to_device(values)
     return BFloat16Array(array) if bfloat16 else array
+
+
+class SimulatedArray:
+    """A device array in the simulator, where device memory is host memory
+    (the simulator's own arrays export no ``__cuda_array_interface__``)."""
+
+    def __init__(self, values: np.ndarray):
+        self._values = values
+        self.shape = values.shape
+
+    @property
+    def __cuda_array_interface__(self):
+        ai = self._values.__array_interface__
+        return {"shape": ai["shape"], "typestr": ai["typestr"], "data": ai["data"],
+                "strides": None, "version": 3}
+
+    def copy_to_host(self):
+        return self._values.copy()

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import numpy as np
 from numba import cuda, float32, float64, uint16, uint32, uint64
-from numba.types import float16
 
 from .. import precision
 from . import launch
@@ -84,11 +83,6 @@ def f16_to_f32(h):
 
 
 @cuda.jit(device=True)
-def f32_to_f16(x):
-    return float16(x)
-
-
-@cuda.jit(device=True)
 def sr_bf16(x, r):
     """float32 ``x`` rounded stochastically to bfloat16 bits with the random
     word ``r``: up one ulp when ``(r >> 16) < (u & 0xFFFF)``."""
@@ -110,8 +104,7 @@ def sr_f16(x, r):
     if a >= 0x47800000:  # |x| >= 2**16: inf
         return uint16(sign | 0x7C00)
     if a >= 0x38800000:  # 2**-14 <= |x|: a normal float16, ulp = 2**(e - 10)
-        e = (a >> 23) - 127
-        t = ((e + 15) << 10) | ((a >> 13) & 0x3FF)
+        t = (((a >> 23) - 112) << 10) | ((a >> 13) & 0x3FF)  # float16 exponent: e - 127 + 15
         return uint16(sign | (t + ((r >> 19) < (a & 0x1FFF))))
     # A float16 subnormal (ulp 2**-24): q ulps truncated, `frac` the rest, in
     # float64, where both are exact; up when r < frac * 2**32.

@@ -34,11 +34,23 @@ import math
 from dataclasses import dataclass
 from typing import Callable
 
+import numpy as np
 from numba import cuda
 
 from . import launch
 
 PARAM, GRAD, STATE = 1, 2, 3  # table columns: the order of the call's arrays
+
+if launch.SIMULATED:
+    # The simulator computes in NumPy scalars, where math.sqrt returns a
+    # Python float (double): np.sqrt keeps float32 a correctly rounded float32.
+    @cuda.jit(device=True)
+    def root(x):
+        return np.sqrt(x)
+else:
+    @cuda.jit(device=True)
+    def root(x):
+        return math.sqrt(x)
 
 
 @dataclass(frozen=True)
@@ -125,9 +137,9 @@ def _adam(coupled_weight_decay, amsgrad, divide_bc2=False):
             vi = vmax if vmax > vi else vi
             vmax = vi
         if divide_bc2:  # bc2 = sqrt(1 - beta2**step), as the reference divides
-            denom = math.sqrt(vi) / bc2 + eps
+            denom = root(vi) / bc2 + eps
         else:  # bc2 = its inverse, as the C++ kernels multiply
-            denom = math.sqrt(vi) * bc2 + eps
+            denom = root(vi) * bc2 + eps
         return p * param_decay + neg_step * (m / denom), m, v, vmax
 
     return body
@@ -155,9 +167,9 @@ def _rmsprop(weight_decay, momentum, centered):
         s = s * alpha + w * d * d
         if centered:
             a = a + w * (d - a)
-            avg = math.sqrt(s - a * a) + eps
+            avg = root(s - a * a) + eps
         else:
-            avg = math.sqrt(s) + eps
+            avg = root(s) + eps
         if momentum:
             b = b * mom + d / avg
             p = p + neg_lr * b
@@ -176,7 +188,7 @@ def _adagrad(weight_decay):
         if weight_decay:
             d = d + wd * p
         s = s + d * d
-        return p + neg_clr * (d / (math.sqrt(s) + eps)), s, unused1, unused2
+        return p + neg_clr * (d / (root(s) + eps)), s, unused1, unused2
 
     return body
 
@@ -189,7 +201,7 @@ def _adadelta(weight_decay):
         if weight_decay:
             d = d + wd * p
         s = s * rho + w * d * d
-        delta = math.sqrt(u + eps) / math.sqrt(s + eps) * d
+        delta = root(u + eps) / root(s + eps) * d
         u = u * rho + w * delta * delta
         return p + neg_lr * delta, s, u, unused
 
