@@ -413,3 +413,47 @@ def test_a_non_contiguous_16_bit_array_is_refused():
     strided = Exported(device(np.ones(8, F16)), shape=(4,), strides=(4,))
     with pytest.raises(ValueError, match=r"grads\[0\] is not C-contiguous"):
         _adam_call(p, strided, device(np.zeros(4, np.float32)), device(np.zeros(4, np.float32)))
+
+
+# -- the rounding device functions on edge values ---------------------------------------------
+
+def test_rounding_functions_match_the_spec_on_edge_values():
+    from lrfast import precision
+    from lrfast.cuda import lowp
+
+    @cuda.jit
+    def kernel(x, r, sr16, srb, rneb):
+        i = cuda.grid(1)
+        if i < x.size:
+            sr16[i] = lowp.sr_f16(x[i], r[i])
+            srb[i] = lowp.sr_bf16(x[i], r[i])
+            rneb[i] = lowp.f32_to_bf16(x[i])
+
+    rng = np.random.default_rng(5)
+    edges = np.array([0.0, -0.0, 1.0, 65504.0, 65519.0, 65520.0, 65535.9, 65536.0, 1e9, np.inf,
+                      -np.inf, 2.0**-14, 2.0**-15, 3 * 2.0**-25, 2.0**-25, 1e-30, 6.1e-5,
+                      3.0e38], np.float32)
+    x = np.concatenate([edges, -edges, rng.standard_normal(150).astype(np.float32),
+                        (rng.standard_normal(100) * 2.0**-16).astype(np.float32)])
+    r = precision.random_bits(11, 3, 0, x.size)
+    sr16, srb, rneb = (np.zeros(x.size, np.uint16) for _ in range(3))
+    kernel[(x.size + 31) // 32, 32](x, r, sr16, srb, rneb)
+    np.testing.assert_array_equal(sr16, precision.round_stochastic(x, F16, r).view(np.uint16))
+    np.testing.assert_array_equal(srb, precision.round_stochastic(x, BF16, r).view(np.uint16))
+    np.testing.assert_array_equal(rneb, precision.round_nearest(x, BF16).view(np.uint16))
+
+
+def test_random_words_match_random_bits():
+    from lrfast import precision
+    from lrfast.cuda import lowp
+
+    @cuda.jit
+    def kernel(key, start, out):
+        i = cuda.grid(1)
+        if i < out.size:
+            out[i] = lowp.random_word(key, start + i)
+
+    for seed, step, start in ((0, 0, 0), (2**64 - 1, 12345, 2**32 - 20), (99, 2**40, 7)):
+        out = np.zeros(40, np.uint32)
+        kernel[2, 32](lowp.sr_key(seed, step), np.int64(start), out)
+        np.testing.assert_array_equal(out, precision.random_bits(seed, step, start, 40))
