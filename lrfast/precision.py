@@ -183,15 +183,32 @@ def dequantize_blockwise(codes, absmax, signed=True):
     return (_MAPS[bool(signed)][flat] * scale).reshape(codes.shape)
 
 
+def _is_device_array(x):
+    from .cuda import is_device_array
+
+    return not isinstance(x, np.ndarray) and is_device_array(x)
+
+
 def _writeable_c_array(x, name, dtype):
-    if not isinstance(x, np.ndarray):
-        raise TypeError(f"{name}: expected a NumPy array, got {type(x).__name__}")
-    if x.dtype != dtype:
-        raise TypeError(f"{name}: expected dtype {np.dtype(dtype).name}, got {x.dtype}")
-    if not x.flags.c_contiguous:
+    """Checks a Q8State part: a NumPy array, or a CUDA device array (read
+    from its interface, without touching its memory)."""
+    if isinstance(x, np.ndarray):
+        shape, got = x.shape, x.dtype
+        contiguous, writeable = x.flags.c_contiguous, x.flags.writeable
+    elif _is_device_array(x):
+        from .cuda.devicearrays import describe
+
+        shape, got, contiguous, writeable = describe(x, name)
+    else:
+        raise TypeError(f"{name}: expected a NumPy array or a CUDA device array, "
+                        f"got {type(x).__name__}")
+    if got != dtype:
+        raise TypeError(f"{name}: expected dtype {np.dtype(dtype).name}, got {got}")
+    if not contiguous:
         raise ValueError(f"{name}: the array must be C-contiguous")
-    if not x.flags.writeable:
+    if not writeable:
         raise ValueError(f"{name}: the array must be writeable")
+    return shape
 
 
 class Q8State:
@@ -199,34 +216,47 @@ class Q8State:
 
     ``codes``: uint8, the param's shape, C-contiguous, writeable. ``absmax``:
     float32, 1-D, C-contiguous, writeable, one value per block of 256 codes
-    in C order. ``signed``: which dynamic map the codes index; ``False`` is for
-    states that are never negative. Steps update ``codes`` and ``absmax`` in
-    place.
+    in C order. Both NumPy arrays, or both CUDA device arrays (anything with
+    ``__cuda_array_interface__``: Numba device arrays, torch CUDA tensors) for
+    device params. ``signed``: which dynamic map the codes index; ``False`` is
+    for states that are never negative. Steps update ``codes`` and ``absmax``
+    in place.
     """
 
     __slots__ = ("codes", "absmax", "signed")
 
     def __init__(self, codes, absmax, signed=True):
-        _writeable_c_array(codes, "codes", np.uint8)
-        _writeable_c_array(absmax, "absmax", np.float32)
-        if absmax.ndim != 1 or absmax.size != _blocks(codes.size):
-            raise ValueError(f"absmax: expected {_blocks(codes.size)} values (one per block of "
-                             f"{BLOCK} codes), got shape {absmax.shape}")
+        shape = _writeable_c_array(codes, "codes", np.uint8)
+        absmax_shape = _writeable_c_array(absmax, "absmax", np.float32)
+        if isinstance(codes, np.ndarray) != isinstance(absmax, np.ndarray):
+            raise TypeError("absmax: expected an array on the device of codes "
+                            "(both NumPy arrays, or both CUDA device arrays)")
+        blocks = _blocks(int(np.prod(shape)))
+        if len(absmax_shape) != 1 or absmax_shape[0] != blocks:
+            raise ValueError(f"absmax: expected {blocks} values (one per block of "
+                             f"{BLOCK} codes), got shape {tuple(absmax_shape)}")
         if not isinstance(signed, (bool, np.bool_)):
             raise TypeError(f"signed: expected a bool, got {type(signed).__name__}")
         self.codes, self.absmax, self.signed = codes, absmax, bool(signed)
 
     @property
     def shape(self):
-        return self.codes.shape
+        return tuple(self.codes.shape)
 
     @property
     def nbytes(self):
-        return self.codes.nbytes + self.absmax.nbytes
+        n = int(np.prod(self.shape))
+        return n + 4 * _blocks(n)
 
     def dequantize(self):
-        """The values as a new float32 array of the state's shape."""
-        return dequantize_blockwise(self.codes, self.absmax, self.signed)
+        """The values as a new float32 NumPy array of the state's shape (from
+        a host copy for a state on the device)."""
+        codes, absmax = self.codes, self.absmax
+        if not isinstance(codes, np.ndarray):
+            from .cuda.devicearrays import to_host
+
+            codes, absmax = to_host(codes), to_host(absmax)
+        return dequantize_blockwise(codes, absmax, self.signed)
 
     def __repr__(self):
         return f"Q8State(shape={self.shape}, signed={self.signed})"
@@ -247,7 +277,10 @@ def is_16bit(dtype):
 
 
 def zeros_state(param, dtype=None, *, signed=True):
-    """A zero optimizer state for ``param`` (a NumPy array).
+    """A zero optimizer state for ``param`` (a NumPy array, or a CUDA device
+    array: then the state is on the device too, torch tensors for a torch
+    param, else Numba device arrays, bfloat16 ones as
+    :class:`lrfast.cuda.devicearrays.BFloat16Array`).
 
     ``dtype``: ``None`` (the param's dtype), ``"float32"``, ``"bfloat16"``,
     ``"float16"`` (float16 params only), ``"float64"`` (float64 params only) or
@@ -256,32 +289,46 @@ def zeros_state(param, dtype=None, *, signed=True):
     otherwise. ``signed=False`` makes q8 states for values that are never
     negative (second moments, Adagrad sums, Adadelta accumulators).
     """
-    if not isinstance(param, np.ndarray):
-        raise TypeError(f"param: expected a NumPy array, got {type(param).__name__}")
-    if not (param.dtype in (np.float32, np.float64) or is_16bit(param.dtype)):
-        raise TypeError(f"param: dtype {param.dtype} is not supported "
+    if isinstance(param, np.ndarray):
+        param_dtype, shape = param.dtype, param.shape
+
+        def full(shape, value, dtype):
+            return np.full(shape, value, dtype=dtype)
+    elif _is_device_array(param):
+        from .cuda import devicearrays
+
+        param_dtype, shape = devicearrays.dtype_and_shape(param)
+
+        def full(shape, value, dtype):
+            return devicearrays.full(param, shape, value, dtype)
+    else:
+        raise TypeError("param: expected a NumPy array or a CUDA device array, "
+                        f"got {type(param).__name__}")
+    if not (param_dtype in (np.float32, np.float64) or is_16bit(param_dtype)):
+        raise TypeError(f"param: dtype {param_dtype} is not supported "
                         "(float32, float64, bfloat16 or float16)")
     if not isinstance(signed, (bool, np.bool_)):
         raise TypeError(f"signed: expected a bool, got {type(signed).__name__}")
     choices = "None, 'float32', 'bfloat16', 'float16', 'float64' or 'q8'"
     if dtype is None:
-        dtype = param.dtype.name
+        dtype = param_dtype.name
     if not isinstance(dtype, str):
         raise TypeError(f"dtype: expected {choices}, got {dtype!r}")
+    size = int(np.prod(shape))
     if dtype == "q8":
-        if param.size < Q8_MIN_SIZE:
-            return np.zeros(param.shape, dtype=np.float32)
-        codes = np.full(param.shape, 127 if signed else 0, dtype=np.uint8)
-        return Q8State(codes, np.zeros(_blocks(param.size), dtype=np.float32), signed)
+        if size < Q8_MIN_SIZE:
+            return full(shape, 0, np.dtype(np.float32))
+        codes = full(shape, 127 if signed else 0, np.dtype(np.uint8))
+        return Q8State(codes, full((_blocks(size),), 0, np.dtype(np.float32)), signed)
     if dtype == "float32":
-        return np.zeros(param.shape, dtype=np.float32)
+        return full(shape, 0, np.dtype(np.float32))
     if dtype == "bfloat16":
-        return np.zeros(param.shape, dtype=bfloat16())
+        return full(shape, 0, bfloat16())
     if dtype in ("float16", "float64"):
-        if param.dtype != dtype:
-            raise ValueError(f"dtype: {dtype} states need a {dtype} param, not {param.dtype} "
+        if param_dtype != dtype:
+            raise ValueError(f"dtype: {dtype} states need a {dtype} param, not {param_dtype} "
                              "(states are float32, the param's dtype, bfloat16 or q8)")
-        return np.zeros(param.shape, dtype=dtype)
+        return full(shape, 0, np.dtype(dtype))
     raise ValueError(f"dtype: expected {choices}, got {dtype!r}")
 
 

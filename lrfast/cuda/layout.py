@@ -52,10 +52,14 @@ from dataclasses import dataclass
 import numpy as np
 from numba import cuda
 
-from .. import _core
-from . import is_torch_tensor, launch
+from .. import _core, precision
+from . import is_torch_tensor, launch, lowp_layout
 
 CACHED_LAYOUTS = 32  # a loop alternates between a few: step, norm, clip
+
+# The interface key that says an array of 16-bit words holds bfloat16 (see
+# lrfast.cuda.devicearrays): the one element type the interface cannot name.
+DTYPE_KEY = "lrfast_dtype"
 
 # Array types whose interface cannot change while the object lives (and that
 # can be weakly referenced). Numba's DeviceNDArray sets its pointer, shape,
@@ -82,8 +86,9 @@ class HostView:
 
 @dataclass
 class Group:
-    """The tensors of one dtype in a call: the view spanning them, the piece
-    table, and scratch space for norm partials (made on first use)."""
+    """The tensors of one dtype in a call: the view spanning them (of
+    storage(dtype)), the piece table, and scratch space for norm partials
+    (made on first use)."""
 
     dtype: np.dtype
     mem: object
@@ -119,7 +124,7 @@ def _prepare_in_full(arrays, names, grads_writeable: bool, signature):
     checks the layout unless it is cached, and remembers the arrays."""
     first = f"{names[0]}[0]"
     interfaces: tuple = tuple(None if seq is None else
-                              tuple(_interface(a, f"{name}[{t}]", first) for t, a in enumerate(seq))
+                              tuple(_read(a, f"{name}[{t}]", first) for t, a in enumerate(seq))
                               for seq, name in zip(arrays, names))
     key = (names, grads_writeable) + tuple(
         None if seq is None else tuple(_fields(i) for i in seq) for seq in interfaces)
@@ -128,10 +133,15 @@ def _prepare_in_full(arrays, names, grads_writeable: bool, signature):
         if groups is not None:
             _cache.move_to_end(key)
     if groups is None:
-        proxies = tuple(None if seq is None else [HostView(i) for i in seq]
-                        for seq in interfaces)
-        _core.check(proxies, names, grads_writeable, sixteen_bit=False)
-        groups = _build(interfaces, names)
+        if lowp_layout.involved(interfaces):  # 16-bit floats or q8 states
+            lowp_layout.check(interfaces, names, grads_writeable)
+            groups = _build(interfaces, names) if names == ("grads",) else \
+                lowp_layout.build(interfaces, names)
+        else:
+            proxies = tuple(None if seq is None else [HostView(i) for i in seq]
+                            for seq in interfaces)
+            _core.check(proxies, names, grads_writeable)
+            groups = _build(interfaces, names)
         with _cache_lock:
             _cache[key] = groups
             if len(_cache) > CACHED_LAYOUTS:
@@ -206,12 +216,13 @@ class _Seen:
         return True
 
 
-def _print_of(array, interface: dict) -> tuple:
+def _print_of(array, interface) -> tuple:
     """`array`'s print (see _print), from its interface unless it is a torch
-    tensor, whose print costs less."""
-    if _printer(type(array)) is _torch_print:
-        return _torch_print(array)
-    return (type(array),) + _fields(interface)
+    tensor or a Q8State, whose prints cost less."""
+    printer = _printer(type(array))
+    if printer is _interface_print:
+        return (type(array),) + _fields(interface)
+    return printer(array)
 
 
 def _print(array) -> tuple:
@@ -234,7 +245,8 @@ def _printer(kind: type):
     if printer is None:
         torch = sys.modules.get("torch")  # a torch tensor means torch is imported
         exact_torch = torch is not None and kind in (torch.Tensor, torch.nn.Parameter)
-        printer = _printers[kind] = _torch_print if exact_torch else _interface_print
+        printer = _torch_print if exact_torch else _interface_print
+        printer = _printers[kind] = _q8_print if kind is precision.Q8State else printer
     return printer
 
 
@@ -244,6 +256,11 @@ def _torch_print(t) -> tuple:
     # a tensor that is not contiguous, which the check refuses. A subclass
     # may override the interface: it gets _interface_print.
     return (type(t), t.data_ptr(), t.shape, t.dtype, t.is_contiguous(), t.is_cuda)
+
+
+def _q8_print(state) -> tuple:
+    # Its parts can be reassigned: printed, each by its own printer.
+    return (precision.Q8State, state.signed, _print(state.codes), _print(state.absmax))
 
 
 def _interface_print(array) -> tuple:
@@ -264,11 +281,34 @@ def _stream(params):
     return launch.stream_of(_interface(first))
 
 
+@dataclass(frozen=True)
+class Q8Interface:
+    """What a call reads of a Q8State: its parts' interfaces and its map."""
+
+    codes: dict
+    absmax: dict
+    signed: bool
+
+
+def _read(obj, label: str, first: str):
+    """`obj`'s interface, or a Q8Interface for a Q8State."""
+    if type(obj) is precision.Q8State:
+        return Q8Interface(_interface(obj.codes, f"{label}.codes", first),
+                           _interface(obj.absmax, f"{label}.absmax", first), obj.signed)
+    return _interface(obj, label, first)
+
+
 def _interface(obj, label: str = "", first: str = "") -> dict:
     """`obj`'s interface; `label` and `first` name it and the call's first
-    array in the messages."""
-    if is_torch_tensor(obj) and obj.requires_grad:
-        obj = obj.detach()  # torch refuses the interface of a tensor that requires grad
+    array in the messages. A torch bfloat16 tensor, which exports none, gets
+    one built from its fields, tagged with DTYPE_KEY."""
+    if is_torch_tensor(obj):
+        if obj.requires_grad:
+            obj = obj.detach()  # torch refuses the interface of a tensor that requires grad
+        if obj.dtype is sys.modules["torch"].bfloat16 and obj.device.type == "cuda":
+            return {"shape": tuple(obj.shape), "typestr": "<u2", "data": (obj.data_ptr(), False),
+                    "strides": None if obj.is_contiguous() else
+                    tuple(2 * s for s in obj.stride()), "version": 3, DTYPE_KEY: "bfloat16"}
     try:
         interface = obj.__cuda_array_interface__
     except AttributeError:
@@ -279,17 +319,32 @@ def _interface(obj, label: str = "", first: str = "") -> dict:
     return interface
 
 
-def _fields(interface: dict) -> tuple:
+def _fields(interface) -> tuple:
+    if type(interface) is Q8Interface:
+        return ("q8", interface.signed, _fields(interface.codes), _fields(interface.absmax))
     strides = interface.get("strides")
     return (tuple(interface["data"]), tuple(interface["shape"]),
-            None if strides is None else tuple(strides), interface["typestr"])
+            None if strides is None else tuple(strides), interface["typestr"],
+            interface.get(DTYPE_KEY))
+
+
+def dtype_of(interface: dict) -> np.dtype:
+    """The element type of an interface: its typestr's, or bfloat16 if tagged."""
+    if interface.get(DTYPE_KEY) == "bfloat16":
+        return precision.bfloat16()
+    return np.dtype(interface["typestr"])
+
+
+def storage(dtype: np.dtype) -> np.dtype:
+    """The dtype a kernel indexes for `dtype`: uint16 words for bfloat16."""
+    return np.dtype(np.uint16) if dtype.name == "bfloat16" else dtype
 
 
 def _build(interfaces, names) -> tuple[Group, ...]:
     """One Group per dtype, in order of first appearance in the params."""
     by_dtype: dict[np.dtype, list[int]] = {}
     for t, interface in enumerate(interfaces[0]):
-        by_dtype.setdefault(np.dtype(interface["typestr"]), []).append(t)
+        by_dtype.setdefault(dtype_of(interface), []).append(t)
     groups = (_group(dtype, tensors, interfaces, names) for dtype, tensors in by_dtype.items())
     return tuple(g for g in groups if g is not None)
 
@@ -321,7 +376,7 @@ def _group(dtype: np.dtype, tensors: list[int], interfaces, names) -> Group | No
     table[:, launch.LENGTH] = np.minimum(lengths[owner] - start, launch.CHUNK)
     table[:, 1:1 + len(interfaces)] = offsets[owner] + start[:, None] * used
     launch.counters["tables"] += 1
-    return Group(dtype, device_view(base, (end - base) // size, dtype),
+    return Group(dtype, device_view(base, (end - base) // size, storage(dtype)),
                  cuda.to_device(table), len(table))
 
 

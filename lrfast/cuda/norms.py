@@ -8,6 +8,11 @@ reduces the partials of all pieces, in table order, with NumPy's pairwise sum,
 whose association depends only on their count. Copying the partials back is
 the one host synchronisation of the CUDA back end: the norm is returned as a
 Python float. For p = inf a NaN wins every comparison, so it propagates.
+
+16-bit gradients widen exactly to float64 (bfloat16 from its uint16 words).
+Scaling and clamping them follow lrfast.reference's NumPy arithmetic in the
+grad's dtype: the factor or bounds rounded to it, the product of two 16-bit
+values exact in float32, rounded once to nearest even.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ import math
 import numpy as np
 from numba import cuda, float64
 
-from . import launch
+from . import launch, lowp
 
 GRADS = 1  # the table column of a call on gradients only
 LENGTH, THREADS = launch.LENGTH, launch.THREADS
@@ -32,9 +37,15 @@ def kind_of(p: float) -> int:
 
 
 @functools.cache
-def _norm_kernel(kind: int):
+def _norm_kernel(kind: int, bfloat16: bool = False):
     """``kernel(mem, table, p, partials)``: partials[c] = sum (or max) over
-    piece c of |x|^p, in float64."""
+    piece c of |x|^p, in float64 (`bfloat16`: mem holds bfloat16 words)."""
+
+    @cuda.jit(device=True)
+    def widen(x):
+        if bfloat16:
+            return float64(lowp.bf16_to_f32(x))
+        return float64(x)
 
     @cuda.jit(device=True)
     def term(v, p):
@@ -58,7 +69,7 @@ def _norm_kernel(kind: int):
             n, start = table[c, LENGTH], table[c, GRADS]
             a = float64(0.0)
             for i in range(t, n, THREADS):
-                a = combine(a, term(float64(mem[start + i]), p))
+                a = combine(a, term(widen(mem[start + i]), p))
             acc[t] = a
             cuda.syncthreads()
             width = THREADS // 2
@@ -79,8 +90,8 @@ def total_norm(groups, stream, p: float) -> float:
     if not groups:
         return 0.0
     kind = kind_of(p)
-    kernel = _norm_kernel(kind)
     for g in groups:
+        kernel = _norm_kernel(kind, g.dtype.name == "bfloat16")
         if g.partials is None:
             g.partials = cuda.device_array(g.n_pieces, np.float64)
             g.partials_host = cuda.pinned_array(g.n_pieces, np.float64)
@@ -110,5 +121,35 @@ def _clamp(x, piece, i, k):
     x[j] = lo if v < lo else (hi if v > hi else v)  # NaN passes, as in torch.clamp
 
 
+@cuda.jit(device=True)
+def _scale_bf16(x, piece, i, k):
+    j = piece[GRADS] + i
+    x[j] = lowp.f32_to_bf16(lowp.bf16_to_f32(x[j]) * k[0])
+
+
+@cuda.jit(device=True)
+def _clamp_bf16(x, piece, i, k):
+    lo, hi = k  # float32 values of bfloat16 bounds
+    j = piece[GRADS] + i
+    v = lowp.bf16_to_f32(x[j])
+    if v < lo:
+        x[j] = lowp.f32_to_bf16(lo)
+    elif v > hi:
+        x[j] = lowp.f32_to_bf16(hi)
+
+
 scale_kernel = launch.elementwise(_scale)
 clamp_kernel = launch.elementwise(_clamp)
+_BF16_KERNELS = {"scale": launch.elementwise(_scale_bf16),
+                 "clamp": launch.elementwise(_clamp_bf16)}
+
+
+def in_place(operation: str, dtype: np.dtype, scalars) -> tuple:
+    """``(kernel, scalars)`` to scale (``"scale"``) or clamp (``"clamp"``)
+    gradients of `dtype` in place: the scalars rounded to the dtype, as
+    lrfast.reference's ``g.dtype.type(coef)``; for bfloat16 then widened to
+    float32, which its kernels compute in."""
+    typed = tuple(dtype.type(s) for s in scalars)
+    if dtype.name == "bfloat16":
+        return _BF16_KERNELS[operation], tuple(np.float32(s) for s in typed)
+    return (scale_kernel if operation == "scale" else clamp_kernel), typed

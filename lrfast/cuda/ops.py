@@ -13,7 +13,8 @@ from __future__ import annotations
 import math
 
 from .._hparams import clip_coefficient
-from . import launch, layout, norms
+from . import launch, layout, lowp_launch, norms
+from .lowp_layout import LowpGroup
 from .optimizers import OPTIMIZERS
 
 __all__ = ["sgd", "adam", "rmsprop", "adagrad", "adadelta",
@@ -27,12 +28,22 @@ def _apply(kernel, groups, stream, *scalars: float) -> None:
                       tuple(g.dtype.type(s) for s in scalars))
 
 
+def _apply_in_place(operation: str, groups, stream, *scalars: float) -> None:
+    """Scales or clamps the gradients of every group, any float dtype."""
+    for g in groups:
+        kernel, typed = norms.in_place(operation, g.dtype, scalars)
+        launch.launch(kernel, g.n_pieces, stream, g.mem, g.table, typed)
+
+
 def _step(name: str):
     optimizer = OPTIMIZERS[name]
 
     def step(arrays: tuple, names: tuple, hparams: dict) -> None:
         groups, stream = layout.prepare(arrays, names, grads_writeable=False)
-        _apply(optimizer.kernel(hparams), groups, stream, *optimizer.scalars(hparams))
+        if groups and type(groups[0]) is LowpGroup:  # 16-bit arrays or q8 states
+            lowp_launch.run(optimizer, hparams, groups, stream)
+        else:
+            _apply(optimizer.kernel(hparams), groups, stream, *optimizer.scalars(hparams))
 
     step.__name__ = step.__qualname__ = name
     step.__doc__ = (f"One fused {name} step over (params, grads, states...) on the device; "
@@ -64,11 +75,11 @@ def clip_grad_norm(grads, max_norm: float, norm_type: float, error_if_nonfinite:
                            "to scale them anyway")
     coef = clip_coefficient(total, max_norm)
     if coef != 1.0:  # x * 1 == x: skip the write
-        _apply(norms.scale_kernel, groups, stream, coef)
+        _apply_in_place("scale", groups, stream, coef)
     return total
 
 
 def clip_grad_value(grads, clip_value: float) -> None:
     """Clamps every gradient element to [-clip_value, clip_value] in place."""
     groups, stream = layout.prepare((grads,), ("grads",), grads_writeable=True)
-    _apply(norms.clamp_kernel, groups, stream, -clip_value, clip_value)
+    _apply_in_place("clamp", groups, stream, -clip_value, clip_value)

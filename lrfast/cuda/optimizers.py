@@ -1,7 +1,7 @@
 """The per-element update of each optimizer, as Numba CUDA device functions.
 
 Each body does the arithmetic of its cpp/kernels/<name>.cpp in the same order,
-in the arrays' dtype: the per-step scalars are computed here in double from
+in the arithmetic dtype: the per-step scalars are computed here in double from
 the hparams dict of :mod:`lrfast._hparams` (exactly as the C++ kernels compute
 them from the same fields) and cast to the dtype on the host before the
 launch. The options that change the maths (weight decay, momentum, amsgrad...)
@@ -12,11 +12,19 @@ multiply-add (numba-cuda has no switch for it), where the C++ kernels are
 built with -ffp-contract=off, so a result may differ from the CPU's in its
 last bit.
 
-A body is ``body(x, piece, i, k)``: ``x`` is the view spanning the call's
-arrays, ``piece`` a row of the piece table (see :mod:`.launch`), ``i`` the
-element within the piece, ``k`` the tuple of scalars. Element ``i`` of the
-params is ``x[piece[PARAM] + i]``, of the grads ``x[piece[GRAD] + i]``, of
-the k-th state ``x[piece[STATE + k] + i]``.
+A body works on values: ``body(p, g, s0, s1, s2, k) -> (p, s0, s1, s2)``
+takes the param, the grad and the three state slots (a slot the options do
+not use holds 0 and comes back as it went), ``k`` the tuple of scalars, and
+returns the new param and states. The kernels around it load and store: the
+float32/float64 kernel of :mod:`.launch` indexes one array of the call's
+dtype (:func:`indexed`), the low-precision one (:mod:`.lowp_launch`) widens,
+rounds and quantizes.
+
+Low precision follows :mod:`lrfast.reference` operation for operation, its
+bitwise spec. The bodies already do, except Adam's denominator: the C++
+kernels multiply by ``1 / sqrt(1 - beta2**step)``, the reference divides by
+``sqrt(1 - beta2**step)``; :meth:`Optimizer.plan` picks the flags and
+scalars of either order.
 """
 
 from __future__ import annotations
@@ -26,139 +34,176 @@ import math
 from dataclasses import dataclass
 from typing import Callable
 
+import numpy as np
 from numba import cuda
 
 from . import launch
 
 PARAM, GRAD, STATE = 1, 2, 3  # table columns: the order of the call's arrays
 
+if launch.SIMULATED:
+    # The simulator computes in NumPy scalars, where math.sqrt returns a
+    # Python float (double): np.sqrt keeps float32 a correctly rounded float32.
+    @cuda.jit(device=True)
+    def root(x):
+        return np.sqrt(x)
+else:
+    @cuda.jit(device=True)
+    def root(x):
+        return math.sqrt(x)
+
 
 @dataclass(frozen=True)
 class Optimizer:
     flags: Callable[[dict], tuple]    # hparams -> the compile-time options
     scalars: Callable[[dict], tuple]  # hparams -> the per-step scalars (double), in k's order
-    body: Callable                    # *flags -> device function
+    body: Callable                    # *flags -> device function on values
+    states: Callable[[dict], tuple]   # hparams -> which of the three state slots it updates
+    # hparams -> (flags, scalars) in lrfast.reference's order, where it differs
+    exact: Callable[[dict], tuple] | None = None
+
+    def plan(self, hp: dict, exact: bool) -> tuple[tuple, tuple]:
+        """``(flags, scalars)``: in the reference's order of operations if
+        `exact`, else in the C++ kernels' order."""
+        if exact and self.exact is not None:
+            return self.exact(hp)
+        return self.flags(hp), self.scalars(hp)
 
     def kernel(self, hp: dict):
-        """The compiled-on-first-use kernel for these options."""
-        return _kernel(self.body, self.flags(hp))
+        """The compiled-on-first-use float32/float64 kernel for these options."""
+        return _kernel(self.body, self.flags(hp), self.states(hp))
 
 
 @functools.cache
-def _kernel(body, flags):
-    return launch.elementwise(body(*flags))
+def _kernel(body, flags, states):
+    return launch.elementwise(indexed(body(*flags), states))
+
+
+def indexed(body, states):
+    """``body`` on the elements of one array of the call's dtype (see
+    :mod:`.launch`), storing the state slots flagged in ``states``. The
+    loads of unused slots read in-bounds elements (offset 0) and are dead
+    code to the compiler."""
+    write0, write1, write2 = states
+
+    @cuda.jit(device=True)
+    def update(x, piece, i, k):
+        p, g = piece[PARAM] + i, piece[GRAD] + i
+        a, b, c = piece[STATE] + i, piece[STATE + 1] + i, piece[STATE + 2] + i
+        new_p, s0, s1, s2 = body(x[p], x[g], x[a], x[b], x[c], k)
+        x[p] = new_p
+        if write0:
+            x[a] = s0
+        if write1:
+            x[b] = s1
+        if write2:
+            x[c] = s2
+
+    return update
 
 
 def _sgd(weight_decay, momentum, nesterov, first_step):
     @cuda.jit(device=True)
-    def body(x, piece, i, k):
+    def body(p, g, b, unused1, unused2, k):
         neg_lr, gs, wd, mom, one_minus_damp = k
-        p, g, b = piece[PARAM] + i, piece[GRAD] + i, piece[STATE] + i
-        d = x[g] * gs
+        d = g * gs
         if weight_decay:
-            d = d + wd * x[p]
+            d = d + wd * p
         if momentum:
             if first_step:  # torch: the buffer takes the gradient itself
-                buf = d
+                b = d
             else:
-                buf = x[b] * mom + one_minus_damp * d
-            x[b] = buf
+                b = b * mom + one_minus_damp * d
             if nesterov:
-                d = d + mom * buf
+                d = d + mom * b
             else:
-                d = buf
-        x[p] = x[p] + neg_lr * d
+                d = b
+        return p + neg_lr * d, b, unused1, unused2
 
     return body
 
 
-def _adam(coupled_weight_decay, amsgrad):
+def _adam(coupled_weight_decay, amsgrad, divide_bc2=False):
     @cuda.jit(device=True)
-    def body(x, piece, i, k):
-        gs, wd, param_decay, w1, beta2, w2, inv_bc2, eps, neg_step = k
-        p, g = piece[PARAM] + i, piece[GRAD] + i
-        m, v, vmax = piece[STATE] + i, piece[STATE + 1] + i, piece[STATE + 2] + i
-        d = x[g] * gs
+    def body(p, g, m, v, vmax, k):
+        gs, wd, param_decay, w1, beta2, w2, bc2, eps, neg_step = k
+        d = g * gs
         if coupled_weight_decay:
-            d = d + wd * x[p]
-        mi = x[m] + w1 * (d - x[m])  # torch's lerp
-        vi = x[v] * beta2 + w2 * d * d
-        x[m] = mi
-        x[v] = vi
+            d = d + wd * p
+        m = m + w1 * (d - m)  # torch's lerp
+        v = v * beta2 + w2 * d * d
+        vi = v
         if amsgrad:
-            vi = x[vmax] if x[vmax] > vi else vi
-            x[vmax] = vi
-        denom = math.sqrt(vi) * inv_bc2 + eps
-        x[p] = x[p] * param_decay + neg_step * (mi / denom)
+            vi = vmax if vmax > vi else vi
+            vmax = vi
+        if divide_bc2:  # bc2 = sqrt(1 - beta2**step), as the reference divides
+            denom = root(vi) / bc2 + eps
+        else:  # bc2 = its inverse, as the C++ kernels multiply
+            denom = root(vi) * bc2 + eps
+        return p * param_decay + neg_step * (m / denom), m, v, vmax
 
     return body
 
 
-def _adam_scalars(hp):
+def _adam_flags(hp):
+    return hp["decoupled"] == 0 and hp["weight_decay"] != 0, hp["amsgrad"] != 0
+
+
+def _adam_scalars(hp, bc2):
     # AdamW decays the parameter itself; p * 1 is exact, so Adam multiplies by 1.
     decay_param = hp["decoupled"] != 0 and hp["weight_decay"] != 0
     return (hp["grad_scale"], hp["weight_decay"],
             1.0 - hp["lr"] * hp["weight_decay"] if decay_param else 1.0,
-            1.0 - hp["beta1"], hp["beta2"], 1.0 - hp["beta2"],
-            1.0 / hp["bias_correction2_sqrt"], hp["eps"], -hp["step_size"])
+            1.0 - hp["beta1"], hp["beta2"], 1.0 - hp["beta2"], bc2, hp["eps"], -hp["step_size"])
 
 
 def _rmsprop(weight_decay, momentum, centered):
     @cuda.jit(device=True)
-    def body(x, piece, i, k):
+    def body(p, g, s, b, a, k):
         neg_lr, gs, wd, alpha, w, eps, mom = k
-        p, g, sq = piece[PARAM] + i, piece[GRAD] + i, piece[STATE] + i
-        buf, ga = piece[STATE + 1] + i, piece[STATE + 2] + i
-        d = x[g] * gs
+        d = g * gs
         if weight_decay:
-            d = d + wd * x[p]
-        si = x[sq] * alpha + w * d * d
-        x[sq] = si
+            d = d + wd * p
+        s = s * alpha + w * d * d
         if centered:
-            ai = x[ga] + w * (d - x[ga])
-            x[ga] = ai
-            avg = math.sqrt(si - ai * ai) + eps
+            a = a + w * (d - a)
+            avg = root(s - a * a) + eps
         else:
-            avg = math.sqrt(si) + eps
+            avg = root(s) + eps
         if momentum:
-            b = x[buf] * mom + d / avg
-            x[buf] = b
-            x[p] = x[p] + neg_lr * b
+            b = b * mom + d / avg
+            p = p + neg_lr * b
         else:
-            x[p] = x[p] + neg_lr * (d / avg)
+            p = p + neg_lr * (d / avg)
+        return p, s, b, a
 
     return body
 
 
 def _adagrad(weight_decay):
     @cuda.jit(device=True)
-    def body(x, piece, i, k):
+    def body(p, g, s, unused1, unused2, k):
         neg_clr, gs, wd, eps = k
-        p, g, s = piece[PARAM] + i, piece[GRAD] + i, piece[STATE] + i
-        d = x[g] * gs
+        d = g * gs
         if weight_decay:
-            d = d + wd * x[p]
-        si = x[s] + d * d
-        x[s] = si
-        x[p] = x[p] + neg_clr * (d / (math.sqrt(si) + eps))
+            d = d + wd * p
+        s = s + d * d
+        return p + neg_clr * (d / (root(s) + eps)), s, unused1, unused2
 
     return body
 
 
 def _adadelta(weight_decay):
     @cuda.jit(device=True)
-    def body(x, piece, i, k):
+    def body(p, g, s, u, unused, k):
         neg_lr, gs, wd, rho, w, eps = k
-        p, g = piece[PARAM] + i, piece[GRAD] + i
-        sq, acc = piece[STATE] + i, piece[STATE + 1] + i
-        d = x[g] * gs
+        d = g * gs
         if weight_decay:
-            d = d + wd * x[p]
-        si = x[sq] * rho + w * d * d
-        x[sq] = si
-        delta = math.sqrt(x[acc] + eps) / math.sqrt(si + eps) * d
-        x[acc] = x[acc] * rho + w * delta * delta
-        x[p] = x[p] + neg_lr * delta
+            d = d + wd * p
+        s = s * rho + w * d * d
+        delta = root(u + eps) / root(s + eps) * d
+        u = u * rho + w * delta * delta
+        return p + neg_lr * delta, s, u, unused
 
     return body
 
@@ -169,23 +214,30 @@ OPTIMIZERS = {
                           hp["first_step"] != 0),
         scalars=lambda hp: (-hp["lr"], hp["grad_scale"], hp["weight_decay"], hp["momentum"],
                             1.0 - hp["dampening"]),
-        body=_sgd),
+        body=_sgd,
+        states=lambda hp: (hp["momentum"] != 0, False, False)),
     "adam": Optimizer(
-        flags=lambda hp: (hp["decoupled"] == 0 and hp["weight_decay"] != 0, hp["amsgrad"] != 0),
-        scalars=_adam_scalars,
-        body=_adam),
+        flags=_adam_flags,
+        scalars=lambda hp: _adam_scalars(hp, 1.0 / hp["bias_correction2_sqrt"]),
+        body=_adam,
+        states=lambda hp: (True, True, hp["amsgrad"] != 0),
+        exact=lambda hp: (_adam_flags(hp) + (True,),
+                          _adam_scalars(hp, hp["bias_correction2_sqrt"]))),
     "rmsprop": Optimizer(
         flags=lambda hp: (hp["weight_decay"] != 0, hp["momentum"] != 0, hp["centered"] != 0),
         scalars=lambda hp: (-hp["lr"], hp["grad_scale"], hp["weight_decay"], hp["alpha"],
                             1.0 - hp["alpha"], hp["eps"], hp["momentum"]),
-        body=_rmsprop),
+        body=_rmsprop,
+        states=lambda hp: (True, hp["momentum"] != 0, hp["centered"] != 0)),
     "adagrad": Optimizer(
         flags=lambda hp: (hp["weight_decay"] != 0,),
         scalars=lambda hp: (-hp["clr"], hp["grad_scale"], hp["weight_decay"], hp["eps"]),
-        body=_adagrad),
+        body=_adagrad,
+        states=lambda hp: (True, False, False)),
     "adadelta": Optimizer(
         flags=lambda hp: (hp["weight_decay"] != 0,),
         scalars=lambda hp: (-hp["lr"], hp["grad_scale"], hp["weight_decay"], hp["rho"],
                             1.0 - hp["rho"], hp["eps"]),
-        body=_adadelta),
+        body=_adadelta,
+        states=lambda hp: (True, True, False)),
 }

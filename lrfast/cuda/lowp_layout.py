@@ -1,0 +1,259 @@
+"""Checks and piece tables of calls with bfloat16/float16 arrays or q8 states.
+
+A call is *low precision* when any of its arrays is 16-bit or a Q8State;
+other calls keep the C++ path's check (``lrfast._core.check``) and the
+one-dtype tables of :mod:`.layout`. The rules (DESIGN.md, "Precision"): a
+param is float32, float64, bfloat16 or float16; its grad has its dtype, or
+float32 for a 16-bit param; a state is float32, bfloat16, the param's dtype
+or a Q8State (codes uint8 of the param's shape, absmax float32 of one value
+per 256 codes), signed in the slots whose values can be negative.
+:func:`check` applies them and the C++ path's generic checks (list lengths,
+shapes, contiguity, writeability, overlap) with the same messages, on host
+views of the interfaces: no device memory is read.
+
+Tables: the tensors of a step are grouped by their *kinds* (the dtype of each
+slot, q8 and its map included); each group is one launch of
+:mod:`.lowp_launch`. Arrays of different element sizes cannot share one typed
+view, so a group has one view per storage type (uint8 codes, 16-bit words,
+float32, float64), each spanning that type's arrays, and its table gives
+every slot's offset in its own view. A row is ``[length, position, param,
+grad, state0, state1, state2, absmax0, absmax1, absmax2]``: ``position`` is
+the piece's first element in the call's params laid end to end (stochastic
+rounding keys on it), ``absmaxN`` the index of the piece's first q8 block in
+the float32 view. Pieces start at multiples of ``Q8_CHUNK`` (a multiple of
+256) in groups with q8 states, so a q8 block never straddles two pieces.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from numba import cuda
+
+from .. import precision
+from . import launch, layout
+
+LENGTH, POSITION, PARAM, GRAD, STATE, ABSMAX = 0, 1, 2, 3, 4, 7
+WIDTH = 10
+
+# Slot kinds, compile-time constants of the kernels.
+NONE, F32, F64, F16, BF16, Q8_SIGNED, Q8_UNSIGNED = range(7)
+Q8_KINDS = (Q8_SIGNED, Q8_UNSIGNED)
+
+# The views of a group, in the kernel's argument order.
+CODES, WORDS, HALVES, SINGLES, DOUBLES = range(5)
+_VIEW_DTYPES = (np.uint8, np.uint16, np.float16, np.float32, np.float64)
+
+# States whose values can be negative: an unsigned q8 state cannot hold them.
+SIGNED_STATES = ("momentum_buffers", "exp_avgs", "grad_avgs")
+
+_FLOAT_NAMES = ("float32", "float64", "bfloat16", "float16")
+_KIND_OF_NAME = {"float32": F32, "float64": F64, "float16": F16, "bfloat16": BF16}
+
+
+def involved(interfaces) -> bool:
+    """Whether a call's interfaces hold a 16-bit float or a q8 state."""
+    for seq in interfaces:
+        for i in seq or ():
+            if (type(i) is layout.Q8Interface or i["typestr"] == "<f2"
+                    or layout.DTYPE_KEY in i):
+                return True
+    return False
+
+
+def _host_view(interface: dict) -> np.ndarray:
+    return np.asarray(layout.HostView(interface))
+
+
+def check(interfaces, names: tuple, grads_writeable: bool) -> None:
+    """Raises TypeError/ValueError naming the argument and index for anything
+    a low-precision call cannot take; reads no device memory."""
+    grads_alone = names == ("grads",)
+    n = len(interfaces[0])
+    for seq, name in zip(interfaces[1:], names[1:]):
+        if seq is not None and len(seq) != n:
+            raise ValueError(f"len({name}) = {len(seq)} does not match len({names[0]}) = {n}")
+    spans = []  # (first byte, end, label, written)
+
+    def generic(view, label, written):
+        if not view.flags.c_contiguous:
+            raise ValueError(f"{label} is not C-contiguous")
+        if written and not view.flags.writeable:
+            raise ValueError(f"{label} is read-only")
+        if view.size:
+            lo = view.__array_interface__["data"][0]
+            spans.append((lo, lo + view.nbytes, label, written))
+
+    for t in range(n):
+        param = None  # (dtype, shape, label) of params[t]
+        for s, (seq, name) in enumerate(zip(interfaces, names)):
+            if seq is None:
+                continue
+            label, x = f"{name}[{t}]", seq[t]
+            is_grad = grads_alone or s == 1
+            written = not is_grad or grads_writeable
+            if type(x) is layout.Q8Interface:
+                if param is None or is_grad:
+                    raise TypeError(f"{label} is a q8 state; {name} must be arrays")
+                _check_q8(x, name, label, param, generic)
+                continue
+            view, dtype = _host_view(x), layout.dtype_of(x)
+            if dtype.name not in _FLOAT_NAMES or not dtype.isnative:
+                raise TypeError(f"{label} has dtype {dtype}; expected float32, float64, "
+                                "bfloat16 or float16")
+            if param is None and not grads_alone:
+                param = (dtype, view.shape, label)
+            elif not grads_alone:
+                p_dtype, p_shape, p_label = param
+                widened = p_dtype.itemsize == 2 and dtype == np.float32
+                if is_grad and not (dtype == p_dtype or widened):
+                    raise TypeError(f"{label} has dtype {dtype} but {p_label} has {p_dtype} "
+                                    "(a grad has its param's dtype, or float32 for a 16-bit param)")
+                if not is_grad and dtype not in (p_dtype, np.float32, precision.bfloat16()):
+                    raise TypeError(f"{label} has dtype {dtype} but {p_label} has {p_dtype} "
+                                    "(a state is float32, bfloat16, the param's dtype or q8)")
+                if view.shape != p_shape:
+                    raise ValueError(f"{label} has shape {view.shape} but {p_label} has shape "
+                                     f"{p_shape}")
+            generic(view, label, written)
+    _check_overlap(spans)
+
+
+def _check_q8(x, name: str, label: str, param: tuple, generic) -> None:
+    p_dtype, p_shape, p_label = param
+    if not x.signed and name in SIGNED_STATES:
+        raise ValueError(f"{label}: an unsigned q8 state cannot hold values that can be "
+                         "negative; make it with zeros_state(param, 'q8', signed=True)")
+    blocks = -(-math.prod(p_shape) // precision.BLOCK)
+    for part, interface, dtype, shape in (("codes", x.codes, np.uint8, p_shape),
+                                          ("absmax", x.absmax, np.float32, (blocks,))):
+        view, got = _host_view(interface), layout.dtype_of(interface)
+        if got != dtype:
+            raise TypeError(f"{label}.{part} has dtype {got}; expected {np.dtype(dtype)}")
+        if view.shape != shape:
+            raise ValueError(f"{label}.{part} has shape {view.shape} but {p_label} needs "
+                             f"{shape}")
+        generic(view, f"{label}.{part}", True)
+
+
+def _check_overlap(spans) -> None:
+    """The C++ path's rule: no written array may overlap another array."""
+    spans.sort(key=lambda s: s[0])
+    furthest = furthest_written = None
+    for span in spans:
+        lo, hi, label, written = span
+        other = furthest if written else furthest_written
+        if other is not None and lo < other[1]:
+            raise ValueError(f"{other[2]} and {label} overlap in memory "
+                             "(the same array passed twice?)")
+        if furthest is None or hi > furthest[1]:
+            furthest = span
+        if written and (furthest_written is None or hi > furthest_written[1]):
+            furthest_written = span
+
+
+# -- tables ---------------------------------------------------------------------------
+
+@dataclass
+class LowpGroup:
+    """The tensors of one kind combination in a low-precision step."""
+
+    kinds: tuple           # the kind of params, grads and the three states
+    arithmetic: np.dtype   # float64 for float64 params, float32 otherwise
+    views: tuple           # CODES, WORDS, HALVES, SINGLES, DOUBLES
+    table: object
+    n_pieces: int
+
+    @property
+    def has_q8(self) -> bool:
+        return any(k in Q8_KINDS for k in self.kinds)
+
+
+def _kind(interface) -> int:
+    if interface is None:
+        return NONE
+    if type(interface) is layout.Q8Interface:
+        return Q8_SIGNED if interface.signed else Q8_UNSIGNED
+    return _KIND_OF_NAME[layout.dtype_of(interface).name]
+
+
+# The views holding a slot's arrays, by kind: a q8 state's codes, then absmax.
+_VIEWS_OF_KIND = {NONE: (), F32: (SINGLES,), F64: (DOUBLES,), F16: (WORDS,), BF16: (WORDS,),
+                  Q8_SIGNED: (CODES, SINGLES), Q8_UNSIGNED: (CODES, SINGLES)}
+
+
+def _arrays(interface) -> tuple:
+    if type(interface) is layout.Q8Interface:
+        return (interface.codes, interface.absmax)
+    return (interface,)
+
+
+def build(interfaces, names) -> tuple[LowpGroup, ...]:
+    """The groups of a checked low-precision step, in order of first appearance."""
+    n_slots = len(interfaces)
+    sizes = [math.prod(i["shape"]) for i in interfaces[0]]
+    positions = np.cumsum([0] + sizes[:-1])
+    by_kinds: dict[tuple, list[int]] = {}
+    for t, size in enumerate(sizes):
+        kinds = tuple(_kind(seq[t] if seq is not None else None) for seq in interfaces)
+        kinds += (NONE,) * (5 - n_slots)
+        if size:
+            by_kinds.setdefault(kinds, []).append(t)
+    return tuple(_group(kinds, tensors, interfaces, names, sizes, positions)
+                 for kinds, tensors in by_kinds.items())
+
+
+def _group(kinds, tensors, interfaces, names, sizes, positions) -> LowpGroup:
+    # Where each slot's arrays lie, per view: [view][slot] -> addresses by tensor.
+    address = np.zeros((len(_VIEW_DTYPES), 5, len(tensors)), dtype=np.int64)
+    base = [None] * len(_VIEW_DTYPES)
+    end = [None] * len(_VIEW_DTYPES)
+    for s, kind in enumerate(kinds):
+        for r, t in enumerate(tensors if kind != NONE else ()):
+            for view, interface in zip(_VIEWS_OF_KIND[kind], _arrays(interfaces[s][t])):
+                ptr = interface["data"][0]
+                itemsize = np.dtype(_VIEW_DTYPES[view]).itemsize
+                if ptr % itemsize:
+                    raise ValueError(f"{names[s]}[{t}] is not aligned to its {itemsize}-byte "
+                                     "elements")
+                stop = ptr + math.prod(interface["shape"]) * itemsize
+                address[view, s, r] = ptr
+                base[view] = ptr if base[view] is None else min(base[view], ptr)
+                end[view] = stop if end[view] is None else max(end[view], stop)
+    if base[WORDS] is not None:  # float16 reads its words as halves too
+        base[HALVES], end[HALVES] = base[WORDS], end[WORDS]
+
+    chunk = launch.Q8_CHUNK if any(k in Q8_KINDS for k in kinds) else launch.CHUNK
+    lengths = np.array([sizes[t] for t in tensors], dtype=np.int64)
+    counts = -(-lengths // chunk)
+    owner = np.repeat(np.arange(len(tensors)), counts)
+    start = chunk * (np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts))
+    table = np.zeros((len(owner), WIDTH), dtype=np.int64)
+    table[:, LENGTH] = np.minimum(lengths[owner] - start, chunk)
+    table[:, POSITION] = positions[tensors][owner] + start
+    for s, kind in enumerate(kinds):
+        # A slot's array in its own column; a q8 state's absmax in an ABSMAX
+        # column, where a piece starts at its first block.
+        for column, view in zip((PARAM + s, ABSMAX + s - 2), _VIEWS_OF_KIND[kind]):
+            itemsize = np.dtype(_VIEW_DTYPES[view]).itemsize
+            first = (address[view, s][owner] - base[view]) // itemsize
+            table[:, column] = first + (start if column < ABSMAX else start // precision.BLOCK)
+    launch.counters["tables"] += 1
+    views = tuple(_dummy(dtype) if base[v] is None else
+                  layout.device_view(base[v], (end[v] - base[v]) // np.dtype(dtype).itemsize,
+                                     np.dtype(dtype))
+                  for v, dtype in enumerate(_VIEW_DTYPES))
+    arithmetic = np.dtype(np.float64 if kinds[0] == F64 else np.float32)
+    return LowpGroup(kinds, arithmetic, views, cuda.to_device(table), len(table))
+
+
+_dummies: dict = {}
+
+
+def _dummy(dtype):
+    """A one-element device array standing for a view a group does not use."""
+    if dtype not in _dummies:
+        _dummies[dtype] = cuda.device_array(1, dtype)
+    return _dummies[dtype]
