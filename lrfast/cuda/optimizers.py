@@ -81,22 +81,25 @@ def _kernel(body, flags, states):
 
 def indexed(body, states):
     """``body`` on the elements of one array of the call's dtype (see
-    :mod:`.launch`), storing the state slots flagged in ``states``. The
-    loads of unused slots read in-bounds elements (offset 0) and are dead
-    code to the compiler."""
-    write0, write1, write2 = states
+    :mod:`.launch`), loading and storing only the state slots flagged in
+    ``states`` (a slot in use is read and written). An unused slot's offset
+    is 0, and ``mem`` may span gaps between allocations: it is never read,
+    not even by a load the compiler could drop; the body gets a zero."""
+    use0, use1, use2 = states
 
     @cuda.jit(device=True)
     def update(x, piece, i, k):
         p, g = piece[PARAM] + i, piece[GRAD] + i
         a, b, c = piece[STATE] + i, piece[STATE + 1] + i, piece[STATE + 2] + i
-        new_p, s0, s1, s2 = body(x[p], x[g], x[a], x[b], x[c], k)
+        zero = x[g] * 0  # of the dtype; never stored, so a NaN from inf * 0 is harmless
+        new_p, s0, s1, s2 = body(x[p], x[g], x[a] if use0 else zero, x[b] if use1 else zero,
+                                 x[c] if use2 else zero, k)
         x[p] = new_p
-        if write0:
+        if use0:
             x[a] = s0
-        if write1:
+        if use1:
             x[b] = s1
-        if write2:
+        if use2:
             x[c] = s2
 
     return update
