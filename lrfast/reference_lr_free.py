@@ -1,0 +1,408 @@
+"""NumPy references for the optimizers that take the learning rate off the
+user's hands: Lion, schedule-free SGD and AdamW, Prodigy.
+
+The readable specification and test oracle of their fused kernels, as
+:mod:`lrfast.reference` is for the six. They follow the reference packages
+step for step (lion-pytorch 0.2.x, schedulefree 1.4.x, prodigyopt 1.1.x) and
+are tested against them in ``tests/test_lr_free_reference.py``.
+
+Conventions (those of :mod:`lrfast.reference`): every function updates its
+arrays in place; ``params``, ``grads`` and each state are lists of arrays or
+single arrays; float32 and float64 arrays, with arithmetic in the params'
+dtype; per-step scalars are Python floats (double), rounded once to the
+arithmetic dtype where they meet an array. The gradient as the update sees it
+is, for each tensor::
+
+    g = grad * grad_scale
+    g = -g                          if maximize
+
+(none of the three packages has ``maximize`` or ``grad_scale``: they are the
+identity at their defaults). Where a package adds weight decay to the gradient
+it does so in place on ``p.grad``; the references never write the grads.
+
+``lerp(a, b, w)`` is torch's, which the schedule-free package uses::
+
+    lerp(a, b, w) = a + w * (b - a)          if |w| < 0.5
+                  = b - (b - a) * (1 - w)    otherwise
+
+Host and device: what the classes compute once per step on the host (Python
+floats, no array touched) is in :class:`ScheduleFreeScalars`,
+:func:`prodigy_dlr` and :func:`prodigy_d_update`; everything else is one pass
+over each tensor (Prodigy: two passes, the first a reduction).
+
+Argument rules (the references check nothing; the fast functions and classes
+must refuse these with a clear error before writing anything):
+
+- every rate (``lr``, ``weight_decay``, ``eps``, ``warmup_steps``, ``d0``,
+  ``d_coef``) finite or, for ``growth_rate``, ``inf``; ``lr >= 0``
+  (Lion and Prodigy: ``lr > 0``, as their packages assert), ``weight_decay >= 0``,
+  ``eps > 0`` (Prodigy; ``eps >= 0`` for schedule-free AdamW), ``d0 > 0``,
+  ``d_coef > 0``, ``growth_rate >= 1``; ``grad_scale`` finite;
+- betas in ``[0, 1)``: Lion's two, schedule-free AdamW's and Prodigy's
+  ``beta1``, ``beta2`` and ``beta3`` (when given); schedule-free's
+  ``momentum`` / ``beta1`` in ``(0, 1)``, since ``eval()`` divides by it
+  (schedulefree refuses ``momentum`` outside ``(0, 1)`` for SGD, and checks
+  nothing for AdamW);
+- ``warmup_steps`` an integer ``>= 0``, ``weight_lr_power >= 0``, ``r >= 0``;
+- ``slice_p`` an integer ``>= 1``;
+- ``step()`` of a schedule-free optimizer in eval mode (schedulefree raises);
+- ``ckp1`` in ``[0, 1]`` and ``step >= 1`` for the schedule-free step
+  functions, which take the per-step scalars directly;
+- states of the params' shapes (Prodigy's ``s`` and ``p0``: of the size of
+  ``p.ravel()[::slice_p]``), dtypes as for the other steps.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import numpy as np
+
+from .reference import _each
+
+__all__ = [
+    "lion_step",
+    "schedulefree_sgd_step", "schedulefree_adamw_step", "schedulefree_to_eval",
+    "schedulefree_to_train", "ScheduleFreeScalars", "ScheduleFreeStepScalars",
+    "prodigy_dlr", "prodigy_reduce", "prodigy_d_update", "prodigy_update", "ProdigyD",
+]
+
+
+def _t(p):
+    """The scalar type of the arithmetic dtype of ``p`` (float32 or float64)."""
+    return np.float64 if p.dtype == np.float64 else np.float32
+
+
+def _grad(g, t, grad_scale, maximize):
+    d = g.astype(t) * t(grad_scale)
+    return -d if maximize else d
+
+
+def _lerp(a, b, w, t):
+    """torch.lerp(a, b, w) with a Python weight ``w`` rounded to ``t``."""
+    if abs(w) < 0.5:
+        return a + t(w) * (b - a)
+    return b - (b - a) * t(1 - w)
+
+
+# ---------------------------------------------------------------- Lion
+
+def lion_step(params, grads, exp_avgs, *, lr=1e-4, betas=(0.9, 0.99), weight_decay=0.0,
+              maximize=False, grad_scale=1.0):
+    """Lion (Chen et al. 2023; lion-pytorch 0.2.x ``Lion``), in its order::
+
+        param = param * (1 - lr * weight_decay)
+        c = beta1 * m + (1 - beta1) * g
+        param = param - lr * sign(c)
+        m = beta2 * m + (1 - beta2) * g
+
+    ``sign(0) = 0``. ``1 - lr * weight_decay`` is one scalar (the multiply
+    happens also when ``weight_decay == 0``: it is by 1, exact).
+    lion-pytorch's ``decoupled_weight_decay=True`` is ``weight_decay /
+    initial lr`` here, a class-level matter. One pass: reads grad, param, m;
+    writes param, m.
+    """
+    beta1, beta2 = betas
+    for p, g, m in _each(params, grads, exp_avgs):
+        t = _t(p)
+        d = _grad(g, t, grad_scale, maximize)
+        p *= t(1 - lr * weight_decay)
+        c = m * t(beta1) + t(1 - beta1) * d
+        p += t(-lr) * np.sign(c)
+        m[...] = m * t(beta2) + t(1 - beta2) * d
+
+
+# ---------------------------------------------------------------- schedule-free
+
+class ScheduleFreeStepScalars(NamedTuple):
+    """The per-step scalars of one param group of a schedule-free optimizer."""
+    lr: float    # the rate after warmup: lr * min(1, (k + 1) / warmup_steps)
+    ckp1: float  # the weight of the newest point in the average x
+    step: int    # k + 1, the number of this step (AdamW's bias correction)
+
+
+class ScheduleFreeScalars:
+    """The host side of one param group of schedulefree's ``SGDScheduleFree``
+    and ``AdamWScheduleFree``: ``k`` (steps taken), ``lr_max`` (from -1.0) and
+    ``weight_sum`` (from 0.0), all Python floats. :meth:`next` does, in order::
+
+        sched = (k + 1) / warmup_steps     if k < warmup_steps else 1.0
+        lr_k = lr * sched
+        lr_max = max(lr_k, lr_max)
+        weight = (k + 1)**r * lr_max**weight_lr_power
+        weight_sum = weight_sum + weight
+        ckp1 = weight / weight_sum         (0 when weight_sum == 0)
+        k = k + 1
+
+    and returns ``(lr_k, ckp1, k)`` (the new ``k``, this step's number), the
+    keywords of :func:`schedulefree_sgd_step` / :func:`schedulefree_adamw_step`.
+    The classes call it only from ``step()`` in train mode.
+    """
+
+    def __init__(self, lr, *, warmup_steps=0, r=0.0, weight_lr_power=2.0):
+        self.lr, self.warmup_steps, self.r = lr, warmup_steps, r
+        self.weight_lr_power = weight_lr_power
+        self.k, self.lr_max, self.weight_sum = 0, -1.0, 0.0
+
+    def next(self):
+        k = self.k
+        sched = (k + 1) / self.warmup_steps if k < self.warmup_steps else 1.0
+        lr = self.lr * sched
+        self.lr_max = max(lr, self.lr_max)
+        weight = (k + 1)**self.r * self.lr_max**self.weight_lr_power
+        self.weight_sum += weight
+        ckp1 = weight / self.weight_sum if self.weight_sum != 0 else 0.0
+        self.k = k + 1
+        return ScheduleFreeStepScalars(lr, ckp1, self.k)
+
+
+def schedulefree_sgd_step(params, grads, zs, *, lr, ckp1, momentum=0.9, weight_decay=0.0,
+                          maximize=False, grad_scale=1.0):
+    """Schedule-free SGD (Defazio et al. 2024; schedulefree 1.4.x
+    ``SGDScheduleFree.step``, train mode), with ``lr`` and ``ckp1`` from
+    :class:`ScheduleFreeScalars`. The param holds ``y``, the point where the
+    gradient is taken; ``x`` (the average) is implicit. In order::
+
+        g = g + weight_decay * y                            if weight_decay != 0
+        y = lerp(y, z, ckp1)
+        y = y + lr * (momentum * (1 - ckp1) - 1) * g
+        z = z - lr * g
+
+    ``z`` starts as a copy of the param, made by the class at the param's first
+    step. One pass: reads grad, y, z; writes y, z.
+    """
+    for y, g, z in _each(params, grads, zs):
+        t = _t(y)
+        d = _grad(g, t, grad_scale, maximize)
+        if weight_decay != 0:
+            d = d + t(weight_decay) * y
+        y[...] = _lerp(y, z, ckp1, t)
+        y += t(lr * (momentum * (1 - ckp1) - 1)) * d
+        z += t(-lr) * d
+
+
+def schedulefree_adamw_step(params, grads, zs, exp_avg_sqs, *, lr, ckp1, step,
+                            betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, maximize=False,
+                            grad_scale=1.0):
+    """Schedule-free AdamW (schedulefree 1.4.x ``AdamWScheduleFree.step``,
+    train mode), with ``lr``, ``ckp1`` and ``step`` (= k + 1) from
+    :class:`ScheduleFreeScalars`. In order::
+
+        v = beta2 * v + (1 - beta2) * g * g
+        u = g / (sqrt(v / (1 - beta2**step)) + eps)
+        u = u + weight_decay * y                            if weight_decay != 0
+        y = lerp(y, z, ckp1)
+        y = y + lr * (beta1 * (1 - ckp1) - 1) * u
+        z = z - lr * u
+
+    The weight decay is taken at ``y`` and is not seen by ``v``; there is no
+    first moment (``beta1`` only sets the interpolation), and no bias
+    correction but ``v``'s. One pass: reads grad, y, z, v; writes y, z, v.
+    """
+    beta1, beta2 = betas
+    bias_correction2 = 1 - beta2**step
+    for y, g, z, v in _each(params, grads, zs, exp_avg_sqs):
+        t = _t(y)
+        d = _grad(g, t, grad_scale, maximize)
+        v[...] = v * t(beta2) + t(1 - beta2) * d * d
+        u = d / (np.sqrt(v / t(bias_correction2)) + t(eps))
+        if weight_decay != 0:
+            u = u + t(weight_decay) * y
+        y[...] = _lerp(y, z, ckp1, t)
+        y += t(lr * (beta1 * (1 - ckp1) - 1)) * u
+        z += t(-lr) * u
+
+
+def schedulefree_to_eval(params, zs, *, beta1):
+    """``eval()`` of both schedule-free optimizers: the param goes from ``y``
+    to ``x``::
+
+        param = lerp(param, z, 1 - 1 / beta1)
+
+    ``beta1`` is SGD's ``momentum``. Only for params that have a ``z`` (that
+    have taken a step), and only when the group is in train mode.
+    """
+    for p, z in _each(params, zs):
+        p[...] = _lerp(p, z, 1 - 1 / beta1, _t(p))
+
+
+def schedulefree_to_train(params, zs, *, beta1):
+    """``train()`` of both schedule-free optimizers: the param goes from ``x``
+    to ``y``::
+
+        param = lerp(param, z, 1 - beta1)
+
+    Only for params that have a ``z``, and only when the group is in eval mode
+    (where a group starts).
+    """
+    for p, z in _each(params, zs):
+        p[...] = _lerp(p, z, 1 - beta1, _t(p))
+
+
+# ---------------------------------------------------------------- Prodigy
+
+def prodigy_dlr(*, d, lr, step, betas=(0.9, 0.999), use_bias_correction=False):
+    """The step size of Prodigy's step number ``step`` (= k + 1), made from the
+    estimate ``d`` that the step starts with (host, before both passes)::
+
+        dlr = d * lr * sqrt(1 - beta2**step) / (1 - beta1**step)   if use_bias_correction
+        dlr = d * lr * 1                                            otherwise
+
+    ``lr`` is the largest of the groups' rates (prodigyopt allows the others
+    to be 0 only); ``k`` is the first group's.
+    """
+    beta1, beta2 = betas
+    bias_correction = (1 - beta2**step)**0.5 / (1 - beta1**step) if use_bias_correction else 1
+    return d * lr * bias_correction
+
+
+def _beta3(betas, beta3):
+    return math.sqrt(betas[1]) if beta3 is None else beta3
+
+
+def _prodigy_grad(p, g, t, weight_decay, decouple, grad_scale, maximize):
+    d = _grad(g, t, grad_scale, maximize)
+    if weight_decay != 0 and not decouple:
+        d = d + t(weight_decay) * p
+    return d
+
+
+def prodigy_reduce(params, grads, ss, p0s, *, d, d0, dlr, betas=(0.9, 0.999), beta3=None,
+                   weight_decay=0.0, decouple=True, safeguard_warmup=False, slice_p=1,
+                   maximize=False, grad_scale=1.0):
+    """Prodigy's first pass (Mishchenko & Defazio 2024; prodigyopt 1.1.x
+    ``Prodigy.step``, its first loop): updates ``s`` and returns the two
+    sums, in float64, that :func:`prodigy_d_update` turns into the new ``d``.
+
+    ``d`` is the estimate the step starts with, ``dlr`` from
+    :func:`prodigy_dlr`; ``beta3`` defaults to ``sqrt(beta2)``. For each
+    tensor, with the slice ``[::slice_p]`` of the flattened param and grad::
+
+        g = g + weight_decay * param                  if weight_decay != 0 and not decouple
+        gs = g.ravel()[::slice_p]
+        ps = param.ravel()[::slice_p]
+        dot += sum(gs * (p0 - ps))
+        s = beta3 * s + (d / d0) * d * gs             if safeguard_warmup
+        s = beta3 * s + (d / d0) * dlr * gs           otherwise
+        s_abs += sum(|s|)                             (the new s)
+
+    and returns ``(dot, s_abs)``. ``gs``, ``p0 - ps`` and ``s`` are computed
+    in the arithmetic dtype; the products and sums in float64 (``p0 - ps`` and
+    their products exactly so from float32 arrays), in any order. The scalar
+    ``(d / d0) * dlr`` that prodigyopt puts on each tensor's dot is applied
+    once to the total in :func:`prodigy_d_update`.
+
+    prodigyopt computes each tensor's dot and ``|s|`` sum in the tensors'
+    dtype (float32 accumulation for float32 params: a relative error up to
+    about ``n * 2**-24`` times ``sum|terms| / |sum|``) and adds them up in
+    Python floats. For float64 params both agree with these float64 sums to
+    ~1e-15 relative unless the dot cancels; ``d`` (a ratio of the two, carried
+    over the steps) is then equal to 1e-9 relative as long as the dot's
+    cancellation ``sum|terms| / |sum|`` stays below ~1e5 on every step. On the
+    first step ``p0 - ps`` is exactly 0, so is ``dot``.
+
+    State per tensor: ``p0`` is the slice ``param.ravel()[::slice_p]`` taken
+    (copied) at the param's first step (prodigyopt keeps a 0-d zero instead
+    when the param is all zeros then: the same values), ``s`` zeros of that
+    size (``ceil(param.size / slice_p)``). This pass reads grad, param (the
+    slice only) and ``p0``, reads and writes ``s``; it writes nothing else,
+    and the param and the moments are untouched until :func:`prodigy_update`.
+    """
+    beta3 = _beta3(betas, beta3)
+    s_rate = (d / d0) * (d if safeguard_warmup else dlr)
+    dot = s_abs = 0.0
+    for p, g, s, p0 in _each(params, grads, ss, p0s):
+        t = _t(p)
+        gs = _prodigy_grad(p, g, t, weight_decay, decouple, grad_scale, maximize).ravel()[::slice_p]
+        ps = p.ravel()[::slice_p]
+        dot += float(np.dot(gs.astype(np.float64), p0.astype(np.float64) - ps.astype(np.float64)))
+        s[...] = s * t(beta3) + t(s_rate) * gs
+        s_abs += float(np.abs(s).sum(dtype=np.float64))
+    return dot, s_abs
+
+
+class ProdigyD(NamedTuple):
+    """The group state that :func:`prodigy_d_update` returns, named as
+    prodigyopt's ``param_groups[i]`` keys."""
+    d: float
+    d_max: float
+    d_hat: float
+    d_numerator: float
+    d_denom: float
+
+
+def prodigy_d_update(dot, s_abs, *, d, d0, d_max, d_numerator, dlr, betas=(0.9, 0.999),
+                     beta3=None, d_coef=1.0, growth_rate=math.inf):
+    """Prodigy's host step between the passes: the sums of
+    :func:`prodigy_reduce` to the new estimate, in Python floats, in
+    prodigyopt's order::
+
+        d_numerator = beta3 * d_numerator + (d / d0) * dlr * dot
+        d_denom = s_abs
+        d_hat = d_coef * d_numerator / d_denom
+        d = max(d, d_hat)                   if d == d0 (exactly: no growth yet)
+        d_max = max(d_max, d_hat)
+        d = min(d_max, d * growth_rate)
+
+    Returns a :class:`ProdigyD`, or ``None`` when ``s_abs == 0`` (no gradient
+    has reached ``s`` yet): prodigyopt then returns early, changing none of
+    ``d``, ``d_max``, ``d_numerator`` nor ``k``, and no param, but it has
+    already updated the moments; do it with :func:`prodigy_update` at
+    ``dlr=0.0, d_new=d``, which leaves the params as they are.
+
+    Note that ``growth_rate`` does not bound the step from ``d0``: on the
+    step that first leaves ``d0``, ``d`` jumps to ``min(d_max, d_hat *
+    growth_rate) = d_hat``. The groups share ``d``, ``d_max``, ``d_hat``,
+    ``d_numerator`` and ``d_denom``; ``d0``, ``d_coef``, ``growth_rate`` and
+    ``betas`` are the first group's. (prodigyopt also needs ``lr > 0``
+    here, which its constructor ensures.)
+    """
+    if s_abs == 0:
+        return None
+    d_numerator = _beta3(betas, beta3) * d_numerator + (d / d0) * dlr * dot
+    d_hat = d_coef * d_numerator / s_abs
+    if d == d0:
+        d = max(d, d_hat)
+    d_max = max(d_max, d_hat)
+    d = min(d_max, d * growth_rate)
+    return ProdigyD(d, d_max, d_hat, d_numerator, s_abs)
+
+
+def prodigy_update(params, grads, exp_avgs, exp_avg_sqs, *, d, d_new, dlr, betas=(0.9, 0.999),
+                   eps=1e-8, weight_decay=0.0, decouple=True, maximize=False, grad_scale=1.0):
+    """Prodigy's second pass: the Adam-like update. ``d`` is the estimate the
+    step started with (the one ``dlr`` was made from, and
+    :func:`prodigy_reduce`'s), ``d_new`` the one :func:`prodigy_d_update`
+    returned. For each tensor, in order::
+
+        g = g + weight_decay * param        if weight_decay != 0 and not decouple
+        m = beta1 * m + d * (1 - beta1) * g                 (if beta1 > 0)
+        v = beta2 * v + d * d * (1 - beta2) * g * g
+        param = param + (-weight_decay * dlr) * param       if weight_decay != 0 and decouple
+        param = param - dlr * m / (sqrt(v) + d_new * eps)          if beta1 > 0
+        param = param - dlr * d_new * g / (sqrt(v) + d_new * eps)  if beta1 == 0
+
+    ``d * (1 - beta1)`` and ``d * d * (1 - beta2)`` are single scalars. The
+    moments use the old ``d``, the denominator the new one: prodigyopt updates
+    the moments in its first loop, before ``d`` changes; doing it here gives
+    the same numbers and lets the reduction pass read only the slice of the
+    param. With ``beta1 == 0`` there is no ``m`` (pass ``exp_avgs=None``).
+
+    One pass: reads grad, param, m, v; writes param, m, v. Under
+    ``slice_p > 1`` every element is updated all the same.
+    """
+    beta1, beta2 = betas
+    for p, g, m, v in _each(params, grads, exp_avgs, exp_avg_sqs):
+        t = _t(p)
+        dg = _prodigy_grad(p, g, t, weight_decay, decouple, grad_scale, maximize)
+        if beta1 > 0:
+            m[...] = m * t(beta1) + t(d * (1 - beta1)) * dg
+        v[...] = v * t(beta2) + t(d * d * (1 - beta2)) * dg * dg
+        denom = np.sqrt(v) + t(d_new * eps)
+        if weight_decay != 0 and decouple:
+            p += t(-weight_decay * dlr) * p
+        if beta1 > 0:
+            p += t(-dlr) * (m / denom)
+        else:
+            p += t(-dlr * d_new) * (dg / denom)
