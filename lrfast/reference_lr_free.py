@@ -30,26 +30,29 @@ floats, no array touched) is in :class:`ScheduleFreeScalars`,
 :func:`prodigy_dlr` and :func:`prodigy_d_update`; everything else is one pass
 over each tensor (Prodigy: two passes, the first a reduction).
 
-Argument rules (the references check nothing; the fast functions and classes
-must refuse these with a clear error before writing anything):
+Argument rules: the references check nothing; the fast functions and the
+classes must refuse these with a clear error (ValueError), before writing
+anything:
 
-- every rate (``lr``, ``weight_decay``, ``eps``, ``warmup_steps``, ``d0``,
-  ``d_coef``) finite or, for ``growth_rate``, ``inf``; ``lr >= 0``
-  (Lion and Prodigy: ``lr > 0``, as their packages assert), ``weight_decay >= 0``,
-  ``eps > 0`` (Prodigy; ``eps >= 0`` for schedule-free AdamW), ``d0 > 0``,
-  ``d_coef > 0``, ``growth_rate >= 1``; ``grad_scale`` finite;
-- betas in ``[0, 1)``: Lion's two, schedule-free AdamW's and Prodigy's
-  ``beta1``, ``beta2`` and ``beta3`` (when given); schedule-free's
-  ``momentum`` / ``beta1`` in ``(0, 1)``, since ``eval()`` divides by it
-  (schedulefree refuses ``momentum`` outside ``(0, 1)`` for SGD, and checks
-  nothing for AdamW);
-- ``warmup_steps`` an integer ``>= 0``, ``weight_lr_power >= 0``, ``r >= 0``;
-- ``slice_p`` an integer ``>= 1``;
+- a rate that is negative or not finite: ``lr``, ``weight_decay``, ``eps``,
+  ``warmup_steps``, ``d0``, ``d_coef``, and ``growth_rate`` (which may be
+  ``inf``); ``lr == 0`` too for Lion and Prodigy (their packages assert
+  ``lr > 0``), ``eps == 0`` and ``d0 == 0`` too for Prodigy (as prodigyopt);
+  ``grad_scale``, ``r`` and ``weight_lr_power`` not finite (the packages take
+  any ``d_coef >= 0``, ``growth_rate`` below 1 and negative ``r``: so must we);
+- betas outside ``[0, 1)``: Lion's two (lion-pytorch lets 1 through),
+  schedule-free AdamW's and Prodigy's ``beta1`` and ``beta2``, Prodigy's
+  ``beta3`` when given; schedule-free's ``momentum`` (SGD) and ``beta1``
+  (AdamW) also at 0, since ``eval()`` divides by it (schedulefree refuses
+  ``momentum`` outside ``(0, 1)`` and checks nothing for AdamW);
+- ``warmup_steps`` or ``slice_p`` not an integer, ``warmup_steps < 0``,
+  ``slice_p < 1``;
 - ``step()`` of a schedule-free optimizer in eval mode (schedulefree raises);
-- ``ckp1`` in ``[0, 1]`` and ``step >= 1`` for the schedule-free step
-  functions, which take the per-step scalars directly;
-- states of the params' shapes (Prodigy's ``s`` and ``p0``: of the size of
-  ``p.ravel()[::slice_p]``), dtypes as for the other steps.
+  for the schedule-free step functions, which take the per-step scalars
+  directly: ``ckp1`` outside ``[0, 1]``, ``step < 1``;
+- states of other shapes than the params' (Prodigy's ``s`` and ``p0``: the
+  size of ``param.ravel()[::slice_p]``, ``ceil(param.size / slice_p)``), dtypes
+  as for the other steps.
 """
 
 from __future__ import annotations
@@ -99,8 +102,8 @@ def lion_step(params, grads, exp_avgs, *, lr=1e-4, betas=(0.9, 0.99), weight_dec
 
     ``sign(0) = 0``. ``1 - lr * weight_decay`` is one scalar (the multiply
     happens also when ``weight_decay == 0``: it is by 1, exact).
-    lion-pytorch's ``decoupled_weight_decay=True`` is ``weight_decay /
-    initial lr`` here, a class-level matter. One pass: reads grad, param, m;
+    lion-pytorch's ``decoupled_weight_decay=True`` is this step with
+    ``weight_decay / initial lr``, a matter for the class. One pass: reads grad, param, m;
     writes param, m.
     """
     beta1, beta2 = betas
@@ -137,7 +140,8 @@ class ScheduleFreeScalars:
 
     and returns ``(lr_k, ckp1, k)`` (the new ``k``, this step's number), the
     keywords of :func:`schedulefree_sgd_step` / :func:`schedulefree_adamw_step`.
-    The classes call it only from ``step()`` in train mode.
+    The classes call it only from ``step()`` in train mode; ``lr`` may change
+    between steps, as a group's ``"lr"`` may.
     """
 
     def __init__(self, lr, *, warmup_steps=0, r=0.0, weight_lr_power=2.0):
@@ -287,20 +291,22 @@ def prodigy_reduce(params, grads, ss, p0s, *, d, d0, dlr, betas=(0.9, 0.999), be
         s = beta3 * s + (d / d0) * dlr * gs           otherwise
         s_abs += sum(|s|)                             (the new s)
 
-    and returns ``(dot, s_abs)``. ``gs``, ``p0 - ps`` and ``s`` are computed
-    in the arithmetic dtype; the products and sums in float64 (``p0 - ps`` and
-    their products exactly so from float32 arrays), in any order. The scalar
+    and returns ``(dot, s_abs)``. ``g``, ``gs`` and ``s`` are computed in the
+    arithmetic dtype; ``p0 - ps`` (exact from float32 arrays), the products
+    and the sums in float64, the sums in any order. The scalar
     ``(d / d0) * dlr`` that prodigyopt puts on each tensor's dot is applied
     once to the total in :func:`prodigy_d_update`.
 
     prodigyopt computes each tensor's dot and ``|s|`` sum in the tensors'
-    dtype (float32 accumulation for float32 params: a relative error up to
-    about ``n * 2**-24`` times ``sum|terms| / |sum|``) and adds them up in
-    Python floats. For float64 params both agree with these float64 sums to
-    ~1e-15 relative unless the dot cancels; ``d`` (a ratio of the two, carried
-    over the steps) is then equal to 1e-9 relative as long as the dot's
-    cancellation ``sum|terms| / |sum|`` stays below ~1e5 on every step. On the
-    first step ``p0 - ps`` is exactly 0, so is ``dot``.
+    dtype, which for float32 params is a float32 accumulation (relative
+    error up to about ``log2(n) * 2**-24`` times the cancellation
+    ``sum|terms| / |sum|``), and adds the tensors' results in Python floats.
+    In float64 the orders of summation differ too (torch's, BLAS's, a
+    kernel's): about ``log2(n) * 2**-53`` times the cancellation. ``|s|`` does
+    not cancel; the dot does, and ``d`` (their ratio, carried over the steps)
+    is equal to 1e-9 relative while the dot's cancellation stays below about
+    1e5 on every step, as it does for a gradient that points somewhere. On
+    the first step ``p0 - ps`` is exactly 0 and so is ``dot``.
 
     State per tensor: ``p0`` is the slice ``param.ravel()[::slice_p]`` taken
     (copied) at the param's first step (prodigyopt keeps a 0-d zero instead
