@@ -87,7 +87,7 @@ def check(interfaces, names: tuple, grads_writeable: bool) -> None:
             spans.append((lo, lo + view.nbytes, label, written))
 
     for t in range(n):
-        param = None  # (dtype, shape, label) of params[t]
+        param: tuple | None = None  # (dtype, shape, label) of params[t]
         for s, (seq, name) in enumerate(zip(interfaces, names)):
             if seq is None:
                 continue
@@ -105,7 +105,7 @@ def check(interfaces, names: tuple, grads_writeable: bool) -> None:
                                 "bfloat16 or float16")
             if param is None and not grads_alone:
                 param = (dtype, view.shape, label)
-            elif not grads_alone:
+            elif param is not None:  # (never set when grads come alone)
                 p_dtype, p_shape, p_label = param
                 widened = p_dtype.itemsize == 2 and dtype == np.float32
                 if is_grad and not (dtype == p_dtype or widened):
@@ -141,7 +141,8 @@ def _check_q8(x, name: str, label: str, param: tuple, generic) -> None:
 def _check_overlap(spans) -> None:
     """The C++ path's rule: no written array may overlap another array."""
     spans.sort(key=lambda s: s[0])
-    furthest = furthest_written = None
+    furthest: tuple | None = None
+    furthest_written: tuple | None = None
     for span in spans:
         lo, hi, label, written = span
         other = furthest if written else furthest_written
@@ -208,8 +209,8 @@ def build(interfaces, names) -> tuple[LowpGroup, ...]:
 def _group(kinds, tensors, interfaces, names, sizes, positions) -> LowpGroup:
     # Where each slot's arrays lie, per view: [view][slot] -> addresses by tensor.
     address = np.zeros((len(_VIEW_DTYPES), 5, len(tensors)), dtype=np.int64)
-    base = [None] * len(_VIEW_DTYPES)
-    end = [None] * len(_VIEW_DTYPES)
+    base: list = [None] * len(_VIEW_DTYPES)  # per view: the lowest address, or None
+    end: list = [None] * len(_VIEW_DTYPES)
     for s, kind in enumerate(kinds):
         for r, t in enumerate(tensors if kind != NONE else ()):
             for view, interface in zip(_VIEWS_OF_KIND[kind], _arrays(interfaces[s][t])):
