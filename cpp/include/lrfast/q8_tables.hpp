@@ -29,7 +29,8 @@ struct Q8Table {
     float midpoints[255 + kQ8Fixups];
     // bucket[b] = how many midpoints lie below the lowest value of bucket b; the
     // code of n is that plus how many of the next kQ8Fixups midpoints are < n.
-    std::uint8_t bucket[kQ8Buckets];
+    // Three bytes more, never read as a count: SIMD look-ups load 4 bytes at a time.
+    std::uint8_t bucket[kQ8Buckets + 3];
 };
 
 // q8_tables[1]: the signed map; q8_tables[0]: the unsigned map.
