@@ -15,6 +15,7 @@
 #include "driver.hpp"
 #include "lrfast/dispatch.hpp"
 #include "lrfast/hparams.hpp"
+#include "lrfast/q8_tables.hpp"
 #include "parallel.hpp"
 
 namespace py = pybind11;
@@ -58,12 +59,12 @@ const char* storage_name(Storage s) {
 }
 
 // The dtypes a state of a `param` param may have: float32, the param's own,
-// or bfloat16 (float64 only with float64 params).
+// bfloat16 or a q8 state (float64 only with float64 params).
 const char* state_dtypes(Storage param) {
     switch (param) {
-        case Storage::f64: return "float64, float32 or bfloat16";
-        case Storage::f16: return "float16, float32 or bfloat16";
-        default: return "float32 or bfloat16";
+        case Storage::f64: return "float64, float32 or bfloat16 (or a q8 state)";
+        case Storage::f16: return "float16, float32 or bfloat16 (or a q8 state)";
+        default: return "float32 or bfloat16 (or a q8 state)";
     }
 }
 
@@ -178,6 +179,74 @@ py::array as_array(py::handle obj, const py::tuple& names, int i, std::size_t t,
     return py::reinterpret_borrow<py::array>(view);
 }
 
+// lrfast.precision.Q8State, looked up when the first non-array state arrives.
+bool is_q8_state(py::handle obj) {
+    static PyObject* cls = nullptr;  // guarded by the GIL; kept for the process's life
+    if (cls == nullptr)
+        cls = py::object(py::module_::import("lrfast.precision").attr("Q8State")).release().ptr();
+    return PyObject_IsInstance(obj.ptr(), cls) == 1;
+}
+
+// The slots whose values can be negative: an unsigned q8 state is refused there.
+bool signed_slot(const std::string& name) {
+    return name == "momentum_buffers" || name == "exp_avgs" || name == "grad_avgs";
+}
+
+// A byte range one array of a call covers, for the overlap check.
+struct Span {
+    std::uintptr_t lo, hi;
+    int arg;
+    std::size_t t;
+};
+
+// Checks a Q8State given for state `label` of a param `param` (its codes and
+// absmax as for any state array) and returns its operand; `size` is the
+// param's element count. Its arrays join `spans` and `keep`.
+Operand q8_operand(py::handle state, const std::string& label, const std::string& slot_name,
+                   const py::detail::PyArray_Proxy* param, const std::string& param_label,
+                   std::int64_t size, int arg, std::size_t t, std::vector<Span>& spans,
+                   std::vector<py::object>& keep) {
+    const auto& npy = py::detail::npy_api::get();
+    const bool is_signed = py::reinterpret_borrow<py::object>(state.attr("signed")).cast<bool>();
+    if (!is_signed && signed_slot(slot_name))
+        throw py::value_error(label + ": an unsigned q8 state cannot hold values that can be "
+                              "negative; make it with zeros_state(param, 'q8', signed=True)");
+    const std::int64_t blocks = (size + kQ8Block - 1) / kQ8Block;
+    void* data[2];
+    const char* fields[2] = {"codes", "absmax"};
+    for (int f = 0; f < 2; ++f) {
+        py::object array = state.attr(fields[f]);
+        keep.push_back(array);  // held even if the state's attribute is rebound meanwhile
+        const std::string name = label + "." + fields[f];
+        if (!npy.PyArray_Check_(array.ptr()))
+            throw py::type_error(name + " must be a NumPy array, got " +
+                                 py::str(py::type::of(array).attr("__name__")).cast<std::string>());
+        const auto* a = py::detail::array_proxy(array.ptr());
+        const auto* descr = py::detail::array_descriptor_proxy(a->descr);
+        const int want = f == 0 ? npy.NPY_UBYTE_ : npy.NPY_FLOAT_;
+        if (descr->type_num != want || (descr->byteorder != '=' && descr->byteorder != '|'))
+            throw py::type_error(name + " has dtype " + dtype_of(a) + "; expected " +
+                                 (f == 0 ? "uint8" : "float32"));
+        if (f == 0 && (a->nd != param->nd ||
+                       !std::equal(a->dimensions, a->dimensions + a->nd, param->dimensions)))
+            throw py::value_error(name + " has shape " + shape_of(a) + " but " + param_label +
+                                  " has shape " + shape_of(param));
+        if (f == 1 && (a->nd != 1 || a->dimensions[0] != blocks))
+            throw py::value_error(name + " has shape " + shape_of(a) + "; expected (" +
+                                  std::to_string(blocks) + ",): one value per block of " +
+                                  std::to_string(kQ8Block) + " elements");
+        if (!(a->flags & npy.NPY_ARRAY_C_CONTIGUOUS_))
+            throw py::value_error(name + " is not C-contiguous");
+        if (!(a->flags & npy.NPY_ARRAY_WRITEABLE_)) throw py::value_error(name + " is read-only");
+        const std::uintptr_t lo = reinterpret_cast<std::uintptr_t>(a->data);
+        const std::int64_t bytes = f == 0 ? size : blocks * 4;
+        if (bytes > 0) spans.push_back({lo, lo + std::uintptr_t(bytes), arg, t});
+        data[f] = a->data;
+    }
+    return Operand{data[0], is_signed ? Storage::q8_signed : Storage::q8_unsigned,
+                   static_cast<float*>(data[1])};
+}
+
 // Checks every array of one call and gathers the pointers. `arrays` holds one
 // sequence (or None for an unused state) per slot starting at `first_slot`.
 // Without `sixteen_bit`, bfloat16 and float16 arrays are refused (back ends
@@ -210,11 +279,6 @@ Collected collect(const py::tuple& arrays, const py::tuple& names, int first_slo
                                   std::to_string(n));
     }
 
-    struct Span {
-        std::uintptr_t lo, hi;
-        int arg;
-        std::size_t t;
-    };
     std::vector<Span> spans;
     spans.reserve(n * std::size_t(n_args));
     const auto& npy = py::detail::npy_api::get();
@@ -222,16 +286,28 @@ Collected collect(const py::tuple& arrays, const py::tuple& names, int first_slo
     // The NumPy fields are read through pybind11's proxies rather than
     // py::array calls: this loop runs for every array of every call, and a
     // thousand-tensor step must not spend microseconds here.
+    std::int64_t position = 0;  // of tensor t's first element in the call
     for (std::size_t t = 0; t < n; ++t) {
         const py::detail::PyArray_Proxy* first = nullptr;
         Storage param = Storage::none;
-        std::array<Operand, kOperands> x{};
+        MixedTensor x{};
+        bool q8 = false;
         std::int64_t size = 0;
         for (int i = 0; i < n_args; ++i) {
             if (seqs[i].is_none()) continue;
             const int slot = first_slot + i;
             PyObject* item = PyTuple_GET_ITEM(seqs[i].ptr(), t);
             auto label = [&] { return where(names, i, t); };  // for messages only
+            if (slot > kGrads && first != nullptr && !npy.PyArray_Check_(item) &&
+                is_q8_state(item)) {
+                if (!sixteen_bit)
+                    throw py::type_error(label() + " is a q8 state; expected a float32 or "
+                                         "float64 array");
+                x.x[slot] = q8_operand(item, label(), py::str(names[i]).cast<std::string>(),
+                                       first, where(names, 0, t), size, i, t, spans, out.keep);
+                q8 = true;
+                continue;
+            }
             Storage forced = Storage::none;
             if (!npy.PyArray_Check_(item))
                 item = as_array(item, names, i, t, out.keep, forced).ptr();
@@ -278,28 +354,28 @@ Collected collect(const py::tuple& arrays, const py::tuple& names, int first_slo
             const std::uintptr_t lo = reinterpret_cast<std::uintptr_t>(a->data);
             const std::uintptr_t bytes = std::uintptr_t(size) * std::uintptr_t(storage_bytes(storage));
             if (size > 0) spans.push_back({lo, lo + bytes, i, t});
-            x[std::size_t(slot)] = Operand{a->data, storage};
+            x.x[slot] = Operand{a->data, storage, nullptr};
         }
+        x.size = size;
+        x.position = position;
+        position += size;
 
         // All float32 or all float64: the plain kernels; any other mix: tiles.
         bool all_f32 = true, all_f64 = true;
-        for (const Operand& o : x) {
+        for (const Operand& o : x.x) {
             all_f32 = all_f32 && (o.data == nullptr || o.storage == Storage::f32);
             all_f64 = all_f64 && (o.data == nullptr || o.storage == Storage::f64);
         }
         auto push = [&](auto& batch) {
             using T = std::remove_pointer_t<typename std::decay_t<decltype(batch.params)>::value_type>;
-            if (first_slot == kParams) batch.params.push_back(static_cast<T*>(x[kParams].data));
-            batch.grads.push_back(static_cast<const T*>(x[kGrads].data));
+            if (first_slot == kParams) batch.params.push_back(static_cast<T*>(x.x[kParams].data));
+            batch.grads.push_back(static_cast<const T*>(x.x[kGrads].data));
             for (int k = 0; k < 3; ++k)
-                if (x[std::size_t(kGrads + 1 + k)].data != nullptr)
-                    batch.states[k].push_back(static_cast<T*>(x[std::size_t(kGrads + 1 + k)].data));
+                if (x.x[kGrads + 1 + k].data != nullptr)
+                    batch.states[k].push_back(static_cast<T*>(x.x[kGrads + 1 + k].data));
             batch.offsets.push_back(batch.offsets.back() + size);
         };
-        auto push_mixed = [&](auto& batch) {
-            batch.tensors.push_back(x);
-            batch.offsets.push_back(batch.offsets.back() + size);
-        };
+        auto push_mixed = [&](auto& batch) { batch.push(x, q8); };
         if (all_f32) push(out.f32);
         else if (all_f64) push(out.f64);
         else if (param == Storage::f64) push_mixed(out.mixed64);
@@ -387,7 +463,7 @@ double norm_of(const Collected& c, double p) {
         });
     if (!c.mixed32.tensors.empty())
         parts[n++] = run_norm(c.mixed32.offsets, kind, p, [&](std::int64_t t, std::int64_t lo, std::int64_t m) {
-            return k.half.norm(c.mixed32.tensors[std::size_t(t)][kGrads], lo, m, kind, p);
+            return k.half.norm(c.mixed32.tensors[std::size_t(t)].x[kGrads], lo, m, kind, p);
         });
     if (n == 0) return 0.0;
     double total = parts[0];
@@ -418,7 +494,7 @@ void apply_inplace(const Collected& c, bool clamp, double arg) {
     apply_inplace(c.f64, k.f64, clamp, arg);
     const auto half = clamp ? k.half.clamp : k.half.scale;
     run_inplace(c.mixed32.offsets, [&](std::int64_t t, std::int64_t lo, std::int64_t n) {
-        half(c.mixed32.tensors[std::size_t(t)][kGrads], lo, n, arg);
+        half(c.mixed32.tensors[std::size_t(t)].x[kGrads], lo, n, arg);
     });
 }
 
@@ -537,6 +613,9 @@ PYBIND11_MODULE(_core, m) {
             .c_str());
     m.def("get_num_threads", &get_num_threads);
     m.attr("BLOCK") = kBlock;
+
+    if (*q8_tables_error() != '\0')
+        throw py::import_error(std::string("lrfast._core: ") + q8_tables_error());
 
     // Environment values that cannot be used as given warn on import.
     const std::string threads_warning = init_num_threads();

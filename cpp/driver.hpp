@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "lrfast/dispatch.hpp"
+#include "lrfast/q8_tables.hpp"
 #include "parallel.hpp"
 
 namespace lrfast {
@@ -39,11 +40,25 @@ struct Batch {
 
 // Tensors whose arrays mix storages: per tensor, its param, grad and state
 // operands (data nullptr where unused); T is the arithmetic type.
+//
+// A q8 block must be quantized by one thread, from all of its new values. So a
+// tensor with a q8 state starts at a multiple of kQ8Block in the element space
+// and takes a multiple of it (kBlock is one too): no block of the driver then
+// cuts one of its q8 blocks. The padding belongs to no tensor (pieces are
+// clipped to the tensor's size) and depends only on the sizes and storages.
+static_assert(kBlock % kQ8Block == 0, "driver blocks hold whole q8 blocks");
+
 template <class T>
 struct MixedBatch {
-    std::vector<std::array<Operand, kOperands>> tensors;
-    std::vector<std::int64_t> offsets{0};
+    std::vector<MixedTensor> tensors;
+    std::vector<std::int64_t> offsets{0};  // offsets[t] .. offsets[t+1]: tensor t and its padding
 
+    void push(const MixedTensor& tensor, bool q8) {
+        auto round_up = [](std::int64_t v) { return (v + kQ8Block - 1) / kQ8Block * kQ8Block; };
+        if (q8) offsets.back() = round_up(offsets.back());  // the previous tensor's padding
+        tensors.push_back(tensor);
+        offsets.push_back(offsets.back() + (q8 ? round_up(tensor.size) : tensor.size));
+    }
     std::int64_t total() const { return offsets.back(); }
     std::int64_t blocks() const { return (total() + kBlock - 1) / kBlock; }
 };
@@ -73,12 +88,22 @@ void run_update(UpdateFn<P, T> kernel, const P& hp, const Batch<T>& batch) {
     });
 }
 
+// Calls piece(tensor, lo, n) for the part [lo, lo + n) of each tensor of a
+// mixed batch in block b, padding left out.
+template <class T, class F>
+void for_each_mixed_piece(const MixedBatch<T>& batch, std::int64_t b, F piece) {
+    for_each_piece(batch.offsets, b, [&](std::int64_t t, std::int64_t lo, std::int64_t hi) {
+        const MixedTensor& tensor = batch.tensors[std::size_t(t)];
+        hi = std::min(hi, tensor.size);
+        if (hi > lo) piece(tensor, lo, hi - lo);
+    });
+}
+
 template <class P, class T>
 void run_update(MixedFn<P> kernel, const P& hp, const MixedBatch<T>& batch) {
     parallel_for(batch.blocks(), kMinParallelBlocks, [&](std::int64_t b) {
-        for_each_piece(batch.offsets, b, [&](std::int64_t t, std::int64_t lo, std::int64_t hi) {
-            kernel(hp, batch.tensors[t].data(), lo, hi - lo);
-        });
+        for_each_mixed_piece(batch, b, [&](const MixedTensor& tensor, std::int64_t lo,
+                                           std::int64_t n) { kernel(hp, tensor, lo, n); });
     });
 }
 
@@ -101,9 +126,8 @@ template <class T>
 void run_stream(void (*kernel)(const Operand*, std::int64_t, std::int64_t),
                 const MixedBatch<T>& batch) {
     parallel_for(batch.blocks(), kMinParallelBlocks, [&](std::int64_t b) {
-        for_each_piece(batch.offsets, b, [&](std::int64_t t, std::int64_t lo, std::int64_t hi) {
-            kernel(batch.tensors[t].data(), lo, hi - lo);
-        });
+        for_each_mixed_piece(batch, b, [&](const MixedTensor& tensor, std::int64_t lo,
+                                           std::int64_t n) { kernel(tensor.x, lo, n); });
     });
 }
 

@@ -8,9 +8,10 @@ from typing import Any
 BLOCK: int
 
 # One fused step per kernel of optimizers.def: `arrays` holds params, grads and
-# each state as a sequence of arrays (None for a state the options leave
-# unused), `names` their argument names, `hparams` the per-step scalars of
-# lrfast._hparams.
+# each state as a sequence of arrays or lrfast.Q8State (None for a state the
+# options leave unused), `names` their argument names, `hparams` the per-step
+# scalars of lrfast._hparams (each optimizer's, then stochastic_rounding and
+# sr_key).
 def sgd(arrays: tuple[Sequence[Any] | None, ...], names: tuple[str, ...], hparams: dict[str, float]) -> None: ...
 def adam(arrays: tuple[Sequence[Any] | None, ...], names: tuple[str, ...], hparams: dict[str, float]) -> None: ...
 def rmsprop(arrays: tuple[Sequence[Any] | None, ...], names: tuple[str, ...], hparams: dict[str, float]) -> None: ...

@@ -3,7 +3,8 @@
 Every step function passes its keywords through one of the functions here
 before any array is touched. The returned dict is exactly the Params struct of
 cpp/include/lrfast/hparams.hpp (same field names; flags as 0.0/1.0), computed
-in double, and is shared by the C++ and the CUDA back ends.
+in double, and is shared by the C++ and the CUDA back ends. Each ends with the
+fields of :func:`rounding` (stochastic rounding of 16-bit params).
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import numbers
 import operator
 
 import numpy as np
+
+from . import precision
 
 
 # steps are counted in int64, as torch counts them and as lrfast.schedules takes them
@@ -89,6 +92,30 @@ def step_count(value) -> int:
     return step
 
 
+def rounding(stochastic_rounding, seed, step) -> dict:
+    """The rounding fields every kernel's hparams end with: the flag, and
+    ``sr_key``, the key of :func:`lrfast.precision.random_bits` for (seed,
+    step) before the position's high word is mixed in::
+
+        sr_key = H(H(H(H(0x243F6A88 ^ lo(seed)) ^ hi(seed)) ^ lo(step)) ^ hi(step))
+
+    a 32-bit value, exact as a float. ``step`` is None for a step function
+    without one: the hash then uses step 0."""
+    on = flag("stochastic_rounding", stochastic_rounding)
+    if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, numbers.Integral):
+        raise TypeError(f"seed must be an int, got {type(seed).__name__}")
+    seed = int(seed)
+    if not 0 <= seed < 2**64:
+        raise ValueError(f"seed must lie in [0, 2**64), got {describe_int(seed)}")
+    if not on:
+        return dict(stochastic_rounding=0.0, sr_key=0.0)
+    step = 0 if step is None else step
+    key = np.array([precision._KEY_INIT], dtype=np.uint32)
+    for word in (seed & 0xFFFFFFFF, seed >> 32, step & 0xFFFFFFFF, step >> 32):
+        key = precision._lowbias32(key ^ np.uint32(word))
+    return dict(stochastic_rounding=1.0, sr_key=float(key[0]))
+
+
 # Public as lrfast.clip_coefficient (through lrfast.clip); it lives here, below
 # the back ends, so that the CUDA back end uses it without importing lrfast.clip,
 # which imports the router lrfast._backend, which imports the CUDA back end.
@@ -105,7 +132,8 @@ def signed_scale(grad_scale, maximize) -> float:
     return -scale if flag("maximize", maximize) else scale
 
 
-def sgd(*, lr, step, momentum, dampening, nesterov, weight_decay, maximize, grad_scale):
+def sgd(*, lr, step, momentum, dampening, nesterov, weight_decay, maximize, grad_scale,
+        stochastic_rounding=False, seed=0):
     lr = non_negative("lr", lr)
     momentum = non_negative("momentum", momentum)
     dampening = finite("dampening", dampening)
@@ -121,10 +149,11 @@ def sgd(*, lr, step, momentum, dampening, nesterov, weight_decay, maximize, grad
     return dict(lr=lr, momentum=momentum, dampening=dampening,
                 weight_decay=non_negative("weight_decay", weight_decay),
                 grad_scale=signed_scale(grad_scale, maximize), nesterov=nesterov,
-                first_step=1.0 if step == 1 else 0.0)
+                first_step=1.0 if step == 1 else 0.0, **rounding(stochastic_rounding, seed, step))
 
 
-def adam(*, lr, step, betas, eps, weight_decay, amsgrad, maximize, grad_scale, decoupled):
+def adam(*, lr, step, betas, eps, weight_decay, amsgrad, maximize, grad_scale, decoupled,
+         stochastic_rounding=False, seed=0):
     lr = non_negative("lr", lr)
     step = step_count(step)
     try:
@@ -138,32 +167,38 @@ def adam(*, lr, step, betas, eps, weight_decay, amsgrad, maximize, grad_scale, d
                 grad_scale=signed_scale(grad_scale, maximize),
                 step_size=lr / (1.0 - beta1**step),
                 bias_correction2_sqrt=math.sqrt(1.0 - beta2**step),
-                decoupled=1.0 if decoupled else 0.0, amsgrad=flag("amsgrad", amsgrad))
+                decoupled=1.0 if decoupled else 0.0, amsgrad=flag("amsgrad", amsgrad),
+                **rounding(stochastic_rounding, seed, step))
 
 
-def rmsprop(*, lr, alpha, eps, weight_decay, momentum, centered, maximize, grad_scale):
+def rmsprop(*, lr, alpha, eps, weight_decay, momentum, centered, maximize, grad_scale,
+            stochastic_rounding=False, seed=0):
     return dict(lr=non_negative("lr", lr), alpha=unit_interval("alpha", alpha, closed=True),
                 eps=non_negative("eps", eps),
                 weight_decay=non_negative("weight_decay", weight_decay),
                 momentum=non_negative("momentum", momentum),
                 grad_scale=signed_scale(grad_scale, maximize),
-                centered=flag("centered", centered))
+                centered=flag("centered", centered), **rounding(stochastic_rounding, seed, None))
 
 
-def adagrad(*, lr, step, lr_decay, weight_decay, eps, maximize, grad_scale):
+def adagrad(*, lr, step, lr_decay, weight_decay, eps, maximize, grad_scale,
+            stochastic_rounding=False, seed=0):
     lr = non_negative("lr", lr)
     lr_decay = non_negative("lr_decay", lr_decay)
     step = step_count(step)
     return dict(clr=lr / (1.0 + (step - 1) * lr_decay), eps=non_negative("eps", eps),
                 weight_decay=non_negative("weight_decay", weight_decay),
-                grad_scale=signed_scale(grad_scale, maximize))
+                grad_scale=signed_scale(grad_scale, maximize),
+                **rounding(stochastic_rounding, seed, step))
 
 
-def adadelta(*, lr, rho, eps, weight_decay, maximize, grad_scale):
+def adadelta(*, lr, rho, eps, weight_decay, maximize, grad_scale,
+             stochastic_rounding=False, seed=0):
     return dict(lr=non_negative("lr", lr), rho=unit_interval("rho", rho, closed=True),
                 eps=non_negative("eps", eps),
                 weight_decay=non_negative("weight_decay", weight_decay),
-                grad_scale=signed_scale(grad_scale, maximize))
+                grad_scale=signed_scale(grad_scale, maximize),
+                **rounding(stochastic_rounding, seed, None))
 
 
 def norm_type(value) -> float:

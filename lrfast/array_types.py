@@ -13,6 +13,8 @@ these types say only which kinds of objects can be passed:
   have no common static type before Python 3.12).
 - :data:`Tensors`: one array or a sequence of arrays (a list or a tuple: one
   native call for the whole list).
+- :data:`States`: as :data:`Tensors`, where an item may also be a
+  :class:`lrfast.Q8State` (an 8-bit optimizer state).
 - :data:`Real`, :data:`Bool`, :data:`Int`: the scalar keywords, which take
   Python and NumPy scalars alike.
 """
@@ -25,7 +27,9 @@ from typing import Any, Protocol, TypeAlias, Union
 import numpy as np
 from numpy.typing import NDArray
 
-__all__ = ["Array", "Tensors", "Real", "Bool", "Int", "HasArrayInterface", "HasCudaArrayInterface"]
+from .precision import Q8State
+
+__all__ = ["Array", "Tensors", "State", "States", "Real", "Bool", "Int", "HasArrayInterface", "HasCudaArrayInterface"]
 
 
 class HasArrayInterface(Protocol):
@@ -45,6 +49,8 @@ class HasCudaArrayInterface(Protocol):
 # memoryview is generic for type checkers but not subscriptable at run time before 3.12.
 Array: TypeAlias = Union[NDArray[Any], HasArrayInterface, HasCudaArrayInterface, "memoryview[Any]"]
 Tensors: TypeAlias = Union[Array, Sequence[Array]]
+State: TypeAlias = Union[Array, Q8State]
+States: TypeAlias = Union[State, Sequence[State]]
 
 # `float` also admits int for type checkers; NumPy scalars are not float subclasses
 # (np.float32, np.int64), so they are named.

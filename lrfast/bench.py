@@ -6,7 +6,8 @@ through the same blocks and threads, with no arithmetic), the NumPy reference
 and, when torch is installed, torch.optim's fused (or foreach) step. All
 ratios come from the one run. Traffic per element: the gradient is read, the
 parameter and each state are read and written (Adam: 7 arrays, 28 bytes in
-float32, 14 in bfloat16), each array counted at its own dtype's size.
+float32, 14 in bfloat16), each array counted at its own dtype's size (a q8
+state: 1 byte of code and 4 bytes of absmax per 256 elements).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import time
 
 import numpy as np
 
-from . import _core, bench_table, cli_args, clip, reference, steps
+from . import _core, bench_table, cli_args, clip, precision, reference, steps
 from .bench_configs import CONFIGS, layouts
 from .progress import Progress
 from .workloads import transformer_like_shapes
@@ -83,26 +84,40 @@ def numpy_dtype(name: str) -> np.dtype:
     return np.dtype(name)
 
 
+# The state slots whose values can be negative: their q8 states use the signed map.
+SIGNED_STATES = ("momentum_buffers", "exp_avgs", "grad_avgs")
+
+
 class Problem:
     """Params, grads and zeroed states of one optimizer over one layout; the
-    states have `state_dtype` (default: the params' dtype)."""
+    states have `state_dtype` (default: the params' dtype; "q8": 8-bit states
+    from lrfast.zeros_state, float32 for tensors under 4096 elements)."""
 
     def __init__(self, name: str, shapes, dtype, state_dtype=None):
         self.name, self.shapes, self.dtype = name, shapes, numpy_dtype(str(dtype))
-        self.state_dtype = self.dtype if state_dtype is None else numpy_dtype(str(state_dtype))
+        self.q8 = state_dtype == "q8"
+        self.state_dtype = (self.dtype if state_dtype is None or self.q8
+                            else numpy_dtype(str(state_dtype)))
         self.hp, self.state_names, self.torch_name = CONFIGS[name]
         rng = np.random.default_rng(0)
         self.params = [rng.standard_normal(s, dtype=np.float32).astype(self.dtype) for s in shapes]
         self.grads = [rng.standard_normal(s, dtype=np.float32).astype(self.dtype) for s in shapes]
-        self.states = [[np.zeros(s, self.state_dtype) for s in shapes] for _ in self.state_names]
+        if self.q8:
+            self.states = [[precision.zeros_state(p, "q8", signed=state in SIGNED_STATES)
+                            for p in self.params] for state in self.state_names]
+        else:
+            self.states = [[np.zeros(s, self.state_dtype) for s in shapes] for _ in self.state_names]
         self.elements = sum(math.prod(s) for s in shapes)
-        per_element = (3 * self.dtype.itemsize  # grad read, param read and written
-                       + 2 * self.state_dtype.itemsize * len(self.states))
-        self.bytes = self.elements * per_element
+        # grad read, param read and written, each state read and written (a q8
+        # state: its codes and its absmax)
+        self.bytes = (3 * self.dtype.itemsize * self.elements
+                      + 2 * sum(x.nbytes for states in self.states for x in states))
 
     @property
     def label(self) -> str:
         """The dtype column: the params' dtype, and the states' where it differs."""
+        if self.q8:
+            return f"{self.dtype.name}/q8"
         if self.state_dtype == self.dtype:
             return self.dtype.name
         return f"{self.dtype.name}/{self.state_dtype.name}"
@@ -244,9 +259,11 @@ def register(subparsers) -> None:
                    help="comma-separated subset of: %(default)s")
     p.add_argument("--dtype", choices=("float32", "float64", "bfloat16", "float16"),
                    default="float32", help="of the params and grads (default: %(default)s)")
-    p.add_argument("--state-dtype", choices=("param", "float32", "bfloat16"), default="param",
-                   help="of the optimizer states (default: the params' dtype); torch keeps "
-                        "its states in the params' dtype whatever this says")
+    p.add_argument("--state-dtype", choices=("param", "float32", "bfloat16", "q8"),
+                   default="param",
+                   help="of the optimizer states (default: the params' dtype; q8: 8-bit "
+                        "block-wise states); torch keeps its states in the params' dtype "
+                        "whatever this says")
     p.add_argument("--threads", type=cli_args.positive_int, metavar="N",
                    help="threads for the kernels, >= 1 (default: all CPUs)")
     p.add_argument("--no-lists", action="store_true",

@@ -8,9 +8,22 @@ Arguments: every tensor argument takes one array or a list/tuple of arrays
 (C-contiguous; params and states writeable). Params are float32, float64,
 bfloat16 (``ml_dtypes.bfloat16``, or a torch tensor) or float16; a grad has
 its param's dtype, or float32 for a 16-bit param; each state is float32, the
-param's dtype or bfloat16 (float64 only with float64 params), and a list may
-mix dtypes. Arithmetic runs in float32 (float64 for float64 params) and every
-16-bit value written rounds to nearest even. Hyperparameters
+param's dtype, bfloat16 (float64 only with float64 params) or a
+:class:`lrfast.Q8State` (8-bit block-wise codes, made by
+:func:`lrfast.zeros_state`), and a list may mix them. A q8 state made with
+``signed=False`` is refused in a slot whose values can be negative (momentum
+buffers, first moments, RMSprop's grad averages). Arithmetic runs in float32
+(float64 for float64 params); a q8 state is dequantized, updated and
+re-quantized block by block with its new absmax in the same pass, and the
+param update uses the new moments before they are stored. Every 16-bit value
+written rounds to nearest even, except 16-bit params with
+``stochastic_rounding=True``: they round stochastically, with random bits
+hashed from (``seed``, ``step``, the element's position in the call's params
+laid end to end), so that the result does not depend on the thread count or
+the ISA. A step function without a ``step`` argument (and ``sgd_step`` with
+``step=None``) hashes with step 0: a caller that varies nothing gets the same
+random bits at every call, so vary ``seed`` per call, as lrfast's optimizer
+classes do (``seed = (seed + number_of_steps_taken) % 2**64``). Hyperparameters
 are keyword-only; ``step`` is the 1-based index of the update being applied.
 ``grad_scale`` multiplies the gradient inside the kernel (an unscale factor or
 a clip coefficient) and the gradients themselves are never written. Invalid
@@ -24,15 +37,16 @@ from typing import Any
 
 from . import _hparams
 from ._backend import run
-from .array_types import Bool, Int, Real, Tensors
+from .array_types import Bool, Int, Real, States, Tensors
 
 __all__ = ["sgd_step", "adam_step", "adamw_step", "rmsprop_step", "adagrad_step", "adadelta_step"]
 
 
-def sgd_step(params: Tensors, grads: Tensors, momentum_buffers: Tensors | None = None, *,
+def sgd_step(params: Tensors, grads: Tensors, momentum_buffers: States | None = None, *,
              lr: Real, step: Int | None = None, momentum: Real = 0.0, dampening: Real = 0.0,
              nesterov: Bool = False, weight_decay: Real = 0.0, maximize: Bool = False,
-             grad_scale: Real = 1.0) -> None:
+             grad_scale: Real = 1.0, stochastic_rounding: Bool = False,
+             seed: Int = 0) -> None:
     """SGD with momentum, dampening, Nesterov and weight decay (torch.optim.SGD),
     every tensor updated in place in one pass.
 
@@ -50,6 +64,12 @@ def sgd_step(params: Tensors, grads: Tensors, momentum_buffers: Tensors | None =
     gradient whatever it held; without ``step`` the buffers must start at zero
     (the same first step when ``dampening == 0``).
 
+    ``momentum_buffers`` may be float32, the param's dtype, bfloat16 or a signed
+    q8 state. ``stochastic_rounding=True`` rounds 16-bit params stochastically
+    with random bits of (``seed``, ``step``, position); with ``step=None`` the
+    hash uses step 0, the same bits at every call unless ``seed`` changes (see
+    the module docstring).
+
     >>> import numpy as np, lrfast
     >>> p = np.array([1.0, -2.0], np.float32)
     >>> g = np.array([0.5, 0.5], np.float32)
@@ -60,15 +80,15 @@ def sgd_step(params: Tensors, grads: Tensors, momentum_buffers: Tensors | None =
     """
     hp = _hparams.sgd(lr=lr, step=step, momentum=momentum, dampening=dampening,
                       nesterov=nesterov, weight_decay=weight_decay, maximize=maximize,
-                      grad_scale=grad_scale)
+                      grad_scale=grad_scale, stochastic_rounding=stochastic_rounding, seed=seed)
     uses_buffers = hp["momentum"] != 0
     run("sgd", hp, {"params": params, "grads": grads,
                     "momentum_buffers": momentum_buffers if uses_buffers else None},
         required=("params", "grads") + (("momentum_buffers",) if uses_buffers else ()))
 
 
-def _adam(kernel_decoupled: bool, params: Tensors, grads: Tensors, exp_avgs: Tensors,
-          exp_avg_sqs: Tensors, max_exp_avg_sqs: Tensors | None, **kw: Any) -> None:
+def _adam(kernel_decoupled: bool, params: Tensors, grads: Tensors, exp_avgs: States,
+          exp_avg_sqs: States, max_exp_avg_sqs: States | None, **kw: Any) -> None:
     hp = _hparams.adam(decoupled=kernel_decoupled, **kw)
     amsgrad = hp["amsgrad"] != 0
     run("adam", hp, {"params": params, "grads": grads, "exp_avgs": exp_avgs,
@@ -78,10 +98,11 @@ def _adam(kernel_decoupled: bool, params: Tensors, grads: Tensors, exp_avgs: Ten
         + (("max_exp_avg_sqs",) if amsgrad else ()))
 
 
-def adam_step(params: Tensors, grads: Tensors, exp_avgs: Tensors, exp_avg_sqs: Tensors,
-              max_exp_avg_sqs: Tensors | None = None, *, lr: Real = 1e-3, step: Int,
+def adam_step(params: Tensors, grads: Tensors, exp_avgs: States, exp_avg_sqs: States,
+              max_exp_avg_sqs: States | None = None, *, lr: Real = 1e-3, step: Int,
               betas: tuple[Real, Real] = (0.9, 0.999), eps: Real = 1e-8, weight_decay: Real = 0.0,
-              amsgrad: Bool = False, maximize: Bool = False, grad_scale: Real = 1.0) -> None:
+              amsgrad: Bool = False, maximize: Bool = False, grad_scale: Real = 1.0, stochastic_rounding: Bool = False,
+              seed: Int = 0) -> None:
     """Adam (torch.optim.Adam), every tensor updated in place in one pass;
     weight decay is added to the gradient (see adamw_step for decoupled decay).
 
@@ -99,6 +120,11 @@ def adam_step(params: Tensors, grads: Tensors, exp_avgs: Tensors, exp_avg_sqs: T
     ``max_exp_avg_sqs`` (``vmax``), needed only when ``amsgrad``. ``step`` is
     the 1-based index of this update (the bias corrections).
 
+    Each state may be float32, the param's dtype, bfloat16 or a q8 state
+    (``exp_avgs`` signed; ``exp_avg_sqs`` and ``max_exp_avg_sqs`` signed or
+    unsigned). ``stochastic_rounding=True`` rounds 16-bit params stochastically
+    with random bits of (``seed``, ``step``, position); see the module docstring.
+
     >>> import numpy as np, lrfast
     >>> p = np.array([1.0, -2.0], np.float32)
     >>> g = np.array([0.5, -1.0], np.float32)
@@ -109,14 +135,15 @@ def adam_step(params: Tensors, grads: Tensors, exp_avgs: Tensors, exp_avg_sqs: T
     """
     _adam(False, params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, lr=lr, step=step,
           betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad, maximize=maximize,
-          grad_scale=grad_scale)
+          grad_scale=grad_scale, stochastic_rounding=stochastic_rounding, seed=seed)
 
 
-def adamw_step(params: Tensors, grads: Tensors, exp_avgs: Tensors, exp_avg_sqs: Tensors,
-               max_exp_avg_sqs: Tensors | None = None, *, lr: Real = 1e-3, step: Int,
+def adamw_step(params: Tensors, grads: Tensors, exp_avgs: States, exp_avg_sqs: States,
+               max_exp_avg_sqs: States | None = None, *, lr: Real = 1e-3, step: Int,
                betas: tuple[Real, Real] = (0.9, 0.999), eps: Real = 1e-8,
                weight_decay: Real = 1e-2, amsgrad: Bool = False, maximize: Bool = False,
-               grad_scale: Real = 1.0) -> None:
+               grad_scale: Real = 1.0, stochastic_rounding: Bool = False,
+               seed: Int = 0) -> None:
     """AdamW (torch.optim.AdamW): Adam with decoupled weight decay, applied
     first; every tensor updated in place in one pass.
 
@@ -131,6 +158,8 @@ def adamw_step(params: Tensors, grads: Tensors, exp_avgs: Tensors, exp_avg_sqs: 
     State as :func:`adam_step`: ``exp_avgs`` (``m``), ``exp_avg_sqs`` (``v``),
     ``max_exp_avg_sqs`` (``vmax``, only with ``amsgrad``).
 
+    States and ``stochastic_rounding``/``seed`` as :func:`adam_step`.
+
     >>> import numpy as np, lrfast
     >>> p = np.array([1.0, -2.0], np.float32)
     >>> g = np.array([0.5, -1.0], np.float32)
@@ -141,14 +170,15 @@ def adamw_step(params: Tensors, grads: Tensors, exp_avgs: Tensors, exp_avg_sqs: 
     """
     _adam(True, params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, lr=lr, step=step,
           betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad, maximize=maximize,
-          grad_scale=grad_scale)
+          grad_scale=grad_scale, stochastic_rounding=stochastic_rounding, seed=seed)
 
 
-def rmsprop_step(params: Tensors, grads: Tensors, square_avgs: Tensors,
-                 momentum_buffers: Tensors | None = None, grad_avgs: Tensors | None = None, *,
+def rmsprop_step(params: Tensors, grads: Tensors, square_avgs: States,
+                 momentum_buffers: States | None = None, grad_avgs: States | None = None, *,
                  lr: Real = 1e-2, alpha: Real = 0.99, eps: Real = 1e-8, weight_decay: Real = 0.0,
                  momentum: Real = 0.0, centered: Bool = False, maximize: Bool = False,
-                 grad_scale: Real = 1.0) -> None:
+                 grad_scale: Real = 1.0, stochastic_rounding: Bool = False,
+                 seed: Int = 0) -> None:
     """RMSprop (torch.optim.RMSprop), every tensor updated in place in one pass.
 
     For each tensor, with ``g`` the gradient as the update sees it (``grad *
@@ -165,6 +195,13 @@ def rmsprop_step(params: Tensors, grads: Tensors, square_avgs: Tensors,
     step): ``square_avgs`` (``s``), ``momentum_buffers`` (``b``, needed when
     ``momentum > 0``), ``grad_avgs`` (``a``, needed when ``centered``).
 
+    Each state may be float32, the param's dtype, bfloat16 or a q8 state
+    (``square_avgs`` signed or unsigned; ``momentum_buffers`` and ``grad_avgs``
+    signed). ``stochastic_rounding=True`` rounds 16-bit params stochastically
+    with random bits of (``seed``, position): there is no step, the hash uses
+    step 0, so a caller varying nothing gets the same bits at every call; vary
+    ``seed`` per call (see the module docstring).
+
     >>> import numpy as np, lrfast
     >>> p = np.array([1.0, -2.0], np.float32)
     >>> g = np.array([0.5, -1.0], np.float32)
@@ -175,7 +212,8 @@ def rmsprop_step(params: Tensors, grads: Tensors, square_avgs: Tensors,
     """
     hp = _hparams.rmsprop(lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay,
                           momentum=momentum, centered=centered, maximize=maximize,
-                          grad_scale=grad_scale)
+                          grad_scale=grad_scale, stochastic_rounding=stochastic_rounding,
+                          seed=seed)
     with_momentum, centered = hp["momentum"] != 0, hp["centered"] != 0
     run("rmsprop", hp, {"params": params, "grads": grads, "square_avgs": square_avgs,
                         "momentum_buffers": momentum_buffers if with_momentum else None,
@@ -184,9 +222,10 @@ def rmsprop_step(params: Tensors, grads: Tensors, square_avgs: Tensors,
         + (("momentum_buffers",) if with_momentum else ()) + (("grad_avgs",) if centered else ()))
 
 
-def adagrad_step(params: Tensors, grads: Tensors, state_sums: Tensors, *, lr: Real = 1e-2,
+def adagrad_step(params: Tensors, grads: Tensors, state_sums: States, *, lr: Real = 1e-2,
                  step: Int, lr_decay: Real = 0.0, weight_decay: Real = 0.0, eps: Real = 1e-10,
-                 maximize: Bool = False, grad_scale: Real = 1.0) -> None:
+                 maximize: Bool = False, grad_scale: Real = 1.0, stochastic_rounding: Bool = False,
+                 seed: Int = 0) -> None:
     """Adagrad (torch.optim.Adagrad), every tensor updated in place in one pass.
 
     For each tensor, with ``g`` the gradient as the update sees it (``grad *
@@ -200,6 +239,11 @@ def adagrad_step(params: Tensors, grads: Tensors, state_sums: Tensors, *, lr: Re
     zeros, or torch's ``initial_accumulator_value``, before the first step).
     ``step`` is the 1-based index of this update (the rate's decay).
 
+    ``state_sums`` may be float32, the param's dtype, bfloat16 or a q8 state
+    (signed or unsigned). ``stochastic_rounding=True`` rounds 16-bit params
+    stochastically with random bits of (``seed``, ``step``, position); see the
+    module docstring.
+
     >>> import numpy as np, lrfast
     >>> p = np.array([1.0, -2.0], np.float32)
     >>> g = np.array([0.5, -1.0], np.float32)
@@ -209,14 +253,16 @@ def adagrad_step(params: Tensors, grads: Tensors, state_sums: Tensors, *, lr: Re
     [ 0.9 -1.9] [0.25 1.  ]
     """
     hp = _hparams.adagrad(lr=lr, step=step, lr_decay=lr_decay, weight_decay=weight_decay,
-                          eps=eps, maximize=maximize, grad_scale=grad_scale)
+                          eps=eps, maximize=maximize, grad_scale=grad_scale,
+                          stochastic_rounding=stochastic_rounding, seed=seed)
     run("adagrad", hp, {"params": params, "grads": grads, "state_sums": state_sums},
         required=("params", "grads", "state_sums"))
 
 
-def adadelta_step(params: Tensors, grads: Tensors, square_avgs: Tensors, acc_deltas: Tensors, *,
+def adadelta_step(params: Tensors, grads: Tensors, square_avgs: States, acc_deltas: States, *,
                   lr: Real = 1.0, rho: Real = 0.9, eps: Real = 1e-6, weight_decay: Real = 0.0,
-                  maximize: Bool = False, grad_scale: Real = 1.0) -> None:
+                  maximize: Bool = False, grad_scale: Real = 1.0, stochastic_rounding: Bool = False,
+                  seed: Int = 0) -> None:
     """Adadelta (torch.optim.Adadelta), every tensor updated in place in one pass.
 
     For each tensor, with ``g`` the gradient as the update sees it (``grad *
@@ -231,6 +277,12 @@ def adadelta_step(params: Tensors, grads: Tensors, square_avgs: Tensors, acc_del
     State (one array per param, its shape and dtype, zeros before the first
     step): ``square_avgs`` (``s``) and ``acc_deltas`` (``u``).
 
+    Each state may be float32, the param's dtype, bfloat16 or a q8 state
+    (signed or unsigned). ``stochastic_rounding=True`` rounds 16-bit params
+    stochastically with random bits of (``seed``, position): there is no step,
+    the hash uses step 0, so a caller varying nothing gets the same bits at
+    every call; vary ``seed`` per call (see the module docstring).
+
     >>> import numpy as np, lrfast
     >>> p = np.array([1.0, -2.0], np.float32)
     >>> g = np.array([0.5, -1.0], np.float32)
@@ -240,7 +292,8 @@ def adadelta_step(params: Tensors, grads: Tensors, square_avgs: Tensors, acc_del
     [ 0.9968378 -1.9968377] [0.025 0.1  ]
     """
     hp = _hparams.adadelta(lr=lr, rho=rho, eps=eps, weight_decay=weight_decay,
-                           maximize=maximize, grad_scale=grad_scale)
+                           maximize=maximize, grad_scale=grad_scale,
+                           stochastic_rounding=stochastic_rounding, seed=seed)
     run("adadelta", hp, {"params": params, "grads": grads, "square_avgs": square_avgs,
                          "acc_deltas": acc_deltas},
         required=("params", "grads", "square_avgs", "acc_deltas"))

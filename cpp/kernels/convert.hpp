@@ -20,6 +20,7 @@
 #endif
 
 #include "kernel.hpp"
+#include "q8.hpp"
 
 namespace lrfast::LRFAST_ISA_NS {
 
@@ -90,7 +91,8 @@ inline void narrow_f16(const float* __restrict in, std::uint16_t* __restrict out
 }
 
 // out[0..n) = elements [lo, lo + n) of x, widened to T (float or double).
-// x's storage is float32 (then T is double), bfloat16 or float16.
+// x's storage is float32 (then T is double), bfloat16, float16 or q8 (whole
+// blocks: see q8.hpp).
 template <class T>
 inline void widen(const Operand& x, std::int64_t lo, std::int64_t n, T* __restrict out) {
     const void* data = x.data;
@@ -114,6 +116,8 @@ inline void widen(const Operand& x, std::int64_t lo, std::int64_t n, T* __restri
             }
             break;
         }
+        case Storage::q8_signed:
+        case Storage::q8_unsigned: dequantize(x, lo, n, out); break;
         default: break;
     }
 }
@@ -142,6 +146,8 @@ inline void narrow(const T* __restrict in, const Operand& x, std::int64_t lo, st
             }
             break;
         }
+        case Storage::q8_signed:
+        case Storage::q8_unsigned: quantize(in, x, lo, n); break;
         default: break;
     }
 }

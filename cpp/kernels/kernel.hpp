@@ -47,7 +47,7 @@ inline void branch(F&& f, bool flag, Rest... rest) {
 // The same updates for tensors whose arrays mix storages (cpp/kernels/tiles.cpp).
 #define LRFAST_OPTIMIZER(name, P, nstates)                                                \
     template <class T>                                                                    \
-    void name##_mixed(const P& hp, const Operand* x, std::int64_t lo, std::int64_t n);
+    void name##_mixed(const P& hp, const MixedTensor& t, std::int64_t lo, std::int64_t n);
 #include "lrfast/optimizers.def"
 #undef LRFAST_OPTIMIZER
 

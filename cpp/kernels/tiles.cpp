@@ -1,5 +1,5 @@
 // The tile layer: tensors whose arrays mix storages (16-bit params, grads or
-// states; float32 or bfloat16 states of a float64 param).
+// states; q8 states; float32 or bfloat16 states of a float64 param).
 //
 // Such a tensor is processed kTile elements at a time: each array that does
 // not hold the arithmetic type T is widened into a T buffer, the very update
@@ -7,12 +7,18 @@
 // T, in place), and the written buffers are rounded back to their storage.
 // The maths stays in one place, and the result is by construction that of
 // the T kernel on widened copies, each written array rounded to its storage.
+// q8 states are dequantized and re-quantized the same way (tiles hold whole
+// 256-blocks), and with stochastic_rounding a 16-bit param rounds with the
+// random bits of its elements' call positions.
 #include "convert.hpp"
+#include "rounding.hpp"
 
 namespace lrfast::LRFAST_ISA_NS {
 
 // Elements per tile: the buffers of one tile (up to five arrays) stay in L1.
+// A multiple of kQ8Block, so that a tile starting on a q8 block holds whole blocks.
 constexpr std::int64_t kTile = 512;
+static_assert(kTile % kQ8Block == 0, "tiles hold whole q8 blocks");
 constexpr int kGrad = 1;  // the one operand an update only reads
 
 template <class T>
@@ -21,9 +27,15 @@ static constexpr Storage own_storage() {
 }
 
 template <class T, class P>
-static void tiled(UpdateFn<P, T> update, const P& hp, const Operand* x, std::int64_t lo,
-                  std::int64_t n) {
+static void tiled(UpdateFn<P, T> update, const P& hp, const MixedTensor& tensor,
+                  std::int64_t lo, std::int64_t n) {
+    const Operand* x = tensor.x;
+    // Stochastic rounding applies to 16-bit params (arithmetic in float).
+    const bool stochastic = std::is_same_v<T, float> && hp.stochastic_rounding != 0 &&
+                            (x[0].storage == Storage::bf16 || x[0].storage == Storage::f16);
+    const std::uint32_t seed_key = std::uint32_t(hp.sr_key);
     alignas(64) T buffer[kOperands][kTile];
+    alignas(64) std::uint32_t random[kTile];
     for (std::int64_t at = 0; at < n; at += kTile) {
         const std::int64_t m = n - at < kTile ? n - at : kTile;
         T* v[kOperands];
@@ -38,18 +50,28 @@ static void tiled(UpdateFn<P, T> update, const P& hp, const Operand* x, std::int
             }
         }
         update(hp, v[0], v[1], v + 2, m);
-        for (int k = 0; k < kOperands; ++k)
+        int k = 0;
+        if constexpr (std::is_same_v<T, float>) {
+            if (stochastic) {
+                narrow_stochastic(buffer[0], x[0], lo + at, m, seed_key,
+                                  tensor.position + lo + at, random);
+                k = 1;
+            }
+        }
+        for (; k < kOperands; ++k)
             if (k != kGrad && v[k] == buffer[k]) narrow(buffer[k], x[k], lo + at, m);
     }
 }
 
 #define LRFAST_OPTIMIZER(name, P, nstates)                                                \
     template <class T>                                                                    \
-    void name##_mixed(const P& hp, const Operand* x, std::int64_t lo, std::int64_t n) {   \
-        tiled<T, P>(&name##_update<T>, hp, x, lo, n);                                     \
+    void name##_mixed(const P& hp, const MixedTensor& t, std::int64_t lo, std::int64_t n) { \
+        tiled<T, P>(&name##_update<T>, hp, t, lo, n);                                     \
     }                                                                                     \
-    template void name##_mixed<float>(const P&, const Operand*, std::int64_t, std::int64_t); \
-    template void name##_mixed<double>(const P&, const Operand*, std::int64_t, std::int64_t);
+    template void name##_mixed<float>(const P&, const MixedTensor&, std::int64_t,         \
+                                      std::int64_t);                                      \
+    template void name##_mixed<double>(const P&, const MixedTensor&, std::int64_t,        \
+                                       std::int64_t);
 #include "lrfast/optimizers.def"
 #undef LRFAST_OPTIMIZER
 
@@ -124,6 +146,12 @@ void mixed_stream(const Operand* x, std::int64_t lo, std::int64_t n) {
             switch (x[k].storage) {
                 case Storage::f64: xor_words<std::uint64_t>(x[k].data, lo + at, mask, m); break;
                 case Storage::f32: xor_words<std::uint32_t>(x[k].data, lo + at, mask, m); break;
+                case Storage::q8_signed:
+                case Storage::q8_unsigned:  // the codes, and the absmax of the tile's blocks
+                    xor_words<std::uint8_t>(x[k].data, lo + at, mask, m);
+                    xor_words<std::uint32_t>(x[k].absmax, (lo + at) / kQ8Block, mask,
+                                             (m + kQ8Block - 1) / kQ8Block);
+                    break;
                 default: xor_words<std::uint16_t>(x[k].data, lo + at, mask, m);
             }
         }

@@ -27,23 +27,37 @@ template <class P, class T>
 using UpdateFn = void (*)(const P&, T*, const T*, T* const*, std::int64_t);
 
 // How an array stores its numbers. Arithmetic runs in float for float32 and
-// 16-bit arrays, in double for float64 params.
-enum class Storage : std::uint8_t { none, f32, f64, bf16, f16 };
+// 16-bit arrays, in double for float64 params. q8: a state of uint8 codes
+// into the signed or unsigned dynamic map, with a float32 absmax per block of
+// 256 elements (lrfast/q8_tables.hpp).
+enum class Storage : std::uint8_t { none, f32, f64, bf16, f16, q8_signed, q8_unsigned };
 
 // One array of a call that mixes storages; data is nullptr for an unused state.
+// For a q8 state, data holds the codes and absmax the block scales.
 struct Operand {
     void* data;
     Storage storage;
+    float* absmax;
 };
 
 // The arrays of a tensor in a mixed call: param, grad, then three state slots.
 constexpr int kOperands = 5;
 
+// A tensor of a mixed call: its arrays, its size, and the position of its
+// first element in the call (the params of the list laid end to end, without
+// the padding the driver may add): the counter of stochastic rounding.
+struct MixedTensor {
+    Operand x[kOperands];
+    std::int64_t size;
+    std::int64_t position;
+};
+
 // An update kernel for a tensor whose arrays are not all of the arithmetic
-// type (16-bit params, grads or states, or float32/bfloat16 states of a
-// float64 param): elements [lo, lo + n) of x[0..kOperands).
+// type (16-bit params, grads or states, q8 states, or float32/bfloat16 states
+// of a float64 param): elements [lo, lo + n) of the tensor. A tensor with a q8
+// state gets lo a multiple of 256 and n one too, or reaching its end.
 template <class P>
-using MixedFn = void (*)(const P&, const Operand* x, std::int64_t lo, std::int64_t n);
+using MixedFn = void (*)(const P&, const MixedTensor&, std::int64_t lo, std::int64_t n);
 
 template <class T>
 struct TypedKernels {

@@ -6,6 +6,10 @@
 // lists the names in declaration order and is checked against sizeof at compile
 // time. The meaning of each field is the torch.optim formula in lrfast/reference.py.
 //
+// Every struct ends with the rounding of 16-bit params: stochastic_rounding
+// (a flag) and sr_key, the 32-bit key of lrfast.precision.random_bits for this
+// call's seed and step (key(h) = H(sr_key ^ h)), computed on the host.
+//
 // grad_scale is the signed gradient multiplier: the user's grad_scale, negated
 // when maximize is set. Negation is exact, so g * (-s) equals torch's -(g) * s.
 #pragma once
@@ -17,8 +21,10 @@ namespace lrfast {
 struct SgdParams {
     double lr, momentum, dampening, weight_decay, grad_scale;
     double nesterov, first_step;  // first_step: the buffer takes the gradient itself
-    static constexpr std::array<const char*, 7> fields{
-        "lr", "momentum", "dampening", "weight_decay", "grad_scale", "nesterov", "first_step"};
+    double stochastic_rounding, sr_key;
+    static constexpr std::array<const char*, 9> fields{
+        "lr", "momentum", "dampening", "weight_decay", "grad_scale", "nesterov", "first_step",
+        "stochastic_rounding", "sr_key"};
 };
 
 struct AdamParams {
@@ -26,27 +32,34 @@ struct AdamParams {
     double step_size;              // lr / (1 - beta1^step)
     double bias_correction2_sqrt;  // sqrt(1 - beta2^step)
     double decoupled, amsgrad;     // decoupled: AdamW's p *= 1 - lr * weight_decay
-    static constexpr std::array<const char*, 10> fields{
+    double stochastic_rounding, sr_key;
+    static constexpr std::array<const char*, 12> fields{
         "lr", "beta1", "beta2", "eps", "weight_decay", "grad_scale",
-        "step_size", "bias_correction2_sqrt", "decoupled", "amsgrad"};
+        "step_size", "bias_correction2_sqrt", "decoupled", "amsgrad",
+        "stochastic_rounding", "sr_key"};
 };
 
 struct RmspropParams {
     double lr, alpha, eps, weight_decay, momentum, grad_scale, centered;
-    static constexpr std::array<const char*, 7> fields{
-        "lr", "alpha", "eps", "weight_decay", "momentum", "grad_scale", "centered"};
+    double stochastic_rounding, sr_key;
+    static constexpr std::array<const char*, 9> fields{
+        "lr", "alpha", "eps", "weight_decay", "momentum", "grad_scale", "centered",
+        "stochastic_rounding", "sr_key"};
 };
 
 struct AdagradParams {
     double clr;  // lr / (1 + (step - 1) * lr_decay)
     double eps, weight_decay, grad_scale;
-    static constexpr std::array<const char*, 4> fields{"clr", "eps", "weight_decay", "grad_scale"};
+    double stochastic_rounding, sr_key;
+    static constexpr std::array<const char*, 6> fields{
+        "clr", "eps", "weight_decay", "grad_scale", "stochastic_rounding", "sr_key"};
 };
 
 struct AdadeltaParams {
     double lr, rho, eps, weight_decay, grad_scale;
-    static constexpr std::array<const char*, 5> fields{
-        "lr", "rho", "eps", "weight_decay", "grad_scale"};
+    double stochastic_rounding, sr_key;
+    static constexpr std::array<const char*, 7> fields{
+        "lr", "rho", "eps", "weight_decay", "grad_scale", "stochastic_rounding", "sr_key"};
 };
 
 }  // namespace lrfast
