@@ -477,7 +477,7 @@ class Optimizer:
         temporary file, and saves from several threads to one path each
         leave a whole checkpoint."""
         sd = self._state_dict(copy=False)
-        arrays = {member: array for i, state in enumerate(sd["state"])
+        arrays: dict[str, Any] = {member: array for i, state in enumerate(sd["state"])
                   for name, lst in state.items() for j, a in enumerate(lst)
                   for member, array in _members(f"state/{i}/{name}/{j}", a)}
         sd["state"] = [{name: len(lst) for name, lst in state.items()} for state in sd["state"]]
@@ -596,6 +596,7 @@ class _StateLayout:
     def __init__(self, param: np.ndarray, name: str, state_dtype: str | None):
         self.q8 = _lowp.is_q8(state_dtype, param.size)
         self.signed = name in _lowp.SIGNED_STATES
+        self.parts: dict[str, tuple[tuple[int, ...], np.dtype]]
         if self.q8:
             blocks = -(-param.size // BLOCK)
             self.parts = {"codes": (param.shape, np.dtype(np.uint8)),

@@ -435,7 +435,7 @@ def test_a_bad_gradient_dtype_writes_nothing():
 # ------------------------------------------------------------ quality
 
 
-def digits_val_loss(params_dtype, state_dtype, stochastic_rounding, seed, epochs):
+def digits_val_loss(params_dtype, state_dtype, stochastic_rounding, seed, epochs, lr=2e-3):
     """Validation loss after training with params of ``params_dtype``; the
     forward and backward passes run in float32 on widened params (float32
     gradients, which 16-bit params take)."""
@@ -444,7 +444,7 @@ def digits_val_loss(params_dtype, state_dtype, stochastic_rounding, seed, epochs
     data = load_digits(seed=0)
     model = MLP((64, 256, 256, 10), seed=seed)
     params = [p.astype(params_dtype) for p in model.params]
-    opt = lrfast.optim.AdamW(params, lr=2e-3, weight_decay=1e-2, state_dtype=state_dtype,
+    opt = lrfast.optim.AdamW(params, lr=lr, weight_decay=1e-2, state_dtype=state_dtype,
                              stochastic_rounding=stochastic_rounding, seed=seed)
     rng = np.random.default_rng(seed)
     for _ in range(epochs):
@@ -459,15 +459,19 @@ def digits_val_loss(params_dtype, state_dtype, stochastic_rounding, seed, epochs
 
 @pytest.mark.slow
 def test_digits_quality_of_q8_states_and_bfloat16_with_stochastic_rounding():
-    """AdamW on the digits MLP (64-256-256-10), validation loss averaged over
-    seeds: q8 states within 3% of float32 states, bfloat16 params with
-    stochastic rounding within 5% of float32 params."""
+    """AdamW on the digits MLP (64-256-256-10) at a small learning rate, where
+    bfloat16 rounding matters: validation loss averaged over 3 seeds (the
+    ratios move by < 1% from 3 to 5 seeds). q8 states end within 3% of
+    float32 states; bfloat16 params with stochastic rounding within 5% of
+    float32 params, while round to nearest, which drops updates under half
+    an ulp, loses much more (~1.9x the loss when measured)."""
     pytest.importorskip("sklearn")
-    seeds, epochs = (0, 1, 2), 8
-    mean = {}
-    for label, args in {"fp32": (np.float32, None, False), "q8": (np.float32, "q8", False),
-                        "bf16+sr": (BF16, None, True)}.items():
-        mean[label] = np.mean([digits_val_loss(*args, seed, epochs) for seed in seeds])
-    print(mean)
+    seeds, epochs, lr = (0, 1, 2), 8, 3e-4
+    runs = {"fp32": (np.float32, None, False), "q8": (np.float32, "q8", False),
+            "bf16+sr": (BF16, None, True), "bf16 nearest": (BF16, None, False)}
+    mean = {label: np.mean([digits_val_loss(*args, seed, epochs, lr) for seed in seeds])
+            for label, args in runs.items()}
+    print({label: round(float(v), 4) for label, v in mean.items()})
     assert mean["q8"] <= 1.03 * mean["fp32"]
     assert mean["bf16+sr"] <= 1.05 * mean["fp32"]
+    assert mean["bf16 nearest"] > 1.2 * mean["fp32"]
