@@ -47,18 +47,38 @@ Options every class takes (keyword-only):
     each gradient in its own dtype, so a float32 gradient of 1e10 times 1e30
     overflows), changes nothing, neither parameters nor state nor step count:
     ``step()`` returns False and ``opt.skipped_steps`` counts it.
+``state_dtype``
+    The states' dtype: ``None`` (the parameter's), ``"float32"``,
+    ``"bfloat16"`` or ``"q8"`` (a :class:`lrfast.Q8State`, 8-bit block-wise;
+    parameters under 4096 elements keep float32 states, see
+    :func:`lrfast.zeros_state`). Momentum buffers, first moments and
+    RMSprop's grad averages take the signed q8 map, the never-negative
+    states the unsigned one.
+``stochastic_rounding``, ``seed``
+    Round bfloat16/float16 parameter writes stochastically (float32 and
+    float64 parameters ignore it). The update after ``step_count`` others
+    passes ``seed=(seed + step_count) % 2**64`` to the step functions, so a
+    run is reproducible from its seed and each update draws fresh bits.
+
+Parameters may be float32, float64, bfloat16 (``ml_dtypes.bfloat16``) or
+float16 arrays, and gradients of their dtype (or float32 for 16-bit ones).
 
 ``opt.last_grad_norm`` is the global gradient norm of the last step (None
 unless ``max_grad_norm`` or ``skip_nonfinite`` made the step compute it).
 ``state_dict()``/``load_state_dict()`` and ``save(path)``/``load(path)`` (an
 ``.npz`` file read without pickle) capture everything a run needs to continue
 bit-identically: state arrays, step count, hyperparameters, schedules,
-plateau and options; the parameters themselves are the caller's to save.
+plateau and options (``state_dtype``, ``stochastic_rounding`` and ``seed``
+among them: a checkpoint's states keep its ``state_dtype``); the parameters
+themselves are the caller's to save. In ``state_dict()`` a q8 state is a
+:class:`lrfast.Q8State` (copied); in a saved file, members ``.../codes`` and
+``.../absmax`` beside the arrays' ``state/<group>/<name>/<index>``, and a
+bfloat16 array as its uint16 bits (``.npy`` has no bfloat16).
 ``save`` writes a temporary file of its own beside ``path`` and renames it
 over ``path`` once complete, so a failed or concurrent save never leaves a
 damaged checkpoint. A malformed checkpoint raises ValueError naming the field
 and changes nothing; ``load`` reads a state array only after its header
-matched the parameter's shape and dtype.
+matched the shape and dtype the parameter's state must have.
 """
 
 from __future__ import annotations
@@ -71,13 +91,14 @@ import os
 import secrets
 import zipfile
 from dataclasses import dataclass, field
-from typing import IO, Any, Callable, Mapping
+from typing import IO, Any, Callable, Mapping, Union
 
 import numpy as np
 
-from . import _core, _hparams, steps
+from . import _core, _hparams, _lowp, steps
 from ._backend import tensors
 from .clip import clip_coefficient, clip_grad_value, global_norm
+from .precision import BLOCK, Q8State, bfloat16
 from .schedules import ReduceLROnPlateau, Schedule, from_dict
 
 __all__ = ["Optimizer", "SGD", "Adam", "AdamW", "RMSprop", "Adagrad", "Adadelta"]
@@ -85,9 +106,14 @@ __all__ = ["Optimizer", "SGD", "Adam", "AdamW", "RMSprop", "Adagrad", "Adadelta"
 _FORMAT = "lrfast.optim/1"
 _KEYS = ("format", "optimizer", "step_count", "skipped_steps", "last_grad_norm", "options",
          "plateau", "param_groups", "state")
-_OPTIONS = ("max_grad_norm", "clip_value", "grad_scale", "skip_nonfinite")
+_OPTIONS = ("max_grad_norm", "clip_value", "grad_scale", "skip_nonfinite", "state_dtype",
+            "stochastic_rounding", "seed")
+# the options checkpoints written before low precision lack, at the values they ran with
+_LOWP_DEFAULTS = {"state_dtype": None, "stochastic_rounding": False, "seed": 0}
 # the JSON of a checkpoint, in characters: far beyond what thousands of groups need
 _MAX_META = 2**22
+
+State = Union[np.ndarray, Q8State]  # one parameter's state
 
 
 # ------------------------------------------------------- the step functions
@@ -185,10 +211,14 @@ class Optimizer:
 
     def __init__(self, params, defaults: dict, *, plateau: ReduceLROnPlateau | None = None,
                  max_grad_norm: float | None = None, clip_value: float | None = None,
-                 grad_scale: float = 1.0, skip_nonfinite: bool = False):
+                 grad_scale: float = 1.0, skip_nonfinite: bool = False,
+                 state_dtype: str | None = None, stochastic_rounding: bool = False,
+                 seed: int = 0):
         self.defaults = defaults
         self._set_options(_options(max_grad_norm=max_grad_norm, clip_value=clip_value,
-                                   grad_scale=grad_scale, skip_nonfinite=skip_nonfinite))
+                                   grad_scale=grad_scale, skip_nonfinite=skip_nonfinite,
+                                   state_dtype=state_dtype,
+                                   stochastic_rounding=stochastic_rounding, seed=seed))
         if plateau is not None and not isinstance(plateau, ReduceLROnPlateau):
             raise TypeError(f"plateau must be a ReduceLROnPlateau, got {type(plateau).__name__}")
         self.plateau = plateau
@@ -200,8 +230,8 @@ class Optimizer:
         params = [p for group in self.param_groups for p in group["params"]]
         if len({id(p) for p in params}) != len(params):
             raise ValueError("a parameter appears more than once")
-        _core.check((params,), ("params",), False)  # float32/64, C-contiguous, writeable
-        self.state: list[dict[str, list[np.ndarray]]] = [{} for _ in self.param_groups]
+        _core.check((params,), ("params",), False)  # float dtypes, C-contiguous, writeable
+        self.state: list[dict[str, list[State]]] = [{} for _ in self.param_groups]
         for index, group in enumerate(self.param_groups):
             self._states(index, group, self.kernel.hparams(group))
 
@@ -232,6 +262,9 @@ class Optimizer:
         self.clip_value = options["clip_value"]
         self.grad_scale = options["grad_scale"]
         self.skip_nonfinite = options["skip_nonfinite"]
+        self.state_dtype = options["state_dtype"]
+        self.stochastic_rounding = options["stochastic_rounding"]
+        self.seed = options["seed"]
 
     def _rate(self, group: Mapping) -> float:
         lr = group["lr"]
@@ -258,12 +291,13 @@ class Optimizer:
     # -- the update
 
     def _states(self, index: int, group: Mapping, hparams: Mapping) -> dict:
-        """The group's state arrays its options use, allocated on first use."""
+        """The group's states its options use, allocated on first use."""
         state = self.state[index]
         for name in self.kernel.uses(hparams):
             if name not in state:
                 start = group[self.kernel.initial[name]] if name in self.kernel.initial else 0
-                state[name] = [np.full(p.shape, start, p.dtype) for p in group["params"]]
+                state[name] = [_StateLayout(p, name, self.state_dtype).new(start)
+                               for p in group["params"]]
         return state
 
     def step(self, grads) -> bool:
@@ -298,10 +332,12 @@ class Optimizer:
             clip_grad_value(grads, self.clip_value / self.grad_scale)
 
         start = 0
+        rounding = _lowp.rounding(self.stochastic_rounding, self.seed, self.step_count)
         for index, (group, hparams, lr) in enumerate(calls):
             stop = start + len(group["params"])
             self.kernel(group["params"], grads[start:stop], self._states(index, group, hparams),
-                        hparams, lr=lr, step=self.step_count + 1, grad_scale=scale)
+                        {**hparams, **rounding}, lr=lr, step=self.step_count + 1,
+                        grad_scale=scale)
             start = stop
         self.step_count += 1
         return True
@@ -331,7 +367,8 @@ class Optimizer:
     # -- checkpoints
 
     def state_dict(self) -> dict[str, Any]:
-        """A snapshot of everything but the parameters: plain data and copied arrays."""
+        """A snapshot of everything but the parameters: plain data and copied
+        arrays (and copied :class:`lrfast.Q8State` objects for q8 states)."""
         return self._state_dict(copy=True)
 
     def _state_dict(self, copy: bool) -> dict[str, Any]:
@@ -341,12 +378,11 @@ class Optimizer:
             "step_count": self.step_count,
             "skipped_steps": self.skipped_steps,
             "last_grad_norm": self.last_grad_norm,
-            "options": {"max_grad_norm": self.max_grad_norm, "clip_value": self.clip_value,
-                        "grad_scale": self.grad_scale, "skip_nonfinite": self.skip_nonfinite},
+            "options": {key: getattr(self, key) for key in _OPTIONS},
             "plateau": None if self.plateau is None else self.plateau.state_dict(),
             "param_groups": [{key: _encode(value) for key, value in group.items()
                               if key != "params"} for group in self.param_groups],
-            "state": [{name: [a.copy() if copy else a for a in arrays]
+            "state": [{name: [_copy(a) if copy else a for a in arrays]
                        for name, arrays in state.items()} for state in self.state],
         }
 
@@ -362,9 +398,9 @@ class Optimizer:
         self._check_outline(sd)
         groups = [_field(f"param_groups[{i}]", self._loaded_group, saved, group)
                   for i, (saved, group) in enumerate(zip(sd["param_groups"], self.param_groups))]
-        states = [_field(f"state[{i}]", self._loaded_state, saved, group)
-                  for i, (saved, group) in enumerate(zip(sd["state"], self.param_groups))]
         options = _field("options", _loaded_options, sd["options"])
+        states = [_field(f"state[{i}]", self._loaded_state, saved, group, options["state_dtype"])
+                  for i, (saved, group) in enumerate(zip(sd["state"], self.param_groups))]
         plateau = None
         if sd["plateau"] is not None:
             plateau = ReduceLROnPlateau()
@@ -417,7 +453,7 @@ class Optimizer:
         self._check_group(loaded)
         return loaded
 
-    def _loaded_state(self, saved, group: Mapping) -> dict:
+    def _loaded_state(self, saved, group: Mapping, state_dtype: str | None) -> dict:
         if not isinstance(saved, Mapping):
             raise ValueError(f"must map state names to lists of arrays, got a "
                              f"{type(saved).__name__}")
@@ -429,11 +465,8 @@ class Optimizer:
                 got = len(arrays) if isinstance(arrays, (list, tuple)) else type(arrays).__name__
                 raise ValueError(f"{name} must be a list of {len(params)} arrays, one per "
                                  f"parameter, got {got}")
-            for j, (a, p) in enumerate(zip(arrays, params)):
-                if not isinstance(a, np.ndarray):
-                    raise ValueError(f"{name}[{j}] must be an array, got a {type(a).__name__}")
-                _like(f"{name}[{j}]", p)(a.shape, a.dtype)
-            state[name] = [np.array(a, order="C") for a in arrays]
+            state[name] = [_checked_copy(f"{name}[{j}]", a, _StateLayout(p, name, state_dtype))
+                           for j, (a, p) in enumerate(zip(arrays, params))]
         return state
 
     def save(self, path: str | os.PathLike) -> None:
@@ -444,8 +477,9 @@ class Optimizer:
         temporary file, and saves from several threads to one path each
         leave a whole checkpoint."""
         sd = self._state_dict(copy=False)
-        arrays = {f"state/{i}/{name}/{j}": a for i, state in enumerate(sd["state"])
-                  for name, lst in state.items() for j, a in enumerate(lst)}
+        arrays: dict[str, Any] = {member: array for i, state in enumerate(sd["state"])
+                  for name, lst in state.items() for j, a in enumerate(lst)
+                  for member, array in _members(f"state/{i}/{name}/{j}", a)}
         sd["state"] = [{name: len(lst) for name, lst in state.items()} for state in sd["state"]]
         _write_atomically(os.fspath(path),
                           lambda f: np.savez(f, meta=np.array(json.dumps(sd)), **arrays))
@@ -454,8 +488,9 @@ class Optimizer:
         """Restores a checkpoint written by :meth:`save`. A file that is not
         one (truncated, foreign, malformed) raises ValueError and changes
         nothing. Each state array is read only once its ``.npy`` header has
-        matched its parameter's shape and dtype, so a file cannot make this
-        decompress more than the optimizer's own state."""
+        matched the shape and dtype its parameter's state must have (with the
+        checkpoint's ``state_dtype``), so a file cannot make this decompress
+        more than such a state."""
         path = os.fspath(path)
         with open(path, "rb") as f:
             with _readable(path):
@@ -464,14 +499,17 @@ class Optimizer:
             with _readable(path):
                 sd = json.loads(meta.item())
             self._check_outline(sd)
-            sd["state"] = [_field(f"state[{i}]", self._read_states, archive, path, i, counts)
+            state_dtype = _field("options", _loaded_options, sd["options"])["state_dtype"]
+            sd["state"] = [_field(f"state[{i}]", self._read_states, archive, path, i, counts,
+                                  state_dtype)
                            for i, counts in enumerate(sd["state"])]
         self.load_state_dict(sd)
 
-    def _read_states(self, archive: zipfile.ZipFile, path: str, index: int, counts) -> dict:
-        """Group ``index``'s state arrays from a checkpoint whose meta gives
-        their number per state name; each is checked against its parameter
-        before it is read."""
+    def _read_states(self, archive: zipfile.ZipFile, path: str, index: int, counts,
+                     state_dtype: str | None) -> dict:
+        """Group ``index``'s states from a checkpoint whose meta gives their
+        number per state name; each array is checked against the layout of
+        its parameter's state before it is read."""
         params = self.param_groups[index]["params"]
         if not isinstance(counts, Mapping):
             raise ValueError(f"must map state names to numbers of arrays, got a "
@@ -481,8 +519,8 @@ class Optimizer:
             if type(count) is not int or not 0 <= count <= len(params):
                 raise ValueError(f"{name} must be a number of arrays from 0 to {len(params)}, "
                                  f"got {count!r}")
-            state[name] = [_read_npy(archive, f"state/{index}/{name}/{j}.npy", path,
-                                     _like(f"{name}[{j}]", p))
+            state[name] = [_read_state(archive, f"state/{index}/{name}/{j}", path,
+                                       f"{name}[{j}]", _StateLayout(p, name, state_dtype))
                            for j, p in zip(range(count), params)]
         return state
 
@@ -503,7 +541,8 @@ def _group_specs(params) -> list[dict]:
     return [{"params": params}]
 
 
-def _options(*, max_grad_norm, clip_value, grad_scale, skip_nonfinite) -> dict:
+def _options(*, max_grad_norm, clip_value, grad_scale, skip_nonfinite, state_dtype,
+             stochastic_rounding, seed) -> dict:
     if max_grad_norm is not None and clip_value is not None:
         raise ValueError("choose max_grad_norm or clip_value, not both")
     grad_scale = _hparams.finite("grad_scale", grad_scale)
@@ -514,7 +553,10 @@ def _options(*, max_grad_norm, clip_value, grad_scale, skip_nonfinite) -> dict:
             else _hparams.non_negative("max_grad_norm", max_grad_norm),
             "clip_value": None if clip_value is None
             else _hparams.non_negative("clip_value", clip_value),
-            "grad_scale": grad_scale, "skip_nonfinite": bool(skip_nonfinite)}
+            "grad_scale": grad_scale, "skip_nonfinite": bool(skip_nonfinite),
+            "state_dtype": _lowp.check_state_dtype(state_dtype),
+            "stochastic_rounding": _lowp.check_stochastic_rounding(stochastic_rounding),
+            "seed": _lowp.check_seed(seed)}
 
 
 def _count(name: str, value) -> int:
@@ -535,20 +577,115 @@ def _field(name: str, check: Callable, *args):
 
 
 def _loaded_options(saved) -> dict:
+    if isinstance(saved, Mapping) and set(saved) == set(_OPTIONS) - set(_LOWP_DEFAULTS):
+        saved = {**saved, **_LOWP_DEFAULTS}  # written before low precision
     if not isinstance(saved, Mapping) or set(saved) != set(_OPTIONS):
         got = sorted(map(str, saved)) if isinstance(saved, Mapping) else type(saved).__name__
         raise ValueError(f"must be a dict with the keys {list(_OPTIONS)}, got {got}")
     return _options(**saved)
 
 
-def _like(name: str, param: np.ndarray) -> Callable:
-    """A check that a state array of this shape and dtype fits ``param``."""
-    def check(shape, dtype) -> None:
-        if shape != param.shape or dtype != param.dtype:
-            raise ValueError(f"{name} must be an array of shape {param.shape} and dtype "
-                             f"{param.dtype}, like its parameter; got shape {shape} and "
-                             f"dtype {dtype}")
-    return check
+# ------------------------------------------------------------ the states
+
+
+class _StateLayout:
+    """What a parameter's state must be under a ``state_dtype``: its parts,
+    each an array of a shape and dtype; ``""`` for a plain array, ``"codes"``
+    and ``"absmax"`` for a Q8State (of the signedness its state name gets)."""
+
+    def __init__(self, param: np.ndarray, name: str, state_dtype: str | None):
+        self.q8 = _lowp.is_q8(state_dtype, param.size)
+        self.signed = name in _lowp.SIGNED_STATES
+        self.parts: dict[str, tuple[tuple[int, ...], np.dtype]]
+        if self.q8:
+            blocks = -(-param.size // BLOCK)
+            self.parts = {"codes": (param.shape, np.dtype(np.uint8)),
+                          "absmax": ((blocks,), np.dtype(np.float32))}
+        elif state_dtype is None:
+            self.parts = {"": (param.shape, param.dtype)}
+        else:  # "float32", "bfloat16", and "q8" for tensors too small to quantize
+            dtype = bfloat16() if state_dtype == "bfloat16" else np.dtype(np.float32)
+            self.parts = {"": (param.shape, dtype)}
+
+    def new(self, start: float) -> State:
+        """A state holding ``start`` everywhere."""
+        if self.q8:
+            code, absmax = _lowp.q8_constant(start, self.signed)
+            (shape, _), (blocks, _) = self.parts["codes"], self.parts["absmax"]
+            return Q8State(np.full(shape, code, np.uint8), np.full(blocks, absmax, np.float32),
+                           self.signed)
+        shape, dtype = self.parts[""]
+        return np.full(shape, start, dtype)
+
+    def check(self, where: str, part: str, shape: tuple, dtype: np.dtype) -> None:
+        want_shape, want_dtype = self.parts[part]
+        if shape != want_shape or dtype != want_dtype:
+            what = f"{where}.{part}" if part else where
+            raise ValueError(f"{what} must be an array of shape {want_shape} and dtype "
+                             f"{want_dtype}, for its parameter and state_dtype; got shape "
+                             f"{shape} and dtype {dtype}")
+
+    def split(self, where: str, state) -> dict[str, Any]:
+        """The parts of an in-memory state, each checked."""
+        if self.q8 != isinstance(state, Q8State):
+            want = (f"a Q8State (signed={self.signed})" if self.q8
+                    else f"an array of dtype {self.parts[''][1]}")
+            raise ValueError(f"{where} must be {want} for its parameter and state_dtype, got a "
+                             f"{type(state).__name__}")
+        if self.q8 and state.signed != self.signed:
+            raise ValueError(f"{where} must be a Q8State with signed={self.signed}, got "
+                             f"signed={state.signed}")
+        parts = {"codes": state.codes, "absmax": state.absmax} if self.q8 else {"": state}
+        for part, array in parts.items():
+            if not isinstance(array, np.ndarray):
+                raise ValueError(f"{where} must hold arrays, got a {type(array).__name__}")
+            self.check(where, part, array.shape, array.dtype)
+        return parts
+
+    def join(self, parts: Mapping[str, np.ndarray]) -> State:
+        """The state of checked parts (which it takes, not copies)."""
+        if self.q8:
+            return Q8State(parts["codes"], parts["absmax"], self.signed)
+        return parts[""]
+
+
+def _copy(state: State) -> State:
+    if isinstance(state, Q8State):
+        return Q8State(state.codes.copy(), state.absmax.copy(), state.signed)
+    return state.copy()
+
+
+def _checked_copy(where: str, state, layout: _StateLayout) -> State:
+    """A C-contiguous copy of a state from a state dict, once checked."""
+    parts = layout.split(where, state)
+    return layout.join({part: np.array(a, order="C") for part, a in parts.items()})
+
+
+def _stored(dtype: np.dtype) -> np.dtype:
+    """The dtype of an array in a checkpoint file: .npy has no bfloat16 (it
+    would read back as raw bytes, ``V2``), so bfloat16 travels as its bits."""
+    return np.dtype(np.uint16) if dtype.name == "bfloat16" else dtype
+
+
+def _members(prefix: str, state: State) -> list[tuple[str, np.ndarray]]:
+    """The .npz members of one state: ``prefix``, or ``prefix/codes`` and
+    ``prefix/absmax`` for a Q8State."""
+    parts = ({"/codes": state.codes, "/absmax": state.absmax} if isinstance(state, Q8State)
+             else {"": state})
+    return [(prefix + suffix, a.view(_stored(a.dtype))) for suffix, a in parts.items()]
+
+
+def _read_state(archive: zipfile.ZipFile, prefix: str, path: str, where: str,
+                layout: _StateLayout) -> State:
+    """The state in the members at ``prefix`` of a checkpoint, each read once
+    its header matched ``layout``."""
+    parts = {}
+    for part, (_, dtype) in layout.parts.items():
+        def check(shape, stored, part=part, dtype=dtype) -> None:
+            layout.check(where, part, shape, dtype if stored == _stored(dtype) else stored)
+        member = f"{prefix}/{part}.npy" if part else f"{prefix}.npy"
+        parts[part] = _read_npy(archive, member, path, check).view(dtype)
+    return layout.join(parts)
 
 
 # ------------------------------------------------------------ checkpoint files

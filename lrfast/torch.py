@@ -16,16 +16,46 @@ then ``step`` when the gradients are finite), closures, and
 
 A step updates each param group with one call of its lrfast step function
 over all the group's parameters that have a gradient (``grad is None``:
-skipped, as in torch), float32 and float64 together. CPU tensors go to the
-C++ kernels as NumPy views of their memory, without copies; CUDA tensors go to
-lrfast's Numba CUDA path (``pip install lrfast[cuda]``). The numerics are
-torch's single-tensor formulas (see :mod:`lrfast.reference`).
+skipped, as in torch), of any of the dtypes float32, float64, bfloat16 and
+float16 together (a bfloat16 model is a one-line change too). CPU tensors go to the
+C++ kernels as NumPy views of their memory, without copies (bfloat16 ones as
+``ml_dtypes.bfloat16`` views); CUDA tensors go to lrfast's Numba CUDA path
+(``pip install lrfast[cuda]``). The numerics are torch's single-tensor
+formulas (see :mod:`lrfast.reference`), in float32 for 16-bit parameters.
+
+Low precision: every class takes, keyword-only after torch's arguments (and
+per param group, like torch's options):
+
+``state_dtype``
+    ``None`` (the parameter's dtype, as torch), ``"float32"``, ``"bfloat16"``
+    or ``"q8"``: the dtype of the states a parameter gets at its first step.
+    Float states keep torch's keys. A q8 state (parameters of 4096 elements
+    or more; smaller ones get float32, see :func:`lrfast.zeros_state`) is
+    kept as three entries of ``state[p]``, e.g. for ``exp_avg``:
+    ``"exp_avg_codes"`` (uint8, the parameter's shape), ``"exp_avg_absmax"``
+    (float32, one per block of 256 elements) and ``"exp_avg_signed"`` (a
+    bool: which dynamic map the codes index; momentum buffers, first moments
+    and grad averages are signed). The steps read them through
+    :class:`lrfast.Q8State` objects over the tensors' memory.
+``stochastic_rounding``, ``seed``
+    Round 16-bit parameter writes stochastically. The update after ``k``
+    others passes ``seed=(seed + k) % 2**64`` to the step function, ``k``
+    being ``state[p]["step"]`` (SGD, which keeps no step, keeps one too when
+    ``stochastic_rounding`` is on), so a run resumed from a checkpoint draws
+    the same bits as one that went straight through.
+
+``torch.save(optimizer.state_dict())`` and ``load_state_dict`` round-trip all
+of it bit for bit: torch.optim casts every floating-point state to its
+parameter's dtype on loading, lrfast's classes keep the dtypes the state dict
+holds (float32 states of a bfloat16 model, q8 codes and absmax). A state dict
+with q8 states does not load into ``torch.optim`` classes.
 
 ``foreach`` and ``fused`` are accepted and ignored (there is one
 implementation); ``capturable=True``, ``differentiable=True`` (at construction
 or set in a param group later), sparse gradients, non-contiguous parameters
-and dtypes other than float32/float64 raise an error. A step checks every
-group (options, hyperparameters, parameters) before it writes anything.
+and dtypes other than float32/float64/bfloat16/float16 raise an error. A step
+checks every group (options, hyperparameters, parameters, states) before it
+writes anything.
 
 Layouts the kernels cannot read in place are taken as torch.optim takes them:
 a gradient that is not contiguous (transposed, expanded) or has its negative
@@ -52,11 +82,13 @@ per parameter there on a CPU).
 from __future__ import annotations
 
 import operator
+from itertools import chain
 
 import torch
 
-from . import cuda
+from . import _lowp, cuda
 from .optim import KERNELS, Kernel
+from .precision import BLOCK, Q8State, bfloat16
 
 __all__ = ["SGD", "Adam", "AdamW", "RMSprop", "Adagrad", "Adadelta"]
 
@@ -84,14 +116,19 @@ def _check_supported(group) -> None:
     for flag in ("capturable", "differentiable"):
         if group.get(flag):
             raise ValueError(f"lrfast.torch optimizers do not support {flag}=True")
+    _lowp.check_state_dtype(group["state_dtype"])
+    _lowp.check_stochastic_rounding(group["stochastic_rounding"])
+    _lowp.check_seed(group["seed"])
 
 
 def _host_view(t: torch.Tensor):
-    """A NumPy array sharing the memory of the CPU tensor ``t``."""
-    try:
-        return t.numpy()
-    except RuntimeError:  # t requires grad: a parameter, or a grad made with create_graph
-        return t.detach().numpy()
+    """A NumPy array sharing the memory of the CPU tensor ``t`` (detached:
+    it may require grad); for bfloat16, which NumPy lacks, an
+    ``ml_dtypes.bfloat16`` array over its bits."""
+    t = t.detach()
+    if t.dtype == torch.bfloat16:
+        return t.view(torch.int16).numpy().view(bfloat16())
+    return t.numpy()
 
 
 def _contiguous(grads: list) -> list:
@@ -108,15 +145,15 @@ def _contiguous(grads: list) -> list:
 def _host_views(tensors) -> list:
     try:  # the fast path
         return list(map(torch.Tensor.numpy, tensors))
-    except RuntimeError:
+    except (RuntimeError, TypeError):  # requires grad, or bfloat16
         return list(map(_host_view, tensors))
 
 
 def _host_grad_views(grads) -> list:
     try:  # the fast path, at every step
         return list(map(torch.Tensor.numpy, grads))
-    except RuntimeError:  # requires grad, or a negative-bit view: read a resolved copy
-        return [_host_view(g.resolve_neg()) for g in grads]
+    except (RuntimeError, TypeError):  # requires grad, a negative-bit view (read a
+        return [_host_view(g.resolve_neg()) for g in grads]  # resolved copy), or bfloat16
 
 
 def _device_views(tensors) -> list:
@@ -129,23 +166,94 @@ def _device_grad_views(grads) -> list:
     return [g.resolve_neg() for g in grads]  # the same tensor unless negative-bit
 
 
-def _device_states(tensors) -> list:
-    """Numba device arrays over the memory of the CUDA state tensors, made once
+def _device_state(t: torch.Tensor):
+    """A Numba device array over the memory of a CUDA state tensor, made once
     per plan. The CUDA path must read a torch tensor's layout at every call
     (it can move under the same object), but trusts a numba array by
     identity: for states, which only load_state_dict replaces (and which
     starts a new plan), that saves reading thousands of layouts per step.
-    Each array keeps its tensor alive."""
+    The array keeps its tensor alive. bfloat16 has no
+    ``__cuda_array_interface__``: such a state goes as the tensor itself."""
+    if t.dtype == torch.bfloat16:
+        return t
     from numba import cuda as numba_cuda
 
-    return [numba_cuda.as_cuda_array(t.detach(), sync=False) for t in tensors]
+    return numba_cuda.as_cuda_array(t.detach(), sync=False)
+
+
+# -- states: torch's keys for float states; three entries for a q8 one
+
+
+def _is_q8(state, key: str) -> bool:
+    return f"{key}_codes" in state
+
+
+def _has_state(state, key: str) -> bool:
+    return key in state or _is_q8(state, key)
+
+
+def _state_tensors(state, key: str) -> list[torch.Tensor]:
+    """The tensors holding one state of a parameter (the ones a step writes)."""
+    if _is_q8(state, key):
+        return [state[f"{key}_codes"], state[f"{key}_absmax"]]
+    return [state[key]]
+
+
+def _state_view(state, key: str, view):
+    """What a step function takes for one state: ``view(tensor)``, or a
+    Q8State over the views of its codes and absmax."""
+    if _is_q8(state, key):
+        return Q8State(view(state[f"{key}_codes"]), view(state[f"{key}_absmax"]),
+                       state[f"{key}_signed"])
+    return view(state[key])
+
+
+def _new_state(p: torch.Tensor, name: str, state_dtype, start: float) -> dict:
+    """The entries of a new state of ``p`` holding ``start`` everywhere."""
+    key = _STATE_KEYS[name]
+    if _lowp.is_q8(state_dtype, p.numel()):
+        signed = name in _lowp.SIGNED_STATES
+        code, absmax = _lowp.q8_constant(start, signed)
+        blocks = -(-p.numel() // BLOCK)
+        return {f"{key}_codes": torch.full(p.shape, code, dtype=torch.uint8, device=p.device),
+                f"{key}_absmax": torch.full((blocks,), absmax, dtype=torch.float32,
+                                            device=p.device),
+                f"{key}_signed": signed}
+    dtype = {None: p.dtype, "bfloat16": torch.bfloat16}.get(state_dtype, torch.float32)
+    return {key: torch.full_like(p, start, dtype=dtype, memory_format=torch.preserve_format)}
+
+
+def _check_state(p: torch.Tensor, state, key: str, where: str) -> None:
+    """A clear error, before any write, for a state (e.g. from a state dict)
+    that does not fit its parameter."""
+    if _is_q8(state, key):
+        blocks = -(-p.numel() // BLOCK)
+        want = {f"{key}_codes": (torch.uint8, p.shape), f"{key}_absmax": (torch.float32, (blocks,))}
+        if not isinstance(state.get(f"{key}_signed"), bool):
+            raise ValueError(f"{where}: q8 state {key!r} needs a bool {key}_signed, got "
+                             f"{state.get(f'{key}_signed')!r}")
+    else:
+        want = {key: (None, p.shape)}
+    for entry, (dtype, shape) in want.items():
+        t = state[entry]
+        if not isinstance(t, torch.Tensor) or t.device != p.device or t.shape != shape:
+            got = (f"shape {tuple(t.shape)} on {t.device}" if isinstance(t, torch.Tensor)
+                   else f"a {type(t).__name__}")
+            raise ValueError(f"{where}: state {entry!r} must be a tensor of shape "
+                             f"{tuple(shape)} on {p.device}, got {got}")
+        allowed = (dtype,) if dtype else (torch.float32, p.dtype, torch.bfloat16)
+        if t.dtype not in allowed:
+            raise TypeError(f"{where}: state {entry!r} has dtype {t.dtype}; it must be "
+                            + (f"{dtype}" if dtype else "float32, bfloat16 or the parameter's "
+                               f"dtype {p.dtype}"))
 
 
 def _check_param(p: torch.Tensor, where: str) -> None:
     if p.layout != torch.strided:
         raise TypeError(f"{where} is a {p.layout} tensor; lrfast updates dense tensors")
-    if p.dtype not in (torch.float32, torch.float64):
-        raise TypeError(f"{where} has dtype {p.dtype}; lrfast updates float32 and float64 tensors")
+    if p.dtype not in (torch.float32, torch.float64, torch.bfloat16, torch.float16):
+        raise TypeError(f"{where} has dtype {p.dtype}; lrfast updates float32, float64, "
+                        "bfloat16 and float16 tensors")
     if p.is_neg():
         raise ValueError(f"{where} is a negative-bit view; lrfast updates plain tensors in place")
     if not p.is_contiguous():
@@ -165,31 +273,33 @@ class _Call:
     the same number of completed updates (all of them, unless some missed
     updates), as views made once."""
 
-    def __init__(self, opt, params, index, device, completed, names):
+    def __init__(self, opt, params, index, device, completed, names, counts_steps):
         # positions in the group's list of parameters with gradients; None: all
         self.index = None if len(index) == len(params) else index
         on_host = device.type == "cpu"
         self.views = _host_views if on_host else _device_views
         self.grad_views = _host_grad_views if on_host else _device_grad_views
-        state_views = _host_views if on_host else _device_states
+        state_view = _host_view if on_host else _device_state
         params = [params[i] for i in index]
         states = [opt.state[p] for p in params]
-        tensors = {name: [s[_STATE_KEYS[name]] for s in states] for name in names}
+        keys = [_STATE_KEYS[name] for name in names]
         # what a step writes besides the step counts, whose own in-place add moves their version
-        self.written = params + [t for ts in tensors.values() for t in ts]
+        self.written = params + [t for key in keys for s in states for t in _state_tensors(s, key)]
         self.params = self.views(params)
-        self.states = {name: state_views(ts) for name, ts in tensors.items()}
+        self.states = {name: [_state_view(s, key, state_view) for s in states]
+                       for name, key in zip(names, keys)}
         self.completed = completed
         self.counter = None
-        if opt._keeps_step:
+        if counts_steps:
             self.counter = torch.full((len(params),), completed, dtype=_step_dtype())
             for j, state in enumerate(states):
                 state["step"] = self.counter[j]  # a float32 scalar, as torch keeps it
 
-    def run(self, kernel: Kernel, grads, hparams, lr) -> None:
+    def run(self, kernel: Kernel, grads, hparams, lr, stochastic_rounding, seed) -> None:
         if self.index is not None:
             grads = [grads[i] for i in self.index]
-        kernel(self.params, self.grad_views(grads), self.states, hparams, lr=lr,
+        rounding = _lowp.rounding(stochastic_rounding, seed, self.completed)
+        kernel(self.params, self.grad_views(grads), self.states, {**hparams, **rounding}, lr=lr,
                step=self.completed + 1)
         # the kernel wrote through views autograd does not see: tell it, as
         # torch's in-place ops do, so backward() refuses graphs with old values
@@ -206,17 +316,20 @@ class _Plan:
         self.group, self.state, self.kernel, self.names = group, opt.state, kernel, names
         self.params = params
         self.pointers = [p.data_ptr() for p in params]
+        self.counts_steps = opt._counts_steps(group)
         calls: dict[tuple, list[int]] = {}
         for i, p in enumerate(params):
-            _check_param(p, f"param group {index}, parameter {i} (of those with a grad)")
-            completed = opt._init_state(p, group, kernel, names)
+            where = f"param group {index}, parameter {i} (of those with a grad)"
+            _check_param(p, where)
+            completed = opt._init_state(p, group, kernel, names, where)
             calls.setdefault((p.device, completed), []).append(i)
-        self.calls = [_Call(opt, params, i, device, completed, names)
+        self.calls = [_Call(opt, params, i, device, completed, names, self.counts_steps)
                       for (device, completed), i in calls.items()]
 
-    def fits(self, group, state, kernel, names, params) -> bool:
-        return (group is self.group and state is self.state and kernel is self.kernel
-                and names == self.names and len(params) == len(self.params)
+    def fits(self, opt, group, kernel, names, params) -> bool:
+        return (group is self.group and opt.state is self.state and kernel is self.kernel
+                and names == self.names and opt._counts_steps(group) == self.counts_steps
+                and len(params) == len(self.params)
                 and all(map(operator.is_, params, self.params))
                 and list(map(torch.Tensor.data_ptr, params)) == self.pointers)
 
@@ -227,7 +340,8 @@ class _Optimizer(torch.optim.Optimizer):
     kernel: Kernel
     _keeps_step = True  # torch keeps state["step"] (SGD does not)
 
-    def __init__(self, params, defaults):
+    def __init__(self, params, defaults, state_dtype, stochastic_rounding, seed):
+        defaults.update(state_dtype=state_dtype, stochastic_rounding=stochastic_rounding, seed=seed)
         _check_supported(defaults)
         self._kernel(defaults).check_group(defaults, _plain(defaults["lr"]), _plain)
         super().__init__(params, defaults)
@@ -243,23 +357,48 @@ class _Optimizer(torch.optim.Optimizer):
                 group.setdefault(key, value)
         self._plans = {}
 
-    def _init_state(self, p, group, kernel, names) -> int:
-        """Creates ``p``'s missing state as torch.optim would; returns the
-        number of updates ``p`` has had."""
+    def load_state_dict(self, state_dict) -> None:
+        """torch.optim's, but each state tensor keeps the dtype it has in
+        ``state_dict``: torch casts every floating-point one to its
+        parameter's dtype (float32 states of a bfloat16 model, and q8 codes,
+        would not survive)."""
+        super().load_state_dict(state_dict)
+        saved_ids = chain.from_iterable(g["params"] for g in state_dict["param_groups"])
+        params = chain.from_iterable(g["params"] for g in self.param_groups)
+        for saved_id, p in zip(saved_ids, params):
+            state = self.state[p]
+            for key, value in state_dict["state"].get(saved_id, {}).items():
+                if (key != "step" and isinstance(value, torch.Tensor)
+                        and value.dtype != state[key].dtype):
+                    state[key] = value.to(device=p.device)
+
+    def _counts_steps(self, group) -> bool:
+        """Whether the group's states keep torch's ``"step"``: all but SGD's,
+        and SGD's too under stochastic rounding, whose seed moves with it."""
+        return self._keeps_step or bool(group["stochastic_rounding"])
+
+    def _init_state(self, p, group, kernel, names, where) -> int:
+        """Creates ``p``'s missing state as torch.optim would (in the group's
+        state_dtype) and checks the state it has; returns the number of
+        updates ``p`` has had."""
         state = self.state[p]
-        if self._keeps_step:
+        if "step" in state or self._keeps_step:
             completed = int(state.get("step", 0))
-            state.setdefault("step", torch.tensor(0.0, dtype=_step_dtype()))
         else:  # SGD counts nothing; only its first step differs (buffer = gradient)
-            completed = int(all(_STATE_KEYS[name] in state for name in names))
+            completed = int(all(_has_state(state, _STATE_KEYS[name]) for name in names))
+        if self._counts_steps(group):
+            state.setdefault("step", torch.tensor(float(completed), dtype=_step_dtype()))
         for name in names:
             key = _STATE_KEYS[name]
-            if key not in state:
+            if not _has_state(state, key):
                 start = _plain(group[kernel.initial[name]]) if name in kernel.initial else 0
-                state[key] = torch.full_like(p, start, memory_format=torch.preserve_format)
-            elif not state[key].is_contiguous() or state[key].is_neg():
-                # e.g. loaded from a torch state dict: written in place from now on
-                state[key] = state[key].resolve_neg().contiguous()
+                state.update(_new_state(p, name, group["state_dtype"], start))
+            for entry in (key, f"{key}_codes", f"{key}_absmax"):
+                t = state.get(entry)
+                if isinstance(t, torch.Tensor) and (not t.is_contiguous() or t.is_neg()):
+                    # e.g. loaded from a torch state dict: written in place from now on
+                    state[entry] = t.resolve_neg().contiguous()
+            _check_state(p, state, key, where)
         return completed
 
     def step(self, closure=None):
@@ -287,12 +426,14 @@ class _Optimizer(torch.optim.Optimizer):
                 kernel.validate(hparams, lr)
             names = kernel.uses(hparams)
             plan = self._plans.get(index)
-            if plan is None or not plan.fits(group, self.state, kernel, names, params):
+            if plan is None or not plan.fits(self, group, kernel, names, params):
                 plan = self._plans[index] = _Plan(self, index, group, kernel, names, params)
-            work.append((plan, kernel, _contiguous([p.grad for p in params]), hparams, lr))
-        for plan, kernel, grads, hparams, lr in work:
+            rounding = (bool(group["stochastic_rounding"]), int(group["seed"]))
+            work.append((plan, kernel, _contiguous([p.grad for p in params]), hparams, lr,
+                         rounding))
+        for plan, kernel, grads, hparams, lr, rounding in work:
             for call in plan.calls:
-                call.run(kernel, grads, hparams, lr)
+                call.run(kernel, grads, hparams, lr, *rounding)
         return loss
 
 
@@ -303,11 +444,14 @@ class SGD(_Optimizer):
     _keeps_step = False
 
     def __init__(self, params, lr=1e-3, momentum=0, dampening=0, weight_decay=0, nesterov=False,
-                 *, maximize=False, foreach=None, differentiable=False, fused=None):
+                 *, maximize=False, foreach=None, differentiable=False, fused=None,
+                 state_dtype: str | None = None, stochastic_rounding: bool = False,
+                 seed: int = 0):
         super().__init__(params, dict(lr=lr, momentum=momentum, dampening=dampening,
                                       weight_decay=weight_decay, nesterov=nesterov,
                                       maximize=maximize, foreach=foreach,
-                                      differentiable=differentiable, fused=fused))
+                                      differentiable=differentiable, fused=fused),
+                         state_dtype, stochastic_rounding, seed)
 
 
 class Adam(_Optimizer):
@@ -316,11 +460,14 @@ class Adam(_Optimizer):
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0,
                  amsgrad=False, *, foreach=None, maximize=False, capturable=False,
-                 differentiable=False, fused=None, decoupled_weight_decay=False):
+                 differentiable=False, fused=None, decoupled_weight_decay=False,
+                 state_dtype: str | None = None, stochastic_rounding: bool = False,
+                 seed: int = 0):
         super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
                                       amsgrad=amsgrad, foreach=foreach, maximize=maximize,
                                       capturable=capturable, differentiable=differentiable,
-                                      fused=fused, decoupled_weight_decay=decoupled_weight_decay))
+                                      fused=fused, decoupled_weight_decay=decoupled_weight_decay),
+                         state_dtype, stochastic_rounding, seed)
 
     def _kernel(self, group) -> Kernel:
         return KERNELS["adamw" if group["decoupled_weight_decay"] else "adam"]
@@ -331,11 +478,13 @@ class AdamW(Adam):
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2,
                  amsgrad=False, *, maximize=False, foreach=None, capturable=False,
-                 differentiable=False, fused=None):
+                 differentiable=False, fused=None, state_dtype: str | None = None, stochastic_rounding: bool = False,
+                 seed: int = 0):
         super().__init__(params, lr, betas, eps, weight_decay, amsgrad, foreach=foreach,
                          maximize=maximize, capturable=capturable,
                          differentiable=differentiable, fused=fused,
-                         decoupled_weight_decay=True)
+                         decoupled_weight_decay=True, state_dtype=state_dtype,
+                         stochastic_rounding=stochastic_rounding, seed=seed)
 
     def __setstate__(self, state):
         super().__setstate__(state)
@@ -350,11 +499,13 @@ class RMSprop(_Optimizer):
 
     def __init__(self, params, lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0, momentum=0,
                  centered=False, capturable=False, foreach=None, maximize=False,
-                 differentiable=False):
+                 differentiable=False, *, state_dtype: str | None = None, stochastic_rounding: bool = False,
+                 seed: int = 0):
         super().__init__(params, dict(lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay,
                                       momentum=momentum, centered=centered,
                                       capturable=capturable, foreach=foreach,
-                                      maximize=maximize, differentiable=differentiable))
+                                      maximize=maximize, differentiable=differentiable),
+                         state_dtype, stochastic_rounding, seed)
 
 
 class Adagrad(_Optimizer):
@@ -364,15 +515,18 @@ class Adagrad(_Optimizer):
     kernel = KERNELS["adagrad"]
 
     def __init__(self, params, lr=1e-2, lr_decay=0, weight_decay=0, initial_accumulator_value=0,
-                 eps=1e-10, foreach=None, *, maximize=False, differentiable=False, fused=None):
+                 eps=1e-10, foreach=None, *, maximize=False, differentiable=False, fused=None,
+                 state_dtype: str | None = None, stochastic_rounding: bool = False,
+                 seed: int = 0):
         super().__init__(params, dict(lr=lr, lr_decay=lr_decay, weight_decay=weight_decay,
                                       initial_accumulator_value=initial_accumulator_value,
                                       eps=eps, foreach=foreach, maximize=maximize,
-                                      differentiable=differentiable, fused=fused))
-        for group in self.param_groups:
+                                      differentiable=differentiable, fused=fused),
+                         state_dtype, stochastic_rounding, seed)
+        for i, group in enumerate(self.param_groups):
             names = self.kernel.uses(self.kernel.hparams(group, _plain))
-            for p in group["params"]:
-                self._init_state(p, group, self.kernel, names)
+            for j, p in enumerate(group["params"]):
+                self._init_state(p, group, self.kernel, names, f"param group {i}, parameter {j}")
 
 
 class Adadelta(_Optimizer):
@@ -381,7 +535,9 @@ class Adadelta(_Optimizer):
     kernel = KERNELS["adadelta"]
 
     def __init__(self, params, lr=1.0, rho=0.9, eps=1e-6, weight_decay=0, foreach=None, *,
-                 capturable=False, maximize=False, differentiable=False):
+                 capturable=False, maximize=False, differentiable=False, state_dtype: str | None = None, stochastic_rounding: bool = False,
+                 seed: int = 0):
         super().__init__(params, dict(lr=lr, rho=rho, eps=eps, weight_decay=weight_decay,
                                       foreach=foreach, capturable=capturable,
-                                      maximize=maximize, differentiable=differentiable))
+                                      maximize=maximize, differentiable=differentiable),
+                         state_dtype, stochastic_rounding, seed)

@@ -1,0 +1,70 @@
+"""The low-precision options of the optimizer classes, shared by
+:mod:`lrfast.optim` and :mod:`lrfast.torch`: ``state_dtype``,
+``stochastic_rounding`` and ``seed``, which states may be negative, and the
+rounding keywords of a step. The numbers themselves are :mod:`lrfast.precision`'s.
+"""
+
+from __future__ import annotations
+
+import numbers
+from typing import Any
+
+import numpy as np
+
+from .precision import Q8_MIN_SIZE, quantize_blockwise
+
+STATE_DTYPES = (None, "float32", "bfloat16", "q8")
+_CHOICES = "None (the param's dtype), 'float32', 'bfloat16' or 'q8'"
+
+# States that can be negative get q8's signed map; the others (second
+# moments, sums of squares) are never negative and get the unsigned map,
+# which spends all 256 codes on values >= 0.
+SIGNED_STATES = frozenset({"momentum_buffers", "exp_avgs", "grad_avgs"})
+
+
+def check_state_dtype(value: Any) -> str | None:
+    if value is not None and not isinstance(value, str):
+        raise TypeError(f"state_dtype must be {_CHOICES}, got a {type(value).__name__}")
+    if value not in STATE_DTYPES:
+        raise ValueError(f"state_dtype must be {_CHOICES}, got {value!r}")
+    return value
+
+
+def check_seed(value: Any) -> int:
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"seed must be an int, got a {type(value).__name__}")
+    if not 0 <= int(value) < 2**64:
+        raise ValueError(f"seed must be an integer from 0 to 2**64 - 1, got {value!r}")
+    return int(value)
+
+
+def check_stochastic_rounding(value: Any) -> bool:
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"stochastic_rounding must be a bool, got a {type(value).__name__}")
+    return bool(value)
+
+
+def is_q8(state_dtype: str | None, size: int) -> bool:
+    """Whether a state of a param of ``size`` elements is a Q8State: with
+    ``state_dtype="q8"``, tensors under 4096 elements keep float32 states, as
+    :func:`lrfast.zeros_state` makes them (tiny tensors lose most from 8 bits
+    and save least)."""
+    return state_dtype == "q8" and size >= Q8_MIN_SIZE
+
+
+def q8_constant(value: float, signed: bool) -> tuple[int, float]:
+    """(code, absmax) of every element and block of a q8 state holding
+    ``value`` everywhere, e.g. Adagrad's ``initial_accumulator_value``."""
+    codes, absmax = quantize_blockwise(np.array([value], np.float32), signed)
+    return int(codes[0]), float(absmax[0])
+
+
+def rounding(stochastic_rounding: bool, seed: int, completed: int) -> dict[str, Any]:
+    """The rounding keywords of the step function call for the update that
+    follows ``completed`` ones. The seed moves with every update because the
+    random bits hash (seed, step) and some steps pass no step (rmsprop,
+    adadelta, sgd): a fixed seed would round every update alike. Round to
+    nearest even, the step functions' default, needs no keywords."""
+    if not stochastic_rounding:
+        return {}
+    return {"stochastic_rounding": True, "seed": (seed + completed) % 2**64}
