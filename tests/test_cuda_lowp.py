@@ -6,7 +6,7 @@ reference bit for bit: the simulator computes in NumPy scalars and fuses
 nothing. On a GPU NVVM may contract multiply-adds, so 16-bit values may be
 one ulp off and q8 codes one code off. The steps call the back end directly
 (``ops.<kernel>(arrays, names, hparams)``) with the hparams keys the front
-end adds: ``stochastic_rounding``, ``seed`` and ``step``.
+end adds: ``stochastic_rounding`` and ``sr_key`` (see lrfast._hparams.rounding).
 """
 
 import os
@@ -123,16 +123,14 @@ NEVER_NEGATIVE = {"exp_avg_sqs", "max_exp_avg_sqs", "square_avgs", "state_sums",
 
 def hparams(name, step, stochastic_rounding=False, seed=0):
     kernel, _, kw = OPTIMIZERS[name]
-    kw = dict(kw, maximize=False, grad_scale=1.0)
+    kw = dict(kw, maximize=False, grad_scale=1.0, stochastic_rounding=stochastic_rounding,
+              seed=seed)
     if name in ("adam", "adamw"):
         hp = _hparams.adam(step=step, decoupled=name == "adamw", **kw)
     elif name in ("sgd", "adagrad"):
         hp = getattr(_hparams, kernel)(step=step, **kw)
     else:
         hp = getattr(_hparams, kernel)(**kw)
-    hp.update(stochastic_rounding=int(stochastic_rounding), seed=seed)
-    if name in TAKES_STEP:
-        hp["step"] = step
     return hp
 
 
@@ -455,5 +453,6 @@ def test_random_words_match_random_bits():
 
     for seed, step, start in ((0, 0, 0), (2**64 - 1, 12345, 2**32 - 20), (99, 2**40, 7)):
         out = np.zeros(40, np.uint32)
-        kernel[2, 32](lowp.sr_key(seed, step), np.int64(start), out)
+        key = np.uint64(_hparams.rounding(True, seed, step)["sr_key"])
+        kernel[2, 32](key, np.int64(start), out)
         np.testing.assert_array_equal(out, precision.random_bits(seed, step, start, 40))

@@ -127,19 +127,11 @@ def lowbias32(x):
 
 @cuda.jit(device=True)
 def random_word(key, position):
-    """``R(position)`` of random_bits for the call's ``key`` (see sr_key)."""
+    """``R(position)`` of random_bits for the call's ``key`` (the ``sr_key``
+    of lrfast._hparams.rounding)."""
     pos = uint64(position)
     word_key = lowbias32(key ^ (pos >> 32))
     return lowbias32((word_key + (pos & M32) * 0x9E3779B9) & M32)
-
-
-def sr_key(seed: int, step: int) -> np.uint64:
-    """The part of random_bits' key that depends on the call only:
-    ``H(H(H(H(0x243F6A88 ^ lo(seed)) ^ hi(seed)) ^ lo(step)) ^ hi(step))``."""
-    key = np.array([precision._KEY_INIT], dtype=np.uint32)
-    for word in (seed & M32, seed >> 32, step & M32, step >> 32):
-        key = precision._lowbias32(key ^ np.uint32(word))
-    return np.uint64(key[0])
 
 
 # -- q8 ----------------------------------------------------------------------------

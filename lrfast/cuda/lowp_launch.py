@@ -39,13 +39,12 @@ THREADS = launch.THREADS
 
 def run(optimizer, hp: dict, groups, stream) -> None:
     """One step of `optimizer` over the low-precision `groups` on `stream`.
-    ``hp["stochastic_rounding"]`` (0/1, absent: 0), ``hp["seed"]`` and
-    ``hp["step"]`` (absent or None: 0) key the stochastic rounding."""
+    ``hp["stochastic_rounding"]`` (0/1, absent: 0) and ``hp["sr_key"]`` (the
+    call's key, from lrfast._hparams.rounding) drive the stochastic rounding."""
     flags, scalars = optimizer.plan(hp, exact=True)
     states = optimizer.states(hp)
     stochastic = bool(hp.get("stochastic_rounding", 0))
-    key = lowp.sr_key(int(hp.get("seed", 0)), int(hp.get("step") or 0)) if stochastic else \
-        np.uint64(0)
+    key = np.uint64(int(hp.get("sr_key", 0)) if stochastic else 0)
     for g in groups:
         sr = stochastic and g.kinds[0] in (F16, BF16)
         kernel = _kernel(optimizer.body, flags, states, g.kinds, g.arithmetic.name, sr)
