@@ -43,14 +43,23 @@ inline std::uint16_t to_bf16(float f) {
     return std::uint16_t((u & 0x7fffffffu) > 0x7f800000u ? quiet_nan : rounded);
 }
 
+// The compiler's IEEE half type: _Float16 in C++ on x86-64 (GCC >= 12); on
+// AArch64 GCC 12 has it only in C, and __fp16 is the same format there, with
+// conversions by the FPU in its default round-to-nearest-even mode.
+#if defined(__aarch64__)
+using half = __fp16;
+#else
+using half = _Float16;
+#endif
+
 inline float from_f16(std::uint16_t h) {
-    _Float16 x;
+    half x;
     __builtin_memcpy(&x, &h, sizeof x);
     return float(x);
 }
 
 inline std::uint16_t to_f16(float f) {
-    const _Float16 x = static_cast<_Float16>(f);
+    const half x = static_cast<half>(f);
     std::uint16_t h;
     __builtin_memcpy(&h, &x, sizeof h);
     return h;
