@@ -88,10 +88,10 @@ inline std::uint32_t bucket_of(float n) {
     return ((u >> 31) * std::uint32_t(kQ8SignBucket)) | (a >> kQ8BucketShift);
 }
 
-// out[i] = the code of the normalised value v[i] in bucket[i]: the midpoints
-// below the bucket, plus those of the next kQ8Fixups that are < v[i] (ties to
-// the lower code); 255 for NaN. The AVX2 variant gathers the same table
-// entries 8 lanes at a time and compares the same way (an ordered <).
+// out[i] = the code of the normalised value v[i]: the midpoints below its
+// bucket, plus those of the next kQ8Fixups that are < v[i] (ties to the lower
+// code); 255 for NaN. The AVX2 variant computes the same buckets and gathers
+// the same table entries 8 lanes at a time, and compares the same way (an ordered <).
 //
 // AVX-512 counts the midpoints < v[i] by a binary search instead, 16 lanes at
 // a time with no gather: the midpoints are sorted, so "midpoints[k] < v" is
@@ -99,8 +99,7 @@ inline std::uint32_t bucket_of(float n) {
 // from 128 down to 1, each where the midpoint just below the candidate is < v,
 // finds that count exactly (levels of table.search, held in registers). A NaN
 // compares false everywhere and then gets 255.
-inline void look_up(const Q8Table& table, const float* __restrict v,
-                    const std::uint32_t* __restrict bucket, std::uint8_t* __restrict out,
+inline void look_up(const Q8Table& table, const float* __restrict v, std::uint8_t* __restrict out,
                     std::int64_t m) {
     std::int64_t i = 0;
 #if defined(__AVX512F__)
@@ -149,12 +148,19 @@ inline void look_up(const Q8Table& table, const float* __restrict v,
         }
     }
 #elif defined(__AVX2__)
-    const __m256i byte = _mm256_set1_epi32(0xff);
+    static_assert(kQ8SignBucket == 1 << 11, "the sign bucket is bit 11");
+    const __m256i byte = _mm256_set1_epi32(0xff), abs_mask = _mm256_set1_epi32(0x7fffffff);
+    const __m256i one = _mm256_set1_epi32(0x3f800000), floor = _mm256_set1_epi32(kQ8BucketFloor);
     for (; i + 8 <= m; i += 8) {
-        const __m256i b = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(bucket + i));
+        const __m256 n = _mm256_loadu_ps(v + i);
+        // bucket_of on 8 lanes: max(a, floor) - floor is a - floor above the floor, else 0.
+        const __m256i u = _mm256_castps_si256(n);
+        const __m256i a = _mm256_min_epu32(_mm256_and_si256(u, abs_mask), one);
+        const __m256i b = _mm256_or_si256(
+            _mm256_slli_epi32(_mm256_srli_epi32(u, 31), 11),
+            _mm256_srli_epi32(_mm256_sub_epi32(_mm256_max_epu32(a, floor), floor), kQ8BucketShift));
         const __m256i below = _mm256_and_si256(
             _mm256_i32gather_epi32(reinterpret_cast<const int*>(table.bucket), b, 1), byte);
-        const __m256 n = _mm256_loadu_ps(v + i);
         __m256i code = below;
         for (int j = 0; j < kQ8Fixups; ++j) {
             const __m256 mid = _mm256_i32gather_ps(table.midpoints + j, below, 4);
@@ -167,7 +173,7 @@ inline void look_up(const Q8Table& table, const float* __restrict v,
     }
 #endif
     for (; i < m; ++i) {
-        const std::uint32_t below = table.bucket[bucket[i]];
+        const std::uint32_t below = table.bucket[bucket_of(v[i])];
         std::uint32_t code = below;
         for (int j = 0; j < kQ8Fixups; ++j) code += table.midpoints[below + j] < v[i] ? 1u : 0u;
         out[i] = std::uint8_t(v[i] != v[i] ? 255u : code);
@@ -182,15 +188,13 @@ inline void look_up(const Q8Table& table, const float* __restrict v,
 //
 // Each pass over a block is a plain loop: the maximum is taken on the bits of
 // |v| (for floats of one sign their integer order; NaNs lie above inf), the
-// division and the bucket index vectorise, and the look-up (the midpoints below
-// the bucket, then at most kQ8Fixups comparisons) runs from L1.
+// division vectorises, and the look-up (see look_up) runs from L1.
 template <class T>
 inline void quantize(const T* __restrict in, const Operand& x, std::int64_t lo, std::int64_t n) {
     const Q8Table& table = q8_table(x);
     std::uint8_t* __restrict codes = static_cast<std::uint8_t*>(x.data) + lo;
     float* absmax = x.absmax + lo / kQ8Block;
     alignas(64) float v[kQ8Block];
-    alignas(64) std::uint32_t bucket[kQ8Block];
     for (std::int64_t b = 0; b * kQ8Block < n; ++b) {
         const std::int64_t first = b * kQ8Block;
         const std::int64_t m = n - first < kQ8Block ? n - first : kQ8Block;
@@ -212,8 +216,7 @@ inline void quantize(const T* __restrict in, const Operand& x, std::int64_t lo, 
         } else {
             for (std::int64_t i = 0; i < m; ++i) v[i] = v[i] / top;
         }
-        for (std::int64_t i = 0; i < m; ++i) bucket[i] = bucket_of(v[i]);
-        look_up(table, v, bucket, out, m);
+        look_up(table, v, out, m);
     }
 }
 
