@@ -34,6 +34,12 @@ Q8Table build(const std::uint32_t (&bits)[256]) {
         t.midpoints[k] = float((double(t.map[k]) + double(t.map[k + 1])) / 2);
     for (int k = 255; k < 255 + kQ8Fixups; ++k)
         t.midpoints[k] = std::numeric_limits<float>::infinity();
+    for (int level = 0; level < 8; ++level) {
+        const int bit = 128 >> level;
+        for (int j = 0; j < 1 << level; ++j)
+            t.search[(1 << level) - 1 + j] = t.midpoints[j * 2 * bit + bit - 1];
+    }
+    t.search[255] = std::numeric_limits<float>::infinity();
     for (int b = 0; b < kQ8Buckets; ++b) {
         float lowest, highest;
         bucket_range(b, lowest, highest);

@@ -8,13 +8,20 @@
 // with step_size = lr / (1 - beta1^step). The division by the bias correction
 // is a multiplication by its reciprocal, computed in double on the host: it
 // changes the result by at most an ulp and saves a division per element.
-#include "kernel.hpp"
+//
+// A tensor whose param, grad and states are all bfloat16 runs the same loop
+// on its arrays directly: each element is widened to float on load and
+// rounded to nearest even on store (load/store in convert.hpp), exactly what
+// the tile layer does through its float buffers, without the buffers, so the
+// conversions overlap the divisions and square roots.
+#include "convert.hpp"
 
 namespace lrfast::LRFAST_ISA_NS {
 
-template <class T, bool COUPLED_WD, bool AMSGRAD>
-static void adam_loop(const AdamParams& hp, T* __restrict p, const T* __restrict g,
-                      T* __restrict m, T* __restrict v, T* __restrict vmax, std::int64_t n) {
+// T: the arithmetic type; S: the storage of every array (T, or Bf16 with T float).
+template <class T, class S, bool COUPLED_WD, bool AMSGRAD>
+static void adam_loop(const AdamParams& hp, S* __restrict p, const S* __restrict g,
+                      S* __restrict m, S* __restrict v, S* __restrict vmax, std::int64_t n) {
     const bool decay_param = hp.decoupled != 0 && hp.weight_decay != 0;
     const T gs = T(hp.grad_scale), wd = T(hp.weight_decay);
     const T param_decay = T(decay_param ? 1.0 - hp.lr * hp.weight_decay : 1.0);
@@ -22,18 +29,20 @@ static void adam_loop(const AdamParams& hp, T* __restrict p, const T* __restrict
     const T inv_bc2 = T(1.0 / hp.bias_correction2_sqrt), eps = T(hp.eps);
     const T neg_step = T(-hp.step_size);
     for (std::int64_t i = 0; i < n; ++i) {
-        T d = g[i] * gs;
-        if constexpr (COUPLED_WD) d = d + wd * p[i];
-        const T mi = m[i] + w1 * (d - m[i]);
-        T vi = v[i] * beta2 + w2 * d * d;
-        m[i] = mi;
-        v[i] = vi;
+        const T pi = load(p[i]), mi_old = load(m[i]);
+        T d = load(g[i]) * gs;
+        if constexpr (COUPLED_WD) d = d + wd * pi;
+        const T mi = mi_old + w1 * (d - mi_old);
+        T vi = load(v[i]) * beta2 + w2 * d * d;
+        store(m[i], mi);
+        store(v[i], vi);
         if constexpr (AMSGRAD) {
-            vi = vmax[i] > vi ? vmax[i] : vi;
-            vmax[i] = vi;
+            const T vmax_i = load(vmax[i]);
+            vi = vmax_i > vi ? vmax_i : vi;
+            store(vmax[i], vi);
         }
         const T denom = root(vi) * inv_bc2 + eps;
-        p[i] = p[i] * param_decay + neg_step * (mi / denom);
+        store(p[i], pi * param_decay + neg_step * (mi / denom));
     }
 }
 
@@ -42,7 +51,16 @@ void adam_update(const AdamParams& hp, T* p, const T* g, T* const* s, std::int64
     const bool coupled_wd = hp.decoupled == 0 && hp.weight_decay != 0;
     branch(
         [&](auto coupled, auto amsgrad) {
-            adam_loop<T, coupled.value, amsgrad.value>(hp, p, g, s[0], s[1], s[2], n);
+            adam_loop<T, T, coupled.value, amsgrad.value>(hp, p, g, s[0], s[1], s[2], n);
+        },
+        coupled_wd, hp.amsgrad != 0);
+}
+
+void adam_bf16(const AdamParams& hp, Bf16* p, const Bf16* g, Bf16* const* s, std::int64_t n) {
+    const bool coupled_wd = hp.decoupled == 0 && hp.weight_decay != 0;
+    branch(
+        [&](auto coupled, auto amsgrad) {
+            adam_loop<float, Bf16, coupled.value, amsgrad.value>(hp, p, g, s[0], s[1], s[2], n);
         },
         coupled_wd, hp.amsgrad != 0);
 }

@@ -15,7 +15,7 @@
 
 #include <cstdint>
 
-#if defined(__F16C__) || defined(__AVX512F__)
+#if defined(__F16C__) || defined(__AVX2__) || defined(__AVX512F__)
 #include <immintrin.h>
 #endif
 
@@ -34,13 +34,13 @@ inline float from_bf16(std::uint16_t h) {
 inline std::uint16_t to_bf16(float f) {
     std::uint32_t u;
     __builtin_memcpy(&u, &f, sizeof u);
+    // NaN keeps its sign and high payload, with the quiet bit set: its low half
+    // is cleared first, so the rounding below leaves the high half as it is
+    // (rounding could otherwise carry a NaN's payload into inf).
+    if ((u & 0x7fffffffu) > 0x7f800000u) u = (u & 0xffff0000u) | 0x00400000u;
     // Adding 0x7fff rounds halfway cases down, plus the kept lowest bit rounds
     // them to even; a carry into the exponent gives the next binade or inf.
-    const std::uint32_t rounded = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
-    // NaN keeps its sign and high payload, with the quiet bit set (rounding
-    // could carry a NaN's payload into inf).
-    const std::uint32_t quiet_nan = (u >> 16) | 0x40u;
-    return std::uint16_t((u & 0x7fffffffu) > 0x7f800000u ? quiet_nan : rounded);
+    return std::uint16_t((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
 }
 
 // The compiler's IEEE half type: _Float16 in C++ on x86-64 (GCC >= 12); on
@@ -63,6 +63,60 @@ inline std::uint16_t to_f16(float f) {
     std::uint16_t h;
     __builtin_memcpy(&h, &x, sizeof h);
     return h;
+}
+
+// A bfloat16 element for loops that convert as they go: load widens it,
+// store rounds to nearest even; float and double load and store as they are.
+struct Bf16 {
+    std::uint16_t bits;
+};
+inline float load(Bf16 x) { return from_bf16(x.bits); }
+inline void store(Bf16& x, float f) { x.bits = to_bf16(f); }
+inline float load(float x) { return x; }
+inline void store(float& x, float f) { x = f; }
+inline double load(double x) { return x; }
+inline void store(double& x, double f) { x = f; }
+
+// out[i] = in[i] rounded to bfloat16, nearest even (to_bf16 on each element).
+// AVX-512 runs the same integer steps on 16 lanes, a NaN lane taking its
+// high half with the quiet bit set, and narrows the lanes with vpmovdw. (The
+// compiler's own vectorisation of to_bf16 packs with vpermt2w, several times
+// slower here; vcvtneps2bf16 of AVX512_BF16 would not do: it flushes float32
+// subnormals to zero.)
+inline void narrow_bf16(const float* __restrict in, std::uint16_t* __restrict out,
+                        std::int64_t n) {
+    std::int64_t i = 0;
+#if defined(__AVX512F__)
+    const __m512i half_ulp = _mm512_set1_epi32(0x7fff), one = _mm512_set1_epi32(1);
+    const __m512i abs_mask = _mm512_set1_epi32(0x7fffffff), inf = _mm512_set1_epi32(0x7f800000);
+    const __m512i quiet = _mm512_set1_epi32(0x40);
+    for (; i + 16 <= n; i += 16) {
+        const __m512i u = _mm512_castps_si512(_mm512_loadu_ps(in + i));
+        const __m512i high = _mm512_srli_epi32(u, 16);
+        const __m512i even = _mm512_and_si512(high, one);
+        __m512i r = _mm512_srli_epi32(_mm512_add_epi32(_mm512_add_epi32(u, half_ulp), even), 16);
+        const __mmask16 nan = _mm512_cmpgt_epu32_mask(_mm512_and_si512(u, abs_mask), inf);
+        r = _mm512_mask_or_epi32(r, nan, high, quiet);
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + i), _mm512_cvtepi32_epi16(r));
+    }
+#elif defined(__AVX2__)
+    // The same on 8 lanes; |u| and inf are non-negative as int32, so a signed
+    // compare orders them, and vpackusdw packs the (< 2^16) results.
+    const __m256i half_ulp = _mm256_set1_epi32(0x7fff), one = _mm256_set1_epi32(1);
+    const __m256i abs_mask = _mm256_set1_epi32(0x7fffffff), inf = _mm256_set1_epi32(0x7f800000);
+    const __m256i quiet = _mm256_set1_epi32(0x40);
+    for (; i + 8 <= n; i += 8) {
+        const __m256i u = _mm256_castps_si256(_mm256_loadu_ps(in + i));
+        const __m256i high = _mm256_srli_epi32(u, 16);
+        const __m256i even = _mm256_and_si256(high, one);
+        const __m256i r = _mm256_srli_epi32(_mm256_add_epi32(_mm256_add_epi32(u, half_ulp), even), 16);
+        const __m256i nan = _mm256_cmpgt_epi32(_mm256_and_si256(u, abs_mask), inf);
+        const __m256i w = _mm256_blendv_epi8(r, _mm256_or_si256(high, quiet), nan);
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(out + i),
+                         _mm_packus_epi32(_mm256_castsi256_si128(w), _mm256_extracti128_si256(w, 1)));
+    }
+#endif
+    for (; i < n; ++i) out[i] = to_bf16(in[i]);
 }
 
 // out[i] = float(in[i]) for float16 in.
@@ -143,7 +197,11 @@ inline void narrow(const T* __restrict in, const Operand& x, std::int64_t lo, st
         }
         case Storage::bf16: {
             std::uint16_t* out = static_cast<std::uint16_t*>(data) + lo;
-            for (std::int64_t i = 0; i < n; ++i) out[i] = to_bf16(float(in[i]));
+            if constexpr (std::is_same_v<T, float>) {
+                narrow_bf16(in, out, n);
+            } else {
+                for (std::int64_t i = 0; i < n; ++i) out[i] = to_bf16(float(in[i]));
+            }
             break;
         }
         case Storage::f16: {

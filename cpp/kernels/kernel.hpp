@@ -51,6 +51,10 @@ inline void branch(F&& f, bool flag, Rest... rest) {
 #include "lrfast/optimizers.def"
 #undef LRFAST_OPTIMIZER
 
+// Adam/AdamW on a tensor whose arrays are all bfloat16 (cpp/kernels/adam.cpp).
+struct Bf16;
+void adam_bf16(const AdamParams& hp, Bf16* p, const Bf16* g, Bf16* const* s, std::int64_t n);
+
 NormPartial half_norm(const Operand& x, std::int64_t lo, std::int64_t n, NormKind kind, double p);
 void half_scale(const Operand& x, std::int64_t lo, std::int64_t n, double factor);
 void half_clamp(const Operand& x, std::int64_t lo, std::int64_t n, double limit);

@@ -26,6 +26,19 @@ static constexpr Storage own_storage() {
     return std::is_same_v<T, float> ? Storage::f32 : Storage::f64;
 }
 
+// The kernel that runs a tensor of bfloat16 arrays directly, converting in
+// its loop (same bits as the tiles), if the optimizer has one.
+template <class P>
+constexpr UpdateFn<P, Bf16> bf16_kernel = nullptr;
+template <>
+constexpr UpdateFn<AdamParams, Bf16> bf16_kernel<AdamParams> = &adam_bf16;
+
+static bool all_bf16(const Operand* x) {
+    for (int k = 0; k < kOperands; ++k)
+        if (x[k].data != nullptr && x[k].storage != Storage::bf16) return false;
+    return true;
+}
+
 template <class T, class P>
 static void tiled(UpdateFn<P, T> update, const P& hp, const MixedTensor& tensor,
                   std::int64_t lo, std::int64_t n) {
@@ -33,6 +46,16 @@ static void tiled(UpdateFn<P, T> update, const P& hp, const MixedTensor& tensor,
     // Stochastic rounding applies to 16-bit params (arithmetic in float).
     const bool stochastic = std::is_same_v<T, float> && hp.stochastic_rounding != 0 &&
                             (x[0].storage == Storage::bf16 || x[0].storage == Storage::f16);
+    if constexpr (std::is_same_v<T, float> && bf16_kernel<P> != nullptr) {
+        if (!stochastic && all_bf16(x)) {
+            Bf16* s[3];
+            for (int k = 0; k < 3; ++k)
+                s[k] = x[k + 2].data == nullptr ? nullptr : static_cast<Bf16*>(x[k + 2].data) + lo;
+            bf16_kernel<P>(hp, static_cast<Bf16*>(x[0].data) + lo,
+                           static_cast<const Bf16*>(x[1].data) + lo, s, n);
+            return;
+        }
+    }
     const std::uint32_t seed_key = std::uint32_t(hp.sr_key);
     alignas(64) T buffer[kOperands][kTile];
     alignas(64) std::uint32_t random[kTile];

@@ -31,6 +31,10 @@ struct Q8Table {
     // code of n is that plus how many of the next kQ8Fixups midpoints are < n.
     // Three bytes more, never read as a count: SIMD look-ups load 4 bytes at a time.
     std::uint8_t bucket[kQ8Buckets + 3];
+    // The midpoints in the order of a binary search (AVX-512 look-ups): level
+    // L = 0..7 tests bit b = 128 >> L of the code, its entries j < 2^L start at
+    // search[2^L - 1] and are midpoints[j * 2b + b - 1]. Entry 255: +inf, padding.
+    alignas(64) float search[256];
 };
 
 // q8_tables[1]: the signed map; q8_tables[0]: the unsigned map.
