@@ -10,7 +10,6 @@ boundaries and the grid-stride loops wrap.
 
 import copy
 import os
-import shutil
 import subprocess
 import sys
 import weakref
@@ -19,13 +18,7 @@ import numpy as np
 import pytest
 
 
-def _gpu_visible() -> bool:
-    smi = shutil.which("nvidia-smi")
-    return smi is not None and subprocess.run([smi, "-L"], capture_output=True).returncode == 0
-
-
-# Before numba is imported: simulate unless a GPU is there (an explicit setting wins).
-os.environ.setdefault("NUMBA_ENABLE_CUDASIM", "0" if _gpu_visible() else "1")
+from cuda_sim import Exported, SimulatedDeviceArray  # before numba: picks GPU or simulator
 
 cuda = pytest.importorskip("numba.cuda")
 if not cuda.is_available():
@@ -49,36 +42,6 @@ if SIMULATED:
         "ignore:(overflow|invalid value) encountered in scalar:RuntimeWarning")
 
 
-class SimulatedDeviceArray:
-    """A host array shown as a device array, for the simulator."""
-
-    def __init__(self, host):
-        self._host = host
-
-    @property
-    def __cuda_array_interface__(self):
-        ai = self._host.__array_interface__
-        return {"shape": ai["shape"], "typestr": ai["typestr"], "data": ai["data"],
-                "strides": ai["strides"], "version": 3}
-
-    def copy_to_host(self):
-        return self._host.copy()
-
-
-class Exported:
-    """Another device array's interface with some fields replaced (a read-only
-    flag, strides, a mask) for the checks."""
-
-    def __init__(self, array, readonly=None, **fields):
-        self._array, self._readonly, self._fields = array, readonly, fields
-
-    @property
-    def __cuda_array_interface__(self):
-        interface = dict(self._array.__cuda_array_interface__)
-        if self._readonly is not None:
-            interface["data"] = (interface["data"][0], self._readonly)
-        interface.update(self._fields)
-        return interface
 
 
 def device(a):

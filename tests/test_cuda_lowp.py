@@ -9,20 +9,10 @@ one ulp off and q8 codes one code off. The steps call the back end directly
 end adds: ``stochastic_rounding`` and ``sr_key`` (see lrfast._hparams.rounding).
 """
 
-import os
-import shutil
-import subprocess
-
 import numpy as np
 import pytest
 
-
-def _gpu_visible() -> bool:
-    smi = shutil.which("nvidia-smi")
-    return smi is not None and subprocess.run([smi, "-L"], capture_output=True).returncode == 0
-
-
-os.environ.setdefault("NUMBA_ENABLE_CUDASIM", "0" if _gpu_visible() else "1")
+from cuda_sim import Exported, SimulatedDeviceArray  # before numba: picks GPU or simulator
 
 cuda = pytest.importorskip("numba.cuda")
 if not cuda.is_available():
@@ -47,36 +37,6 @@ if SIMULATED:
 
 
 # -- device arrays ------------------------------------------------------------------
-
-class SimulatedDeviceArray:
-    """A host array shown as a device array, for the simulator."""
-
-    def __init__(self, host):
-        self._host = host
-
-    @property
-    def __cuda_array_interface__(self):
-        ai = self._host.__array_interface__
-        return {"shape": ai["shape"], "typestr": ai["typestr"], "data": ai["data"],
-                "strides": ai["strides"], "version": 3}
-
-    def copy_to_host(self):
-        return self._host.copy()
-
-
-class Exported:
-    """Another device array's interface with some fields replaced."""
-
-    def __init__(self, array, readonly=None, **fields):
-        self._array, self._readonly, self._fields = array, readonly, fields
-
-    @property
-    def __cuda_array_interface__(self):
-        interface = dict(self._array.__cuda_array_interface__)
-        if self._readonly is not None:
-            interface["data"] = (interface["data"][0], self._readonly)
-        interface.update(self._fields)
-        return interface
 
 
 def _raw(a):

@@ -17,8 +17,9 @@ ml_dtypes = pytest.importorskip("ml_dtypes")
 import lrfast  # noqa: E402
 import lrfast.optim  # noqa: E402
 from lrfast import reference  # noqa: E402
-from lrfast.precision import Q8State, quantize_blockwise, zeros_state  # noqa: E402
+from lrfast.precision import Q8State, zeros_state  # noqa: E402
 from lrfast.schedules import cosine_decay  # noqa: E402
+from lowp_states import assert_same_state, bits, fill_state  # noqa: E402
 
 BF16 = np.dtype(ml_dtypes.bfloat16)
 # one tensor under q8's 4096-element floor (float32 states), two above it
@@ -51,20 +52,6 @@ def grads_for(params, step):
             for i, p in enumerate(params)]
 
 
-def bits(a):
-    return np.ascontiguousarray(a).view({1: np.uint8, 2: np.uint16, 4: np.uint32,
-                                         8: np.uint64}[a.dtype.itemsize])
-
-
-def assert_same_state(got, want, what):
-    assert type(got) is type(want), what
-    if isinstance(want, Q8State):
-        assert got.signed == want.signed, what
-        np.testing.assert_array_equal(got.codes, want.codes, err_msg=f"{what}: codes")
-        np.testing.assert_array_equal(bits(got.absmax), bits(want.absmax), err_msg=f"{what}")
-    else:
-        assert got.dtype == want.dtype and got.shape == want.shape, what
-        np.testing.assert_array_equal(bits(got), bits(want), err_msg=what)
 
 
 def assert_same_states(got, want):
@@ -88,11 +75,7 @@ def hand_made_states(opt, params, state_dtype):
     if "state_sums" in states:  # Adagrad starts at initial_accumulator_value
         start = opt.param_groups[0]["initial_accumulator_value"]
         for s in states["state_sums"]:
-            if isinstance(s, Q8State):
-                s.codes[...], s.absmax[...] = quantize_blockwise(np.full(s.shape, start, np.float32),
-                                                                 signed=False)
-            else:
-                s[...] = start
+            fill_state(s, start)
     return states
 
 

@@ -19,7 +19,8 @@ ml_dtypes = pytest.importorskip("ml_dtypes")
 import lrfast  # noqa: E402
 import lrfast.torch  # noqa: E402
 from lrfast import reference  # noqa: E402
-from lrfast.precision import Q8State, quantize_blockwise, zeros_state  # noqa: E402
+from lrfast.precision import Q8State, zeros_state  # noqa: E402
+from lowp_states import assert_same_state, bits, fill_state  # noqa: E402
 
 BF16 = np.dtype(ml_dtypes.bfloat16)
 STATE_DTYPES = [None, "float32", "bfloat16", "q8"]
@@ -85,31 +86,13 @@ def torch_states(opt, p, names):
     return out
 
 
-def bits(a):
-    return np.ascontiguousarray(a).view({1: np.uint8, 2: np.uint16, 4: np.uint32,
-                                         8: np.uint64}[a.dtype.itemsize])
-
-
-def assert_same_state(got, want, what):
-    assert type(got) is type(want), what
-    if isinstance(want, Q8State):
-        assert got.signed == want.signed, what
-        np.testing.assert_array_equal(got.codes, want.codes, err_msg=f"{what}: codes")
-        np.testing.assert_array_equal(bits(got.absmax), bits(want.absmax), err_msg=what)
-    else:
-        assert got.dtype == want.dtype and got.shape == want.shape, what
-        np.testing.assert_array_equal(bits(got), bits(want), err_msg=what)
 
 
 def hand_made_states(params, names, state_dtype, start):
     states = {name: [zeros_state(p, state_dtype, signed=name in SIGNED) for p in params]
               for name in names}
     for s in states.get("state_sums", []):  # Adagrad starts at initial_accumulator_value
-        if isinstance(s, Q8State):
-            s.codes[...], s.absmax[...] = quantize_blockwise(np.full(s.shape, start, np.float32),
-                                                             signed=False)
-        else:
-            s[...] = start
+        fill_state(s, start)
     return states
 
 
