@@ -92,28 +92,27 @@ def step_count(value) -> int:
     return step
 
 
+def random_seed(value) -> int:
+    """A stochastic-rounding seed: an int in [0, 2**64)."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"seed must be an int, got a {type(value).__name__}")
+    if not 0 <= int(value) < 2**64:
+        raise ValueError(f"seed must be an integer from 0 to 2**64 - 1, got "
+                         f"{describe_int(int(value))}")
+    return int(value)
+
+
 def rounding(stochastic_rounding, seed, step) -> dict:
     """The rounding fields every kernel's hparams end with: the flag, and
-    ``sr_key``, the key of :func:`lrfast.precision.random_bits` for (seed,
-    step) before the position's high word is mixed in::
-
-        sr_key = H(H(H(H(0x243F6A88 ^ lo(seed)) ^ hi(seed)) ^ lo(step)) ^ hi(step))
-
-    a 32-bit value, exact as a float. ``step`` is None for a step function
-    without one: the hash then uses step 0."""
+    ``sr_key``, :func:`lrfast.precision.call_key` of (seed, step), a 32-bit
+    value, exact as a float. ``step`` is None for a step function without
+    one: the hash then uses step 0."""
     on = flag("stochastic_rounding", stochastic_rounding)
-    if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, numbers.Integral):
-        raise TypeError(f"seed must be an int, got {type(seed).__name__}")
-    seed = int(seed)
-    if not 0 <= seed < 2**64:
-        raise ValueError(f"seed must lie in [0, 2**64), got {describe_int(seed)}")
+    seed = random_seed(seed)
     if not on:
         return dict(stochastic_rounding=0.0, sr_key=0.0)
-    step = 0 if step is None else step
-    key = np.array([precision._KEY_INIT], dtype=np.uint32)
-    for word in (seed & 0xFFFFFFFF, seed >> 32, step & 0xFFFFFFFF, step >> 32):
-        key = precision._lowbias32(key ^ np.uint32(word))
-    return dict(stochastic_rounding=1.0, sr_key=float(key[0]))
+    key = precision.call_key(seed, 0 if step is None else step)
+    return dict(stochastic_rounding=1.0, sr_key=float(key))
 
 
 # Public as lrfast.clip_coefficient (through lrfast.clip); it lives here, below

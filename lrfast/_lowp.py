@@ -6,7 +6,6 @@ rounding keywords of a step. The numbers themselves are :mod:`lrfast.precision`'
 
 from __future__ import annotations
 
-import numbers
 from typing import Any
 
 import numpy as np
@@ -16,10 +15,6 @@ from .precision import Q8_MIN_SIZE, quantize_blockwise
 STATE_DTYPES = (None, "float32", "bfloat16", "q8")
 _CHOICES = "None (the param's dtype), 'float32', 'bfloat16' or 'q8'"
 
-# States that can be negative get q8's signed map; the others (second
-# moments, sums of squares) are never negative and get the unsigned map,
-# which spends all 256 codes on values >= 0.
-SIGNED_STATES = frozenset({"momentum_buffers", "exp_avgs", "grad_avgs"})
 
 
 def check_state_dtype(value: Any) -> str | None:
@@ -28,14 +23,6 @@ def check_state_dtype(value: Any) -> str | None:
     if value not in STATE_DTYPES:
         raise ValueError(f"state_dtype must be {_CHOICES}, got {value!r}")
     return value
-
-
-def check_seed(value: Any) -> int:
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"seed must be an int, got a {type(value).__name__}")
-    if not 0 <= int(value) < 2**64:
-        raise ValueError(f"seed must be an integer from 0 to 2**64 - 1, got {value!r}")
-    return int(value)
 
 
 def check_stochastic_rounding(value: Any) -> bool:

@@ -84,10 +84,6 @@ def numpy_dtype(name: str) -> np.dtype:
     return np.dtype(name)
 
 
-# The state slots whose values can be negative: their q8 states use the signed map.
-SIGNED_STATES = ("momentum_buffers", "exp_avgs", "grad_avgs")
-
-
 class Problem:
     """Params, grads and zeroed states of one optimizer over one layout; the
     states have `state_dtype` (default: the params' dtype; "q8": 8-bit states
@@ -103,7 +99,8 @@ class Problem:
         self.params = [rng.standard_normal(s, dtype=np.float32).astype(self.dtype) for s in shapes]
         self.grads = [rng.standard_normal(s, dtype=np.float32).astype(self.dtype) for s in shapes]
         if self.q8:
-            self.states = [[precision.zeros_state(p, "q8", signed=state in SIGNED_STATES)
+            signed = precision.SIGNED_STATES
+            self.states = [[precision.zeros_state(p, "q8", signed=state in signed)
                             for p in self.params] for state in self.state_names]
         else:
             self.states = [[np.zeros(s, self.state_dtype) for s in shapes] for _ in self.state_names]

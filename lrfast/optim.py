@@ -98,7 +98,7 @@ import numpy as np
 from . import _core, _hparams, _lowp, steps
 from ._backend import tensors
 from .clip import clip_coefficient, clip_grad_value, global_norm
-from .precision import BLOCK, Q8State, bfloat16
+from .precision import BLOCK, SIGNED_STATES, Q8State, bfloat16
 from .schedules import ReduceLROnPlateau, Schedule, from_dict
 
 __all__ = ["Optimizer", "SGD", "Adam", "AdamW", "RMSprop", "Adagrad", "Adadelta"]
@@ -556,7 +556,7 @@ def _options(*, max_grad_norm, clip_value, grad_scale, skip_nonfinite, state_dty
             "grad_scale": grad_scale, "skip_nonfinite": bool(skip_nonfinite),
             "state_dtype": _lowp.check_state_dtype(state_dtype),
             "stochastic_rounding": _lowp.check_stochastic_rounding(stochastic_rounding),
-            "seed": _lowp.check_seed(seed)}
+            "seed": _hparams.random_seed(seed)}
 
 
 def _count(name: str, value) -> int:
@@ -595,7 +595,7 @@ class _StateLayout:
 
     def __init__(self, param: np.ndarray, name: str, state_dtype: str | None):
         self.q8 = _lowp.is_q8(state_dtype, param.size)
-        self.signed = name in _lowp.SIGNED_STATES
+        self.signed = name in SIGNED_STATES
         self.parts: dict[str, tuple[tuple[int, ...], np.dtype]]
         if self.q8:
             blocks = -(-param.size // BLOCK)

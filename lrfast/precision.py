@@ -137,6 +137,13 @@ def create_dynamic_map(signed=True):
     return _MAPS[bool(signed)].copy()
 
 
+# The state slots of the step functions whose values can be negative: they
+# take q8's signed map, and a step refuses an unsigned q8 state there. The
+# others (second moments, sums of squares) are never negative and may use the
+# unsigned map, which spends all 256 codes on values >= 0.
+SIGNED_STATES = frozenset({"momentum_buffers", "exp_avgs", "grad_avgs"})
+
+
 def _blocks(n):
     return -(-n // BLOCK)
 
@@ -372,6 +379,16 @@ def _word(value, name):
     return int(value)
 
 
+def call_key(seed: int, step: int) -> np.uint32:
+    """The part of :func:`random_bits`' key that depends on the call alone,
+    ``H(H(H(H(0x243F6A88 ^ lo(seed)) ^ hi(seed)) ^ lo(step)) ^ hi(step))``:
+    computed once per call on the host and handed to the kernels."""
+    key = np.array([_KEY_INIT], dtype=np.uint32)
+    for word in (seed & _M32, seed >> 32, step & _M32, step >> 32):
+        key = _lowbias32(key ^ np.uint32(word))
+    return key[0]
+
+
 def random_bits(seed, step, start, count):
     """The 32-bit random numbers ``R(i)`` of stochastic rounding, for the
     positions ``i = start .. start + count - 1`` (uint32 array).
@@ -388,11 +405,8 @@ def random_bits(seed, step, start, count):
     ``key`` changes only every 2**32 positions, so a kernel computes it once
     per run of positions; per element it costs one multiply-add and one ``H``.
     """
-    seed, step = _word(seed, "seed"), _word(step, "step")
+    key = call_key(_word(seed, "seed"), _word(step, "step"))
     positions = np.arange(start, start + count, dtype=np.uint64)
-    key = np.array([_KEY_INIT], dtype=np.uint32)
-    for word in (seed & _M32, seed >> 32, step & _M32, step >> 32):
-        key = _lowbias32(key ^ np.uint32(word))
     keys = _lowbias32(key ^ (positions >> np.uint64(32)).astype(np.uint32))
     lo = (positions & np.uint64(_M32)).astype(np.uint32)
     return _lowbias32(keys + lo * np.uint32(_WEYL))

@@ -86,9 +86,9 @@ from itertools import chain
 
 import torch
 
-from . import _lowp, cuda
+from . import _hparams, _lowp, cuda
 from .optim import KERNELS, Kernel
-from .precision import BLOCK, Q8State, bfloat16
+from .precision import BLOCK, SIGNED_STATES, Q8State, bfloat16
 
 __all__ = ["SGD", "Adam", "AdamW", "RMSprop", "Adagrad", "Adadelta"]
 
@@ -118,7 +118,7 @@ def _check_supported(group) -> None:
             raise ValueError(f"lrfast.torch optimizers do not support {flag}=True")
     _lowp.check_state_dtype(group["state_dtype"])
     _lowp.check_stochastic_rounding(group["stochastic_rounding"])
-    _lowp.check_seed(group["seed"])
+    _hparams.random_seed(group["seed"])
 
 
 def _host_view(t: torch.Tensor):
@@ -212,7 +212,7 @@ def _new_state(p: torch.Tensor, name: str, state_dtype, start: float) -> dict:
     """The entries of a new state of ``p`` holding ``start`` everywhere."""
     key = _STATE_KEYS[name]
     if _lowp.is_q8(state_dtype, p.numel()):
-        signed = name in _lowp.SIGNED_STATES
+        signed = name in SIGNED_STATES
         code, absmax = _lowp.q8_constant(start, signed)
         blocks = -(-p.numel() // BLOCK)
         return {f"{key}_codes": torch.full(p.shape, code, dtype=torch.uint8, device=p.device),

@@ -46,9 +46,6 @@ Q8_KINDS = (Q8_SIGNED, Q8_UNSIGNED)
 CODES, WORDS, HALVES, SINGLES, DOUBLES = range(5)
 _VIEW_DTYPES = (np.uint8, np.uint16, np.float16, np.float32, np.float64)
 
-# States whose values can be negative: an unsigned q8 state cannot hold them.
-SIGNED_STATES = ("momentum_buffers", "exp_avgs", "grad_avgs")
-
 _FLOAT_NAMES = ("float32", "float64", "bfloat16", "float16")
 _KIND_OF_NAME = {"float32": F32, "float64": F64, "float16": F16, "bfloat16": BF16}
 
@@ -123,7 +120,7 @@ def check(interfaces, names: tuple, grads_writeable: bool) -> None:
 
 def _check_q8(x, name: str, label: str, param: tuple, generic) -> None:
     p_dtype, p_shape, p_label = param
-    if not x.signed and name in SIGNED_STATES:
+    if not x.signed and name in precision.SIGNED_STATES:
         raise ValueError(f"{label}: an unsigned q8 state cannot hold values that can be "
                          "negative; make it with zeros_state(param, 'q8', signed=True)")
     blocks = -(-math.prod(p_shape) // precision.BLOCK)
