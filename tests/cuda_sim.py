@@ -6,6 +6,8 @@ import os
 import shutil
 import subprocess
 
+import numpy as np
+
 
 def _gpu_visible() -> bool:
     smi = shutil.which("nvidia-smi")
@@ -29,6 +31,15 @@ class SimulatedDeviceArray:
 
     def copy_to_host(self):
         return self._host.copy()
+
+
+def to_device(a):
+    """A device copy of the host array `a` (in the simulator, a host copy
+    shown as a device array)."""
+    from numba import cuda
+
+    a = np.ascontiguousarray(a)
+    return SimulatedDeviceArray(a.copy()) if cuda.config.ENABLE_CUDASIM else cuda.to_device(a)
 
 
 class Exported:

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 
-from cuda_sim import Exported, SimulatedDeviceArray  # before numba: picks GPU or simulator
+from cuda_sim import Exported, SimulatedDeviceArray, to_device  # before numba: GPU or simulator
 
 cuda = pytest.importorskip("numba.cuda")
 if not cuda.is_available():
@@ -41,13 +41,7 @@ if SIMULATED:
     pytestmark = pytest.mark.filterwarnings(
         "ignore:(overflow|invalid value) encountered in scalar:RuntimeWarning")
 
-
-
-
-def device(a):
-    """A device copy of the host array `a`."""
-    a = np.ascontiguousarray(a)
-    return SimulatedDeviceArray(a.copy()) if SIMULATED else cuda.to_device(a)
+device = to_device
 
 
 def host(d):

@@ -12,7 +12,7 @@ end adds: ``stochastic_rounding`` and ``sr_key`` (see lrfast._hparams.rounding).
 import numpy as np
 import pytest
 
-from cuda_sim import Exported, SimulatedDeviceArray  # before numba: picks GPU or simulator
+from cuda_sim import Exported, to_device  # before numba: GPU or simulator
 
 cuda = pytest.importorskip("numba.cuda")
 if not cuda.is_available():
@@ -39,18 +39,13 @@ if SIMULATED:
 # -- device arrays ------------------------------------------------------------------
 
 
-def _raw(a):
-    a = np.ascontiguousarray(a)
-    return SimulatedDeviceArray(a.copy()) if SIMULATED else cuda.to_device(a)
-
-
 def device(a):
     """A device copy of host array or Q8State `a` (bfloat16 as BFloat16Array)."""
     if isinstance(a, Q8State):
-        return Q8State(_raw(a.codes), _raw(a.absmax), a.signed)
+        return Q8State(to_device(a.codes), to_device(a.absmax), a.signed)
     if a.dtype == BF16:
-        return BFloat16Array(_raw(a.view(np.uint16)))
-    return _raw(a)
+        return BFloat16Array(to_device(a.view(np.uint16)))
+    return to_device(a)
 
 
 def host(d):
