@@ -77,11 +77,7 @@ def timeit(fns: dict, budget: float = 0.3, before=None, report=None) -> dict:
 
 def numpy_dtype(name: str) -> np.dtype:
     """The NumPy dtype of a --dtype or --state-dtype name (bfloat16 from ml_dtypes)."""
-    if name == "bfloat16":
-        import ml_dtypes
-
-        return np.dtype(ml_dtypes.bfloat16)
-    return np.dtype(name)
+    return precision.bfloat16() if name == "bfloat16" else np.dtype(name)
 
 
 class Problem:
@@ -293,10 +289,9 @@ def run(args) -> int:
                               "with states of the params' dtype", code=2)
     if sixteen_bit:
         try:
-            import ml_dtypes  # noqa: F401
-        except ImportError:
-            return cli_args.error("lrfast bench", "bfloat16 arrays need ml_dtypes: "
-                                  "pip install ml_dtypes")
+            precision.bfloat16()
+        except ImportError as e:
+            return cli_args.error("lrfast bench", str(e))
     if args.device == "cuda":
         try:
             from numba import cuda
