@@ -23,16 +23,18 @@ How a call runs (details in the modules named):
   full read and check again, with the same errors;
 - :mod:`.launch` runs one kernel per dtype over the whole table, so a list of
   a thousand tensors costs one launch per dtype, not a thousand;
-- :mod:`.optimizers` and :mod:`.norms` hold the per-element arithmetic, the
-  same as cpp/kernels/*.cpp in the same order;
+- :mod:`.optimizers`, :mod:`.optimizers_lr_free` and :mod:`.norms` hold the
+  per-element arithmetic, the same as cpp/kernels/*.cpp in the same order;
+  :mod:`.prodigy_reduction` Prodigy's reduction pass, whose float64 sums are
+  bitwise the same for any launch configuration;
 - :mod:`.ops` is the object :func:`backend` returns, shaped like ``lrfast._core``.
 
 Synchronisation: a step only queues kernels on the stream of its first array
 (the producer's stream from the interface; torch's current stream for torch
-tensors) and returns. The host waits for the device in two places only: the
-norm of ``global_norm``/``clip_grad_norm``, which it returns as a Python
-float, and the first call on a new layout, whose table upload is a blocking
-copy. Each kernel compiles on its first use (about a second per combination
+tensors) and returns. The host waits for the device in three places only: the
+norm of ``global_norm``/``clip_grad_norm`` and the sums of
+``prodigy_reduce``, which it returns as Python floats, and the first call on
+a new layout, whose table upload is a blocking copy. Each kernel compiles on its first use (about a second per combination
 of options and dtype). Arrays must live on the current CUDA device.
 """
 
@@ -43,8 +45,10 @@ __all__ = ["backend", "is_device_array", "launch_count", "tables_built"]
 
 def backend():
     """The CUDA back end: a module with the functions of ``lrfast._core``
-    (``sgd``, ``adam``, ``rmsprop``, ``adagrad``, ``adadelta``, ``global_norm``,
-    ``clip_grad_norm``, ``clip_grad_value``). Imports numba-cuda on first use."""
+    (``sgd``, ``adam``, ``rmsprop``, ``adagrad``, ``adadelta``, ``lion``,
+    ``schedulefree_sgd``, ``schedulefree_adamw``, ``schedulefree_lerp``,
+    ``prodigy``, ``prodigy_reduce``, ``global_norm``, ``clip_grad_norm``,
+    ``clip_grad_value``). Imports numba-cuda on first use."""
     try:
         from . import ops
     except ImportError as e:

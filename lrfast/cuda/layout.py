@@ -103,37 +103,42 @@ _seen: OrderedDict = OrderedDict()   # call signature -> _Seen, least recent fir
 _cache_lock = threading.Lock()
 
 
-def prepare(arrays, names, grads_writeable: bool):
+def prepare(arrays, names, grads_writeable: bool, slice_p: int | None = None):
     """Checks one call's arrays and returns ``(groups, stream)``: its
     :class:`Group` per dtype and the stream to run on. Raises
-    TypeError/ValueError naming the argument and index, before any launch."""
-    signature = (names, grads_writeable) + tuple(None if seq is None else len(seq)
-                                                 for seq in arrays)
+    TypeError/ValueError naming the argument and index, before any launch.
+    With `slice_p` (Prodigy's reduction, whose states hold a slice of each
+    param) the groups are always :mod:`.lowp_layout`'s."""
+    signature = (names, grads_writeable, slice_p) + tuple(None if seq is None else len(seq)
+                                                          for seq in arrays)
     with _cache_lock:  # holds() updates what it remembers: one thread at a time
         seen = _seen.get(signature)
         groups = seen.groups if seen is not None and seen.holds(arrays) else None
         if groups is not None:
             _seen.move_to_end(signature)
     if groups is None:
-        groups = _prepare_in_full(arrays, names, grads_writeable, signature)
+        groups = _prepare_in_full(arrays, names, grads_writeable, slice_p, signature)
     return groups, _stream(arrays[0])
 
 
-def _prepare_in_full(arrays, names, grads_writeable: bool, signature):
+def _prepare_in_full(arrays, names, grads_writeable: bool, slice_p, signature):
     """The groups of a call not on the fast path: reads every interface,
     checks the layout unless it is cached, and remembers the arrays."""
     first = f"{names[0]}[0]"
     interfaces: tuple = tuple(None if seq is None else
                               tuple(_read(a, f"{name}[{t}]", first) for t, a in enumerate(seq))
                               for seq, name in zip(arrays, names))
-    key = (names, grads_writeable) + tuple(
+    key = (names, grads_writeable, slice_p) + tuple(
         None if seq is None else tuple(_fields(i) for i in seq) for seq in interfaces)
     with _cache_lock:
         groups = _cache.get(key)
         if groups is not None:
             _cache.move_to_end(key)
     if groups is None:
-        if lowp_layout.involved(interfaces):  # 16-bit floats or q8 states
+        if slice_p is not None:
+            lowp_layout.check(interfaces, names, grads_writeable, slice_p)
+            groups = lowp_layout.build(interfaces, names, slice_p)
+        elif lowp_layout.involved(interfaces):  # 16-bit floats or q8 states
             lowp_layout.check(interfaces, names, grads_writeable)
             groups = _build(interfaces, names) if names == ("grads",) else \
                 lowp_layout.build(interfaces, names)

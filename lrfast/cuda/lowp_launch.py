@@ -42,12 +42,12 @@ def run(optimizer, hp: dict, groups, stream) -> None:
     ``hp["stochastic_rounding"]`` (0/1, absent: 0) and ``hp["sr_key"]`` (the
     call's key, from lrfast._hparams.rounding) drive the stochastic rounding."""
     flags, scalars = optimizer.plan(hp, exact=True)
-    states = optimizer.states(hp)
+    states, stores = optimizer.states(hp), optimizer.stores(hp)
     stochastic = bool(hp.get("stochastic_rounding", 0))
     key = np.uint64(int(hp.get("sr_key", 0)) if stochastic else 0)
     for g in groups:
         sr = stochastic and g.kinds[0] in (F16, BF16)
-        kernel = _kernel(optimizer.body, flags, states, g.kinds, g.arithmetic.name, sr)
+        kernel = _kernel(optimizer.body, flags, states, stores, g.kinds, g.arithmetic.name, sr)
         launch.launch(kernel, g.n_pieces, stream, *g.views, g.table,
                       tuple(g.arithmetic.type(s) for s in scalars), key, _q8_tables())
 
@@ -144,21 +144,24 @@ def _no_quantize(v, maps, row, first, m, values, absmax, t):
 # -- the kernel ------------------------------------------------------------------------
 
 @functools.cache
-def _kernel(body_of, flags: tuple, states: tuple, kinds: tuple, arithmetic: str,
-            stochastic: bool):
+def _kernel(body_of, flags: tuple, states: tuple, stores: tuple, kinds: tuple,
+            arithmetic: str, stochastic: bool):
     arith = float64 if arithmetic == "float64" else float32
     body = body_of(*flags)
-    # A state slot the options leave unused is neither read nor written.
+    # A state slot the options leave unused is neither read nor written; a
+    # read-only one (not in `stores`) is read only.
     state_kinds = [kind if used else NONE for kind, used in zip(kinds[2:], states)]
+    store_kinds = [kind if stored else NONE for kind, stored in zip(state_kinds, stores)]
     load_p, load_g = _loader(kinds[0], 0, arith), _loader(kinds[1], 1, arith)
     load0, load1, load2 = (_loader(kind, 2 + s, arith) for s, kind in enumerate(state_kinds))
     store_p = _storer(kinds[0], 0, stochastic)
-    store0, store1, store2 = (_storer(kind, 2 + s) for s, kind in enumerate(state_kinds))
-    q8_0, q8_1, q8_2 = (kind in Q8_KINDS for kind in state_kinds)
+    store0, store1, store2 = (_storer(kind, 2 + s) for s, kind in enumerate(store_kinds))
+    q8_0, q8_1, q8_2 = (kind in Q8_KINDS for kind in store_kinds)
     quantize0, quantize1, quantize2 = (
         _quantizer(s, kind == Q8_SIGNED) if kind in Q8_KINDS else _no_quantize
-        for s, kind in enumerate(state_kinds))
-    has_q8 = q8_0 or q8_1 or q8_2
+        for s, kind in enumerate(store_kinds))
+    has_q8 = q8_0 or q8_1 or q8_2  # q8 blocks to re-quantize
+    reads_q8 = any(kind in Q8_KINDS for kind in state_kinds)  # the maps to load
 
     @cuda.jit(device=True)
     def update(v, maps, row, i, k, key):
@@ -180,7 +183,7 @@ def _kernel(body_of, flags: tuple, states: tuple, kinds: tuple, arithmetic: str,
         maps = cuda.shared.array((4, BLOCK), float32)
         values = cuda.shared.array((3, BLOCK), float32)  # a q8 block's new states
         peaks = cuda.shared.array((3, THREADS), float32)  # per thread, then reduced
-        if has_q8:
+        if reads_q8:
             for j in range(t, 4 * BLOCK, THREADS):
                 maps[j // BLOCK, j % BLOCK] = q8_tables[j // BLOCK, j % BLOCK]
             cuda.syncthreads()

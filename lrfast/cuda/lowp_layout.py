@@ -64,9 +64,11 @@ def _host_view(interface: dict) -> np.ndarray:
     return np.asarray(layout.HostView(interface))
 
 
-def check(interfaces, names: tuple, grads_writeable: bool) -> None:
+def check(interfaces, names: tuple, grads_writeable: bool, slice_p: int | None = None) -> None:
     """Raises TypeError/ValueError naming the argument and index for anything
-    a low-precision call cannot take; reads no device memory."""
+    a low-precision call cannot take; reads no device memory. With `slice_p`
+    (Prodigy's reduction) a state is 1-D, of ``ceil(param.size / slice_p)``
+    elements."""
     grads_alone = names == ("grads",)
     n = len(interfaces[0])
     for seq, name in zip(interfaces[1:], names[1:]):
@@ -94,7 +96,7 @@ def check(interfaces, names: tuple, grads_writeable: bool) -> None:
             if type(x) is layout.Q8Interface:
                 if param is None or is_grad:
                     raise TypeError(f"{label} is a q8 state; {name} must be arrays")
-                _check_q8(x, name, label, param, generic)
+                _check_q8(x, name, label, _state_of(param, slice_p), generic)
                 continue
             view, dtype = _host_view(x), layout.dtype_of(x)
             if dtype.name not in _FLOAT_NAMES or not dtype.isnative:
@@ -111,11 +113,24 @@ def check(interfaces, names: tuple, grads_writeable: bool) -> None:
                 if not is_grad and dtype not in (p_dtype, np.float32, precision.bfloat16()):
                     raise TypeError(f"{label} has dtype {dtype} but {p_label} has {p_dtype} "
                                     "(a state is float32, bfloat16, the param's dtype or q8)")
-                if view.shape != p_shape:
-                    raise ValueError(f"{label} has shape {view.shape} but {p_label} has shape "
-                                     f"{p_shape}")
+                if is_grad or slice_p is None:
+                    if view.shape != p_shape:
+                        raise ValueError(f"{label} has shape {view.shape} but {p_label} has "
+                                         f"shape {p_shape}")
+                elif view.shape != _state_of(param, slice_p)[1]:
+                    raise ValueError(f"{label} has shape {view.shape} but {p_label}[::{slice_p}]"
+                                     f" has shape {_state_of(param, slice_p)[1]}")
             generic(view, label, written)
     _check_overlap(spans)
+
+
+def _state_of(param: tuple, slice_p: int | None) -> tuple:
+    """``(dtype, shape, label)`` of what a state of `param` mirrors: the param,
+    or with `slice_p` its flattened slice ``[::slice_p]``."""
+    if slice_p is None:
+        return param
+    dtype, shape, label = param
+    return dtype, (-(-math.prod(shape) // slice_p),), f"{label}[::{slice_p}]"
 
 
 def _check_q8(x, name: str, label: str, param: tuple, generic) -> None:
@@ -163,6 +178,8 @@ class LowpGroup:
     views: tuple           # CODES, WORDS, HALVES, SINGLES, DOUBLES
     table: object
     n_pieces: int
+    partials: object = None  # Prodigy's reduction: scratch space for its sums (made on first use)
+    partials_host: np.ndarray | None = None
 
     @property
     def has_q8(self) -> bool:
@@ -188,8 +205,12 @@ def _arrays(interface) -> tuple:
     return (interface,)
 
 
-def build(interfaces, names) -> tuple[LowpGroup, ...]:
-    """The groups of a checked low-precision step, in order of first appearance."""
+def build(interfaces, names, slice_p: int | None = None) -> tuple[LowpGroup, ...]:
+    """The groups of a checked low-precision step, in order of first
+    appearance. With `slice_p` (Prodigy's reduction) a table row is a piece
+    of the states' elements, of a tensor's slice ``[::slice_p]``: its params
+    and grads columns hold the offset of the piece's first element in the
+    param, whose next elements a kernel finds `slice_p` apart."""
     n_slots = len(interfaces)
     sizes = [math.prod(i["shape"]) for i in interfaces[0]]
     positions = np.cumsum([0] + sizes[:-1])
@@ -199,11 +220,13 @@ def build(interfaces, names) -> tuple[LowpGroup, ...]:
         kinds += (NONE,) * (5 - n_slots)
         if size:
             by_kinds.setdefault(kinds, []).append(t)
-    return tuple(_group(kinds, tensors, interfaces, names, sizes, positions)
+    if slice_p is not None:
+        sizes = [-(-size // slice_p) for size in sizes]
+    return tuple(_group(kinds, tensors, interfaces, names, sizes, positions, slice_p or 1)
                  for kinds, tensors in by_kinds.items())
 
 
-def _group(kinds, tensors, interfaces, names, sizes, positions) -> LowpGroup:
+def _group(kinds, tensors, interfaces, names, sizes, positions, slice_p) -> LowpGroup:
     # Where each slot's arrays lie, per view: [view][slot] -> addresses by tensor.
     address = np.zeros((len(_VIEW_DTYPES), 5, len(tensors)), dtype=np.int64)
     base: list = [None] * len(_VIEW_DTYPES)  # per view: the lowest address, or None
@@ -234,10 +257,12 @@ def _group(kinds, tensors, interfaces, names, sizes, positions) -> LowpGroup:
     for s, kind in enumerate(kinds):
         # A slot's array in its own column; a q8 state's absmax in an ABSMAX
         # column, where a piece starts at its first block.
+        stride = slice_p if s < 2 else 1  # params and grads: the slice's elements
         for column, view in zip((PARAM + s, ABSMAX + s - 2), _VIEWS_OF_KIND[kind]):
             itemsize = np.dtype(_VIEW_DTYPES[view]).itemsize
             first = (address[view, s][owner] - base[view]) // itemsize
-            table[:, column] = first + (start if column < ABSMAX else start // precision.BLOCK)
+            table[:, column] = first + (stride * start if column < ABSMAX
+                                        else start // precision.BLOCK)
     launch.counters["tables"] += 1
     views = tuple(_dummy(dtype) if base[v] is None else
                   layout.device_view(base[v], (end[v] - base[v]) // np.dtype(dtype).itemsize,

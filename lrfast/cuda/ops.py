@@ -13,12 +13,16 @@ from __future__ import annotations
 import math
 
 from .._hparams import clip_coefficient
-from . import launch, layout, lowp_launch, norms
+from . import launch, layout, lowp_launch, norms, prodigy_reduction
 from .lowp_layout import LowpGroup
-from .optimizers import OPTIMIZERS
+from .optimizers import OPTIMIZERS as SIX
+from .optimizers_lr_free import OPTIMIZERS as LR_FREE
 
-__all__ = ["sgd", "adam", "rmsprop", "adagrad", "adadelta",
+__all__ = ["sgd", "adam", "rmsprop", "adagrad", "adadelta", "lion", "schedulefree_sgd",
+           "schedulefree_adamw", "schedulefree_lerp", "prodigy", "prodigy_reduce",
            "global_norm", "clip_grad_norm", "clip_grad_value"]
+
+OPTIMIZERS = {**SIX, **LR_FREE}
 
 
 def _apply(kernel, groups, stream, *scalars: float) -> None:
@@ -35,7 +39,9 @@ def _apply_in_place(operation: str, groups, stream, *scalars: float) -> None:
         launch.launch(kernel, g.n_pieces, stream, g.mem, g.table, typed)
 
 
-def _step(name: str):
+def _step(name: str, public: str = ""):
+    """The back-end function of kernel `name`; `public` names the step
+    function(s) that call it (default ``lrfast.<name>_step``)."""
     optimizer = OPTIMIZERS[name]
 
     def step(arrays: tuple, names: tuple, hparams: dict) -> None:
@@ -47,7 +53,7 @@ def _step(name: str):
 
     step.__name__ = step.__qualname__ = name
     step.__doc__ = (f"One fused {name} step over (params, grads, states...) on the device; "
-                    f"see lrfast.{name}_step.")
+                    f"see {public or f'lrfast.{name}_step'}.")
     return step
 
 
@@ -56,6 +62,20 @@ adam = _step("adam")
 rmsprop = _step("rmsprop")
 adagrad = _step("adagrad")
 adadelta = _step("adadelta")
+lion = _step("lion")
+schedulefree_sgd = _step("schedulefree_sgd")
+schedulefree_adamw = _step("schedulefree_adamw")
+schedulefree_lerp = _step("schedulefree_lerp",
+                          "lrfast.schedulefree_to_eval and lrfast.schedulefree_to_train")
+prodigy = _step("prodigy", "lrfast.prodigy_update")
+
+
+def prodigy_reduce(arrays: tuple, names: tuple, hparams: dict) -> tuple[float, float]:
+    """Prodigy's reduction pass over (params, grads, ss, p0s) on the device:
+    updates s and returns (dot, s_abs); see lrfast.prodigy_reduce."""
+    groups, stream = layout.prepare(arrays, names, grads_writeable=False,
+                                    slice_p=int(hparams["slice_p"]))
+    return prodigy_reduction.run(hparams, groups, stream)
 
 
 def global_norm(grads, norm_type: float) -> float:

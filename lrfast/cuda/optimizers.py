@@ -61,6 +61,12 @@ class Optimizer:
     states: Callable[[dict], tuple]   # hparams -> which of the three state slots it updates
     # hparams -> (flags, scalars) in lrfast.reference's order, where it differs
     exact: Callable[[dict], tuple] | None = None
+    grad: bool = True                 # whether the body reads a gradient (the lerp does not)
+    read_only: tuple = (False, False, False)  # state slots loaded but never stored
+
+    def stores(self, hp: dict) -> tuple:
+        """Which of the three state slots are written back."""
+        return tuple(used and not kept for used, kept in zip(self.states(hp), self.read_only))
 
     def plan(self, hp: dict, exact: bool) -> tuple[tuple, tuple]:
         """``(flags, scalars)``: in the reference's order of operations if
@@ -71,35 +77,37 @@ class Optimizer:
 
     def kernel(self, hp: dict):
         """The compiled-on-first-use float32/float64 kernel for these options."""
-        return _kernel(self.body, self.flags(hp), self.states(hp))
+        return _kernel(self.body, self.flags(hp), self.states(hp), self.stores(hp), self.grad)
 
 
 @functools.cache
-def _kernel(body, flags, states):
-    return launch.elementwise(indexed(body(*flags), states))
+def _kernel(body, flags, states, stores, grad):
+    return launch.elementwise(indexed(body(*flags), states, stores, grad))
 
 
-def indexed(body, states):
+def indexed(body, states, stores, grad):
     """``body`` on the elements of one array of the call's dtype (see
-    :mod:`.launch`), loading and storing only the state slots flagged in
-    ``states`` (a slot in use is read and written). An unused slot's offset
-    is 0, and ``mem`` may span gaps between allocations: it is never read,
-    not even by a load the compiler could drop; the body gets a zero."""
+    :mod:`.launch`), loading the state slots flagged in ``states``, storing
+    those flagged in ``stores``, and loading the gradient if `grad`. An
+    unused slot's offset is 0, and ``mem`` may span gaps between
+    allocations: it is never read, not even by a load the compiler could
+    drop; the body gets a zero."""
     use0, use1, use2 = states
+    store0, store1, store2 = stores
 
     @cuda.jit(device=True)
     def update(x, piece, i, k):
         p, g = piece[PARAM] + i, piece[GRAD] + i
         a, b, c = piece[STATE] + i, piece[STATE + 1] + i, piece[STATE + 2] + i
-        zero = x[g] * 0  # of the dtype; never stored, so a NaN from inf * 0 is harmless
-        new_p, s0, s1, s2 = body(x[p], x[g], x[a] if use0 else zero, x[b] if use1 else zero,
-                                 x[c] if use2 else zero, k)
+        zero = x[p] * 0  # of the dtype; never stored, so a NaN from inf * 0 is harmless
+        new_p, s0, s1, s2 = body(x[p], x[g] if grad else zero, x[a] if use0 else zero,
+                                 x[b] if use1 else zero, x[c] if use2 else zero, k)
         x[p] = new_p
-        if use0:
+        if store0:
             x[a] = s0
-        if use1:
+        if store1:
             x[b] = s1
-        if use2:
+        if store2:
             x[c] = s2
 
     return update

@@ -1,0 +1,148 @@
+"""Prodigy's reduction pass on the device: ``s`` updated in place and the two
+float64 sums ``(dot, s_abs)`` of :func:`lrfast.prodigy_reduce`.
+
+Tables: :func:`.lowp_layout.build` with ``slice_p``, for every dtype (one
+kernel serves float32, float64, 16-bit params and any kind of ``s`` and
+``p0``): a row is a piece of a tensor's slice ``[::slice_p]``, the index of
+``s`` and ``p0``; the param and grad of slice element ``i`` lie ``i *
+slice_p`` past the piece's offset in their columns.
+
+Per element, as lrfast.reference_lr_free (the loads and stores of
+:mod:`.lowp_launch`)::
+
+    g = grad * grad_scale (+ weight_decay * param, coupled decay)   arithmetic dtype
+    dot term = float64(g) * (float64(p0) - float64(param))
+    s = s * beta3 + s_rate * g                                      arithmetic dtype
+    |s| term = |s| in float64, before s is rounded or quantized
+
+Deterministic sums, as the norms of :mod:`.norms`: one block computes each
+piece's two partials whatever the grid size (each thread adds its strided
+elements in order, then the block combines the threads' sums by halves in a
+fixed tree), and the host adds the pieces' partials in table order with
+NumPy's pairwise sum, whose association depends only on their count. So the
+sums are bitwise the same for any launch configuration; they differ from the
+reference's (NumPy's dot and sum) in the order of summation only. Copying
+the partials back is a host synchronisation: the caller needs the sums to
+compute the new ``d``. With a q8 ``s`` a block walks its piece one q8 block
+at a time and re-quantizes each, as the step kernels do.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+from numba import cuda, float32, float64
+
+from ..precision import BLOCK
+from . import launch, lowp
+from .lowp_launch import _loader, _no_quantize, _q8_tables, _quantizer, _storer
+from .lowp_layout import LENGTH, Q8_KINDS, Q8_SIGNED
+
+THREADS = launch.THREADS
+
+
+def run(hp: dict, groups, stream) -> tuple[float, float]:
+    """The reduction over `groups` (of lowp_layout.build with slice_p) on
+    `stream`: updates ``s`` and returns ``(dot, s_abs)``."""
+    if not groups:
+        return 0.0, 0.0
+    coupled = hp["weight_decay"] != 0 and hp["decouple"] == 0
+    d, d0 = hp["d"], hp["d0"]
+    s_rate = (d / d0) * (d if hp["safeguard_warmup"] else hp["dlr"])
+    scalars = (hp["grad_scale"], hp["weight_decay"], hp["beta3"], s_rate)
+    slice_p = np.int64(hp["slice_p"])
+    for g in groups:
+        if g.partials is None:
+            g.partials = cuda.device_array((2, g.n_pieces), np.float64)
+            g.partials_host = cuda.pinned_array((2, g.n_pieces), np.float64)
+        kernel = _kernel(coupled, g.kinds, g.arithmetic.name)
+        launch.launch(kernel, g.n_pieces, stream, *g.views, g.table,
+                      tuple(g.arithmetic.type(s) for s in scalars), slice_p, _q8_tables(),
+                      g.partials)
+        g.partials.copy_to_host(g.partials_host, stream=stream)
+    stream.synchronize()
+    partials = np.concatenate([g.partials_host for g in groups], axis=1)
+    return float(partials[0].sum()), float(partials[1].sum())
+
+
+@functools.cache
+def _kernel(coupled_weight_decay: bool, kinds: tuple, arithmetic: str):
+    arith = float64 if arithmetic == "float64" else float32
+    load_p, load_g = _loader(kinds[0], 0, arith), _loader(kinds[1], 1, arith)
+    load_s, load_p0 = _loader(kinds[2], 2, arith), _loader(kinds[3], 3, float64)
+    store_s = _storer(kinds[2], 2)
+    q8_s = kinds[2] in Q8_KINDS
+    quantize_s = _quantizer(0, kinds[2] == Q8_SIGNED) if q8_s else _no_quantize
+    reads_q8 = q8_s or kinds[3] in Q8_KINDS
+
+    @cuda.jit(device=True)
+    def update(v, maps, row, i, slice_p, k):
+        """Updates s at slice element i; returns the new s and the dot term."""
+        gs, wd, beta3, s_rate = k
+        p = load_p(v, maps, row, i * slice_p)
+        d = load_g(v, maps, row, i * slice_p) * gs
+        if coupled_weight_decay:
+            d = d + wd * p
+        dot = float64(d) * (load_p0(v, maps, row, i) - float64(p))
+        s = load_s(v, maps, row, i) * beta3 + s_rate * d
+        store_s(v, row, i, s, 0)
+        return s, dot
+
+    @cuda.jit
+    def kernel(codes, words, halves, singles, doubles, table, k, slice_p, q8_tables, partials):
+        v = (codes, words, halves, singles, doubles)
+        t = cuda.threadIdx.x
+        maps = cuda.shared.array((4, BLOCK), float32)
+        values = cuda.shared.array((3, BLOCK), float32)  # a q8 block's new s (row 0)
+        peaks = cuda.shared.array(THREADS, float32)
+        sums = cuda.shared.array((2, THREADS), float64)
+        if reads_q8:
+            for j in range(t, 4 * BLOCK, THREADS):
+                maps[j // BLOCK, j % BLOCK] = q8_tables[j // BLOCK, j % BLOCK]
+            cuda.syncthreads()
+        for c in range(cuda.blockIdx.x, table.shape[0], cuda.gridDim.x):
+            r = table[c]
+            row = (r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], r[9])
+            n = row[LENGTH]
+            dot = float64(0.0)
+            s_abs = float64(0.0)
+            # By q8 blocks (a multiple of THREADS): each thread still takes
+            # its elements t, t + THREADS, ... of the piece, in order.
+            for first in range(0, n, BLOCK):
+                m = min(BLOCK, n - first)
+                peak = float32(0)
+                for j in range(t, m, THREADS):
+                    s, term = update(v, maps, row, first + j, slice_p, k)
+                    dot += term
+                    s_abs += abs(float64(s))
+                    if q8_s:
+                        values[0, j] = float32(s)
+                        peak = lowp.nan_max(peak, abs(float32(s)))
+                if q8_s:
+                    peaks[t] = peak
+                    cuda.syncthreads()
+                    width = THREADS // 2
+                    while width > 0:
+                        if t < width:
+                            peaks[t] = lowp.nan_max(peaks[t], peaks[t + width])
+                        cuda.syncthreads()
+                        width //= 2
+                    quantize_s(v, maps, row, first, m, values, peaks[0], t)
+                    cuda.syncthreads()  # values and peaks are reused by the next block
+            sums[0, t] = dot
+            sums[1, t] = s_abs
+            cuda.syncthreads()
+            width = THREADS // 2
+            while width > 0:
+                if t < width:
+                    sums[0, t] += sums[0, t + width]
+                    sums[1, t] += sums[1, t + width]
+                cuda.syncthreads()
+                width //= 2
+            if t == 0:
+                partials[0, c] = sums[0, 0]
+                partials[1, c] = sums[1, 0]
+            cuda.syncthreads()  # sums is reused by the next piece
+
+    return kernel
