@@ -48,9 +48,9 @@ def lion_step(params: Tensors, grads: Tensors, exp_avgs: States, *, lr: Real = 1
     >>> p = np.array([1.0, -2.0, 3.0], np.float32)
     >>> g = np.array([0.5, -1.0, 0.0], np.float32)
     >>> m = np.zeros_like(p)
-    >>> lrfast.lion_step(p, g, m, lr=0.1, weight_decay=0.5)
+    >>> lrfast.lion_step(p, g, m, lr=0.25, weight_decay=1.0)
     >>> print(p, m)
-    [ 0.85 -1.8   2.85] [ 0.005 -0.01   0.   ]
+    [ 0.5  -1.25  2.25] [ 0.005 -0.01   0.   ]
     """
     hp = _hparams.lion(lr=lr, betas=betas, weight_decay=weight_decay, maximize=maximize,
                        grad_scale=grad_scale, stochastic_rounding=stochastic_rounding, seed=seed)
@@ -265,7 +265,7 @@ def prodigy_update(params: Tensors, grads: Tensors, exp_avgs: States | None,
     >>> m, v = np.zeros_like(p), np.zeros_like(p)
     >>> lrfast.prodigy_update(p, g, m, v, d=1.0, d_new=1.0, dlr=0.1)
     >>> print(p, m)
-    [ 0.6837723 -1.6837722] [ 0.05 -0.1 ]
+    [ 0.68377244 -1.6837723 ] [ 0.05 -0.1 ]
     """
     hp = _hparams.prodigy_update(d=d, d_new=d_new, dlr=dlr, betas=betas, eps=eps,
                                  weight_decay=weight_decay, decouple=decouple, maximize=maximize,
