@@ -9,9 +9,8 @@ takes the same keywords. The optimizers that take the learning rate off the
 user's hands have none: their classes compute the per-step scalars that their
 steps take (``ckp1``, Prodigy's ``d``), so their rows drive the kernel tests
 and the benchmarks, and their classes are tested against the reference
-packages. Test modules whose tests need a torch class or the CUDA back end
-take their (case, hp) pairs from TORCH_CASES or CUDA_CASES (conftest.py reads
-a module's CASE_TABLE).
+packages. Test modules whose tests need a torch class take their (case, hp)
+pairs from TORCH_CASES (conftest.py reads a module's CASE_TABLE).
 """
 
 from __future__ import annotations
@@ -39,7 +38,6 @@ class Case:
     torch_name: str | None           # None: no class takes the step's keywords (see above)
     takes_step: bool = True          # step= is a keyword of the function
     function: str = ""               # the step function, when not f"{name}_step"
-    cuda: bool = True                # lrfast.cuda has the kernel
     bench: dict = field(default_factory=dict)  # typical hyperparameters, for benchmarks
     # (rtol, atol) for float32 and float64, against the reference over 10 steps
     tol: dict = field(default_factory=lambda: {np.float32: (2e-5, 2e-6), np.float64: (1e-12, 1e-13)})
@@ -71,8 +69,7 @@ _ADAM_GRID = _grid(lr=[1e-2], betas=[(0.9, 0.999), (0.5, 0.9)], weight_decay=[0.
 
 # The optimizers that take the learning rate off the user's hands (the last
 # rows). Their states start at zero here (a schedule-free z starts as a copy of
-# the param in the classes; any start tests the kernels). Their CUDA kernels
-# come separately.
+# the param in the classes; any start tests the kernels).
 _SCHEDULEFREE_SGD_GRID = _grid(lr=[0.05], ckp1=[0.3, 0.7, 1.0], weight_decay=[0.0, 0.01]) + (
     dict(lr=0.05, ckp1=0.2, momentum=0.5, maximize=True, grad_scale=0.5),)
 _SCHEDULEFREE_ADAMW_GRID = _grid(lr=[1e-2], ckp1=[0.3, 0.7], weight_decay=[0.0, 0.1]) + (
@@ -112,21 +109,20 @@ CASES = (
     Case("lion", ("exp_avgs",),
          _grid(lr=[1e-3], betas=[(0.9, 0.99), (0.5, 0.9)], weight_decay=[0.0, 0.1])
          + (dict(lr=3e-4, maximize=True, grad_scale=0.5),),
-         lambda hp: ("exp_avgs",), None, takes_step=False, cuda=False, bench=dict(lr=1e-4)),
+         lambda hp: ("exp_avgs",), None, takes_step=False, bench=dict(lr=1e-4)),
     Case("schedulefree_sgd", ("zs",), _SCHEDULEFREE_SGD_GRID, lambda hp: ("zs",), None,
-         cuda=False, bench=dict(lr=1.0, ckp1=0.1)),
+         bench=dict(lr=1.0, ckp1=0.1)),
     Case("schedulefree_adamw", ("zs", "exp_avg_sqs"), _SCHEDULEFREE_ADAMW_GRID,
-         lambda hp: ("zs", "exp_avg_sqs"), None, cuda=False, bench=dict(lr=2.5e-3, ckp1=0.1)),
+         lambda hp: ("zs", "exp_avg_sqs"), None, bench=dict(lr=2.5e-3, ckp1=0.1)),
     # Prodigy's update pass; its reduction pass has tests of its own (test_prodigy_kernels.py).
     Case("prodigy", ("exp_avgs", "exp_avg_sqs"), _PRODIGY_GRID,
          lambda hp: (("exp_avgs",) if hp.get("betas", (0.9,))[0] > 0 else ()) + ("exp_avg_sqs",),
-         None, takes_step=False, function="prodigy_update", cuda=False,
+         None, takes_step=False, function="prodigy_update",
          bench=dict(d=1e-3, d_new=1e-3, dlr=1e-3)),
 )
 
 CASE_BY_NAME = {case.name: case for case in CASES}
 TORCH_CASES = tuple(case for case in CASES if case.torch_name is not None)
-CUDA_CASES = tuple(case for case in CASES if case.cuda)
 
 # Sizes just below, at and above multiples of the SIMD widths (4, 8, 16 lanes),
 # one above the threads' block size, and a large odd one.

@@ -29,9 +29,7 @@ import lrfast  # noqa: E402
 import lrfast.cuda  # noqa: E402
 from lrfast import _core, reference  # noqa: E402
 from lrfast.cuda import launch, layout, ops  # noqa: E402
-from cases import CASE_BY_NAME, CUDA_CASES, assert_close, call_step, gradients, make_problem  # noqa: E402
-
-CASE_TABLE = CUDA_CASES  # the cases lrfast.cuda has kernels for
+from cases import CASE_BY_NAME, CASES, assert_close, call_step, gradients, make_problem  # noqa: E402
 
 SIMULATED = launch.SIMULATED
 STEPS = 5
@@ -83,7 +81,7 @@ def test_list_matches_reference(case, hp, dtype):
 
 
 @pytest.mark.parametrize("size", [0, 1, 7, 17, 33])
-@pytest.mark.parametrize("case", CUDA_CASES, ids=str)
+@pytest.mark.parametrize("case", CASES, ids=str)
 def test_single_array_matches_reference(case, dtype, size):
     hp = case.grid[-1]
     params, states = make_problem(case, hp, [(size,)], dtype)
@@ -372,8 +370,11 @@ def test_numpy_without_row_stack_gets_the_alias_numba_cuda_needs():
 
 
 def test_backend_has_the_functions_of_core():
-    steps = {name for name in dir(_core) if "One fused" in (getattr(_core, name).__doc__ or "")}
-    assert set(ops.__all__) == steps | {"global_norm", "clip_grad_norm", "clip_grad_value"}
+    # The kernels: the functions of (arrays, names, hparams), steps and Prodigy's reduction.
+    kernels = {name for name in dir(_core) if (getattr(_core, name).__doc__ or "").startswith(
+        f"{name}(arrays: tuple, names: tuple, hparams: dict)")}
+    assert "prodigy_reduce" in kernels
+    assert set(ops.__all__) == kernels | {"global_norm", "clip_grad_norm", "clip_grad_value"}
     assert all(callable(getattr(_core, name)) for name in ops.__all__)
     assert lrfast.cuda.backend() is ops
 
@@ -405,7 +406,8 @@ def fixed(monkeypatch):
 def checks(monkeypatch):
     """The calls of lrfast._core.check made during the test."""
     calls, check = [], _core.check
-    monkeypatch.setattr(_core, "check", lambda *args: calls.append(args) or check(*args))
+    monkeypatch.setattr(_core, "check",
+                        lambda *args, **kw: calls.append(args) or check(*args, **kw))
     return calls
 
 

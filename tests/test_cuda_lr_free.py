@@ -515,12 +515,44 @@ def _prodigy_reduce(params, grads, ss, p0s, slice_p=2):
 def test_prodigy_state_of_another_length_is_refused_before_writing():
     p, g = device(np.ones(7, np.float32)), device(np.ones(7, np.float32))
     s, p0 = device(np.ones(4, np.float32)), device(np.ones(4, np.float32))
-    with pytest.raises(ValueError, match=r"^ss\[0\] has shape \(4,\) but params\[0\]\[::3\] "
-                                         r"has shape \(3,\)"):
+    with pytest.raises(ValueError, match=r"^ss\[0\] has shape \(4,\) but the slice "
+                                         r"params\[0\]\.ravel\(\)\[::3\] has shape \(3,\)"):
         _prodigy_reduce([p], [g], [s], [p0], slice_p=3)
     np.testing.assert_array_equal(host(s), np.ones(4, np.float32))
     _prodigy_reduce([p], [g], [s], [p0], slice_p=2)  # ceil(7 / 2) = 4
     assert (host(s) != 1).all()
+
+
+def _ones(n, dtype=np.float32):
+    return np.ones(n, dtype)
+
+
+BAD_CALLS = {  # host arrays -> a bad call; the same call with device arrays
+    "slice length": lambda on: _prodigy_reduce([on(_ones(7))], [on(_ones(7))], [on(_ones(3))],
+                                               [on(_ones(4))]),
+    "slice of a 2-d param": lambda on: _prodigy_reduce([on(_ones((3, 3)))], [on(_ones((3, 3)))],
+                                                       [on(_ones((3, 2)))], [on(_ones(5))]),
+    "grad shape": lambda on: _prodigy_reduce([on(_ones(7))], [on(_ones(6))], [on(_ones(4))],
+                                             [on(_ones(4))]),
+    "p0 dtype": lambda on: _prodigy_reduce([on(_ones(7))], [on(_ones(7))], [on(_ones(4))],
+                                           [on(_ones(4, np.int32))]),
+    "z shape": lambda on: lrfast.schedulefree_to_eval([on(_ones(4))], [on(_ones(5))], beta1=0.9),
+    "z length": lambda on: lrfast.schedulefree_sgd_step(
+        [on(_ones(4))], [on(_ones(4))], [on(_ones(4)), on(_ones(4))], lr=0.1, ckp1=0.5),
+    "lion state dtype": lambda on: lrfast.lion_step([on(_ones(4))], [on(_ones(4))],
+                                                    [on(_ones(4, np.float64))]),
+    "bfloat16 slice length": lambda on: _prodigy_reduce(
+        [on(_ones(7, BF16))], [on(_ones(7))], [on(_ones(3, BF16))], [on(_ones(4, BF16))]),
+}
+
+
+@pytest.mark.parametrize("bad", BAD_CALLS)
+def test_bad_input_gives_the_cpu_message(bad):
+    with pytest.raises((TypeError, ValueError)) as on_host:
+        BAD_CALLS[bad](np.copy)
+    with pytest.raises(on_host.type) as on_device:
+        BAD_CALLS[bad](device)
+    assert str(on_device.value) == str(on_host.value)
 
 
 def test_prodigy_checks_are_cached_per_slice():

@@ -135,17 +135,16 @@ def _prepare_in_full(arrays, names, grads_writeable: bool, slice_p, signature):
         if groups is not None:
             _cache.move_to_end(key)
     if groups is None:
-        if slice_p is not None:
+        lowp = lowp_layout.involved(interfaces)  # 16-bit floats or q8 states
+        if lowp:
             lowp_layout.check(interfaces, names, grads_writeable, slice_p)
-            groups = lowp_layout.build(interfaces, names, slice_p)
-        elif lowp_layout.involved(interfaces):  # 16-bit floats or q8 states
-            lowp_layout.check(interfaces, names, grads_writeable)
-            groups = _build(interfaces, names) if names == ("grads",) else \
-                lowp_layout.build(interfaces, names)
         else:
             proxies = tuple(None if seq is None else [HostView(i) for i in seq]
                             for seq in interfaces)
-            _core.check(proxies, names, grads_writeable)
+            _core.check(proxies, names, grads_writeable, slice_p=slice_p or 0)
+        if slice_p is not None or (lowp and names != ("grads",)):
+            groups = lowp_layout.build(interfaces, names, slice_p)
+        else:
             groups = _build(interfaces, names)
         with _cache_lock:
             _cache[key] = groups

@@ -118,8 +118,9 @@ def check(interfaces, names: tuple, grads_writeable: bool, slice_p: int | None =
                         raise ValueError(f"{label} has shape {view.shape} but {p_label} has "
                                          f"shape {p_shape}")
                 elif view.shape != _state_of(param, slice_p)[1]:
-                    raise ValueError(f"{label} has shape {view.shape} but {p_label}[::{slice_p}]"
-                                     f" has shape {_state_of(param, slice_p)[1]}")
+                    _, shape, owner = _state_of(param, slice_p)
+                    raise ValueError(f"{label} has shape {view.shape} but {owner} has shape "
+                                     f"{shape}")
             generic(view, label, written)
     _check_overlap(spans)
 
@@ -130,7 +131,7 @@ def _state_of(param: tuple, slice_p: int | None) -> tuple:
     if slice_p is None:
         return param
     dtype, shape, label = param
-    return dtype, (-(-math.prod(shape) // slice_p),), f"{label}[::{slice_p}]"
+    return dtype, (-(-math.prod(shape) // slice_p),), f"the slice {label}.ravel()[::{slice_p}]"
 
 
 def _check_q8(x, name: str, label: str, param: tuple, generic) -> None:
