@@ -1,8 +1,11 @@
 """GPU: every optimizer of tests/cases.py through lrfast's CUDA back end, against
-torch.optim's fused (or foreach) CUDA step and a device-to-device copy moving
-the same bytes (the bandwidth bound), on one 50M tensor, 1000 tensors of 1000
-and the 146-tensor transformer-like list; the same through ``lrfast.torch`` on
-torch CUDA tensors (the host cost a torch user pays); and the global norm.
+torch.optim's fused (or foreach) CUDA step (for Lion and schedule-free SGD and
+AdamW: lion-pytorch's and schedulefree's, when installed) and a
+device-to-device copy moving the same bytes (the bandwidth bound), on one 50M
+tensor, 1000 tensors of 1000 and the 146-tensor transformer-like list; a whole
+Prodigy step (both passes) against prodigyopt's; the same through
+``lrfast.torch`` on torch CUDA tensors (the host cost a torch user pays); and
+the global norm.
 Each timed call ends with a device synchronisation. Skipped without a real GPU
 (the simulator is not timed).
 
@@ -39,18 +42,58 @@ def _timed(benchmark, step, sync):
     benchmark(fn)
 
 
+# The reference packages of the optimizers torch.optim lacks: (module, class).
+PACKAGES = {"lion": ("lion_pytorch", "Lion"), "schedulefree_sgd": ("schedulefree", "SGDScheduleFree"),
+            "schedulefree_adamw": ("schedulefree", "AdamWScheduleFree"),
+            "prodigy": ("prodigyopt", "Prodigy")}
+
+
+def _package_step(name, shapes, lr):
+    """The reference package's step on CUDA tensors of the same values."""
+    torch = _torch_cuda()
+    module, cls = PACKAGES[name]
+    optimizer = getattr(pytest.importorskip(module), cls)(
+        bench.torch_params(torch, shapes, "float32"), lr=lr)
+    if hasattr(optimizer, "train"):  # schedule-free: steps in train mode
+        optimizer.train()
+    return optimizer.step
+
+
 @pytest.mark.parametrize("impl", ("lrfast", "torch", "copy"))
 @pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("case", CASES, ids=str)
 def test_step(benchmark, case, layout, impl):
+    # "torch": torch.optim's class, or the reference package's
     benchmark.group = f"cuda {case.name} {layout}"
     shapes = LAYOUTS[layout]
-    step, traffic = bench.lrfast_step(case.name, shapes, "float32")
+    hp = dict(case.bench, **({"step": 2} if case.takes_step else {}))
+    states = [name if name in case.states_for(hp) else None for name in case.states]
+    step, traffic = bench.step_of(case.step_fn, hp, states, shapes, "float32")
     sync = cuda.synchronize
     if impl == "torch":
         torch = _torch_cuda()
-        step, _ = bench.torch_step_of(torch, case.name, shapes, "float32")
         sync = torch.cuda.synchronize
+        if case.torch_name is not None:
+            step, _ = bench.torch_step_of(torch, case.name, shapes, "float32")
+        elif case.name in PACKAGES and case.name != "prodigy":  # (its whole step: below)
+            step = _package_step(case.name, shapes, hp["lr"])
+        else:
+            pytest.skip(f"no torch class or package step for {case.name}")
+    elif impl == "copy":
+        step = bench.copy_of(traffic // 2)
+    _timed(benchmark, step, sync)
+
+
+@pytest.mark.parametrize("impl", ("lrfast", "prodigyopt", "copy"))
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_prodigy_step(benchmark, layout, impl):
+    # Both passes and the host update of d between them (a synchronisation).
+    benchmark.group = f"cuda prodigy (both passes) {layout}"
+    shapes = LAYOUTS[layout]
+    step, traffic = bench.prodigy_step(shapes, "float32")
+    sync = cuda.synchronize
+    if impl == "prodigyopt":
+        step, sync = _package_step("prodigy", shapes, 1.0), _torch_cuda().cuda.synchronize
     elif impl == "copy":
         step = bench.copy_of(traffic // 2)
     _timed(benchmark, step, sync)

@@ -34,7 +34,9 @@ print(sys.version); print(\"numpy\", numpy.__version__, \"numba\", numba.__versi
 # The image has scikit-build-core, pybind11, cmake and ninja; nothing is fetched.
 phase install 300 $py -m pip install --no-build-isolation --no-deps --no-index .
 # From the repository root, `pytest` imports the installed package, not ./lrfast.
-phase tests 300 $py -P -m pytest tests/test_cuda.py -q --timeout 120 --benchmark-disable
+# (each kernel variant compiles on first use, about a second each: most of the time here)
+phase tests 420 $py -P -m pytest tests/test_cuda.py tests/test_cuda_lr_free.py -q --timeout 120 \
+  --benchmark-disable
 phase profile 120 $py benchmarks/gpu_host_cost.py
 phase bench 240 lrfast bench --device cuda --json "$out/bench.json" ${BENCH_ARGS:-}
 phase suite 300 $py -P -m pytest -p no:cacheprovider benchmarks/bench_cuda.py -q \

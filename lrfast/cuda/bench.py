@@ -69,13 +69,45 @@ def lrfast_step(name: str, shapes, dtype):
     """``(step, traffic)``: a zero-argument lrfast step of optimizer `name` on
     fresh device arrays, and the bytes it moves."""
     hp, state_names, _ = CONFIGS[name]
+    return step_of(f"{name}_step", hp, state_names, shapes, dtype)
+
+
+def step_of(function: str, hp: dict, state_names, shapes, dtype):
+    """``(step, traffic)`` of ``lrfast.<function>`` with keywords `hp` and
+    zeroed states (positional, `state_names`, None for a name that is None)."""
     params = [cuda.to_device(a) for a in _host_arrays(shapes, dtype, 0)]
     grads = [cuda.to_device(a) for a in _host_arrays(shapes, dtype, 1)]
-    states = [[cuda.to_device(np.zeros(s, dtype)) for s in shapes] for _ in state_names]
-    fn = getattr(lrfast, f"{name}_step")
-    traffic = sum(math.prod(s) for s in shapes) * np.dtype(dtype).itemsize * (
-        3 + 2 * len(state_names))
+    states = [None if name is None else [cuda.to_device(np.zeros(s, dtype)) for s in shapes]
+              for name in state_names]
+    fn = getattr(lrfast, function)
+    used = sum(name is not None for name in state_names)
+    traffic = sum(math.prod(s) for s in shapes) * np.dtype(dtype).itemsize * (3 + 2 * used)
     return (lambda: fn(params, grads, *states, **hp)), traffic
+
+
+def prodigy_step(shapes, dtype, slice_p: int = 1):
+    """``(step, traffic)`` of one whole Prodigy step: the reduction pass (it
+    waits for its sums), the host update of ``d``, the update pass."""
+    params = [cuda.to_device(a) for a in _host_arrays(shapes, dtype, 0)]
+    grads = [cuda.to_device(a) for a in _host_arrays(shapes, dtype, 1)]
+    ms, vs = ([cuda.to_device(np.zeros(s, dtype)) for s in shapes] for _ in range(2))
+    sliced = [a.ravel()[::slice_p].copy() for a in _host_arrays(shapes, dtype, 2)]
+    ss = [cuda.to_device(np.zeros_like(a)) for a in sliced]
+    p0s = [cuda.to_device(a) for a in sliced]
+    d = 1e-6
+
+    def step():
+        dot, s_abs = lrfast.prodigy_reduce(params, grads, ss, p0s, d=d, d0=d, dlr=d,
+                                           slice_p=slice_p)
+        new = lrfast.prodigy_d_update(dot, s_abs, d=d, d0=d, d_max=d, d_numerator=0.0, dlr=d)
+        lrfast.prodigy_update(params, grads, ms, vs, d=d, d_new=d if new is None else new.d,
+                              dlr=d)
+
+    # reduction: grad and param (their slices), p0 read, s read and written;
+    # update: grad read, param and both moments read and written
+    n = sum(math.prod(s) for s in shapes)
+    m = sum(a.size for a in sliced)
+    return step, np.dtype(dtype).itemsize * (5 * m + 7 * n)
 
 
 def lrfast_norm(shapes, dtype):
