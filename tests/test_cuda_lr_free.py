@@ -332,7 +332,7 @@ class ProdigyRun:
     """Prodigy's steps with `impl`: its host scalars (d, d_max, d_numerator,
     k) and arrays. Drives the two passes as the classes do."""
 
-    def __init__(self, params, hp, s_kinds=None, wrap=None):
+    def __init__(self, params, hp, s_kinds=None, wrap=None, p0_kind="param"):
         wrap = wrap or (lambda a: a)
         self.hp = dict(dict(lr=1.0, betas=(0.9, 0.999), beta3=None, eps=1e-8, weight_decay=0.0,
                             decouple=True, safeguard_warmup=False, d0=1e-6, slice_p=1,
@@ -346,7 +346,7 @@ class ProdigyRun:
         self.vs = [wrap(np.zeros_like(p)) for p in params]
         self.ss = [wrap(state_like(np.zeros(-(-p.size // slice_p), p.dtype), kind))
                    for p, kind in zip(params, s_kinds)]
-        self.p0s = [wrap(p.ravel()[::slice_p].copy()) for p in params]
+        self.p0s = [wrap(state_like(p.ravel()[::slice_p].copy(), p0_kind)) for p in params]
 
     def common(self):
         hp = self.hp
@@ -472,16 +472,18 @@ def test_prodigy_sums_are_the_same_for_any_grid(monkeypatch, slice_p):
 
 
 @pytest.mark.parametrize("s_kind", ["float32", "param", "bfloat16", "q8"])
-@pytest.mark.parametrize("dtype", [BF16, F16], ids=["bfloat16", "float16"])
+@pytest.mark.parametrize("dtype", [BF16, F16, np.float64], ids=["bfloat16", "float16", "f64"])
 def test_prodigy_low_precision_matches_reference(dtype, s_kind):
+    # p0 of the param's dtype, or q8 with a q8 s.
     shapes = [(0,), (7,), (300,), (600,)]
     params = make_params(shapes, [dtype] * len(shapes))
     hp = dict(slice_p=2, weight_decay=0.1, decouple=False, d0=1e-3)
-    ours = ProdigyRun(params, hp, [s_kind] * len(shapes), wrap=device)
-    ref = ProdigyRun(params, hp, [s_kind] * len(shapes))
+    p0_kind = "q8" if s_kind == "q8" else "param"
+    ours = ProdigyRun(params, hp, [s_kind] * len(shapes), wrap=device, p0_kind=p0_kind)
+    ref = ProdigyRun(params, hp, [s_kind] * len(shapes), p0_kind=p0_kind)
     for step in range(1, 4):
-        grads = gradients(ref.params, step, [np.float32 if t % 2 else dtype
-                                             for t in range(len(shapes))])
+        grads = gradients(ref.params, step, [np.float32 if t % 2 and dtype != np.float64
+                                             else dtype for t in range(len(shapes))])
         d_grads = [device(g) for g in grads]
         dlr, want = ref.reduce(reference, grads)
         _, got = ours.reduce(lrfast, d_grads, d=ref.d, dlr=dlr)
@@ -489,6 +491,26 @@ def test_prodigy_low_precision_matches_reference(dtype, s_kind):
         ours.update(lrfast, d_grads, ref.d, ref.d * 1.5, dlr, stochastic_rounding=True, seed=step)
         ref.update(reference, grads, ref.d, ref.d * 1.5, dlr, stochastic_rounding=True, seed=step)
         ref.d *= 1.5
+        assert_all_same(ours.arrays(host), ref.arrays())
+
+
+@pytest.mark.parametrize("dtypes", [[np.float32, np.float64, np.float32],
+                                    [np.float32, np.float64, BF16]], ids=["f32-f64", "with-bf16"])
+def test_prodigy_list_of_several_dtypes(dtypes):
+    # One launch per group, the groups' partials summed in the order of the list.
+    params = make_params([(9,), (20,), (30,)], dtypes)
+    hp = dict(slice_p=2, betas=(0.9, 0.99))
+    ours, ref = ProdigyRun(params, hp, wrap=device), ProdigyRun(params, hp)
+    for step in range(1, 3):
+        grads = gradients(ref.params, step)
+        d_grads = [device(g) for g in grads]
+        before = lrfast.cuda.launch_count()
+        dlr, want = ref.reduce(reference, grads)
+        _, got = ours.reduce(lrfast, d_grads, d=ref.d, dlr=dlr)
+        assert lrfast.cuda.launch_count() - before == len(set(map(np.dtype, dtypes)))
+        np.testing.assert_allclose(got, want, rtol=1e-12)
+        ours.update(lrfast, d_grads, ref.d, ref.d, dlr)
+        ref.update(reference, grads, ref.d, ref.d, dlr)
         assert_all_same(ours.arrays(host), ref.arrays())
 
 
