@@ -1,6 +1,7 @@
-"""Shared by the CUDA test files: the choice of Numba's simulator and the
-stand-ins for device arrays. Import it before numba: a GPU is used when one
-is visible, the simulator otherwise (an explicit NUMBA_ENABLE_CUDASIM wins)."""
+"""Shared by the CUDA test files: the choice of Numba's simulator, the
+stand-ins for device arrays, and the comparison of device results with the
+reference's. Import it before numba: a GPU is used when one is visible, the
+simulator otherwise (an explicit NUMBA_ENABLE_CUDASIM wins)."""
 
 import os
 import shutil
@@ -56,3 +57,56 @@ class Exported:
             interface["data"] = (interface["data"][0], self._readonly)
         interface.update(self._fields)
         return interface
+
+
+def device(a):
+    """A device copy of host array or Q8State `a` (bfloat16 as a BFloat16Array)."""
+    from lrfast.cuda.devicearrays import BFloat16Array
+    from lrfast.precision import Q8State
+
+    if isinstance(a, Q8State):
+        return Q8State(to_device(a.codes), to_device(a.absmax), a.signed)
+    if a.dtype.name == "bfloat16":
+        return BFloat16Array(to_device(a.view(np.uint16)))
+    return to_device(a)
+
+
+def host(d):
+    """A host copy of a device array or Q8State made by `device`."""
+    from lrfast.precision import Q8State
+
+    if isinstance(d, Q8State):
+        return Q8State(host(d.codes), host(d.absmax), d.signed)
+    return d.copy_to_host()
+
+
+def assert_same(got, want, what):
+    """A device result `got` against the reference's `want` (arrays or
+    Q8States): bitwise in the simulator, which computes in NumPy scalars and
+    fuses nothing; on a GPU, where NVVM may contract multiply-adds, 16-bit
+    values within one ulp, q8 codes within one code, float32 and float64 close."""
+    from numba import cuda
+    from lrfast.precision import Q8State
+
+    simulated = cuda.config.ENABLE_CUDASIM
+    if isinstance(want, Q8State):
+        assert isinstance(got, Q8State) and got.signed == want.signed, what
+        if simulated:
+            np.testing.assert_array_equal(got.codes, want.codes, err_msg=f"{what} codes")
+            np.testing.assert_array_equal(got.absmax.view(np.uint32),
+                                          want.absmax.view(np.uint32), err_msg=f"{what} absmax")
+        else:
+            diff = np.abs(got.codes.astype(int) - want.codes.astype(int))
+            assert diff.max(initial=0) <= 1, what
+            np.testing.assert_allclose(got.absmax, want.absmax, rtol=1e-5, err_msg=what)
+        return
+    assert got.dtype == want.dtype and got.shape == want.shape, what
+    bits = {2: np.int16, 4: np.int32, 8: np.int64}[want.dtype.itemsize]
+    if simulated:
+        np.testing.assert_array_equal(got.view(bits), want.view(bits), err_msg=what)
+    elif want.dtype.itemsize == 2:
+        diff = np.abs(got.view(bits).astype(int) - want.view(bits).astype(int))
+        assert diff.max(initial=0) <= 1, what
+    else:
+        rtol = 1e-5 if want.dtype == np.float32 else 1e-12
+        np.testing.assert_allclose(got, want, rtol=rtol, atol=rtol, err_msg=what)

@@ -12,7 +12,7 @@ end adds: ``stochastic_rounding`` and ``sr_key`` (see lrfast._hparams.rounding).
 import numpy as np
 import pytest
 
-from cuda_sim import Exported, to_device  # before numba: GPU or simulator
+from cuda_sim import Exported, assert_same, device, host  # before numba: GPU or simulator
 
 cuda = pytest.importorskip("numba.cuda")
 if not cuda.is_available():
@@ -22,7 +22,6 @@ ml_dtypes = pytest.importorskip("ml_dtypes")
 
 from lrfast import _hparams, reference  # noqa: E402
 from lrfast.cuda import launch, ops  # noqa: E402
-from lrfast.cuda.devicearrays import BFloat16Array  # noqa: E402
 from lrfast.precision import BLOCK, Q8State, zeros_state  # noqa: E402
 
 SIMULATED = launch.SIMULATED
@@ -34,24 +33,6 @@ SHAPES = [(0,), (1,), (7,), (255,), (257,)]
 if SIMULATED:
     pytestmark = pytest.mark.filterwarnings(
         "ignore:(overflow|invalid value) encountered in scalar:RuntimeWarning")
-
-
-# -- device arrays ------------------------------------------------------------------
-
-
-def device(a):
-    """A device copy of host array or Q8State `a` (bfloat16 as BFloat16Array)."""
-    if isinstance(a, Q8State):
-        return Q8State(to_device(a.codes), to_device(a.absmax), a.signed)
-    if a.dtype == BF16:
-        return BFloat16Array(to_device(a.view(np.uint16)))
-    return to_device(a)
-
-
-def host(d):
-    if isinstance(d, Q8State):
-        return Q8State(host(d.codes), host(d.absmax), d.signed)
-    return d.copy_to_host()
 
 
 # -- problems -------------------------------------------------------------------------
@@ -136,30 +117,6 @@ def run(name, params, states, grad_dtypes, steps=STEPS, stochastic_rounding=Fals
                                            **ref_kw)
     return ([host(p) for p in d_params], {k: [host(s) for s in v] for k, v in d_states.items()},
             r_params, r_states)
-
-
-def assert_same(got, want, what):
-    """Bitwise in the simulator; within one ulp (one q8 code) on a GPU."""
-    if isinstance(want, Q8State):
-        assert got.signed == want.signed
-        if SIMULATED:
-            np.testing.assert_array_equal(got.codes, want.codes, err_msg=f"{what} codes")
-            np.testing.assert_array_equal(got.absmax.view(np.uint32), want.absmax.view(np.uint32),
-                                          err_msg=f"{what} absmax")
-        else:
-            diff = np.abs(got.codes.astype(int) - want.codes.astype(int))
-            assert diff.max(initial=0) <= 1, what
-            np.testing.assert_allclose(got.absmax, want.absmax, rtol=1e-5, err_msg=what)
-        return
-    assert got.dtype == want.dtype, what
-    bits = {1: np.uint8, 2: np.int16, 4: np.int32, 8: np.int64}[want.dtype.itemsize]
-    if SIMULATED:
-        np.testing.assert_array_equal(got.view(bits), want.view(bits), err_msg=what)
-    elif want.dtype.itemsize == 2:
-        diff = np.abs(got.view(bits).astype(int) - want.view(bits).astype(int))
-        assert diff.max(initial=0) <= 1, what
-    else:
-        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7, err_msg=what)
 
 
 def assert_all_same(result):

@@ -15,7 +15,7 @@ import math
 import numpy as np
 import pytest
 
-from cuda_sim import to_device  # before numba: GPU or simulator
+from cuda_sim import assert_same, device, host, to_device  # before numba: GPU or simulator
 
 cuda = pytest.importorskip("numba.cuda")
 if not cuda.is_available():
@@ -27,7 +27,6 @@ import lrfast  # noqa: E402
 import lrfast.cuda  # noqa: E402
 from lrfast import reference  # noqa: E402
 from lrfast.cuda import launch  # noqa: E402
-from lrfast.cuda.devicearrays import BFloat16Array  # noqa: E402
 from lrfast.precision import Q8State, quantize_blockwise  # noqa: E402
 
 SIMULATED = launch.SIMULATED
@@ -44,48 +43,8 @@ if SIMULATED:
 
 # -- arrays ------------------------------------------------------------------------------
 
-def device(a):
-    """A device copy of host array or Q8State `a` (bfloat16 as BFloat16Array)."""
-    if isinstance(a, Q8State):
-        return Q8State(to_device(a.codes), to_device(a.absmax), a.signed)
-    if a.dtype == BF16:
-        return BFloat16Array(to_device(a.view(np.uint16)))
-    return to_device(a)
-
-
-def host(d):
-    if isinstance(d, Q8State):
-        return Q8State(host(d.codes), host(d.absmax), d.signed)
-    return d.copy_to_host()
-
-
 def copy(a):
     return Q8State(a.codes.copy(), a.absmax.copy(), a.signed) if isinstance(a, Q8State) else a.copy()
-
-
-def assert_same(got, want, what):
-    """Bitwise in the simulator; close (one ulp, one q8 code) on a GPU."""
-    if isinstance(want, Q8State):
-        assert isinstance(got, Q8State) and got.signed == want.signed, what
-        if SIMULATED:
-            np.testing.assert_array_equal(got.codes, want.codes, err_msg=f"{what} codes")
-            np.testing.assert_array_equal(got.absmax.view(np.uint32),
-                                          want.absmax.view(np.uint32), err_msg=f"{what} absmax")
-        else:
-            diff = np.abs(got.codes.astype(int) - want.codes.astype(int))
-            assert diff.max(initial=0) <= 1, what
-            np.testing.assert_allclose(got.absmax, want.absmax, rtol=1e-5, err_msg=what)
-        return
-    assert got.dtype == want.dtype and got.shape == want.shape, what
-    bits = {2: np.uint16, 4: np.uint32, 8: np.uint64}[want.dtype.itemsize]
-    if SIMULATED:
-        np.testing.assert_array_equal(got.view(bits), want.view(bits), err_msg=what)
-    elif want.dtype.itemsize == 2:
-        diff = np.abs(got.view(np.int16).astype(int) - want.view(np.int16).astype(int))
-        assert diff.max(initial=0) <= 1, what
-    else:
-        rtol = 1e-5 if want.dtype == np.float32 else 1e-12
-        np.testing.assert_allclose(got, want, rtol=rtol, atol=rtol, err_msg=what)
 
 
 def assert_all_same(got: dict, want: dict):

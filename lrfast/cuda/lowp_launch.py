@@ -141,6 +141,38 @@ def _no_quantize(v, maps, row, first, m, values, absmax, t):
     pass
 
 
+# -- block-wide pieces, shared with Prodigy's reduction kernel --------------------------
+
+@cuda.jit(device=True)
+def load_maps(maps, q8_tables, t):
+    """Thread `t`'s share of copying the q8 tables to shared memory, then a barrier."""
+    for j in range(t, 4 * BLOCK, THREADS):
+        maps[j // BLOCK, j % BLOCK] = q8_tables[j // BLOCK, j % BLOCK]
+    cuda.syncthreads()
+
+
+@cuda.jit(device=True)
+def row_of(table, c):
+    """Row `c` of a table, as a tuple in registers: read once per piece, not
+    after each store (which the compiler cannot prove does not alias table)."""
+    r = table[c]
+    return (r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], r[9])
+
+
+@cuda.jit(device=True)
+def reduce_peaks(peaks, t):
+    """After the threads wrote ``peaks[s, t]``: ``peaks[s, 0]`` becomes the
+    block's maximum of slot s (a NaN wins), by halves, barriers included."""
+    cuda.syncthreads()
+    width = THREADS // 2
+    while width > 0:
+        if t < width:
+            for s in range(3):
+                peaks[s, t] = lowp.nan_max(peaks[s, t], peaks[s, t + width])
+        cuda.syncthreads()
+        width //= 2
+
+
 # -- the kernel ------------------------------------------------------------------------
 
 @functools.cache
@@ -184,12 +216,9 @@ def _kernel(body_of, flags: tuple, states: tuple, stores: tuple, kinds: tuple,
         values = cuda.shared.array((3, BLOCK), float32)  # a q8 block's new states
         peaks = cuda.shared.array((3, THREADS), float32)  # per thread, then reduced
         if reads_q8:
-            for j in range(t, 4 * BLOCK, THREADS):
-                maps[j // BLOCK, j % BLOCK] = q8_tables[j // BLOCK, j % BLOCK]
-            cuda.syncthreads()
+            load_maps(maps, q8_tables, t)
         for c in range(cuda.blockIdx.x, table.shape[0], cuda.gridDim.x):
-            r = table[c]
-            row = (r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], r[9])
+            row = row_of(table, c)
             n = row[LENGTH]
             if not has_q8:
                 for i in range(t, n, THREADS):
@@ -212,14 +241,7 @@ def _kernel(body_of, flags: tuple, states: tuple, stores: tuple, kinds: tuple,
                 peaks[0, t] = peak0
                 peaks[1, t] = peak1
                 peaks[2, t] = peak2
-                cuda.syncthreads()
-                width = THREADS // 2
-                while width > 0:
-                    if t < width:
-                        for s in range(3):
-                            peaks[s, t] = lowp.nan_max(peaks[s, t], peaks[s, t + width])
-                    cuda.syncthreads()
-                    width //= 2
+                reduce_peaks(peaks, t)
                 quantize0(v, maps, row, first, m, values, peaks[0, 0], t)
                 quantize1(v, maps, row, first, m, values, peaks[1, 0], t)
                 quantize2(v, maps, row, first, m, values, peaks[2, 0], t)

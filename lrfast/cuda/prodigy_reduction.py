@@ -36,7 +36,8 @@ from numba import cuda, float32, float64
 
 from ..precision import BLOCK
 from . import launch, lowp
-from .lowp_launch import _loader, _no_quantize, _q8_tables, _quantizer, _storer
+from .lowp_launch import (_loader, _no_quantize, _q8_tables, _quantizer, _storer, load_maps,
+                          reduce_peaks, row_of)
 from .lowp_layout import LENGTH, Q8_KINDS, Q8_SIGNED
 
 THREADS = launch.THREADS
@@ -95,15 +96,12 @@ def _kernel(coupled_weight_decay: bool, kinds: tuple, arithmetic: str):
         t = cuda.threadIdx.x
         maps = cuda.shared.array((4, BLOCK), float32)
         values = cuda.shared.array((3, BLOCK), float32)  # a q8 block's new s (row 0)
-        peaks = cuda.shared.array(THREADS, float32)
+        peaks = cuda.shared.array((3, THREADS), float32)  # row 0: s's (reduce_peaks takes 3)
         sums = cuda.shared.array((2, THREADS), float64)
         if reads_q8:
-            for j in range(t, 4 * BLOCK, THREADS):
-                maps[j // BLOCK, j % BLOCK] = q8_tables[j // BLOCK, j % BLOCK]
-            cuda.syncthreads()
+            load_maps(maps, q8_tables, t)
         for c in range(cuda.blockIdx.x, table.shape[0], cuda.gridDim.x):
-            r = table[c]
-            row = (r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], r[9])
+            row = row_of(table, c)
             n = row[LENGTH]
             dot = float64(0.0)
             s_abs = float64(0.0)
@@ -120,15 +118,10 @@ def _kernel(coupled_weight_decay: bool, kinds: tuple, arithmetic: str):
                         values[0, j] = float32(s)
                         peak = lowp.nan_max(peak, abs(float32(s)))
                 if q8_s:
-                    peaks[t] = peak
-                    cuda.syncthreads()
-                    width = THREADS // 2
-                    while width > 0:
-                        if t < width:
-                            peaks[t] = lowp.nan_max(peaks[t], peaks[t + width])
-                        cuda.syncthreads()
-                        width //= 2
-                    quantize_s(v, maps, row, first, m, values, peaks[0], t)
+                    peaks[0, t] = peak
+                    peaks[1, t] = peaks[2, t] = float32(0)
+                    reduce_peaks(peaks, t)
+                    quantize_s(v, maps, row, first, m, values, peaks[0, 0], t)
                     cuda.syncthreads()  # values and peaks are reused by the next block
             sums[0, t] = dot
             sums[1, t] = s_abs
