@@ -39,22 +39,23 @@ def _from_end(w: float) -> bool:
 
 
 @cuda.jit(device=True)
-def _sign(c):
-    """np.sign: -1, 0 or 1 in c's dtype (+0 for -0; NaN stays NaN)."""
+def _sign(c, one):
+    """np.sign: -1, 0 or 1 in c's dtype (`one` is 1 in it: a literal would
+    widen float32 to float64 on a GPU); +0 for -0, NaN for NaN."""
     if c > 0:
-        return c * 0 + 1
+        return one
     if c < 0:
-        return c * 0 - 1
+        return -one
     return c - c  # +0 for either zero, NaN for NaN
 
 
 def _lion():
     @cuda.jit(device=True)
     def body(p, g, m, unused1, unused2, k):
-        gs, decay, beta1, w1, neg_lr, beta2, w2 = k
+        gs, decay, beta1, w1, neg_lr, beta2, w2, one = k
         d = g * gs
         c = m * beta1 + w1 * d
-        p = p * decay + neg_lr * _sign(c)  # decay = 1 - lr * weight_decay, also when it is 1
+        p = p * decay + neg_lr * _sign(c, one)  # decay = 1 - lr * weight_decay, also when 1
         m = m * beta2 + w2 * d
         return p, m, unused1, unused2
 
@@ -152,7 +153,7 @@ OPTIMIZERS = {
     "lion": Optimizer(
         flags=lambda hp: (),
         scalars=lambda hp: (hp["grad_scale"], 1.0 - hp["lr"] * hp["weight_decay"], hp["beta1"],
-                            1.0 - hp["beta1"], -hp["lr"], hp["beta2"], 1.0 - hp["beta2"]),
+                            1.0 - hp["beta1"], -hp["lr"], hp["beta2"], 1.0 - hp["beta2"], 1.0),
         body=_lion,
         states=lambda hp: (True, False, False)),
     "schedulefree_sgd": Optimizer(
