@@ -113,12 +113,8 @@ def check(interfaces, names: tuple, grads_writeable: bool, slice_p: int | None =
                 if not is_grad and dtype not in (p_dtype, np.float32, precision.bfloat16()):
                     raise TypeError(f"{label} has dtype {dtype} but {p_label} has {p_dtype} "
                                     "(a state is float32, bfloat16, the param's dtype or q8)")
-                if is_grad or slice_p is None:
-                    if view.shape != p_shape:
-                        raise ValueError(f"{label} has shape {view.shape} but {p_label} has "
-                                         f"shape {p_shape}")
-                elif view.shape != _state_of(param, slice_p)[1]:
-                    _, shape, owner = _state_of(param, slice_p)
+                _, shape, owner = param if is_grad else _state_of(param, slice_p)
+                if view.shape != shape:
                     raise ValueError(f"{label} has shape {view.shape} but {owner} has shape "
                                      f"{shape}")
             generic(view, label, written)
@@ -211,7 +207,8 @@ def build(interfaces, names, slice_p: int | None = None) -> tuple[LowpGroup, ...
     appearance. With `slice_p` (Prodigy's reduction) a table row is a piece
     of the states' elements, of a tensor's slice ``[::slice_p]``: its params
     and grads columns hold the offset of the piece's first element in the
-    param, whose next elements a kernel finds `slice_p` apart."""
+    param, whose next elements a kernel finds `slice_p` apart (its position
+    column is unused: the reduction rounds nothing stochastically)."""
     n_slots = len(interfaces)
     sizes = [math.prod(i["shape"]) for i in interfaces[0]]
     positions = np.cumsum([0] + sizes[:-1])
