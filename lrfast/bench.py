@@ -3,7 +3,8 @@
 For every optimizer and layout it times the fused step and, on the same
 arrays, the bandwidth probe (``_core.stream``: the same bytes read and written
 through the same blocks and threads, with no arithmetic), the NumPy reference
-and, when torch is installed, torch.optim's fused (or foreach) step. All
+and, when torch is installed, torch.optim's fused (or foreach) step, or for
+Lion, schedule-free SGD/AdamW and Prodigy their reference package's step. All
 ratios come from the one run. Traffic per element: the gradient is read, the
 parameter and each state are read and written (Adam: 7 arrays, 28 bytes in
 float32, 14 in bfloat16), each array counted at its own dtype's size (a q8
@@ -23,8 +24,9 @@ import time
 
 import numpy as np
 
-from . import _core, bench_table, cli_args, clip, precision, reference, steps
-from .bench_configs import CONFIGS, layouts
+from . import _core, bench_table, cli_args, clip, precision, reference, steps, steps_lr_free
+from .bench_configs import CONFIGS, PRODIGY_D, layouts, rival
+from .reference_lr_free import prodigy_d_update
 from .progress import Progress
 from .workloads import transformer_like_shapes
 
@@ -100,11 +102,15 @@ class Problem:
                             for p in self.params] for state in self.state_names]
         else:
             self.states = [[np.zeros(s, self.state_dtype) for s in shapes] for _ in self.state_names]
+        if "p0s" in self.state_names:  # Prodigy's starting point: the params, in their dtype
+            self.states[self.state_names.index("p0s")] = [p.copy() for p in self.params]
         self.elements = sum(math.prod(s) for s in shapes)
         # grad read, param read and written, each state read and written (a q8
         # state: its codes and its absmax)
         self.bytes = (3 * self.dtype.itemsize * self.elements
                       + 2 * sum(x.nbytes for states in self.states for x in states))
+        if name == "prodigy":  # p0 is only read; the reduction reads grad and param again
+            self.bytes += self.dtype.itemsize * self.elements
 
     @property
     def label(self) -> str:
@@ -116,16 +122,31 @@ class Problem:
         return f"{self.dtype.name}/{self.state_dtype.name}"
 
     def step(self, impl, grad_scale=1.0):
-        getattr(impl, f"{self.name}_step")(self.params, self.grads, *self.states,
-                                           grad_scale=grad_scale, **self.hp)
+        """One step with `impl`: "lrfast" (the fused steps) or "numpy" (the references)."""
+        if self.name == "prodigy":
+            return self._prodigy_step(impl, grad_scale)
+        _function(impl, f"{self.name}_step")(self.params, self.grads, *self.states,
+                                             grad_scale=grad_scale, **self.hp)
+
+    def _prodigy_step(self, impl, grad_scale):
+        ss, p0s, ms, vs = self.states
+        d = PRODIGY_D
+        dlr = d * self.hp["lr"]
+        dot, s_abs = _function(impl, "prodigy_reduce")(
+            self.params, self.grads, ss, p0s, d=d, d0=d, dlr=dlr, grad_scale=grad_scale)
+        new = prodigy_d_update(dot, s_abs, d=d, d0=d, d_max=d, d_numerator=0.0, dlr=dlr)
+        _function(impl, "prodigy_update")(self.params, self.grads, ms, vs, d=d,
+                                          d_new=d if new is None else new.d, dlr=dlr,
+                                          grad_scale=grad_scale)
 
     def stream(self):
         names = ("params", "grads") + self.state_names
         _core.stream(tuple([self.params, self.grads] + self.states), names)
 
     def torch_optimizer(self):
-        """torch.optim's fastest CPU optimizer on copies of the same arrays, and
-        which implementation it is ("fused" or "foreach")."""
+        """``(optimizer, impl)`` on copies of the same arrays: torch.optim's
+        fastest CPU step ("fused" or "foreach"), or the reference package's
+        for the optimizers torch does not have; None without that package."""
         import torch
 
         def tensor(a):  # a copy; torch cannot take NumPy's bfloat16 itself
@@ -136,9 +157,13 @@ class Problem:
         tensors = [tensor(p).requires_grad_() for p in self.params]
         for t, g in zip(tensors, self.grads):
             t.grad = tensor(g)
-        kwargs = {k: v for k, v in self.hp.items() if k != "step"}
-        impl = "fused" if self.torch_name in TORCH_FUSED else "foreach"
-        return getattr(torch.optim, self.torch_name)(tensors, **kwargs, **{impl: True}), impl
+        return rival(self.name, tensors, TORCH_FUSED)
+
+
+def _function(impl: str, name: str):
+    if impl == "numpy":
+        return getattr(reference, name)
+    return getattr(steps, name, None) or getattr(steps_lr_free, name)
 
 
 def measure(name, label, shapes, dtype, with_reference, with_torch, busy, report=None,
@@ -146,12 +171,15 @@ def measure(name, label, shapes, dtype, with_reference, with_torch, busy, report
     if report:
         report("making the arrays")
     problem = Problem(name, shapes, dtype, state_dtype)
-    fns = {"lrfast": lambda: problem.step(steps), "probe": problem.stream}
+    fns = {"lrfast": lambda: problem.step("lrfast")}
+    if name != "prodigy":  # the probe moves each array once: it has no model of two passes
+        fns["probe"] = problem.stream
     if with_reference:
-        fns["numpy"] = lambda: problem.step(reference)
+        fns["numpy"] = lambda: problem.step("numpy")
     torch_impl = None
-    if with_torch:
-        opt, torch_impl = problem.torch_optimizer()
+    made = problem.torch_optimizer() if with_torch else None
+    if made is not None:
+        opt, torch_impl = made
         fns["torch"] = opt.step
     t = timeit(fns, budget=0.5, before=busy, report=report)
     return _row(name, label, problem, t, problem.bytes, torch_impl)
@@ -164,14 +192,16 @@ def clip_row(dtype, with_torch, report=None, state_dtype=None):
 
     def fused():
         norm = clip.global_norm(problem.grads)
-        problem.step(steps, grad_scale=clip.clip_coefficient(norm, 1.0))
+        problem.step("lrfast", grad_scale=clip.clip_coefficient(norm, 1.0))
 
     fns = {"lrfast": fused}
     torch_impl = None
     if with_torch:
         import torch
 
-        opt, torch_impl = problem.torch_optimizer()
+        made = problem.torch_optimizer()
+        assert made is not None  # AdamW's is torch.optim's
+        opt, torch_impl = made
         params = opt.param_groups[0]["params"]
 
         def torch_clip_step():

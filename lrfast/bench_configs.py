@@ -7,11 +7,14 @@ these; this module imports neither.
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
 from .workloads import many_small_shapes, transformer_like_shapes
 
-# name -> (hyperparameters, state arrays it uses, torch.optim class name)
+# name -> (keywords of its step function, the state arrays it uses, what it is
+# compared with: a torch.optim class name, or the reference package's
+# "module.Class" for the optimizers torch does not have)
 CONFIGS: dict[str, tuple[dict[str, Any], tuple[str, ...], str]] = {
     "sgd": (dict(lr=0.01, momentum=0.9, step=2), ("momentum_buffers",), "SGD"),
     "adam": (dict(lr=1e-3, step=2), ("exp_avgs", "exp_avg_sqs"), "Adam"),
@@ -19,7 +22,43 @@ CONFIGS: dict[str, tuple[dict[str, Any], tuple[str, ...], str]] = {
     "rmsprop": (dict(lr=1e-2), ("square_avgs",), "RMSprop"),
     "adagrad": (dict(lr=1e-2, step=2), ("state_sums",), "Adagrad"),
     "adadelta": (dict(), ("square_avgs", "acc_deltas"), "Adadelta"),
+    "lion": (dict(lr=1e-4), ("exp_avgs",), "lion_pytorch.Lion"),
+    # the scalars of the 10th step at a constant rate (r = 0: ckp1 = 1/k)
+    "schedulefree_sgd": (dict(lr=1.0, ckp1=0.1, step=10), ("zs",), "schedulefree.SGDScheduleFree"),
+    "schedulefree_adamw": (dict(lr=0.0025, ckp1=0.1, step=10), ("zs", "exp_avg_sqs"),
+                           "schedulefree.AdamWScheduleFree"),
+    # a whole step: the reduction pass, the host update of d, the update pass
+    "prodigy": (dict(lr=1.0), ("ss", "p0s", "exp_avgs", "exp_avg_sqs"), "prodigyopt.Prodigy"),
 }
+# keywords of the step functions that the classes compute themselves
+STEP_ONLY = ("step", "ckp1")
+# Prodigy's first estimate of the step size (prodigyopt's d0); the benchmarks
+# keep d there so that every timed step does the same work
+PRODIGY_D = 1e-6
+
+
+def rival(name: str, tensors: list, fused: set[str]) -> tuple[Any, str] | None:
+    """``(optimizer, impl)`` that optimizer `name` is compared with, over
+    `tensors` (torch tensors whose ``.grad`` is set): torch.optim's class,
+    fused when its name is in `fused` and foreach otherwise; or the reference
+    package's class (in train mode), impl its package name. None when that
+    package is not installed."""
+    hp, _, target = CONFIGS[name]
+    kwargs = {k: v for k, v in hp.items() if k not in STEP_ONLY}
+    if "." not in target:
+        import torch
+
+        impl = "fused" if target in fused else "foreach"
+        return getattr(torch.optim, target)(tensors, **kwargs, **{impl: True}), impl
+    module, cls = target.rsplit(".", 1)
+    try:
+        package = importlib.import_module(module)
+    except ImportError:
+        return None
+    opt = getattr(package, cls)(tensors, **kwargs)
+    if hasattr(opt, "train"):  # schedule-free: step() refuses eval mode
+        opt.train()
+    return opt, module.replace("_", "-")
 
 
 def layouts(sizes: list[int], lists: bool) -> list[tuple[str, list[tuple[int, ...]]]]:

@@ -27,9 +27,10 @@ def _number(value: float | None, spec: str, suffix: str = "") -> str:
 
 
 COLUMNS = [
-    Column("optimizer", -10, lambda r: r["optimizer"],
+    Column("optimizer", -18, lambda r: r["optimizer"],
            "the step timed; clip+adamw is global_norm, then adamw_step with the clip "
-           "coefficient as grad_scale (torch: clip_grad_norm_, then its AdamW)"),
+           "coefficient as grad_scale (torch: clip_grad_norm_, then its AdamW); prodigy is "
+           "a whole step: the reduction pass, the host update of d, the update pass"),
     Column("dtype", -7, lambda r: r["dtype"], "of the parameters, gradients and states"),
     Column("layout", -15, lambda r: r["layout"],
            "1xN: one tensor of N elements; 1000x1000: 1000 tensors of 1000; "
@@ -40,7 +41,8 @@ COLUMNS = [
            "parameters updated per second, in billions"),
     Column("GB/s", 6, lambda r: f"{r['gbytes_s']:.1f}",
            "bytes the step moves per second: the gradient read, the parameter and each "
-           "state read and written (Adam in float32: 28 bytes per parameter)"),
+           "state read and written (Adam in float32: 28 bytes per parameter; Prodigy "
+           "48: its reduction reads the gradient, the parameter and p0 too)"),
     Column("probe GB/s", 10, lambda r: _number(r["bandwidth_gbs"], ".1f"), ""),  # see PROBES
     Column("% of probe", 10, lambda r: _number(r["pct_of_bandwidth"], ".0f"),
            "the probe's time over the step's, in percent: how close the step comes to "
@@ -48,17 +50,21 @@ COLUMNS = [
            "(interleaved on the CPU) on a machine whose speed moves from moment to moment; where "
            "both run at memory speed (the largest sizes) that noise puts the ratio a few "
            "points either side of 100, so above 100 is noise, not a step faster than "
-           "memory. Small sizes are dominated by the cost of the call"),
+           "memory. Small sizes are dominated by the cost of the call. - for prodigy: "
+           "the probe has no model of its two passes"),
     Column("vs numpy", 8, lambda r: _number(r["vs_reference"], ".1f", "x"),
            "the NumPy reference's time over lrfast's (12.0x: lrfast 12 times faster)"),
     Column("vs torch", 8, lambda r: _number(r["vs_torch"], ".2f", "x"),
            "torch.optim's time over lrfast's, on copies of the same arrays "
-           "(above 1.00x: lrfast faster)"),
-    Column("torch impl", -10, lambda r: r["torch_impl"] or "-",
-           "the torch.optim implementation timed: fused (torch's fused kernel, one pass "
+           "(above 1.00x: lrfast faster); for lion, schedulefree_* and prodigy, which "
+           "torch.optim lacks, their reference package's time on torch tensors"),
+    Column("torch impl", -13, lambda r: r["torch_impl"] or "-",
+           "what ran on the torch side: fused (torch's fused kernel, one pass "
            "over each tensor: SGD, Adam, AdamW and Adagrad on the CPU, the first three "
            "on CUDA), foreach (one operation at a time over the whole list, a pass per "
-           "operation: the others), - (torch not measured)"),
+           "operation: the other torch.optim classes), lion-pytorch, schedulefree, "
+           "prodigyopt (the package's own step), - (not measured: torch or the package "
+           "not installed)"),
 ]
 
 # The "probe GB/s" column on each device: what the bound is measured with.

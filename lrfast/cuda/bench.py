@@ -21,7 +21,7 @@ from numba import cuda
 
 import lrfast
 
-from ..bench_configs import CONFIGS, layouts
+from ..bench_configs import CONFIGS, PRODIGY_D, layouts, rival
 
 TORCH_FUSED_CUDA = {"SGD", "Adam", "AdamW"}  # the rest run with foreach=True
 
@@ -56,7 +56,8 @@ def _measure(name, label, shapes, dtype, torch) -> dict:
                vs_reference=None, vs_torch=None, torch_impl=None)
     if torch is not None:
         torch_step, row["torch_impl"] = torch_step_of(torch, name, shapes, dtype)
-        row["vs_torch"] = timeit(torch_step, torch.cuda.synchronize) / t
+        if torch_step is not None:
+            row["vs_torch"] = timeit(torch_step, torch.cuda.synchronize) / t
     return row
 
 
@@ -69,6 +70,8 @@ def lrfast_step(name: str, shapes, dtype):
     """``(step, traffic)``: a zero-argument lrfast step of optimizer `name` on
     fresh device arrays, and the bytes it moves."""
     hp, state_names, _ = CONFIGS[name]
+    if name == "prodigy":
+        return prodigy_step(shapes, dtype, lr=hp["lr"])
     return step_of(f"{name}_step", hp, state_names, shapes, dtype)
 
 
@@ -85,7 +88,7 @@ def step_of(function: str, hp: dict, state_names, shapes, dtype):
     return (lambda: fn(params, grads, *states, **hp)), traffic
 
 
-def prodigy_step(shapes, dtype, slice_p: int = 1):
+def prodigy_step(shapes, dtype, slice_p: int = 1, lr: float = 1.0):
     """``(step, traffic)`` of one whole Prodigy step: the reduction pass (it
     waits for its sums), the host update of ``d``, the update pass."""
     params = [cuda.to_device(a) for a in _host_arrays(shapes, dtype, 0)]
@@ -94,14 +97,15 @@ def prodigy_step(shapes, dtype, slice_p: int = 1):
     sliced = [a.ravel()[::slice_p].copy() for a in _host_arrays(shapes, dtype, 2)]
     ss = [cuda.to_device(np.zeros_like(a)) for a in sliced]
     p0s = [cuda.to_device(a) for a in sliced]
-    d = 1e-6
+    d = PRODIGY_D
+    dlr = d * lr
 
     def step():
-        dot, s_abs = lrfast.prodigy_reduce(params, grads, ss, p0s, d=d, d0=d, dlr=d,
+        dot, s_abs = lrfast.prodigy_reduce(params, grads, ss, p0s, d=d, d0=d, dlr=dlr,
                                            slice_p=slice_p)
-        new = lrfast.prodigy_d_update(dot, s_abs, d=d, d0=d, d_max=d, d_numerator=0.0, dlr=d)
+        new = lrfast.prodigy_d_update(dot, s_abs, d=d, d0=d, d_max=d, d_numerator=0.0, dlr=dlr)
         lrfast.prodigy_update(params, grads, ms, vs, d=d, d_new=d if new is None else new.d,
-                              dlr=d)
+                              dlr=dlr)
 
     # reduction: grad and param (their slices), p0 read, s read and written;
     # update: grad read, param and both moments read and written
@@ -125,12 +129,10 @@ def torch_params(torch, shapes, dtype) -> list:
 
 
 def torch_step_of(torch, name: str, shapes, dtype):
-    """``(step, impl)``: torch.optim's fastest CUDA step on the same values."""
-    hp, _, torch_name = CONFIGS[name]
-    tensors = torch_params(torch, shapes, dtype)
-    impl = "fused" if torch_name in TORCH_FUSED_CUDA else "foreach"
-    kwargs = {k: v for k, v in hp.items() if k != "step"}
-    return getattr(torch.optim, torch_name)(tensors, **kwargs, **{impl: True}).step, impl
+    """``(step, impl)``: torch.optim's fastest CUDA step on the same values (or
+    the reference package's), or ``(None, None)`` without that package."""
+    made = rival(name, torch_params(torch, shapes, dtype), TORCH_FUSED_CUDA)
+    return (None, None) if made is None else (made[0].step, made[1])
 
 
 def copy_of(nbytes: int):
