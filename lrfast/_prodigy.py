@@ -40,6 +40,7 @@ class ProdigyKernel(Kernel):
     def validate(self, hparams: Mapping, lr) -> None:
         """Checks a group's options and estimate, by both passes over no tensors."""
         _hparams.non_negative("lr", lr)
+        _hparams.positive("d0", hparams["d0"])  # before d, which starts at d0
         _hparams.non_negative("d_coef", hparams["d_coef"])
         if not _hparams.real("growth_rate", hparams["growth_rate"]) > 0:
             raise ValueError(f"growth_rate must be > 0 (inf: unbounded), got "
@@ -111,12 +112,13 @@ class ProdigyKernel(Kernel):
             for group in groups:
                 group.update(new._asdict(), k=group["k"] + 1)
             d_new, advance = new.d, True
-        for update in active:
+        for update in updates:
             for piece in update.pieces:
-                self._update(piece.params, piece.grads, piece.states, shared, update.hparams,
-                             d=d, d_new=d_new, dlr=dlr, grad_scale=grad_scale,
-                             rounding=piece.rounding)
-                piece.done(advance)
+                if update.lr > 0:
+                    self._update(piece.params, piece.grads, piece.states, shared,
+                                 update.hparams, d=d, d_new=d_new, dlr=dlr,
+                                 grad_scale=grad_scale, rounding=piece.rounding)
+                piece.done(advance)  # a group at rate 0 counts the step, as prodigyopt
 
 
 def _uses(hparams: Mapping) -> tuple[str, ...]:
