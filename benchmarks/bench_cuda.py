@@ -17,7 +17,7 @@ if cuda.config.ENABLE_CUDASIM or not cuda.is_available():
 
 from lrfast.cuda import bench  # noqa: E402
 from lrfast.workloads import many_small_shapes, transformer_like_shapes  # noqa: E402
-from cases import CASES  # noqa: E402
+from cases import CUDA_CASES  # noqa: E402
 
 LAYOUTS = {"1x50000000": [(50_000_000,)], "1000x1000": many_small_shapes(),
            "transformer-146": transformer_like_shapes()}
@@ -41,7 +41,7 @@ def _timed(benchmark, step, sync):
 
 @pytest.mark.parametrize("impl", ("lrfast", "torch", "copy"))
 @pytest.mark.parametrize("layout", LAYOUTS)
-@pytest.mark.parametrize("case", CASES, ids=str)
+@pytest.mark.parametrize("case", CUDA_CASES, ids=str)
 def test_step(benchmark, case, layout, impl):
     benchmark.group = f"cuda {case.name} {layout}"
     shapes = LAYOUTS[layout]

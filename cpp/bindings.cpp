@@ -127,11 +127,32 @@ std::string dtype_of(const py::detail::PyArray_Proxy* a) {
     return py::str(reinterpret_cast<PyObject*>(a->descr)).cast<std::string>();
 }
 
-std::string shape_of(const py::detail::PyArray_Proxy* a) {
+std::string shape_of(int nd, const Py_intptr_t* dims) {
     std::string s = "(";
-    for (int d = 0; d < a->nd; ++d) s += (d ? ", " : "") + std::to_string(a->dimensions[d]);
-    return s + (a->nd == 1 ? ",)" : ")");
+    for (int d = 0; d < nd; ++d) s += (d ? ", " : "") + std::to_string(dims[d]);
+    return s + (nd == 1 ? ",)" : ")");
 }
+
+std::string shape_of(const py::detail::PyArray_Proxy* a) { return shape_of(a->nd, a->dimensions); }
+
+// The shape the states of tensor t must have: its param's (slice_p == 0), or
+// for Prodigy's reduction the 1-D slice param.ravel()[::slice_p].
+struct StateShape {
+    int nd;
+    const Py_intptr_t* dims;
+    std::int64_t size;
+    std::int64_t slice_p;
+
+    bool matches(const py::detail::PyArray_Proxy* a) const {
+        return a->nd == nd && std::equal(a->dimensions, a->dimensions + nd, dims);
+    }
+    // What has this shape, for messages.
+    std::string owner(const py::tuple& names, std::size_t t) const {
+        const std::string param = where(names, 0, t);
+        if (slice_p == 0) return param;
+        return "the slice " + param + ".ravel()[::" + std::to_string(slice_p) + "]";
+    }
+};
 
 bool is_torch_tensor(const py::handle& obj) {
     const py::object module = py::type::of(obj).attr("__module__");
@@ -189,7 +210,8 @@ bool is_q8_state(py::handle obj) {
 
 // The slots whose values can be negative: an unsigned q8 state is refused there.
 bool signed_slot(const std::string& name) {
-    return name == "momentum_buffers" || name == "exp_avgs" || name == "grad_avgs";
+    return name == "momentum_buffers" || name == "exp_avgs" || name == "grad_avgs" ||
+           name == "zs" || name == "ss" || name == "p0s";
 }
 
 // A byte range one array of a call covers, for the overlap check.
@@ -199,13 +221,13 @@ struct Span {
     std::size_t t;
 };
 
-// Checks a Q8State given for state `label` of a param `param` (its codes and
-// absmax as for any state array) and returns its operand; `size` is the
-// param's element count. Its arrays join `spans` and `keep`.
+// Checks a Q8State given for state `label` of shape `shape` (its codes and
+// absmax as for any state array) and returns its operand. Its arrays join
+// `spans` and `keep`.
 Operand q8_operand(py::handle state, const std::string& label, const std::string& slot_name,
-                   const py::detail::PyArray_Proxy* param, const std::string& param_label,
-                   std::int64_t size, int arg, std::size_t t, std::vector<Span>& spans,
-                   std::vector<py::object>& keep) {
+                   const StateShape& shape, const py::tuple& names, int arg, std::size_t t,
+                   std::vector<Span>& spans, std::vector<py::object>& keep) {
+    const std::int64_t size = shape.size;
     const auto& npy = py::detail::npy_api::get();
     const bool is_signed = py::reinterpret_borrow<py::object>(state.attr("signed")).cast<bool>();
     if (!is_signed && signed_slot(slot_name))
@@ -227,10 +249,10 @@ Operand q8_operand(py::handle state, const std::string& label, const std::string
         if (descr->type_num != want || (descr->byteorder != '=' && descr->byteorder != '|'))
             throw py::type_error(name + " has dtype " + dtype_of(a) + "; expected " +
                                  (f == 0 ? "uint8" : "float32"));
-        if (f == 0 && (a->nd != param->nd ||
-                       !std::equal(a->dimensions, a->dimensions + a->nd, param->dimensions)))
-            throw py::value_error(name + " has shape " + shape_of(a) + " but " + param_label +
-                                  " has shape " + shape_of(param));
+        if (f == 0 && !shape.matches(a))
+            throw py::value_error(name + " has shape " + shape_of(a) + " but " +
+                                  shape.owner(names, t) + " has shape " +
+                                  shape_of(shape.nd, shape.dims));
         if (f == 1 && (a->nd != 1 || a->dimensions[0] != blocks))
             throw py::value_error(name + " has shape " + shape_of(a) + "; expected (" +
                                   std::to_string(blocks) + ",): one value per block of " +
@@ -248,12 +270,14 @@ Operand q8_operand(py::handle state, const std::string& label, const std::string
 }
 
 // Checks every array of one call and gathers the pointers. `arrays` holds one
-// sequence (or None for an unused state) per slot starting at `first_slot`.
-// Without `sixteen_bit`, bfloat16 and float16 arrays are refused (back ends
-// that lack them). Throws TypeError/ValueError naming the argument and index;
-// writes nothing.
+// sequence (or None for an unused state, or for the grads of a pass that
+// takes none) per slot starting at `first_slot`. Without `sixteen_bit`,
+// bfloat16 and float16 arrays are refused (back ends that lack them). With
+// `slice_p` >= 1 (Prodigy's reduction) the states are 1-D, of the length of
+// param.ravel()[::slice_p], and the call's element space is the slices'.
+// Throws TypeError/ValueError naming the argument and index; writes nothing.
 Collected collect(const py::tuple& arrays, const py::tuple& names, int first_slot,
-                  bool grads_writeable, bool sixteen_bit = true) {
+                  bool grads_writeable, bool sixteen_bit = true, std::int64_t slice_p = 0) {
     const int n_args = int(arrays.size());
     Collected out;
     std::vector<py::object> seqs(static_cast<std::size_t>(n_args), py::object(py::none()));
@@ -292,7 +316,8 @@ Collected collect(const py::tuple& arrays, const py::tuple& names, int first_slo
         Storage param = Storage::none;
         MixedTensor x{};
         bool q8 = false;
-        std::int64_t size = 0;
+        StateShape state_shape{0, nullptr, 0, 0};
+        Py_intptr_t slice_length = 0;
         for (int i = 0; i < n_args; ++i) {
             if (seqs[i].is_none()) continue;
             const int slot = first_slot + i;
@@ -304,7 +329,7 @@ Collected collect(const py::tuple& arrays, const py::tuple& names, int first_slo
                     throw py::type_error(label() + " is a q8 state; expected a float32 or "
                                          "float64 array");
                 x.x[slot] = q8_operand(item, label(), py::str(names[i]).cast<std::string>(),
-                                       first, where(names, 0, t), size, i, t, spans, out.keep);
+                                       state_shape, names, i, t, spans, out.keep);
                 q8 = true;
                 continue;
             }
@@ -321,12 +346,23 @@ Collected collect(const py::tuple& arrays, const py::tuple& names, int first_slo
                                                   : "float32 or float64"));
             if (descr->byteorder != '=' && descr->byteorder != '|')
                 throw py::type_error(label() + " has non-native byte order");
+            std::int64_t size = 1;
+            for (int d = 0; d < a->nd; ++d) size *= a->dimensions[d];
             if (first == nullptr) {
                 first = a;
-            } else if (a->nd != first->nd ||
-                       !std::equal(a->dimensions, a->dimensions + a->nd, first->dimensions)) {
-                throw py::value_error(label() + " has shape " + shape_of(a) + " but " +
-                                      where(names, 0, t) + " has shape " + shape_of(first));
+                state_shape = {a->nd, a->dimensions, size, 0};
+                if (slice_p > 0) {
+                    slice_length = (size + slice_p - 1) / slice_p;
+                    state_shape = {1, &slice_length, slice_length, slice_p};
+                }
+            } else {
+                // Grads have the param's shape; states state_shape.
+                const StateShape param_shape{first->nd, first->dimensions, 0, 0};
+                const StateShape& want = slot > kGrads ? state_shape : param_shape;
+                if (!want.matches(a))
+                    throw py::value_error(label() + " has shape " + shape_of(a) + " but " +
+                                          want.owner(names, t) + " has shape " +
+                                          shape_of(want.nd, want.dims));
             }
             // A grad has its param's dtype, or float32 for a 16-bit param; a
             // state float32, the param's dtype or bfloat16.
@@ -349,16 +385,14 @@ Collected collect(const py::tuple& arrays, const py::tuple& names, int first_slo
                 throw py::value_error(label() + " is not C-contiguous");
             if ((slot != kGrads || grads_writeable) && !(a->flags & npy.NPY_ARRAY_WRITEABLE_))
                 throw py::value_error(label() + " is read-only");
-            size = 1;
-            for (int d = 0; d < a->nd; ++d) size *= a->dimensions[d];
             const std::uintptr_t lo = reinterpret_cast<std::uintptr_t>(a->data);
             const std::uintptr_t bytes = std::uintptr_t(size) * std::uintptr_t(storage_bytes(storage));
             if (size > 0) spans.push_back({lo, lo + bytes, i, t});
             x.x[slot] = Operand{a->data, storage, nullptr};
         }
-        x.size = size;
+        x.size = state_shape.size;  // the param's, or its slice's
         x.position = position;
-        position += size;
+        position += x.size;
 
         // All float32 or all float64: the plain kernels; any other mix: tiles.
         bool all_f32 = true, all_f64 = true;
@@ -373,7 +407,7 @@ Collected collect(const py::tuple& arrays, const py::tuple& names, int first_slo
             for (int k = 0; k < 3; ++k)
                 if (x.x[kGrads + 1 + k].data != nullptr)
                     batch.states[k].push_back(static_cast<T*>(x.x[kGrads + 1 + k].data));
-            batch.offsets.push_back(batch.offsets.back() + size);
+            batch.offsets.push_back(batch.offsets.back() + x.size);
         };
         auto push_mixed = [&](auto& batch) { batch.push(x, q8); };
         if (all_f32) push(out.f32);
@@ -437,6 +471,29 @@ void update(UpdateKernels<P> fn, const py::tuple& arrays, const py::tuple& names
         if (!c.mixed32.tensors.empty()) run_update(k.mixed32.*fn.mixed32, params, c.mixed32);
         if (!c.mixed64.tensors.empty()) run_update(k.mixed64.*fn.mixed64, params, c.mixed64);
     });
+}
+
+// Prodigy's reduction: the sums of each group of tensors present, added in
+// this fixed order.
+ProdigySums prodigy_sums(const py::tuple& arrays, const py::tuple& names, const py::dict& hp) {
+    const ProdigyReduceParams params = params_from<ProdigyReduceParams>(hp);
+    Collected c = collect(arrays, names, kParams, false, true, std::int64_t(params.slice_p));
+    ProdigySums total{0.0, 0.0};
+    without_gil([&] {
+        const KernelTable& k = kernels();
+        const ProdigySums parts[4] = {
+            c.f32.params.empty() ? ProdigySums{} : run_reduce(k.f32.prodigy_reduce, params, c.f32),
+            c.f64.params.empty() ? ProdigySums{} : run_reduce(k.f64.prodigy_reduce, params, c.f64),
+            c.mixed32.tensors.empty() ? ProdigySums{}
+                                      : run_reduce(k.mixed32.prodigy_reduce, params, c.mixed32),
+            c.mixed64.tensors.empty() ? ProdigySums{}
+                                      : run_reduce(k.mixed64.prodigy_reduce, params, c.mixed64)};
+        for (const ProdigySums& part : parts) {
+            total.dot += part.dot;
+            total.s_abs += part.s_abs;
+        }
+    });
+    return total;
 }
 
 NormKind norm_kind(double p) {
@@ -519,6 +576,15 @@ PYBIND11_MODULE(_core, m) {
         "One fused " #name " step over (params, grads, states...); see lrfast." #name "_step.");
 #include "lrfast/optimizers.def"
 #undef LRFAST_OPTIMIZER
+    m.def(
+        "prodigy_reduce",
+        [](const py::tuple& arrays, const py::tuple& names, const py::dict& hp) {
+            const ProdigySums sums = prodigy_sums(arrays, names, hp);
+            return py::make_tuple(sums.dot, sums.s_abs);
+        },
+        py::arg("arrays"), py::arg("names"), py::arg("hparams"),
+        "Prodigy's reduction pass over (params, grads, ss, p0s): updates s, returns\n"
+        "(dot, s_abs); see lrfast.prodigy_reduce.");
 
     m.def(
         "global_norm",
@@ -572,17 +638,20 @@ PYBIND11_MODULE(_core, m) {
     m.def(
         "check",
         [](const py::tuple& arrays, const py::tuple& names, bool grads_writeable,
-           bool sixteen_bit) {
+           bool sixteen_bit, std::int64_t slice_p) {
             // A step's arrays start with params; a norm's or clip's are grads alone.
             const bool grads_alone = names.size() == 1 && py::str(names[0]).equal(py::str("grads"));
-            collect(arrays, names, grads_alone ? kGrads : kParams, grads_writeable, sixteen_bit);
+            if (slice_p < 0) throw py::value_error("slice_p must be >= 0");
+            collect(arrays, names, grads_alone ? kGrads : kParams, grads_writeable, sixteen_bit,
+                    slice_p);
         },
         py::arg("arrays"), py::arg("names"), py::arg("grads_writeable"),
-        py::arg("sixteen_bit") = true,
+        py::arg("sixteen_bit") = true, py::arg("slice_p") = 0,
         "Runs the checks of a call without running it (for back ends that hold\n"
         "their arrays elsewhere and pass host views with the same pointers):\n"
         "(params, grads, states...) for a step, or (grads,) for a norm or clip.\n"
-        "sixteen_bit=False refuses bfloat16 and float16 arrays.");
+        "sixteen_bit=False refuses bfloat16 and float16 arrays. slice_p >= 1: the\n"
+        "states are Prodigy's, of the length of param.ravel()[::slice_p].");
     m.def("cpu_isa", [] { return std::string(isa_name(active_isa())); },
           "The instruction set the kernels run with: 'avx512', 'avx2' or 'baseline'.");
     m.def(

@@ -83,7 +83,8 @@ void run_update(UpdateFn<P, T> kernel, const P& hp, const Batch<T>& batch) {
             T* state[3];
             for (int k = 0; k < 3; ++k)
                 state[k] = batch.states[k].empty() ? nullptr : batch.states[k][t] + lo;
-            kernel(hp, batch.params[t] + lo, batch.grads[t] + lo, state, hi - lo);
+            const T* grad = batch.grads[t] == nullptr ? nullptr : batch.grads[t] + lo;  // eval()
+            kernel(hp, batch.params[t] + lo, grad, state, hi - lo);
         });
     });
 }
@@ -164,6 +165,59 @@ double run_norm(const std::vector<std::int64_t>& offsets, NormKind kind, double 
         case NormKind::lp: return std::pow(total, 1.0 / p);
         default: return total;
     }
+}
+
+// Prodigy's sums over all tensors: per-block sums (its pieces' in order), then
+// the blocks' in block order, so the bits depend only on the tensor sizes.
+// block(b) returns block b's sums.
+template <class F>
+ProdigySums sum_blocks(std::int64_t n_blocks, F block) {
+    thread_local std::vector<ProdigySums> scratch;  // as in run_norm
+    std::vector<ProdigySums>& partials = scratch;
+    partials.assign(std::size_t(n_blocks), ProdigySums{0.0, 0.0});
+    parallel_for(n_blocks, kMinParallelBlocks,
+                 [&](std::int64_t b) { partials[std::size_t(b)] = block(b); });
+    ProdigySums total{0.0, 0.0};
+    for (const ProdigySums& part : partials) {
+        total.dot += part.dot;
+        total.s_abs += part.s_abs;
+    }
+    return total;
+}
+
+// The reduction of a call's slices: the batch's element space is the slices'
+// (a tensor counts ceil(size / slice_p) elements; states[0] is s, states[1] p0).
+template <class T>
+ProdigySums run_reduce(ProdigyReduceFn<T> kernel, const ProdigyReduceParams& hp,
+                       const Batch<T>& batch) {
+    const std::int64_t stride = std::int64_t(hp.slice_p);
+    return sum_blocks(batch.blocks(), [&](std::int64_t b) {
+        ProdigySums acc{0.0, 0.0};
+        for_each_piece(batch.offsets, b, [&](std::int64_t t, std::int64_t lo, std::int64_t hi) {
+            const ProdigySums part =
+                kernel(hp, batch.params[t] + lo * stride, batch.grads[t] + lo * stride, stride,
+                       batch.states[0][t] + lo, batch.states[1][t] + lo, hi - lo);
+            acc.dot += part.dot;
+            acc.s_abs += part.s_abs;
+        });
+        return acc;
+    });
+}
+
+template <class T>
+ProdigySums run_reduce(ProdigySums (*kernel)(const ProdigyReduceParams&, const MixedTensor&,
+                                             std::int64_t, std::int64_t),
+                       const ProdigyReduceParams& hp, const MixedBatch<T>& batch) {
+    return sum_blocks(batch.blocks(), [&](std::int64_t b) {
+        ProdigySums acc{0.0, 0.0};
+        for_each_mixed_piece(batch, b, [&](const MixedTensor& tensor, std::int64_t lo,
+                                           std::int64_t n) {
+            const ProdigySums part = kernel(hp, tensor, lo, n);
+            acc.dot += part.dot;
+            acc.s_abs += part.s_abs;
+        });
+        return acc;
+    });
 }
 
 // Applies an in-place elementwise kernel (scale, clamp) to every tensor:

@@ -23,12 +23,20 @@ from ._core import cpu_isa, get_num_threads, set_num_threads
 from .clip import clip_coefficient, clip_grad_norm, clip_grad_value, global_norm
 from .finder import LRFinderResult, find_lr
 from .precision import Q8State, zeros_state
+from .reference_lr_free import ScheduleFreeScalars, prodigy_d_update, prodigy_dlr
 from .steps import adadelta_step, adagrad_step, adam_step, adamw_step, rmsprop_step, sgd_step
+from .steps_lr_free import (
+    lion_step, prodigy_reduce, prodigy_update, schedulefree_adamw_step, schedulefree_sgd_step,
+    schedulefree_to_eval, schedulefree_to_train,
+)
 
 __version__ = "0.1.0"
 
 __all__ = [
     "sgd_step", "adam_step", "adamw_step", "rmsprop_step", "adagrad_step", "adadelta_step",
+    "lion_step", "schedulefree_sgd_step", "schedulefree_adamw_step", "schedulefree_to_eval",
+    "schedulefree_to_train", "prodigy_reduce", "prodigy_update",
+    "ScheduleFreeScalars", "prodigy_dlr", "prodigy_d_update",
     "global_norm", "clip_grad_norm", "clip_grad_value", "clip_coefficient",
     "cpu_isa", "set_num_threads", "get_num_threads", "find_lr", "LRFinderResult",
     "Q8State", "zeros_state",

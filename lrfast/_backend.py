@@ -34,10 +34,11 @@ def for_arrays(first_list):
 def run(kernel: str, hparams: dict, arrays: dict, required: tuple[str, ...]):
     """Calls `kernel` on `arrays` (argument name -> one array, a sequence, or
     None for a state the options leave unused); `required` names the arguments
-    that must be given."""
+    that must be given. Returns what the kernel returns (None for an update,
+    the sums of a reduction)."""
     seqs = []
     for name, value in arrays.items():
         if value is None and name in required:
             raise ValueError(f"{name} is required with these options")
         seqs.append(tensors(name, value))
-    getattr(for_arrays(seqs[0]), kernel)(tuple(seqs), tuple(arrays), hparams)
+    return getattr(for_arrays(seqs[0]), kernel)(tuple(seqs), tuple(arrays), hparams)

@@ -125,6 +125,31 @@ def clip_coefficient(norm: float, max_norm: float) -> float:
     return coef if coef < 1.0 or math.isnan(coef) else 1.0
 
 
+def positive(name: str, value) -> float:
+    """A finite number > 0 (the rates the reference packages assert positive)."""
+    v = real(name, value)
+    if not 0.0 < v < math.inf:
+        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+    return v
+
+
+def beta_pair(betas, *, name: str = "betas") -> tuple[float, float]:
+    """Two numbers in [0, 1)."""
+    try:
+        beta1, beta2 = betas
+    except (TypeError, ValueError):
+        raise TypeError(f"{name} must be a pair of numbers, got {betas!r}") from None
+    return unit_interval(f"{name}[0]", beta1), unit_interval(f"{name}[1]", beta2)
+
+
+def open_unit_interval(name: str, value) -> float:
+    """A number in (0, 1): schedule-free's momentum, which eval() divides by."""
+    v = real(name, value)
+    if not 0.0 < v < 1.0:
+        raise ValueError(f"{name} must lie in (0, 1), got {value!r}")
+    return v
+
+
 def signed_scale(grad_scale, maximize) -> float:
     """The gradient multiplier, negated for maximize (negation is exact)."""
     scale = finite("grad_scale", grad_scale)
@@ -155,12 +180,7 @@ def adam(*, lr, step, betas, eps, weight_decay, amsgrad, maximize, grad_scale, d
          stochastic_rounding=False, seed=0):
     lr = non_negative("lr", lr)
     step = step_count(step)
-    try:
-        beta1, beta2 = betas
-    except (TypeError, ValueError):
-        raise TypeError(f"betas must be a pair of numbers, got {betas!r}") from None
-    beta1 = unit_interval("betas[0]", beta1)
-    beta2 = unit_interval("betas[1]", beta2)
+    beta1, beta2 = beta_pair(betas)
     return dict(lr=lr, beta1=beta1, beta2=beta2, eps=non_negative("eps", eps),
                 weight_decay=non_negative("weight_decay", weight_decay),
                 grad_scale=signed_scale(grad_scale, maximize),
@@ -205,3 +225,92 @@ def norm_type(value) -> float:
     if not p > 0:
         raise ValueError(f"norm_type must be > 0 or inf, got {value!r}")
     return p
+
+
+# ---------------------------------------------------------------- the optimizers
+# that take the learning rate off the user's hands (lrfast.reference_lr_free
+# holds their maths and argument rules; the kernels compute the scalars that
+# combine these fields, in double, once per call, as the reference does).
+
+def lion(*, lr, betas, weight_decay, maximize, grad_scale, stochastic_rounding=False, seed=0):
+    lr = positive("lr", lr)
+    beta1, beta2 = beta_pair(betas)
+    return dict(lr=lr, beta1=beta1, beta2=beta2,
+                weight_decay=non_negative("weight_decay", weight_decay),
+                grad_scale=signed_scale(grad_scale, maximize),
+                **rounding(stochastic_rounding, seed, None))
+
+
+def _schedulefree(lr, ckp1, weight_decay):
+    return (non_negative("lr", lr), unit_interval("ckp1", ckp1, closed=True),
+            non_negative("weight_decay", weight_decay))
+
+
+def schedulefree_sgd(*, lr, ckp1, step, momentum, weight_decay, maximize, grad_scale,
+                     stochastic_rounding=False, seed=0):
+    lr, ckp1, weight_decay = _schedulefree(lr, ckp1, weight_decay)
+    if step is not None:
+        step = step_count(step)
+    return dict(lr=lr, ckp1=ckp1, momentum=open_unit_interval("momentum", momentum),
+                weight_decay=weight_decay, grad_scale=signed_scale(grad_scale, maximize),
+                **rounding(stochastic_rounding, seed, step))
+
+
+def schedulefree_adamw(*, lr, ckp1, step, betas, eps, weight_decay, maximize, grad_scale,
+                       stochastic_rounding=False, seed=0):
+    lr, ckp1, weight_decay = _schedulefree(lr, ckp1, weight_decay)
+    step = step_count(step)
+    beta1, beta2 = beta_pair(betas)
+    if beta1 == 0:
+        raise ValueError("betas[0] must lie in (0, 1) (eval() divides by it), got 0.0")
+    return dict(lr=lr, ckp1=ckp1, beta1=beta1, beta2=beta2, eps=non_negative("eps", eps),
+                weight_decay=weight_decay, grad_scale=signed_scale(grad_scale, maximize),
+                bias_correction2=1.0 - beta2**step,
+                **rounding(stochastic_rounding, seed, step))
+
+
+def schedulefree_lerp(*, beta1, to_eval: bool):
+    """eval() (y to x) or train() (x to y): param = lerp(param, z, weight). The
+    param rounds to nearest even (the classes' switch has no seed)."""
+    beta1 = open_unit_interval("beta1", beta1)
+    return dict(weight=1.0 - 1.0 / beta1 if to_eval else 1.0 - beta1,
+                **rounding(False, 0, None))
+
+
+def slice_step(value) -> int:
+    """Prodigy's slice_p: an int >= 1 (every slice_p-th element is estimated)."""
+    if isinstance(value, (bool, np.bool_)):
+        raise TypeError("slice_p must be an int, got bool")
+    try:
+        v = operator.index(value)
+    except TypeError:
+        raise TypeError(f"slice_p must be an int, got {type(value).__name__}") from None
+    if not 1 <= v <= 2**53:  # exact as a double
+        raise ValueError(f"slice_p must be an integer from 1 to 2**53, got {describe_int(v)}")
+    return v
+
+
+def _prodigy_d(d, dlr, weight_decay, decouple):
+    return dict(d=positive("d", d), dlr=non_negative("dlr", dlr),
+                weight_decay=non_negative("weight_decay", weight_decay),
+                decouple=flag("decouple", decouple))
+
+
+def prodigy_reduce(*, d, d0, dlr, betas, beta3, weight_decay, decouple, safeguard_warmup,
+                   slice_p, maximize, grad_scale):
+    common = _prodigy_d(d, dlr, weight_decay, decouple)
+    beta2 = beta_pair(betas)[1]
+    beta3 = math.sqrt(beta2) if beta3 is None else unit_interval("beta3", beta3)
+    return dict(common, d0=positive("d0", d0), beta3=beta3,
+                safeguard_warmup=flag("safeguard_warmup", safeguard_warmup),
+                slice_p=float(slice_step(slice_p)), grad_scale=signed_scale(grad_scale, maximize),
+                **rounding(False, 0, None))
+
+
+def prodigy_update(*, d, d_new, dlr, betas, eps, weight_decay, decouple, maximize, grad_scale,
+                   stochastic_rounding=False, seed=0):
+    common = _prodigy_d(d, dlr, weight_decay, decouple)
+    beta1, beta2 = beta_pair(betas)
+    return dict(common, d_new=positive("d_new", d_new), beta1=beta1, beta2=beta2,
+                eps=positive("eps", eps), grad_scale=signed_scale(grad_scale, maximize),
+                **rounding(stochastic_rounding, seed, None))

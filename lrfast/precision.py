@@ -141,7 +141,8 @@ def create_dynamic_map(signed=True):
 # take q8's signed map, and a step refuses an unsigned q8 state there. The
 # others (second moments, sums of squares) are never negative and may use the
 # unsigned map, which spends all 256 codes on values >= 0.
-SIGNED_STATES = frozenset({"momentum_buffers", "exp_avgs", "grad_avgs"})
+SIGNED_STATES = frozenset({"momentum_buffers", "exp_avgs", "grad_avgs",
+                           "zs", "ss", "p0s"})  # schedule-free's z, Prodigy's s and p0
 
 
 def _blocks(n):

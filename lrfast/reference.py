@@ -49,6 +49,9 @@ from .precision import Q8State, quantize_blockwise, random_bits, round_nearest, 
 __all__ = [
     "sgd_step", "adam_step", "adamw_step", "rmsprop_step", "adagrad_step",
     "adadelta_step", "global_norm", "clip_grad_norm", "clip_grad_value",
+    # from lrfast.reference_lr_free (imported at the end: it builds on this module)
+    "lion_step", "schedulefree_sgd_step", "schedulefree_adamw_step", "schedulefree_to_eval",
+    "schedulefree_to_train", "prodigy_reduce", "prodigy_update",
 ]
 
 
@@ -323,3 +326,11 @@ def clip_grad_value(grads, clip_value):
     """Clamps every gradient element to [-clip_value, clip_value] in place."""
     for g in _listify(grads):
         np.clip(g, -clip_value, clip_value, out=g)
+
+
+# The optimizers that take the learning rate off the user's hands, beside the
+# six under the same names as lrfast's (their module imports this one's helpers).
+from .reference_lr_free import (  # noqa: E402
+    lion_step, prodigy_reduce, prodigy_update, schedulefree_adamw_step, schedulefree_sgd_step,
+    schedulefree_to_eval, schedulefree_to_train,
+)

@@ -10,8 +10,13 @@ Conventions (those of :mod:`lrfast.reference`): every function updates its
 arrays in place; ``params``, ``grads`` and each state are lists of arrays or
 single arrays; float32 and float64 arrays, with arithmetic in the params'
 dtype; per-step scalars are Python floats (double), rounded once to the
-arithmetic dtype where they meet an array. The gradient as the update sees it
-is, for each tensor::
+arithmetic dtype where they meet an array. Low precision as in
+:mod:`lrfast.reference` (16-bit params and grads, float32, bfloat16 or q8
+states, ``stochastic_rounding`` and ``seed``): each array is loaded in the
+arithmetic dtype (float32 for 16-bit params), updated by the formulas below,
+and stored rounded; a step without a ``step`` argument hashes with step 0.
+Prodigy's ``|s|`` sums the new ``s`` before it is rounded or quantized. The
+gradient as the update sees it is, for each tensor::
 
     g = grad * grad_scale
     g = -g                          if maximize
@@ -62,7 +67,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .reference import _each
+from .reference import _arithmetic_dtype, _check_signed, _each, _load, _ParamStore, _store
 
 __all__ = [
     "lion_step",
@@ -72,14 +77,15 @@ __all__ = [
 ]
 
 
-def _t(p):
-    """The scalar type of the arithmetic dtype of ``p`` (float32 or float64)."""
-    return np.float64 if p.dtype == np.float64 else np.float32
-
-
 def _grad(g, t, grad_scale, maximize):
-    d = g.astype(t) * t(grad_scale)
+    """The gradient as the update sees it, in the arithmetic type ``t``."""
+    d = _load(g, np.dtype(t)) * t(grad_scale)
     return -d if maximize else d
+
+
+def _loaded(t, *arrays):
+    """Each array (or Q8State, or None) in the arithmetic type ``t``."""
+    return (_load(x, np.dtype(t)) for x in arrays)
 
 
 def _lerp(a, b, w, t):
@@ -92,7 +98,7 @@ def _lerp(a, b, w, t):
 # ---------------------------------------------------------------- Lion
 
 def lion_step(params, grads, exp_avgs, *, lr=1e-4, betas=(0.9, 0.99), weight_decay=0.0,
-              maximize=False, grad_scale=1.0):
+              maximize=False, grad_scale=1.0, stochastic_rounding=False, seed=0):
     """Lion (Chen et al. 2023; lion-pytorch 0.2.x ``Lion``), in its order::
 
         param = param * (1 - lr * weight_decay)
@@ -106,14 +112,18 @@ def lion_step(params, grads, exp_avgs, *, lr=1e-4, betas=(0.9, 0.99), weight_dec
     ``weight_decay / initial lr``, a matter for the class. One pass: reads grad, param, m;
     writes param, m.
     """
+    _check_signed(exp_avgs, "exp_avgs")
+    store_param = _ParamStore(stochastic_rounding, seed, None)
     beta1, beta2 = betas
     for p, g, m in _each(params, grads, exp_avgs):
-        t = _t(p)
+        t = _arithmetic_dtype(p).type
+        P, M = _loaded(t, p, m)
         d = _grad(g, t, grad_scale, maximize)
-        p *= t(1 - lr * weight_decay)
-        c = m * t(beta1) + t(1 - beta1) * d
-        p += t(-lr) * np.sign(c)
-        m[...] = m * t(beta2) + t(1 - beta2) * d
+        P *= t(1 - lr * weight_decay)
+        c = M * t(beta1) + t(1 - beta1) * d
+        P += t(-lr) * np.sign(c)
+        _store(m, M * t(beta2) + t(1 - beta2) * d)
+        store_param(p, P)
 
 
 # ---------------------------------------------------------------- schedule-free
@@ -161,8 +171,9 @@ class ScheduleFreeScalars:
         return ScheduleFreeStepScalars(lr, ckp1, self.k)
 
 
-def schedulefree_sgd_step(params, grads, zs, *, lr, ckp1, momentum=0.9, weight_decay=0.0,
-                          maximize=False, grad_scale=1.0):
+def schedulefree_sgd_step(params, grads, zs, *, lr, ckp1, step=None, momentum=0.9,
+                          weight_decay=0.0, maximize=False, grad_scale=1.0,
+                          stochastic_rounding=False, seed=0):
     """Schedule-free SGD (Defazio et al. 2024; schedulefree 1.4.x
     ``SGDScheduleFree.step``, train mode), with ``lr`` and ``ckp1`` from
     :class:`ScheduleFreeScalars`. The param holds ``y``, the point where the
@@ -174,21 +185,26 @@ def schedulefree_sgd_step(params, grads, zs, *, lr, ckp1, momentum=0.9, weight_d
         z = z - lr * g
 
     ``z`` starts as a copy of the param, made by the class at the param's first
-    step. One pass: reads grad, y, z; writes y, z.
+    step. One pass: reads grad, y, z; writes y, z. ``step`` only feeds the
+    stochastic-rounding hash.
     """
+    _check_signed(zs, "zs")
+    store_param = _ParamStore(stochastic_rounding, seed, step)
     for y, g, z in _each(params, grads, zs):
-        t = _t(y)
+        t = _arithmetic_dtype(y).type
+        Y, Z = _loaded(t, y, z)
         d = _grad(g, t, grad_scale, maximize)
         if weight_decay != 0:
-            d = d + t(weight_decay) * y
-        y[...] = _lerp(y, z, ckp1, t)
-        y += t(lr * (momentum * (1 - ckp1) - 1)) * d
-        z += t(-lr) * d
+            d = d + t(weight_decay) * Y
+        Y = _lerp(Y, Z, ckp1, t)
+        Y += t(lr * (momentum * (1 - ckp1) - 1)) * d
+        _store(z, Z + t(-lr) * d)
+        store_param(y, Y)
 
 
 def schedulefree_adamw_step(params, grads, zs, exp_avg_sqs, *, lr, ckp1, step,
                             betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, maximize=False,
-                            grad_scale=1.0):
+                            grad_scale=1.0, stochastic_rounding=False, seed=0):
     """Schedule-free AdamW (schedulefree 1.4.x ``AdamWScheduleFree.step``,
     train mode), with ``lr``, ``ckp1`` and ``step`` (= k + 1) from
     :class:`ScheduleFreeScalars`. In order::
@@ -204,18 +220,23 @@ def schedulefree_adamw_step(params, grads, zs, exp_avg_sqs, *, lr, ckp1, step,
     first moment (``beta1`` only sets the interpolation), and no bias
     correction but ``v``'s. One pass: reads grad, y, z, v; writes y, z, v.
     """
+    _check_signed(zs, "zs")
+    store_param = _ParamStore(stochastic_rounding, seed, step)
     beta1, beta2 = betas
     bias_correction2 = 1 - beta2**step
     for y, g, z, v in _each(params, grads, zs, exp_avg_sqs):
-        t = _t(y)
+        t = _arithmetic_dtype(y).type
+        Y, Z, V = _loaded(t, y, z, v)
         d = _grad(g, t, grad_scale, maximize)
-        v[...] = v * t(beta2) + t(1 - beta2) * d * d
-        u = d / (np.sqrt(v / t(bias_correction2)) + t(eps))
+        V = V * t(beta2) + t(1 - beta2) * d * d
+        u = d / (np.sqrt(V / t(bias_correction2)) + t(eps))
         if weight_decay != 0:
-            u = u + t(weight_decay) * y
-        y[...] = _lerp(y, z, ckp1, t)
-        y += t(lr * (beta1 * (1 - ckp1) - 1)) * u
-        z += t(-lr) * u
+            u = u + t(weight_decay) * Y
+        Y = _lerp(Y, Z, ckp1, t)
+        Y += t(lr * (beta1 * (1 - ckp1) - 1)) * u
+        _store(v, V)
+        _store(z, Z + t(-lr) * u)
+        store_param(y, Y)
 
 
 def schedulefree_to_eval(params, zs, *, beta1):
@@ -227,8 +248,7 @@ def schedulefree_to_eval(params, zs, *, beta1):
     ``beta1`` is SGD's ``momentum``. Only for params that have a ``z`` (that
     have taken a step), and only when the group is in train mode.
     """
-    for p, z in _each(params, zs):
-        p[...] = _lerp(p, z, 1 - 1 / beta1, _t(p))
+    _schedulefree_lerp(params, zs, 1 - 1 / beta1)
 
 
 def schedulefree_to_train(params, zs, *, beta1):
@@ -240,8 +260,15 @@ def schedulefree_to_train(params, zs, *, beta1):
     Only for params that have a ``z``, and only when the group is in eval mode
     (where a group starts).
     """
+    _schedulefree_lerp(params, zs, 1 - beta1)
+
+
+def _schedulefree_lerp(params, zs, w):
+    """param = lerp(param, z, w), the param rounded to nearest even."""
     for p, z in _each(params, zs):
-        p[...] = _lerp(p, z, 1 - beta1, _t(p))
+        t = _arithmetic_dtype(p).type
+        P, Z = _loaded(t, p, z)
+        _store(p, _lerp(P, Z, w, t))
 
 
 # ---------------------------------------------------------------- Prodigy
@@ -266,6 +293,7 @@ def _beta3(betas, beta3):
 
 
 def _prodigy_grad(p, g, t, weight_decay, decouple, grad_scale, maximize):
+    """The gradient as the update sees it; ``p`` loaded in ``t``."""
     d = _grad(g, t, grad_scale, maximize)
     if weight_decay != 0 and not decouple:
         d = d + t(weight_decay) * p
@@ -315,16 +343,20 @@ def prodigy_reduce(params, grads, ss, p0s, *, d, d0, dlr, betas=(0.9, 0.999), be
     slice only) and ``p0``, reads and writes ``s``; it writes nothing else,
     and the param and the moments are untouched until :func:`prodigy_update`.
     """
+    _check_signed(ss, "ss")
     beta3 = _beta3(betas, beta3)
     s_rate = (d / d0) * (d if safeguard_warmup else dlr)
     dot = s_abs = 0.0
     for p, g, s, p0 in _each(params, grads, ss, p0s):
-        t = _t(p)
-        gs = _prodigy_grad(p, g, t, weight_decay, decouple, grad_scale, maximize).ravel()[::slice_p]
-        ps = p.ravel()[::slice_p]
-        dot += float(np.dot(gs.astype(np.float64), p0.astype(np.float64) - ps.astype(np.float64)))
-        s[...] = s * t(beta3) + t(s_rate) * gs
-        s_abs += float(np.abs(s).sum(dtype=np.float64))
+        t = _arithmetic_dtype(p).type
+        P, S = _loaded(t, p, s)
+        gs = _prodigy_grad(P, g, t, weight_decay, decouple, grad_scale, maximize).ravel()[::slice_p]
+        ps = P.ravel()[::slice_p]
+        dot += float(np.dot(gs.astype(np.float64),
+                            _load(p0, np.dtype(np.float64)) - ps.astype(np.float64)))
+        S = S * t(beta3) + t(s_rate) * gs
+        s_abs += float(np.abs(S).sum(dtype=np.float64))
+        _store(s, S)
     return dot, s_abs
 
 
@@ -376,7 +408,8 @@ def prodigy_d_update(dot, s_abs, *, d, d0, d_max, d_numerator, dlr, betas=(0.9, 
 
 
 def prodigy_update(params, grads, exp_avgs, exp_avg_sqs, *, d, d_new, dlr, betas=(0.9, 0.999),
-                   eps=1e-8, weight_decay=0.0, decouple=True, maximize=False, grad_scale=1.0):
+                   eps=1e-8, weight_decay=0.0, decouple=True, maximize=False, grad_scale=1.0,
+                   stochastic_rounding=False, seed=0):
     """Prodigy's second pass: the Adam-like update. ``d`` is the estimate the
     step started with (the one ``dlr`` was made from, and
     :func:`prodigy_reduce`'s), ``d_new`` the one :func:`prodigy_d_update`
@@ -398,17 +431,23 @@ def prodigy_update(params, grads, exp_avgs, exp_avg_sqs, *, d, d_new, dlr, betas
     One pass: reads grad, param, m, v; writes param, m, v. Under
     ``slice_p > 1`` every element is updated all the same.
     """
+    _check_signed(exp_avgs, "exp_avgs")
+    store_param = _ParamStore(stochastic_rounding, seed, None)
     beta1, beta2 = betas
     for p, g, m, v in _each(params, grads, exp_avgs, exp_avg_sqs):
-        t = _t(p)
-        dg = _prodigy_grad(p, g, t, weight_decay, decouple, grad_scale, maximize)
+        t = _arithmetic_dtype(p).type
+        P, M, V = _loaded(t, p, m, v)
+        dg = _prodigy_grad(P, g, t, weight_decay, decouple, grad_scale, maximize)
         if beta1 > 0:
-            m[...] = m * t(beta1) + t(d * (1 - beta1)) * dg
-        v[...] = v * t(beta2) + t(d * d * (1 - beta2)) * dg * dg
-        denom = np.sqrt(v) + t(d_new * eps)
+            M = M * t(beta1) + t(d * (1 - beta1)) * dg
+        V = V * t(beta2) + t(d * d * (1 - beta2)) * dg * dg
+        denom = np.sqrt(V) + t(d_new * eps)
         if weight_decay != 0 and decouple:
-            p += t(-weight_decay * dlr) * p
+            P += t(-weight_decay * dlr) * P
         if beta1 > 0:
-            p += t(-dlr) * (m / denom)
+            P += t(-dlr) * (M / denom)
+            _store(m, M)
         else:
-            p += t(-dlr * d_new) * (dg / denom)
+            P += t(-dlr * d_new) * (dg / denom)
+        _store(v, V)
+        store_param(p, P)

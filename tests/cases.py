@@ -4,7 +4,14 @@ Each Case names a step function, the state arrays it takes (in positional
 order), a grid of hyperparameter sets covering every option that changes the
 maths, and tolerances per dtype. ``states_for(hp)`` gives the states a set of
 options uses (the others are passed as None). ``torch_name`` is the matching
-torch.optim class; its constructor takes the same keywords.
+torch.optim class (and lrfast.optim's and lrfast.torch's); its constructor
+takes the same keywords. The optimizers that take the learning rate off the
+user's hands have none: their classes compute the per-step scalars that their
+steps take (``ckp1``, Prodigy's ``d``), so their rows drive the kernel tests
+and the benchmarks, and their classes are tested against the reference
+packages. Test modules whose tests need a torch class or the CUDA back end
+take their (case, hp) pairs from TORCH_CASES or CUDA_CASES (conftest.py reads
+a module's CASE_TABLE).
 """
 
 from __future__ import annotations
@@ -29,15 +36,17 @@ class Case:
     states: tuple[str, ...]          # positional state arguments, in order
     grid: tuple[dict, ...]           # hyperparameter sets
     states_for: Callable[[dict], tuple[str, ...]]
-    torch_name: str
+    torch_name: str | None           # None: no class takes the step's keywords (see above)
     takes_step: bool = True          # step= is a keyword of the function
+    function: str = ""               # the step function, when not f"{name}_step"
+    cuda: bool = True                # lrfast.cuda has the kernel
     bench: dict = field(default_factory=dict)  # typical hyperparameters, for benchmarks
     # (rtol, atol) for float32 and float64, against the reference over 10 steps
     tol: dict = field(default_factory=lambda: {np.float32: (2e-5, 2e-6), np.float64: (1e-12, 1e-13)})
 
     @property
     def step_fn(self) -> str:
-        return f"{self.name}_step"
+        return self.function or f"{self.name}_step"
 
     def __str__(self) -> str:
         return self.name
@@ -59,6 +68,21 @@ def _rmsprop_states(hp):
 _ADAM_GRID = _grid(lr=[1e-2], betas=[(0.9, 0.999), (0.5, 0.9)], weight_decay=[0.0, 0.1],
                    amsgrad=[False, True], maximize=[False, True]) + (
     dict(lr=3e-3, eps=1e-3, grad_scale=0.5),)
+
+# The optimizers that take the learning rate off the user's hands (the last
+# rows). Their states start at zero here (a schedule-free z starts as a copy of
+# the param in the classes; any start tests the kernels). Their CUDA kernels
+# come separately.
+_SCHEDULEFREE_SGD_GRID = _grid(lr=[0.05], ckp1=[0.3, 0.7, 1.0], weight_decay=[0.0, 0.01]) + (
+    dict(lr=0.05, ckp1=0.2, momentum=0.5, maximize=True, grad_scale=0.5),)
+_SCHEDULEFREE_ADAMW_GRID = _grid(lr=[1e-2], ckp1=[0.3, 0.7], weight_decay=[0.0, 0.1]) + (
+    dict(lr=2.5e-3, ckp1=1.0, betas=(0.5, 0.9), eps=1e-3, maximize=True, grad_scale=2.0),)
+_PRODIGY = dict(d=0.5, d_new=0.7, dlr=0.01)
+_PRODIGY_GRID = (
+    _PRODIGY, dict(_PRODIGY, weight_decay=0.1), dict(_PRODIGY, weight_decay=0.1, decouple=False),
+    dict(_PRODIGY, betas=(0.0, 0.99)),
+    dict(d=1e-3, d_new=2e-3, dlr=1e-3, betas=(0.0, 0.99), eps=1e-6, weight_decay=0.1,
+         decouple=False, maximize=True, grad_scale=0.5))
 
 CASES = (
     Case("sgd", ("momentum_buffers",),
@@ -85,9 +109,24 @@ CASES = (
          _grid(lr=[1.0, 0.5], rho=[0.9, 0.5], weight_decay=[0.0, 0.1], maximize=[False, True])
          + (dict(lr=1.0, eps=1e-4, grad_scale=0.5),),
          lambda hp: ("square_avgs", "acc_deltas"), "Adadelta", takes_step=False, bench=dict()),
+    Case("lion", ("exp_avgs",),
+         _grid(lr=[1e-3], betas=[(0.9, 0.99), (0.5, 0.9)], weight_decay=[0.0, 0.1])
+         + (dict(lr=3e-4, maximize=True, grad_scale=0.5),),
+         lambda hp: ("exp_avgs",), None, takes_step=False, cuda=False, bench=dict(lr=1e-4)),
+    Case("schedulefree_sgd", ("zs",), _SCHEDULEFREE_SGD_GRID, lambda hp: ("zs",), None,
+         cuda=False, bench=dict(lr=1.0, ckp1=0.1)),
+    Case("schedulefree_adamw", ("zs", "exp_avg_sqs"), _SCHEDULEFREE_ADAMW_GRID,
+         lambda hp: ("zs", "exp_avg_sqs"), None, cuda=False, bench=dict(lr=2.5e-3, ckp1=0.1)),
+    # Prodigy's update pass; its reduction pass has tests of its own (test_prodigy_kernels.py).
+    Case("prodigy", ("exp_avgs", "exp_avg_sqs"), _PRODIGY_GRID,
+         lambda hp: (("exp_avgs",) if hp.get("betas", (0.9,))[0] > 0 else ()) + ("exp_avg_sqs",),
+         None, takes_step=False, function="prodigy_update", cuda=False,
+         bench=dict(d=1e-3, d_new=1e-3, dlr=1e-3)),
 )
 
 CASE_BY_NAME = {case.name: case for case in CASES}
+TORCH_CASES = tuple(case for case in CASES if case.torch_name is not None)
+CUDA_CASES = tuple(case for case in CASES if case.cuda)
 
 # Sizes just below, at and above multiples of the SIMD widths (4, 8, 16 lanes),
 # one above the threads' block size, and a large odd one.

@@ -8,14 +8,16 @@ import re
 
 import pytest
 
-from lrfast import reference, steps
+from lrfast import reference, steps, steps_lr_free
 
-EXAMPLES = {test.name.rsplit(".", 1)[-1]: test
-            for test in doctest.DocTestFinder().find(steps) if test.examples}
+MODULES = (steps, steps_lr_free)
+STEP_FUNCTIONS = {name: getattr(module, name) for module in MODULES for name in module.__all__}
+EXAMPLES = {test.name.rsplit(".", 1)[-1]: test for module in MODULES
+            for test in doctest.DocTestFinder().find(module) if test.examples}
 
 
 def test_every_step_function_has_an_example():
-    assert sorted(EXAMPLES) == sorted(steps.__all__)
+    assert sorted(EXAMPLES) == sorted(STEP_FUNCTIONS)
 
 
 @pytest.mark.parametrize("name", sorted(EXAMPLES))
@@ -25,7 +27,7 @@ def test_example_runs_as_shown(name):
     assert runner.summarize(verbose=False).failed == 0
 
 
-@pytest.mark.parametrize("name", steps.__all__)
+@pytest.mark.parametrize("name", sorted(STEP_FUNCTIONS))
 def test_update_rule_is_the_reference_s(name):
     """Every assignment line of the reference's maths (``x = ...``) appears in
     the step's docstring, word for word."""
@@ -33,4 +35,4 @@ def test_update_rule_is_the_reference_s(name):
              if re.match(r"\s*\w+ = ", line)]
     assert rules
     for rule in rules:
-        assert rule in getattr(steps, name).__doc__, rule
+        assert rule in STEP_FUNCTIONS[name].__doc__, rule

@@ -64,6 +64,12 @@ for case in CASES:
             arrays = params + [a for v in states.values() for a in v]
             out[f"{case.name}-{i}-{np.dtype(dtype).name}"] = np.concatenate(arrays)
 grads = gradients(shapes, np.float32, 1)
+for slice_p in (1, 3, 11):  # Prodigy's reduction: its float64 sums and s
+    params = gradients(shapes, np.float32, 2)
+    s = [np.zeros(-(-p.size // slice_p), np.float32) for p in params]
+    p0 = [np.ones(x.shape, np.float32) for x in s]
+    sums = lrfast.prodigy_reduce(params, grads, s, p0, d=1e-3, d0=1e-6, dlr=1e-3, slice_p=slice_p)
+    out[f"prodigy_reduce-{slice_p}"] = np.concatenate([np.array(sums)] + s)
 out["norms"] = np.array([lrfast.global_norm(grads, p) for p in (1.0, 2.0, 3.0, float("inf"))])
 np.savez(sys.argv[1], **out)
 """
@@ -97,7 +103,7 @@ def test_kernel_suite_under_variant(isa):
     env = dict(os.environ, LRFAST_CPU_ISA=isa)
     out = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider",
                           "-k", "not 1000003", str(TESTS / "test_kernels.py"),
-                          str(TESTS / "test_clip.py")],
+                          str(TESTS / "test_clip.py"), str(TESTS / "test_lr_free_kernels.py")],
                          env=env, cwd=TESTS, capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert " passed" in out.stdout

@@ -30,7 +30,7 @@ F16, F32, F64 = np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64)
 TESTS = Path(__file__).parent
 STEPS = 3
 SIZES = (0, 1, 255, 256, 257, 4096, 5000, 40000)
-SIGNED_SLOTS = ("momentum_buffers", "exp_avgs", "grad_avgs")
+SIGNED_SLOTS = precision.SIGNED_STATES
 
 
 def q8_zeros(shape, signed):

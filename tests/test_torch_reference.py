@@ -6,7 +6,9 @@ import pytest
 
 import lrfast
 from lrfast import reference
-from cases import call_step, gradients, make_problem
+from cases import TORCH_CASES, call_step, gradients, make_problem
+
+CASE_TABLE = TORCH_CASES  # the cases with a torch.optim class
 
 torch = pytest.importorskip("torch")
 

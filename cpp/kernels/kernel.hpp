@@ -55,6 +55,25 @@ inline void branch(F&& f, bool flag, Rest... rest) {
 struct Bf16;
 void adam_bf16(const AdamParams& hp, Bf16* p, const Bf16* g, Bf16* const* s, std::int64_t n);
 
+// Prodigy's reduction (cpp/kernels/prodigy.cpp), on arrays of T and on mixed tensors.
+template <class T>
+ProdigySums prodigy_reduce(const ProdigyReduceParams& hp, const T* p, const T* g,
+                           std::int64_t stride, T* s, const T* p0, std::int64_t n);
+template <class T>
+ProdigySums prodigy_reduce_mixed(const ProdigyReduceParams& hp, const MixedTensor& t,
+                                 std::int64_t lo, std::int64_t n);
+
+// Sums in double run over kLanes interleaved accumulators (which lets the
+// compiler vectorise them) combined pairwise in this fixed order, so the
+// bits depend on neither the ISA nor the thread count.
+constexpr int kLanes = 16;
+
+inline double fold_lanes(double* acc) {
+    for (int width = kLanes / 2; width > 0; width /= 2)
+        for (int j = 0; j < width; ++j) acc[j] += acc[j + width];
+    return acc[0];
+}
+
 NormPartial half_norm(const Operand& x, std::int64_t lo, std::int64_t n, NormKind kind, double p);
 void half_scale(const Operand& x, std::int64_t lo, std::int64_t n, double factor);
 void half_clamp(const Operand& x, std::int64_t lo, std::int64_t n, double limit);

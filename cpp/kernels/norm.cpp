@@ -1,15 +1,14 @@
 // Norm partials and the in-place clip kernels.
 //
 // Sums run in double over kLanes interleaved accumulators that are combined
-// pairwise in a fixed order at the end. The association is written out in the
-// source and no fast-math flag lets the compiler change it, so every ISA (and
-// any split of the work into the same fixed ranges) gives the same bits; the
-// lanes are what lets the compiler vectorise the loop.
+// pairwise in a fixed order at the end (fold_lanes, kernel.hpp). The
+// association is written out in the source and no fast-math flag lets the
+// compiler change it, so every ISA (and any split of the work into the same
+// fixed ranges) gives the same bits; the lanes are what lets the compiler
+// vectorise the loop.
 #include "kernel.hpp"
 
 namespace lrfast::LRFAST_ISA_NS {
-
-constexpr int kLanes = 16;
 
 // Calls visit(j, x[i]) for every element, lane j = i mod kLanes counted from
 // the start of the range, in whole rounds of kLanes and then the tail.
@@ -25,9 +24,7 @@ template <class T, class F>
 static double lane_sum(const T* __restrict x, std::int64_t n, F f) {
     double acc[kLanes] = {};
     for_lanes(x, n, [&](int j, T v) { acc[j] += f(double(v)); });
-    for (int width = kLanes / 2; width > 0; width /= 2)
-        for (int j = 0; j < width; ++j) acc[j] += acc[j + width];
-    return acc[0];
+    return fold_lanes(acc);
 }
 
 static double magnitude(double a) { return __builtin_fabs(a); }

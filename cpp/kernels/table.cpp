@@ -9,7 +9,7 @@ static constexpr TypedKernels<T> typed_kernels() {
 #define LRFAST_OPTIMIZER(name, P, nstates) &name##_update<T>,
 #include "lrfast/optimizers.def"
 #undef LRFAST_OPTIMIZER
-        &norm_partial<T>, &scale<T>, &clamp<T>, &stream<T>,
+        &prodigy_reduce<T>, &norm_partial<T>, &scale<T>, &clamp<T>, &stream<T>,
     };
 }
 
@@ -19,6 +19,7 @@ static constexpr MixedKernels<T> mixed_kernels() {
 #define LRFAST_OPTIMIZER(name, P, nstates) &name##_mixed<T>,
 #include "lrfast/optimizers.def"
 #undef LRFAST_OPTIMIZER
+        &prodigy_reduce_mixed<T>,
     };
 }
 

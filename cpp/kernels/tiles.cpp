@@ -33,6 +33,13 @@ constexpr UpdateFn<P, Bf16> bf16_kernel = nullptr;
 template <>
 constexpr UpdateFn<AdamParams, Bf16> bf16_kernel<AdamParams> = &adam_bf16;
 
+// The state slots an update only reads, a bit each (slot k: bit k - 2), whose
+// buffers are not written back: schedule-free's eval()/train() reads z.
+template <class P>
+constexpr unsigned read_only_states = 0;
+template <>
+constexpr unsigned read_only_states<ScheduleFreeLerpParams> = 1;
+
 static bool all_bf16(const Operand* x) {
     for (int k = 0; k < kOperands; ++k)
         if (x[k].data != nullptr && x[k].storage != Storage::bf16) return false;
@@ -82,7 +89,9 @@ static void tiled(UpdateFn<P, T> update, const P& hp, const MixedTensor& tensor,
             }
         }
         for (; k < kOperands; ++k)
-            if (k != kGrad && v[k] == buffer[k]) narrow(buffer[k], x[k], lo + at, m);
+            if (k != kGrad && !(k > kGrad && (read_only_states<P> >> (k - 2)) & 1) &&
+                v[k] == buffer[k])
+                narrow(buffer[k], x[k], lo + at, m);
     }
 }
 

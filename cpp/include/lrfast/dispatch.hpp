@@ -59,11 +59,25 @@ struct MixedTensor {
 template <class P>
 using MixedFn = void (*)(const P&, const MixedTensor&, std::int64_t lo, std::int64_t n);
 
+// Prodigy's reduction over a range of one tensor's slice: the sums of
+// g * (p0 - p) and of |s| (the new s), in double.
+struct ProdigySums {
+    double dot, s_abs;
+};
+
+// The reduction over slice elements [0, n) of one tensor: p and g point at the
+// first element's source and step by `stride` (slice_p); s and p0 are the
+// slice's own arrays, contiguous.
+template <class T>
+using ProdigyReduceFn = ProdigySums (*)(const ProdigyReduceParams&, const T* p, const T* g,
+                                        std::int64_t stride, T* s, const T* p0, std::int64_t n);
+
 template <class T>
 struct TypedKernels {
 #define LRFAST_OPTIMIZER(name, P, nstates) UpdateFn<P, T> name;
 #include "lrfast/optimizers.def"
 #undef LRFAST_OPTIMIZER
+    ProdigyReduceFn<T> prodigy_reduce;
     NormPartial (*norm)(const T*, std::int64_t, NormKind, double p);
     void (*scale)(T*, std::int64_t, double factor);        // x *= factor
     void (*clamp)(T*, std::int64_t, double limit);         // x = clamp(x, -limit, limit)
@@ -76,6 +90,9 @@ struct MixedKernels {
 #define LRFAST_OPTIMIZER(name, P, nstates) MixedFn<P> name;
 #include "lrfast/optimizers.def"
 #undef LRFAST_OPTIMIZER
+    // Slice elements [lo, lo + n) of a mixed tensor (x[2] = s, x[3] = p0).
+    ProdigySums (*prodigy_reduce)(const ProdigyReduceParams&, const MixedTensor&, std::int64_t lo,
+                                  std::int64_t n);
 };
 
 // Norms and clips of 16-bit gradients (float arithmetic) and the bandwidth

@@ -62,4 +62,58 @@ struct AdadeltaParams {
         "lr", "rho", "eps", "weight_decay", "grad_scale", "stochastic_rounding", "sr_key"};
 };
 
+// The optimizers that take the learning rate off the user's hands
+// (lrfast/reference_lr_free.py); each kernel combines these fields into the
+// reference's scalars, in double, once per call.
+
+struct LionParams {
+    double lr, beta1, beta2, weight_decay, grad_scale;
+    double stochastic_rounding, sr_key;
+    static constexpr std::array<const char*, 7> fields{
+        "lr", "beta1", "beta2", "weight_decay", "grad_scale", "stochastic_rounding", "sr_key"};
+};
+
+// ckp1: the weight of the newest point in schedule-free's average x.
+struct ScheduleFreeSgdParams {
+    double lr, ckp1, momentum, weight_decay, grad_scale;
+    double stochastic_rounding, sr_key;
+    static constexpr std::array<const char*, 7> fields{
+        "lr", "ckp1", "momentum", "weight_decay", "grad_scale", "stochastic_rounding", "sr_key"};
+};
+
+struct ScheduleFreeAdamwParams {
+    double lr, ckp1, beta1, beta2, eps, weight_decay, grad_scale;
+    double bias_correction2;  // 1 - beta2^step
+    double stochastic_rounding, sr_key;
+    static constexpr std::array<const char*, 10> fields{
+        "lr", "ckp1", "beta1", "beta2", "eps", "weight_decay", "grad_scale", "bias_correction2",
+        "stochastic_rounding", "sr_key"};
+};
+
+// eval() and train(): param = lerp(param, z, weight); no grads.
+struct ScheduleFreeLerpParams {
+    double weight;
+    double stochastic_rounding, sr_key;
+    static constexpr std::array<const char*, 3> fields{"weight", "stochastic_rounding", "sr_key"};
+};
+
+// Prodigy's update pass: d the estimate the step started with, d_new the new
+// one, dlr its step size; weight decay coupled or decoupled by `decouple`.
+struct ProdigyParams {
+    double d, dlr, weight_decay, decouple, d_new, beta1, beta2, eps, grad_scale;
+    double stochastic_rounding, sr_key;
+    static constexpr std::array<const char*, 11> fields{
+        "d", "dlr", "weight_decay", "decouple", "d_new", "beta1", "beta2", "eps", "grad_scale",
+        "stochastic_rounding", "sr_key"};
+};
+
+// Prodigy's reduction pass over every slice_p-th element (slice_p an integer).
+struct ProdigyReduceParams {
+    double d, dlr, weight_decay, decouple, d0, beta3, safeguard_warmup, slice_p, grad_scale;
+    double stochastic_rounding, sr_key;  // unused: the pass writes no param
+    static constexpr std::array<const char*, 11> fields{
+        "d", "dlr", "weight_decay", "decouple", "d0", "beta3", "safeguard_warmup", "slice_p",
+        "grad_scale", "stochastic_rounding", "sr_key"};
+};
+
 }  // namespace lrfast

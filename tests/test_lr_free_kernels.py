@@ -1,0 +1,316 @@
+"""What the rows of tests/cases.py cannot drive: Prodigy's reduction pass (and
+the two passes together over 10 steps), the schedule-free eval()/train()
+switch, which takes no gradients, and the argument checks of the four
+optimizers' step functions (lion, schedule-free, Prodigy).
+
+Prodigy's sums run in float64 in another order than the reference's (NumPy's
+dot and sum): they agree to 1e-12 relative, and are bitwise the same for any
+thread count (and ISA: tests/test_isa.py). Everything else is the reference's
+to the bit."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+import lrfast
+from lrfast import reference
+from lrfast.precision import Q8State, quantize_blockwise, zeros_state
+from cases import SIZES, gradients
+
+ml_dtypes = pytest.importorskip("ml_dtypes")
+BF16 = np.dtype(ml_dtypes.bfloat16)
+STEPS = 10
+LIST_SHAPES = [(3, 5), (17,), (0,), (1,), (2, 3, 4), (40000,), (8,), (33000,)]
+PRODIGY = dict(betas=(0.9, 0.999), d0=1e-6)
+
+
+def sums_close(got, want):
+    for a, b in zip(got, want, strict=True):
+        assert math.isclose(a, b, rel_tol=1e-12, abs_tol=0.0), (got, want)
+
+
+def assert_bits(got, want, what):
+    for i, (a, b) in enumerate(zip(got, want, strict=True)):
+        if isinstance(b, Q8State):
+            np.testing.assert_array_equal(a.codes, b.codes, err_msg=f"{what}[{i}].codes")
+            np.testing.assert_array_equal(a.absmax, b.absmax, err_msg=f"{what}[{i}].absmax")
+        else:
+            assert a.dtype == b.dtype, what
+            np.testing.assert_array_equal(a.view(np.uint8), b.view(np.uint8), err_msg=f"{what}[{i}]")
+
+
+def copy(x):
+    return Q8State(x.codes.copy(), x.absmax.copy(), x.signed) if isinstance(x, Q8State) else x.copy()
+
+
+def prodigy_problem(shapes, dtype, slice_p, state=None, beta1=0.9, seed=0):
+    """Params, and zeroed states: s and p0 of the slices' length (p0 the
+    params' slices, as at the first step), m (None for beta1 == 0) and v."""
+    rng = np.random.default_rng(seed)
+    params = [rng.standard_normal(s).astype(dtype) for s in shapes]
+    s = [zeros_state(p.ravel()[::slice_p], state) for p in params]
+    p0 = [p.ravel()[::slice_p].copy() for p in params]
+    m = [zeros_state(p, state) for p in params] if beta1 > 0 else None
+    v = [zeros_state(p, state, signed=False) for p in params]
+    return params, s, p0, m, v
+
+
+def run_prodigy(impl, shapes, dtype, slice_p, grad_dtype=None, steps=STEPS, state=None,
+                beta1=0.9, **options):
+    """``steps`` Prodigy steps through `impl`'s two passes and the host update
+    of d, as prodigyopt's step does; returns the final arrays and the sums."""
+    params, s, p0, m, v = prodigy_problem(shapes, dtype, slice_p, state, beta1)
+    betas = (beta1, PRODIGY["betas"][1])
+    d = d_max = PRODIGY["d0"]
+    d_numerator, sums = 0.0, []
+    for step in range(1, steps + 1):
+        grads = [g.astype(grad_dtype or dtype) for g in gradients(shapes, np.float64, step)]
+        dlr = lrfast.prodigy_dlr(d=d, lr=1.0, step=step, betas=betas)
+        got = impl.prodigy_reduce(params, grads, s, p0, d=d, d0=PRODIGY["d0"], dlr=dlr,
+                                  betas=betas, slice_p=slice_p, **options)
+        sums.append(got)
+        new = lrfast.prodigy_d_update(*got, d=d, d0=PRODIGY["d0"], d_max=d_max,
+                                      d_numerator=d_numerator, dlr=dlr, betas=betas,
+                                      beta3=options.get("beta3"))
+        update = {k: x for k, x in options.items() if k not in ("safeguard_warmup", "beta3")}
+        if new is None:  # no gradient in s yet: the moments move, the params do not
+            impl.prodigy_update(params, grads, m, v, d=d, d_new=d, dlr=0.0, betas=betas, **update)
+            continue
+        impl.prodigy_update(params, grads, m, v, d=d, d_new=new.d, dlr=dlr, betas=betas,
+                            **update)
+        d, d_max, d_numerator = new.d, new.d_max, new.d_numerator
+    return params, s, m or [], v, sums, d
+
+
+OPTIONS = [dict(), dict(weight_decay=0.1, decouple=False, maximize=True, grad_scale=0.5),
+           dict(weight_decay=0.1, safeguard_warmup=True, beta3=0.9)]
+
+
+@pytest.mark.parametrize("slice_p", [1, 3, 11])
+@pytest.mark.parametrize("options", OPTIONS, ids=["plain", "coupled", "safeguard"])
+def test_prodigy_passes_match_the_reference(dtype, slice_p, options):
+    for shapes in [[(n,)] for n in SIZES] + [LIST_SHAPES]:
+        got = run_prodigy(lrfast, shapes, dtype, slice_p, **options)
+        want = run_prodigy(reference, shapes, dtype, slice_p, **options)
+        for a, b in zip(got[4], want[4]):
+            sums_close(a, b)
+        assert math.isclose(got[5], want[5], rel_tol=1e-9), (got[5], want[5])
+        if got[4] == want[4]:  # then d is the same, and every array is the reference's
+            for k, what in enumerate(("params", "s", "m", "v")):
+                assert_bits(got[k], want[k], what)
+        else:  # the sums differ in their last bits, and so d: arrays within tolerance
+            for a, b in zip(got[0], want[0]):
+                np.testing.assert_allclose(a, b, rtol=1e-6 if dtype == np.float32 else 1e-9)
+
+
+def test_prodigy_without_a_first_moment(dtype):
+    got = run_prodigy(lrfast, [(1000,), (7,)], dtype, 3, beta1=0.0)
+    want = run_prodigy(reference, [(1000,), (7,)], dtype, 3, beta1=0.0)
+    for a, b in zip(got[4], want[4]):
+        sums_close(a, b)
+    for a, b in zip(got[0], want[0]):
+        np.testing.assert_allclose(a, b, rtol=1e-5 if dtype == np.float32 else 1e-12)
+
+
+@pytest.mark.parametrize("slice_p", [1, 3])
+def test_prodigy_sums_are_the_same_bits_for_one_and_two_threads(slice_p):
+    shapes = [(600001,), (5,), (70000,)]
+    configured, runs = lrfast.get_num_threads(), []
+    try:
+        for threads in (1, 2):
+            lrfast.set_num_threads(threads)
+            runs.append(run_prodigy(lrfast, shapes, np.float32, slice_p, steps=3))
+    finally:
+        lrfast.set_num_threads(configured)
+    assert runs[0][4] == runs[1][4]
+    for k in range(4):
+        assert_bits(runs[0][k], runs[1][k], "1 vs 2 threads")
+
+
+@pytest.mark.parametrize("state", [None, "float32", "bfloat16", "q8"])
+@pytest.mark.parametrize("slice_p", [1, 3])
+def test_prodigy_low_precision_matches_the_reference(state, slice_p):
+    # bfloat16 params, float32 grads; p0 in the params' dtype; s, m, v of `state`
+    # (q8 for tensors of at least 4096 elements, float32 below).
+    shapes = [(40000,), (5000,), (7,), (0,)]
+    got = run_prodigy(lrfast, shapes, BF16, slice_p, grad_dtype=np.float32, steps=3, state=state)
+    want = run_prodigy(reference, shapes, BF16, slice_p, grad_dtype=np.float32, steps=3,
+                       state=state)
+    for a, b in zip(got[4], want[4]):
+        sums_close(a, b)
+    if got[4] == want[4]:
+        for k, what in enumerate(("params", "s", "m", "v")):
+            assert_bits(got[k], want[k], what)
+    else:
+        for a, b in zip(got[0], want[0]):
+            np.testing.assert_allclose(a.astype(np.float32), b.astype(np.float32), rtol=1e-2)
+
+
+# ------------------------------------------------------------ eval() / train()
+
+def lerp_both(params, zs, beta1):
+    results = []
+    for impl in (lrfast, reference):
+        p, z = [copy(x) for x in params], [copy(x) for x in zs]
+        impl.schedulefree_to_eval(p, z, beta1=beta1)
+        evaluated = [x.copy() for x in p]
+        impl.schedulefree_to_train(p, z, beta1=beta1)
+        results.append((evaluated, p, z))
+    return results
+
+
+@pytest.mark.parametrize("beta1", [0.9, 0.6, 0.3])  # |1 - 1/beta1| on both sides of 0.5
+def test_eval_and_train_switches_match_the_reference(dtype, beta1):
+    rng = np.random.default_rng(0)
+    for shapes in [[(n,)] for n in SIZES] + [LIST_SHAPES]:
+        params = [rng.standard_normal(s).astype(dtype) for s in shapes]
+        zs = [rng.standard_normal(s).astype(dtype) for s in shapes]
+        got, want = lerp_both(params, zs, beta1)
+        for k, what in enumerate(("x", "y", "z")):
+            assert_bits(got[k], want[k], what)
+
+
+@pytest.mark.parametrize("z_kind", ["bfloat16", "float32", "q8"])
+def test_eval_and_train_of_bfloat16_params_match_the_reference(z_kind):
+    rng = np.random.default_rng(1)
+    shapes = [(5000,), (17,), (0,)]
+    params = [rng.standard_normal(s).astype(BF16) for s in shapes]
+    zs = []
+    for p in params:
+        z = zeros_state(p, z_kind)
+        if isinstance(z, Q8State):
+            z.codes[...], z.absmax[...] = quantize_blockwise(
+                rng.standard_normal(p.shape).astype(np.float32), True)
+        else:
+            z[...] = rng.standard_normal(p.shape)
+        zs.append(z)
+    got, want = lerp_both(params, zs, 0.9)
+    for k, what in enumerate(("x", "y", "z")):
+        assert_bits(got[k], want[k], what)
+
+
+# ------------------------------------------------------------ argument checks
+
+def arrays(n=10, dtype=np.float32):
+    rng = np.random.default_rng(2)
+    return [rng.standard_normal(n).astype(dtype) for _ in range(4)]
+
+
+def refused(error, match, fn, *arrays_, **kw):
+    """fn(*arrays_, **kw) raises `error` matching `match` and writes nothing."""
+    before = [a.copy() for a in arrays_]
+    with pytest.raises(error, match=match):
+        fn(*arrays_, **kw)
+    for a, b in zip(arrays_, before):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("kw, match", [
+    (dict(lr=-1e-4), r"lr must be a finite number > 0"),
+    (dict(lr=0.0), r"lr must be a finite number > 0"),
+    (dict(lr=math.inf), r"lr must be a finite number > 0"),
+    (dict(betas=(1.0, 0.99)), r"betas\[0\] must lie in \[0, 1\)"),
+    (dict(betas=(0.9, -0.1)), r"betas\[1\] must lie in \[0, 1\)"),
+    (dict(weight_decay=-0.1), r"weight_decay must be a finite number >= 0"),
+    (dict(grad_scale=math.nan), r"grad_scale must not be NaN"),
+])
+def test_lion_refuses(kw, match):
+    p, g, m, _ = arrays()
+    refused(ValueError, match, lrfast.lion_step, p, g, m, **kw)
+
+
+SF_SGD = dict(lr=0.1, ckp1=0.5, step=1)
+SF_ADAMW = dict(lr=0.1, ckp1=0.5, step=1)
+
+
+@pytest.mark.parametrize("kw, match", [
+    (dict(lr=-0.1), r"lr must be a finite number >= 0"),
+    (dict(ckp1=1.5), r"ckp1 must lie in \[0, 1\]"),
+    (dict(ckp1=-0.1), r"ckp1 must lie in \[0, 1\]"),
+    (dict(step=0), r"step must be >= 1"),
+    (dict(momentum=0.0), r"momentum must lie in \(0, 1\)"),
+    (dict(momentum=1.0), r"momentum must lie in \(0, 1\)"),
+    (dict(weight_decay=-1.0), r"weight_decay must be a finite number >= 0"),
+])
+def test_schedulefree_sgd_refuses(kw, match):
+    p, g, z, _ = arrays()
+    refused(ValueError, match, lrfast.schedulefree_sgd_step, p, g, z, **{**SF_SGD, **kw})
+
+
+@pytest.mark.parametrize("kw, match", [
+    (dict(lr=-0.1), r"lr must be a finite number >= 0"),
+    (dict(ckp1=2.0), r"ckp1 must lie in \[0, 1\]"),
+    (dict(step=0), r"step must be >= 1"),
+    (dict(betas=(0.0, 0.999)), r"betas\[0\] must lie in \(0, 1\)"),
+    (dict(betas=(0.9, 1.0)), r"betas\[1\] must lie in \[0, 1\)"),
+    (dict(eps=-1e-8), r"eps must be a finite number >= 0"),
+])
+def test_schedulefree_adamw_refuses(kw, match):
+    p, g, z, v = arrays()
+    refused(ValueError, match, lrfast.schedulefree_adamw_step, p, g, z, v,
+            **{**SF_ADAMW, **kw})
+
+
+@pytest.mark.parametrize("beta1", [0.0, 1.0, -0.5])
+def test_eval_and_train_refuse_beta1_outside_the_open_unit_interval(beta1):
+    p, z, _, _ = arrays()
+    for fn in (lrfast.schedulefree_to_eval, lrfast.schedulefree_to_train):
+        refused(ValueError, r"beta1 must lie in \(0, 1\)", fn, p, z, beta1=beta1)
+
+
+REDUCE = dict(d=1e-6, d0=1e-6, dlr=1e-6)
+
+
+@pytest.mark.parametrize("kw, match", [
+    (dict(slice_p=0), r"slice_p must be an integer from 1"),
+    (dict(slice_p=1.0), r"slice_p must be an int"),
+    (dict(d0=0.0), r"d0 must be a finite number > 0"),
+    (dict(d=-1.0), r"d must be a finite number > 0"),
+    (dict(dlr=-1.0), r"dlr must be a finite number >= 0"),
+    (dict(betas=(0.9, 1.0)), r"betas\[1\] must lie in \[0, 1\)"),
+    (dict(beta3=1.0), r"beta3 must lie in \[0, 1\)"),
+    (dict(weight_decay=-0.1), r"weight_decay must be a finite number >= 0"),
+])
+def test_prodigy_reduce_refuses(kw, match):
+    p, g, s, p0 = arrays()
+    refused((ValueError, TypeError), match, lrfast.prodigy_reduce, p, g, s, p0,
+            **{**REDUCE, **kw})
+
+
+def test_prodigy_reduce_takes_states_of_the_slices_length_only():
+    p, g = arrays(n=30)[:2]
+    # ceil(30 / 4) = 8 elements: the right length passes...
+    lrfast.prodigy_reduce(p, g, np.zeros(8, np.float32), p[::4].copy(), slice_p=4, **REDUCE)
+    # ...any other length or shape is refused, naming the slice, with nothing written.
+    for s_shape, p0_shape in [((7,), (8,)), ((8,), (30,)), ((2, 4), (8,)), ((30,), (30,))]:
+        s, p0 = np.ones(s_shape, np.float32), np.ones(p0_shape, np.float32)
+        bad = "ss" if s_shape != (8,) else "p0s"
+        refused(ValueError, rf"{bad}\[0\] has shape .* but the slice params\[0\]\.ravel\(\)"
+                            rf"\[::4\] has shape \(8,\)", lrfast.prodigy_reduce, p, g, s, p0,
+                slice_p=4, **REDUCE)
+    # and the grad keeps the param's shape
+    refused(ValueError, r"grads\[0\] has shape \(8,\) but params\[0\] has shape \(30,\)",
+            lrfast.prodigy_reduce, p, g[:8].copy(), np.zeros(8, np.float32), p[::4].copy(),
+            slice_p=4, **REDUCE)
+
+
+def test_prodigy_reduce_refuses_an_unsigned_q8_s():
+    p = np.ones(5000, np.float32)
+    s = zeros_state(p, "q8", signed=False)
+    with pytest.raises(ValueError, match=r"ss\[0\]: an unsigned q8 state cannot hold"):
+        lrfast.prodigy_reduce(p, p.copy(), s, p.copy(), **REDUCE)
+
+
+@pytest.mark.parametrize("kw, match", [
+    (dict(eps=0.0), r"eps must be a finite number > 0"),
+    (dict(d_new=0.0), r"d_new must be a finite number > 0"),
+    (dict(dlr=-1.0), r"dlr must be a finite number >= 0"),
+    (dict(betas=(-0.1, 0.999)), r"betas\[0\] must lie in \[0, 1\)"),
+])
+def test_prodigy_update_refuses(kw, match):
+    p, g, m, v = arrays()
+    refused(ValueError, match, lrfast.prodigy_update, p, g, m, v,
+            **{**dict(d=1e-6, d_new=1e-6, dlr=1e-6), **kw})
