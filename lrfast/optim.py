@@ -22,6 +22,16 @@ optimizer owns the state arrays (allocated once: zeros, or
 ``lr`` is a float or any schedule from :mod:`lrfast.schedules`: the update that
 follows ``opt.step_count`` completed updates uses ``lr(opt.step_count)``.
 
+The optimizers that take the learning rate off the user's hands take their
+reference packages' arguments: :class:`Lion` (lion-pytorch),
+:class:`ScheduleFreeSGD` and :class:`ScheduleFreeAdamW` (schedulefree: call
+``train()`` before training and ``eval()`` before evaluating or saving; the
+groups start in eval mode and a step there raises ValueError) and
+:class:`Prodigy` (prodigyopt; its estimate is ``opt.d``). Their param groups
+also hold the scalars the packages keep there (schedule-free's ``k``,
+``lr_max``, ``weight_sum``, ``train_mode``; Prodigy's ``d``, ``d_max``, ...),
+which checkpoints carry.
+
 Options every class takes (keyword-only):
 
 ``plateau``
@@ -876,6 +886,8 @@ class _ScheduleFree(Optimizer):
     :mod:`lrfast._schedulefree`): ``train()`` before training, ``eval()``
     before evaluating or saving; a step in eval mode raises ValueError."""
 
+    kernel: _schedulefree.ScheduleFreeKernel
+
     def train(self) -> None:
         """Params to y, where the gradients are taken."""
         _schedulefree.switch(self.kernel, self.param_groups, True, self._with_z)
@@ -895,7 +907,7 @@ class ScheduleFreeSGD(_ScheduleFree):
     ``lr_max``, ``weight_sum``, ``scheduled_lr``, ``train_mode`` (starting
     False: call ``train()`` first). See :func:`lrfast.schedulefree_sgd_step`."""
 
-    kernel = KERNELS["schedulefree_sgd"]
+    kernel = _schedulefree.SGD
 
     def __init__(self, params, lr=1.0, momentum=0.9, weight_decay=0.0, warmup_steps=0, r=0.0,
                  weight_lr_power=2.0, *, maximize=False, **options):
@@ -910,7 +922,7 @@ class ScheduleFreeAdamW(_ScheduleFree):
     ``zs`` (made at the first step) and ``exp_avg_sqs``. Group keys as
     :class:`ScheduleFreeSGD`'s. See :func:`lrfast.schedulefree_adamw_step`."""
 
-    kernel = KERNELS["schedulefree_adamw"]
+    kernel = _schedulefree.ADAMW
 
     def __init__(self, params, lr=0.0025, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
                  warmup_steps=0, r=0.0, weight_lr_power=2.0, *, maximize=False, **options):

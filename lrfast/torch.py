@@ -14,6 +14,13 @@ Whatever drives a torch optimizer drives these: ``torch.optim.lr_scheduler``
 then ``step`` when the gradients are finite), closures, and
 ``torch.distributed.optim.ZeroRedundancyOptimizer(optimizer_class=...)``.
 
+Lion, ScheduleFreeSGD, ScheduleFreeAdamW and Prodigy are drop-ins for
+``lion_pytorch.Lion``, ``schedulefree.SGDScheduleFree`` /
+``AdamWScheduleFree`` (``train()``/``eval()``; ``step()`` in eval mode
+raises ValueError) and ``prodigyopt.Prodigy`` (``param_groups[i]["d"]``),
+with their arguments, group keys and state keys, so that state dicts load
+both ways.
+
 A step updates each param group with one call of its lrfast step function
 over all the group's parameters that have a gradient (``grad is None``:
 skipped, as in torch), of any of the dtypes float32, float64, bfloat16 and
@@ -599,6 +606,7 @@ class _ScheduleFree(_Optimizer):
     :mod:`lrfast._schedulefree`): ``train()`` before training, ``eval()``
     before evaluating or saving; ``step()`` in eval mode raises ValueError."""
 
+    kernel: _schedulefree.ScheduleFreeKernel
     _keeps_step = False  # schedulefree counts steps per group, in "k"
 
     def train(self) -> None:
@@ -635,7 +643,7 @@ class ScheduleFreeSGD(_ScheduleFree):
     state ``"z"``; group keys ``k``, ``lr_max``, ``weight_sum``,
     ``scheduled_lr``, ``train_mode`` (False at the start: call ``train()``)."""
 
-    kernel = KERNELS["schedulefree_sgd"]
+    kernel = _schedulefree.SGD
 
     def __init__(self, params, lr=1.0, momentum=0.9, weight_decay=0, warmup_steps=0, r=0.0,
                  weight_lr_power=2, foreach=None, *, maximize=False,
@@ -653,7 +661,7 @@ class ScheduleFreeAdamW(_ScheduleFree):
     :func:`lrfast.schedulefree_adamw_step`: states ``"z"`` and
     ``"exp_avg_sq"``; group keys as :class:`ScheduleFreeSGD`'s."""
 
-    kernel = KERNELS["schedulefree_adamw"]
+    kernel = _schedulefree.ADAMW
 
     def __init__(self, params, lr=0.0025, betas=(0.9, 0.999), eps=1e-8, weight_decay=0,
                  warmup_steps=0, r=0.0, weight_lr_power=2.0, foreach=None, *, maximize=False,

@@ -11,7 +11,8 @@ import pytest
 
 import lrfast.optim
 from lr_free_classes import (
-    CASES, GROUP_KEYS, IDS, STEPS, SWITCH_AT, close, close_keys, gradients, initial_params,
+    CASES, GROUP_KEYS, IDS, LOWP, LOWP_SHAPES, LOWP_STEPS, STEPS, assert_low_precision_stays_close,
+    close, close_keys, gradients, initial_params, side_by_side,
 )
 
 torch = pytest.importorskip("torch")
@@ -45,18 +46,15 @@ def test_matches_the_reference_package_step_by_step(case, dtype):
     params = initial_params(dtype)
     ref, theirs = reference(case, params)
     opt = make(case, params)
-    for step in range(STEPS):
+
+    def step_both(step):
         for q, g in zip(theirs, gradients([q.detach().numpy() for q in theirs], step)):
             q.grad = torch.tensor(g)
         ref.step()
         opt.step(gradients(params, step))
-        assert_close_to(opt, params, ref, theirs, case, dtype, f"step {step}")
-        if case.schedule_free and step == SWITCH_AT:
-            opt.eval()
-            ref.eval()
-            assert_close_to(opt, params, ref, theirs, case, dtype, "eval")
-            opt.train()
-            ref.train()
+
+    side_by_side(case, (opt, ref), range(STEPS), step_both,
+                 lambda what: assert_close_to(opt, params, ref, theirs, case, dtype, what))
     if case.name == "Prodigy":  # d grew, is shared, and is what .d says
         assert opt.d == opt.param_groups[1]["d"] > case.kw.get("d0", 1e-6)
         close_keys({"d": opt.d}, ref.param_groups[0], ["d"], dtype, "d")
@@ -169,28 +167,21 @@ def test_prodigy_state_shapes_follow_slice_p_and_p0_copies_the_first_step():
 
 
 @pytest.mark.parametrize("state_dtype", ["bfloat16", "q8"])
-@pytest.mark.parametrize("name,kw", [("Lion", dict(lr=1e-3)), ("ScheduleFreeSGD", dict(lr=0.1)),
-                                     ("ScheduleFreeAdamW", dict(lr=0.01)), ("Prodigy", {})])
+@pytest.mark.parametrize(("name", "kw"), LOWP)
 def test_bfloat16_params_with_stochastic_rounding_and_low_precision_states(name, kw,
                                                                          state_dtype):
-    """Smoke level: bfloat16 params with stochastic rounding and bfloat16 or
-    q8 states (a 4100-element tensor gets a Q8State) stay close to float32."""
-    ml_dtypes = pytest.importorskip("ml_dtypes")
-    rng = np.random.default_rng(0)
-    init = [rng.standard_normal(s).astype(np.float32) for s in [(4100,), (7,)]]
-    runs = []
-    for dtype, options in [(np.float32, {}), (ml_dtypes.bfloat16, dict(
-            state_dtype=state_dtype, stochastic_rounding=True, seed=3))]:
-        params = [a.astype(dtype) for a in init]
-        opt = getattr(lrfast.optim, name)(params, **kw, **options)
+    bf16 = pytest.importorskip("ml_dtypes").bfloat16
+
+    def train(low_precision):
+        dtype = bf16 if low_precision else np.float32
+        options = dict(state_dtype=state_dtype, stochastic_rounding=True, seed=3)
+        params = [a.astype(dtype) for a in initial_params(np.float32, shapes=LOWP_SHAPES)]
+        opt = getattr(lrfast.optim, name)(params, **kw, **(options if low_precision else {}))
         if name.startswith("ScheduleFree"):
             opt.train()
-        for step in range(10):
+        for step in range(LOWP_STEPS):
             grads = gradients([p.astype(np.float32) for p in params], step)
-            try:
-                opt.step([g.astype(dtype) for g in grads])
-            except TypeError as exc:  # until the lr-free kernels take 16-bit arrays
-                pytest.skip(f"low precision not supported by the step functions yet: {exc}")
-        runs.append([p.astype(np.float32) for p in params])
-    for a, b in zip(*runs):
-        assert np.linalg.norm(a - b) / np.linalg.norm(b) < 0.05
+            opt.step([g.astype(dtype) for g in grads])
+        return [p.astype(np.float32) for p in params]
+
+    assert_low_precision_stays_close(train)

@@ -16,7 +16,8 @@ torch = pytest.importorskip("torch")
 
 import lrfast.torch  # noqa: E402
 from lr_free_classes import (  # noqa: E402
-    CASES, GROUP_KEYS, IDS, STEPS, SWITCH_AT, close, close_keys, gradients, initial_params,
+    CASES, GROUP_KEYS, IDS, LOWP, LOWP_SHAPES, LOWP_STEPS, STEPS, assert_low_precision_stays_close,
+    close, close_keys, gradients, initial_params, side_by_side,
 )
 
 
@@ -66,45 +67,38 @@ def test_matches_the_reference_package_step_by_step(case, dtype):
     init = initial_params(dtype)
     params, theirs = tensors(init), tensors(init)
     ref, opt = make(case, theirs, ours=False), make(case, params)
-    for step in range(STEPS):
-        set_grads(params, step)
-        set_grads(theirs, step)
+    side_by_side(case, (opt, ref), range(STEPS), lambda step: step_all([opt, ref], step),
+                 lambda what: assert_close_to(opt, ref, params, theirs, case, dtype, what))
+
+
+def step_all(optimizers, step):
+    for opt in optimizers:
+        for group in opt.param_groups:
+            set_grads(group["params"], step)
         opt.step()
-        ref.step()
-        assert_close_to(opt, ref, params, theirs, case, dtype, f"step {step}")
-        if case.schedule_free and step == SWITCH_AT:
-            opt.eval()
-            ref.eval()
-            assert_close_to(opt, ref, params, theirs, case, dtype, "eval")
-            opt.train()
-            ref.train()
 
 
 @pytest.mark.parametrize("case", CASES, ids=IDS)
 def test_state_dicts_load_both_ways_with_the_reference(case):
     """The reference's state dict loads into ours and ours into the
-    reference; each pair continues as one."""
+    reference, mid-training; each continues as the reference does."""
     init = initial_params(np.float64)
-    params, theirs = tensors(init), tensors(init)
+    theirs = tensors(init)
     ref = make(case, theirs, ours=False)
     for step in range(3):
-        set_grads(theirs, step)
-        ref.step()
-    with torch.no_grad():
-        for p, q in zip(params, theirs):
-            p.copy_(q)
-    opt = make(case, params)
-    # copies, as torch.load makes (load_state_dict may keep the tensors it is given)
+        step_all([ref], step)
+    params, copies = (tensors([q.detach().numpy() for q in theirs]) for _ in range(2))
+    opt, back = make(case, params), make(case, copies, ours=False)
+    # copies of the state dicts, as torch.load makes (load_state_dict may keep the tensors)
     opt.load_state_dict(copy.deepcopy(ref.state_dict()))
-    back = make(case, tensors([q.detach().numpy() for q in theirs]), ours=False)
     back.load_state_dict(copy.deepcopy(opt.state_dict()))
-    for step in range(3, 6):
-        set_grads(params, step)
-        set_grads(theirs, step)
-        opt.step()
-        ref.step()
-        assert_close_to(opt, ref, params, theirs, case, np.float64, f"step {step}")
-    assert back.state_dict()["param_groups"][0]["lr"] == ref.state_dict()["param_groups"][0]["lr"]
+
+    def compare(what):
+        assert_close_to(opt, ref, params, theirs, case, np.float64, what)
+        close_all(copies, theirs, np.float64, f"{what}, the reference loaded from ours")
+
+    side_by_side(case, (opt, ref, back), range(3, 6), lambda step: step_all([opt, ref, back], step),
+                 compare)
 
 
 @pytest.mark.parametrize("eval_mode", [False, True], ids=["train", "eval"])
@@ -234,29 +228,22 @@ def test_prodigy_refuses_groups_that_disagree_on_shared_keys_or_rates():
 
 
 @pytest.mark.parametrize("state_dtype", ["bfloat16", "q8"])
-@pytest.mark.parametrize("name,kw", [("Lion", dict(lr=1e-3)), ("ScheduleFreeSGD", dict(lr=0.1)),
-                                     ("ScheduleFreeAdamW", dict(lr=0.01)), ("Prodigy", {})])
+@pytest.mark.parametrize(("name", "kw"), LOWP)
 def test_bfloat16_params_with_stochastic_rounding_and_low_precision_states(name, kw,
                                                                          state_dtype):
-    """Smoke level: a bfloat16 model with stochastic rounding and bfloat16 or
-    q8 states (a 4100-element tensor gets a Q8State) stays close to float32."""
-    rng = np.random.default_rng(0)
-    init = [rng.standard_normal(s).astype(np.float32) for s in [(4100,), (7,)]]
-    runs = []
-    for dtype, options in [(torch.float32, {}), (torch.bfloat16, dict(
-            state_dtype=state_dtype, stochastic_rounding=True, seed=3))]:
-        params = [torch.tensor(a, dtype=dtype, requires_grad=True) for a in init]
-        opt = getattr(lrfast.torch, name)(params, **kw, **options)
+    def train(low_precision):
+        dtype = torch.bfloat16 if low_precision else torch.float32
+        options = dict(state_dtype=state_dtype, stochastic_rounding=True, seed=3)
+        params = [torch.tensor(a, dtype=dtype, requires_grad=True)
+                  for a in initial_params(np.float32, shapes=LOWP_SHAPES)]
+        opt = getattr(lrfast.torch, name)(params, **kw, **(options if low_precision else {}))
         if name.startswith("ScheduleFree"):
             opt.train()
-        for step in range(10):
+        for step in range(LOWP_STEPS):
             for p, g in zip(params, gradients([p.detach().float().numpy() for p in params],
                                               step)):
                 p.grad = torch.tensor(g, dtype=dtype)
-            try:
-                opt.step()
-            except TypeError as exc:  # until the lr-free kernels take 16-bit arrays
-                pytest.skip(f"low precision not supported by the step functions yet: {exc}")
-        runs.append([p.detach().float() for p in params])
-    for a, b in zip(*runs):
-        assert float((a - b).norm() / b.norm()) < 0.05
+            opt.step()
+        return [p.detach().float().numpy() for p in params]
+
+    assert_low_precision_stays_close(train)
