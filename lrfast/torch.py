@@ -424,10 +424,9 @@ class _Optimizer(torch.optim.Optimizer):
                                         slot.start_value(group, _plain)))
             for entry in (key, f"{key}_codes", f"{key}_absmax"):
                 t = state.get(entry)
-                if isinstance(t, torch.Tensor) and t.dim() == 0 and shape != ():
+                if entry == "p0" and isinstance(t, torch.Tensor) and t.dim() == 0:
                     # prodigyopt's p0 of a param that was all zeros: a 0-d zero
-                    state[entry] = t.expand(shape)
-                    t = state[entry]
+                    state[entry] = t = t.expand(shape)
                 if isinstance(t, torch.Tensor) and (not t.is_contiguous() or t.is_neg()):
                     # e.g. loaded from a torch state dict: written in place from now on
                     state[entry] = t.resolve_neg().contiguous()

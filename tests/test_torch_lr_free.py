@@ -101,6 +101,23 @@ def test_state_dicts_load_both_ways_with_the_reference(case):
                  compare)
 
 
+def test_prodigyopts_zero_p0_of_an_all_zero_param_loads():
+    init = initial_params(np.float64)
+    init[1][:] = 0.0  # prodigyopt keeps a 0-d p0 for it
+    theirs = tensors(init)
+    case = next(case for case in CASES if case.name == "Prodigy")
+    ref = make(case, theirs, ours=False)
+    step_all([ref], 0)
+    assert ref.state[theirs[1]]["p0"].dim() == 0
+    params = tensors([q.detach().numpy() for q in theirs])
+    opt = make(case, params)
+    opt.load_state_dict(copy.deepcopy(ref.state_dict()))
+    for step in range(1, 4):
+        step_all([opt, ref], step)
+    close_all(params, theirs, np.float64, "params")
+    assert opt.state[params[1]]["p0"].shape == (7,)
+
+
 @pytest.mark.parametrize("eval_mode", [False, True], ids=["train", "eval"])
 @pytest.mark.parametrize("case", CASES[::3], ids=IDS[::3])
 def test_torch_save_round_trip_continues_bit_identically(case, eval_mode):
