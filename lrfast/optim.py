@@ -22,6 +22,16 @@ optimizer owns the state arrays (allocated once: zeros, or
 ``lr`` is a float or any schedule from :mod:`lrfast.schedules`: the update that
 follows ``opt.step_count`` completed updates uses ``lr(opt.step_count)``.
 
+The optimizers that take the learning rate off the user's hands take their
+reference packages' arguments: :class:`Lion` (lion-pytorch),
+:class:`ScheduleFreeSGD` and :class:`ScheduleFreeAdamW` (schedulefree: call
+``train()`` before training and ``eval()`` before evaluating or saving; the
+groups start in eval mode and a step there raises ValueError) and
+:class:`Prodigy` (prodigyopt; its estimate is ``opt.d``). Their param groups
+also hold the scalars the packages keep there (schedule-free's ``k``,
+``lr_max``, ``weight_sum``, ``train_mode``; Prodigy's ``d``, ``d_max``, ...),
+which checkpoints carry.
+
 Options every class takes (keyword-only):
 
 ``plateau``
@@ -90,18 +100,20 @@ import numbers
 import os
 import secrets
 import zipfile
-from dataclasses import dataclass, field
 from typing import IO, Any, Callable, Mapping, Union
 
 import numpy as np
 
-from . import _core, _hparams, _lowp, steps
+from . import _core, _hparams, _lowp, _prodigy, _schedulefree, steps
+from ._kernel import Kernel, Piece, Slot, Update
+from ._lion import LION
 from ._backend import tensors
 from .clip import clip_coefficient, clip_grad_value, global_norm
-from .precision import BLOCK, SIGNED_STATES, Q8State, bfloat16
+from .precision import BLOCK, SIGNED_STATES, Q8State, bfloat16, quantize_blockwise
 from .schedules import ReduceLROnPlateau, Schedule, from_dict
 
-__all__ = ["Optimizer", "SGD", "Adam", "AdamW", "RMSprop", "Adagrad", "Adadelta"]
+__all__ = ["Optimizer", "SGD", "Adam", "AdamW", "RMSprop", "Adagrad", "Adadelta", "Lion",
+           "ScheduleFreeSGD", "ScheduleFreeAdamW", "Prodigy"]
 
 _FORMAT = "lrfast.optim/1"
 _KEYS = ("format", "optimizer", "step_count", "skipped_steps", "last_grad_norm", "options",
@@ -117,45 +129,6 @@ State = Union[np.ndarray, Q8State]  # one parameter's state
 
 
 # ------------------------------------------------------- the step functions
-
-
-@dataclass(frozen=True)
-class Kernel:
-    """How a front door drives one step function (shared with :mod:`lrfast.torch`)."""
-
-    step: Callable
-    states: tuple[str, ...]  # the function's positional state arguments, in order
-    hyper: tuple[str, ...]  # its keywords that come from a param group, besides lr
-    uses: Callable[[Mapping], tuple[str, ...]]  # the states a group's options need
-    counts_steps: bool = True  # takes step=
-    # state -> the group key of its start value (the others start at 0)
-    initial: Mapping[str, str] = field(default_factory=dict)
-
-    def hparams(self, group: Mapping, plain: Callable = lambda v: v) -> dict:
-        """The step function's keywords from a param group (lr and step excluded)."""
-        return {key: plain(group[key]) for key in self.hyper}
-
-    def __call__(self, params, grads, states: Mapping, hparams: Mapping, *, lr, step,
-                 grad_scale=1.0):
-        """One fused update; ``states`` maps state names to lists (absent: unused)."""
-        if self.counts_steps:
-            hparams = {**hparams, "step": step}
-        self.step(params, grads, *(states.get(name) for name in self.states), lr=lr,
-                  grad_scale=grad_scale, **hparams)
-
-    def validate(self, hparams: Mapping, lr) -> None:
-        """Checks the hyperparameters the way a step would, by a step over no tensors."""
-        self([], [], {name: [] for name in self.states}, hparams, lr=lr, step=1)
-
-    def check_group(self, group: Mapping, lr, plain: Callable = lambda v: v) -> None:
-        """Checks a param group's hyperparameters, the states' start values included."""
-        self.validate(self.hparams(group, plain), lr)
-        self.check_start_values(group, plain)
-
-    def check_start_values(self, group: Mapping, plain: Callable = lambda v: v) -> None:
-        """Checks the group's start values of states (Adagrad's initial_accumulator_value)."""
-        for key in self.initial.values():
-            _hparams.non_negative(key, plain(group[key]))
 
 
 def _adam_uses(hp):
@@ -182,10 +155,14 @@ KERNELS = {
     "adagrad": Kernel(steps.adagrad_step, ("state_sums",),
                       ("lr_decay", "weight_decay", "eps", "maximize"),
                       lambda hp: ("state_sums",),
-                      initial={"state_sums": "initial_accumulator_value"}),
+                      slots={"state_sums": Slot(start="initial_accumulator_value")}),
     "adadelta": Kernel(steps.adadelta_step, ("square_avgs", "acc_deltas"),
                        ("rho", "eps", "weight_decay", "maximize"),
                        lambda hp: ("square_avgs", "acc_deltas"), counts_steps=False),
+    "lion": LION,
+    "schedulefree_sgd": _schedulefree.SGD,
+    "schedulefree_adamw": _schedulefree.ADAMW,
+    "prodigy": _prodigy.PRODIGY,
 }
 
 
@@ -232,8 +209,8 @@ class Optimizer:
             raise ValueError("a parameter appears more than once")
         _core.check((params,), ("params",), False)  # float dtypes, C-contiguous, writeable
         self.state: list[dict[str, list[State]]] = [{} for _ in self.param_groups]
-        for index, group in enumerate(self.param_groups):
-            self._states(index, group, self.kernel.hparams(group))
+        for index, group in enumerate(self.param_groups):  # all but copies of the params
+            self._states(index, group, self.kernel.hparams(group), first_step=False)
 
     # -- hyperparameters and rates
 
@@ -290,15 +267,25 @@ class Optimizer:
 
     # -- the update
 
-    def _states(self, index: int, group: Mapping, hparams: Mapping) -> dict:
-        """The group's states its options use, allocated on first use."""
+    def _states(self, index: int, group: Mapping, hparams: Mapping, first_step=True) -> dict:
+        """The group's states its options use, allocated on first use; those
+        that start as copies of the params (schedule-free's z, Prodigy's p0)
+        only at the ``first_step``."""
         state = self.state[index]
         for name in self.kernel.uses(hparams):
-            if name not in state:
-                start = group[self.kernel.initial[name]] if name in self.kernel.initial else 0
-                state[name] = [_StateLayout(p, name, self.state_dtype).new(start)
-                               for p in group["params"]]
+            slot = self.kernel.slot(name)
+            if name not in state and (first_step or not slot.copies_param):
+                start = slot.start_value(group)
+                state[name] = [self._layout(p, name, self.state_dtype, hparams).new(
+                    _start_values(p, slot, hparams) if slot.copies_param else start)
+                    for p in group["params"]]
         return state
+
+    def _layout(self, param: np.ndarray, name: str, state_dtype: str | None,
+                hparams: Mapping) -> _StateLayout:
+        slot = self.kernel.slot(name)
+        return _StateLayout(param, name, None if slot.param_dtype else state_dtype,
+                            slot.shape(param.shape, hparams))
 
     def step(self, grads) -> bool:
         """Applies one update to every parameter; returns False for a skipped step.
@@ -312,11 +299,9 @@ class Optimizer:
         grads = tensors("grads", grads)
         if len(grads) != len(params):
             raise ValueError(f"got {len(grads)} gradients for {len(params)} parameters")
-        calls = []
-        for group in self.param_groups:
-            hparams, lr = self.kernel.hparams(group), self._rate(group)
-            self.kernel.validate(hparams, lr)
-            calls.append((group, hparams, lr))
+        updates = [Update(group, self.kernel.hparams(group), self._rate(group))
+                   for group in self.param_groups]
+        self.kernel.check(self.param_groups, updates)
         _core.check((params, grads), ("params", "grads"), self.clip_value is not None)
 
         scale = self.grad_scale
@@ -333,12 +318,13 @@ class Optimizer:
 
         start = 0
         rounding = _lowp.rounding(self.stochastic_rounding, self.seed, self.step_count)
-        for index, (group, hparams, lr) in enumerate(calls):
-            stop = start + len(group["params"])
-            self.kernel(group["params"], grads[start:stop], self._states(index, group, hparams),
-                        {**hparams, **rounding}, lr=lr, step=self.step_count + 1,
-                        grad_scale=scale)
-            start = stop
+        for index, update in enumerate(updates):
+            params = update.group["params"]
+            states = self._states(index, update.group, update.hparams)
+            update.pieces.append(Piece(params, grads[start:start + len(params)], states,
+                                       self.step_count + 1, rounding, _written))
+            start += len(params)
+        self.kernel.run(self.param_groups, updates, grad_scale=scale)
         self.step_count += 1
         return True
 
@@ -400,7 +386,7 @@ class Optimizer:
                   for i, (saved, group) in enumerate(zip(sd["param_groups"], self.param_groups))]
         options = _field("options", _loaded_options, sd["options"])
         states = [_field(f"state[{i}]", self._loaded_state, saved, group, options["state_dtype"])
-                  for i, (saved, group) in enumerate(zip(sd["state"], self.param_groups))]
+                  for i, (saved, group) in enumerate(zip(sd["state"], groups))]
         plateau = None
         if sd["plateau"] is not None:
             plateau = ReduceLROnPlateau()
@@ -465,7 +451,9 @@ class Optimizer:
                 got = len(arrays) if isinstance(arrays, (list, tuple)) else type(arrays).__name__
                 raise ValueError(f"{name} must be a list of {len(params)} arrays, one per "
                                  f"parameter, got {got}")
-            state[name] = [_checked_copy(f"{name}[{j}]", a, _StateLayout(p, name, state_dtype))
+            hparams = self.kernel.hparams(group)
+            state[name] = [_checked_copy(f"{name}[{j}]", a,
+                                         self._layout(p, name, state_dtype, hparams))
                            for j, (a, p) in enumerate(zip(arrays, params))]
         return state
 
@@ -500,17 +488,23 @@ class Optimizer:
                 sd = json.loads(meta.item())
             self._check_outline(sd)
             state_dtype = _field("options", _loaded_options, sd["options"])["state_dtype"]
+            # the groups first: Prodigy's slice_p sets the shapes of its states
+            groups = [_field(f"param_groups[{i}]", self._loaded_group, saved, group)
+                      for i, (saved, group) in enumerate(zip(sd["param_groups"],
+                                                             self.param_groups))]
             sd["state"] = [_field(f"state[{i}]", self._read_states, archive, path, i, counts,
-                                  state_dtype)
-                           for i, counts in enumerate(sd["state"])]
+                                  state_dtype, group)
+                           for i, (counts, group) in enumerate(zip(sd["state"], groups))]
         self.load_state_dict(sd)
 
     def _read_states(self, archive: zipfile.ZipFile, path: str, index: int, counts,
-                     state_dtype: str | None) -> dict:
+                     state_dtype: str | None, saved_group) -> dict:
         """Group ``index``'s states from a checkpoint whose meta gives their
         number per state name; each array is checked against the layout of
-        its parameter's state before it is read."""
+        its parameter's state (under the checkpoint's ``state_dtype`` and its
+        checked group ``saved_group``, for Prodigy's ``slice_p``) before it is read."""
         params = self.param_groups[index]["params"]
+        hparams = self.kernel.hparams(saved_group)
         if not isinstance(counts, Mapping):
             raise ValueError(f"must map state names to numbers of arrays, got a "
                              f"{type(counts).__name__}")
@@ -519,8 +513,10 @@ class Optimizer:
             if type(count) is not int or not 0 <= count <= len(params):
                 raise ValueError(f"{name} must be a number of arrays from 0 to {len(params)}, "
                                  f"got {count!r}")
+            if name not in self.kernel.states:
+                raise ValueError(f"unknown state {name!r}")
             state[name] = [_read_state(archive, f"state/{index}/{name}/{j}", path,
-                                       f"{name}[{j}]", _StateLayout(p, name, state_dtype))
+                                       f"{name}[{j}]", self._layout(p, name, state_dtype, hparams))
                            for j, p in zip(range(count), params)]
         return state
 
@@ -593,28 +589,35 @@ class _StateLayout:
     each an array of a shape and dtype; ``""`` for a plain array, ``"codes"``
     and ``"absmax"`` for a Q8State (of the signedness its state name gets)."""
 
-    def __init__(self, param: np.ndarray, name: str, state_dtype: str | None):
-        self.q8 = _lowp.is_q8(state_dtype, param.size)
+    def __init__(self, param: np.ndarray, name: str, state_dtype: str | None,
+                 shape: tuple[int, ...]):
+        size = int(np.prod(shape))
+        self.q8 = _lowp.is_q8(state_dtype, size)
         self.signed = name in SIGNED_STATES
         self.parts: dict[str, tuple[tuple[int, ...], np.dtype]]
         if self.q8:
-            blocks = -(-param.size // BLOCK)
-            self.parts = {"codes": (param.shape, np.dtype(np.uint8)),
+            blocks = -(-size // BLOCK)
+            self.parts = {"codes": (shape, np.dtype(np.uint8)),
                           "absmax": ((blocks,), np.dtype(np.float32))}
         elif state_dtype is None:
-            self.parts = {"": (param.shape, param.dtype)}
+            self.parts = {"": (shape, param.dtype)}
         else:  # "float32", "bfloat16", and "q8" for tensors too small to quantize
             dtype = bfloat16() if state_dtype == "bfloat16" else np.dtype(np.float32)
-            self.parts = {"": (param.shape, dtype)}
+            self.parts = {"": (shape, dtype)}
 
-    def new(self, start: float) -> State:
-        """A state holding ``start`` everywhere."""
+    def new(self, start) -> State:
+        """A state holding ``start``: a number everywhere, or an array of its shape."""
         if self.q8:
-            code, absmax = _lowp.q8_constant(start, self.signed)
             (shape, _), (blocks, _) = self.parts["codes"], self.parts["absmax"]
+            if np.ndim(start):
+                codes, absmax = quantize_blockwise(start, self.signed)
+                return Q8State(codes.reshape(shape), absmax, self.signed)
+            code, absmax = _lowp.q8_constant(start, self.signed)
             return Q8State(np.full(shape, code, np.uint8), np.full(blocks, absmax, np.float32),
                            self.signed)
         shape, dtype = self.parts[""]
+        if np.ndim(start):
+            return np.array(start, dtype, order="C").reshape(shape)
         return np.full(shape, start, dtype)
 
     def check(self, where: str, part: str, shape: tuple, dtype: np.dtype) -> None:
@@ -647,6 +650,17 @@ class _StateLayout:
         if self.q8:
             return Q8State(parts["codes"], parts["absmax"], self.signed)
         return parts[""]
+
+
+def _written(advance: bool) -> None:
+    """A piece's bookkeeping after a pass: none (the optimizer counts its steps)."""
+
+
+def _start_values(param: np.ndarray, slot: Slot, hparams: Mapping) -> np.ndarray:
+    """The param's values a state copies at the first step (float32 for 16-bit
+    params, whose states are float32 or narrower)."""
+    values = param.ravel()[::int(hparams["slice_p"])] if slot.sliced else param
+    return values.astype(np.float32) if values.dtype.itemsize == 2 else values
 
 
 def _copy(state: State) -> State:
@@ -846,3 +860,103 @@ class Adadelta(Optimizer):
                  **options):
         super().__init__(params, dict(lr=lr, rho=rho, eps=eps, weight_decay=weight_decay,
                                       maximize=maximize), **options)
+
+
+def _initial_rate(lr) -> float:
+    return lr(0) if isinstance(lr, Schedule) else lr
+
+
+class Lion(Optimizer):
+    """Lion (lion-pytorch's ``Lion``); state ``exp_avgs``. With
+    ``decoupled_weight_decay`` the decay is ``weight_decay / init_lr`` per
+    unit of rate, ``init_lr`` being the constructor's ``lr`` (its start value
+    for a schedule), kept in every group. See :func:`lrfast.lion_step`."""
+
+    kernel = KERNELS["lion"]
+
+    def __init__(self, params, lr=1e-4, betas=(0.9, 0.99), weight_decay=0.0, *,
+                 decoupled_weight_decay=False, maximize=False, **options):
+        super().__init__(params, dict(lr=lr, betas=betas, weight_decay=weight_decay,
+                                      decoupled_weight_decay=decoupled_weight_decay,
+                                      init_lr=_initial_rate(lr), maximize=maximize), **options)
+
+
+class _ScheduleFree(Optimizer):
+    """The train/eval switch of the schedule-free optimizers (see
+    :mod:`lrfast._schedulefree`): ``train()`` before training, ``eval()``
+    before evaluating or saving; a step in eval mode raises ValueError."""
+
+    kernel: _schedulefree.ScheduleFreeKernel
+
+    def train(self) -> None:
+        """Params to y, where the gradients are taken."""
+        _schedulefree.switch(self.kernel, self.param_groups, True, self._with_z)
+
+    def eval(self) -> None:
+        """Params to x, the average, to evaluate and to save."""
+        _schedulefree.switch(self.kernel, self.param_groups, False, self._with_z)
+
+    def _with_z(self, index: int, group: Mapping) -> list[tuple[list, list]]:
+        zs = self.state[index].get("zs")
+        return [(group["params"], zs)] if zs else []
+
+
+class ScheduleFreeSGD(_ScheduleFree):
+    """Schedule-free SGD (schedulefree's ``SGDScheduleFree``); state ``zs``,
+    made at the first step. Group keys besides the options: ``k``,
+    ``lr_max``, ``weight_sum``, ``scheduled_lr``, ``train_mode`` (starting
+    False: call ``train()`` first). See :func:`lrfast.schedulefree_sgd_step`."""
+
+    kernel = _schedulefree.SGD
+
+    def __init__(self, params, lr=1.0, momentum=0.9, weight_decay=0.0, warmup_steps=0, r=0.0,
+                 weight_lr_power=2.0, *, maximize=False, **options):
+        super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay,
+                                      warmup_steps=warmup_steps, r=r,
+                                      weight_lr_power=weight_lr_power, maximize=maximize,
+                                      **_schedulefree.START), **options)
+
+
+class ScheduleFreeAdamW(_ScheduleFree):
+    """Schedule-free AdamW (schedulefree's ``AdamWScheduleFree``); states
+    ``zs`` (made at the first step) and ``exp_avg_sqs``. Group keys as
+    :class:`ScheduleFreeSGD`'s. See :func:`lrfast.schedulefree_adamw_step`."""
+
+    kernel = _schedulefree.ADAMW
+
+    def __init__(self, params, lr=0.0025, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
+                 warmup_steps=0, r=0.0, weight_lr_power=2.0, *, maximize=False, **options):
+        super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
+                                      warmup_steps=warmup_steps, r=r,
+                                      weight_lr_power=weight_lr_power, maximize=maximize,
+                                      **_schedulefree.START), **options)
+
+
+class Prodigy(Optimizer):
+    """Prodigy (prodigyopt's ``Prodigy``; see :mod:`lrfast._prodigy`);
+    states ``ss`` and ``p0s`` (1-D, every ``slice_p``-th element; ``p0s``
+    copies the params at the first step, in their dtype), ``exp_avgs`` (when
+    ``betas[0] > 0``) and ``exp_avg_sqs``. The estimate is :attr:`d`; every
+    group holds it as prodigyopt's keys ``d``, ``d_max``, ``d_numerator``,
+    ``d_denom``, ``d_hat`` and ``k``. See :func:`lrfast.prodigy_reduce` and
+    :func:`lrfast.prodigy_update`."""
+
+    kernel = KERNELS["prodigy"]
+
+    def __init__(self, params, lr=1.0, betas=(0.9, 0.999), beta3=None, eps=1e-8,
+                 weight_decay=0.0, decouple=True, use_bias_correction=False,
+                 safeguard_warmup=False, d0=1e-6, d_coef=1.0, growth_rate=math.inf, slice_p=1, *,
+                 maximize=False, **options):
+        _hparams.positive("lr", _initial_rate(lr))
+        super().__init__(params, dict(lr=lr, betas=betas, beta3=beta3, eps=eps,
+                                      weight_decay=weight_decay, decouple=decouple,
+                                      use_bias_correction=use_bias_correction,
+                                      safeguard_warmup=safeguard_warmup, d0=d0, d_coef=d_coef,
+                                      growth_rate=growth_rate, slice_p=slice_p,
+                                      maximize=maximize, **_prodigy.start(d0),
+                                      d_denom=0.0, d_hat=0.0), **options)
+
+    @property
+    def d(self) -> float:
+        """Prodigy's estimate of the distance to the solution (the step size per unit of lr)."""
+        return self.param_groups[0]["d"]

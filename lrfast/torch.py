@@ -14,6 +14,13 @@ Whatever drives a torch optimizer drives these: ``torch.optim.lr_scheduler``
 then ``step`` when the gradients are finite), closures, and
 ``torch.distributed.optim.ZeroRedundancyOptimizer(optimizer_class=...)``.
 
+Lion, ScheduleFreeSGD, ScheduleFreeAdamW and Prodigy are drop-ins for
+``lion_pytorch.Lion``, ``schedulefree.SGDScheduleFree`` /
+``AdamWScheduleFree`` (``train()``/``eval()``; ``step()`` in eval mode
+raises ValueError) and ``prodigyopt.Prodigy`` (``param_groups[i]["d"]``),
+with their arguments, group keys and state keys, so that state dicts load
+both ways.
+
 A step updates each param group with one call of its lrfast step function
 over all the group's parameters that have a gradient (``grad is None``:
 skipped, as in torch), of any of the dtypes float32, float64, bfloat16 and
@@ -81,22 +88,25 @@ per parameter there on a CPU).
 
 from __future__ import annotations
 
+import math
 import operator
-from itertools import chain
+from itertools import chain, groupby
 
 import torch
 
-from . import _hparams, _lowp, cuda
-from .optim import KERNELS, Kernel
-from .precision import BLOCK, SIGNED_STATES, Q8State, bfloat16
+from . import _hparams, _lowp, _prodigy, _schedulefree, cuda
+from ._kernel import Kernel, Piece, Slot, Update
+from .optim import KERNELS
+from .precision import BLOCK, SIGNED_STATES, Q8State, bfloat16, quantize_blockwise
 
-__all__ = ["SGD", "Adam", "AdamW", "RMSprop", "Adagrad", "Adadelta"]
+__all__ = ["SGD", "Adam", "AdamW", "RMSprop", "Adagrad", "Adadelta", "Lion", "ScheduleFreeSGD",
+           "ScheduleFreeAdamW", "Prodigy"]
 
 # the step functions' state arguments -> torch.optim's state keys
 _STATE_KEYS = {
     "momentum_buffers": "momentum_buffer", "exp_avgs": "exp_avg", "exp_avg_sqs": "exp_avg_sq",
     "max_exp_avg_sqs": "max_exp_avg_sq", "square_avgs": "square_avg", "grad_avgs": "grad_avg",
-    "state_sums": "sum", "acc_deltas": "acc_delta",
+    "state_sums": "sum", "acc_deltas": "acc_delta", "zs": "z", "ss": "s", "p0s": "p0",
 }
 
 
@@ -208,32 +218,45 @@ def _state_view(state, key: str, view):
     return view(state[key])
 
 
-def _new_state(p: torch.Tensor, name: str, state_dtype, start: float) -> dict:
-    """The entries of a new state of ``p`` holding ``start`` everywhere."""
+def _new_state(p: torch.Tensor, name: str, state_dtype, slot: Slot, hparams, start) -> dict:
+    """The entries of a new state of ``p``, in the shape ``slot`` gives it:
+    ``start`` everywhere, or a copy of (a slice of) ``p`` if the slot says so."""
     key = _STATE_KEYS[name]
-    if _lowp.is_q8(state_dtype, p.numel()):
+    shape = slot.shape(tuple(p.shape), hparams)
+    state_dtype = None if slot.param_dtype else state_dtype
+    values = None
+    if slot.copies_param:
+        values = p.detach().flatten()[::int(hparams["slice_p"])] if slot.sliced else p.detach()
+    if _lowp.is_q8(state_dtype, math.prod(shape)):
         signed = name in SIGNED_STATES
-        code, absmax = _lowp.q8_constant(start, signed)
-        blocks = -(-p.numel() // BLOCK)
-        return {f"{key}_codes": torch.full(p.shape, code, dtype=torch.uint8, device=p.device),
-                f"{key}_absmax": torch.full((blocks,), absmax, dtype=torch.float32,
-                                            device=p.device),
+        if values is None:
+            code, absmax = _lowp.q8_constant(start, signed)
+            blocks = -(-math.prod(shape) // BLOCK)
+            codes = torch.full(shape, code, dtype=torch.uint8, device=p.device)
+            absmaxes = torch.full((blocks,), absmax, dtype=torch.float32, device=p.device)
+        else:
+            codes, absmaxes = (torch.from_numpy(a).to(p.device) for a in quantize_blockwise(
+                values.float().cpu().numpy(), signed))
+        return {f"{key}_codes": codes.reshape(shape), f"{key}_absmax": absmaxes,
                 f"{key}_signed": signed}
     dtype = {None: p.dtype, "bfloat16": torch.bfloat16}.get(state_dtype, torch.float32)
-    return {key: torch.full_like(p, start, dtype=dtype, memory_format=torch.preserve_format)}
+    if values is not None:
+        return {key: values.to(dtype=dtype, copy=True).reshape(shape)}
+    return {key: torch.full(shape, start, dtype=dtype, device=p.device)}
 
 
-def _check_state(p: torch.Tensor, state, key: str, where: str) -> None:
+def _check_state(p: torch.Tensor, state, key: str, where: str, shape, param_dtype: bool) -> None:
     """A clear error, before any write, for a state (e.g. from a state dict)
-    that does not fit its parameter."""
+    that does not fit its parameter (``shape``: the state's; ``param_dtype``:
+    the state must have the parameter's dtype)."""
     if _is_q8(state, key):
-        blocks = -(-p.numel() // BLOCK)
-        want = {f"{key}_codes": (torch.uint8, p.shape), f"{key}_absmax": (torch.float32, (blocks,))}
+        blocks = -(-math.prod(shape) // BLOCK)
+        want = {f"{key}_codes": (torch.uint8, shape), f"{key}_absmax": (torch.float32, (blocks,))}
         if not isinstance(state.get(f"{key}_signed"), bool):
             raise ValueError(f"{where}: q8 state {key!r} needs a bool {key}_signed, got "
                              f"{state.get(f'{key}_signed')!r}")
     else:
-        want = {key: (None, p.shape)}
+        want = {key: (p.dtype if param_dtype else None, shape)}
     for entry, (dtype, shape) in want.items():
         t = state[entry]
         if not isinstance(t, torch.Tensor) or t.device != p.device or t.shape != shape:
@@ -295,18 +318,22 @@ class _Call:
             for j, state in enumerate(states):
                 state["step"] = self.counter[j]  # a float32 scalar, as torch keeps it
 
-    def run(self, kernel: Kernel, grads, hparams, lr, stochastic_rounding, seed) -> None:
+    def piece(self, grads, stochastic_rounding, seed) -> Piece:
+        """This call's arrays for a step with the group's ``grads``."""
         if self.index is not None:
             grads = [grads[i] for i in self.index]
         rounding = _lowp.rounding(stochastic_rounding, seed, self.completed)
-        kernel(self.params, self.grad_views(grads), self.states, {**hparams, **rounding}, lr=lr,
-               step=self.completed + 1)
+        return Piece(self.params, self.grad_views(grads), self.states, self.completed + 1,
+                     rounding, self.done)
+
+    def done(self, advance: bool) -> None:
         # the kernel wrote through views autograd does not see: tell it, as
         # torch's in-place ops do, so backward() refuses graphs with old values
         torch.autograd.graph.increment_version(self.written)
-        self.completed += 1
-        if self.counter is not None:
-            self.counter += 1
+        if advance:
+            self.completed += 1
+            if self.counter is not None:
+                self.counter += 1
 
 
 class _Plan:
@@ -388,17 +415,22 @@ class _Optimizer(torch.optim.Optimizer):
             completed = int(all(_has_state(state, _STATE_KEYS[name]) for name in names))
         if self._counts_steps(group):
             state.setdefault("step", torch.tensor(float(completed), dtype=_step_dtype()))
+        hparams = kernel.hparams(group, _plain)
         for name in names:
-            key = _STATE_KEYS[name]
+            key, slot = _STATE_KEYS[name], kernel.slot(name)
+            shape = slot.shape(tuple(p.shape), hparams)
             if not _has_state(state, key):
-                start = _plain(group[kernel.initial[name]]) if name in kernel.initial else 0
-                state.update(_new_state(p, name, group["state_dtype"], start))
+                state.update(_new_state(p, name, group["state_dtype"], slot, hparams,
+                                        slot.start_value(group, _plain)))
             for entry in (key, f"{key}_codes", f"{key}_absmax"):
                 t = state.get(entry)
+                if entry == "p0" and isinstance(t, torch.Tensor) and t.dim() == 0:
+                    # prodigyopt's p0 of a param that was all zeros: a 0-d zero
+                    state[entry] = t = t.expand(shape)
                 if isinstance(t, torch.Tensor) and (not t.is_contiguous() or t.is_neg()):
                     # e.g. loaded from a torch state dict: written in place from now on
                     state[entry] = t.resolve_neg().contiguous()
-            _check_state(p, state, key, where)
+            _check_state(p, state, key, where, shape, slot.param_dtype)
         return completed
 
     def step(self, closure=None):
@@ -410,30 +442,35 @@ class _Optimizer(torch.optim.Optimizer):
                 loss = closure()
         # Every group is checked before the first write, so an error leaves
         # them all as they were (as a step function does for its list).
-        work = []
-        for index, group in enumerate(self.param_groups):
+        todo = []
+        for group in self.param_groups:
             params = [p for p in group["params"] if p.grad is not None]
+            kernel = self._kernel(group)
+            if params:
+                # what the constructor refuses, refused when set later too
+                _check_supported(group)
+                kernel.check_start_values(group, _plain)
+            todo.append((kernel, params, Update(group, kernel.hparams(group, _plain),
+                                                _plain(group["lr"]), bool(params))))
+        # one batch per kernel (Adam's groups may mix adam and adamw); the first
+        # group's own call checks its hyperparameters before it writes
+        batches = [(kernel, [update for _, _, update in batch])
+                   for kernel, batch in groupby(todo, key=operator.itemgetter(0))]
+        for n, (kernel, updates) in enumerate(batches):
+            kernel.check(self.param_groups, updates, first_checks_itself=n == 0)
+        for index, (kernel, params, update) in enumerate(todo):
             if not params:
                 continue
-            kernel = self._kernel(group)
-            hparams = kernel.hparams(group, _plain)
-            lr = _plain(group["lr"])
-            # what the constructor refuses, refused when set later too; the
-            # first call checks its own hyperparameters before it writes
-            _check_supported(group)
-            kernel.check_start_values(group, _plain)
-            if work:
-                kernel.validate(hparams, lr)
-            names = kernel.uses(hparams)
+            group = update.group
+            names = kernel.uses(update.hparams)
             plan = self._plans.get(index)
             if plan is None or not plan.fits(self, group, kernel, names, params):
                 plan = self._plans[index] = _Plan(self, index, group, kernel, names, params)
+            grads = _contiguous([p.grad for p in params])
             rounding = (bool(group["stochastic_rounding"]), int(group["seed"]))
-            work.append((plan, kernel, _contiguous([p.grad for p in params]), hparams, lr,
-                         rounding))
-        for plan, kernel, grads, hparams, lr, rounding in work:
-            for call in plan.calls:
-                call.run(kernel, grads, hparams, lr, *rounding)
+            update.pieces = [call.piece(grads, *rounding) for call in plan.calls]
+        for kernel, updates in batches:
+            kernel.run(self.param_groups, updates)
         return loss
 
 
@@ -540,4 +577,130 @@ class Adadelta(_Optimizer):
         super().__init__(params, dict(lr=lr, rho=rho, eps=eps, weight_decay=weight_decay,
                                       foreach=foreach, capturable=capturable,
                                       maximize=maximize, differentiable=differentiable),
+                         state_dtype, stochastic_rounding, seed)
+
+
+class Lion(_Optimizer):
+    """lion_pytorch.Lion running :func:`lrfast.lion_step`. With
+    ``decoupled_weight_decay`` the decay is ``weight_decay / init_lr`` per
+    unit of rate, ``init_lr`` being the constructor's ``lr`` (lion-pytorch's
+    ``_init_lr``), kept in every group. ``use_triton`` is accepted and ignored,
+    as ``foreach``/``fused`` are elsewhere: there is one implementation."""
+
+    kernel = KERNELS["lion"]
+    _keeps_step = False  # lion-pytorch keeps only exp_avg
+
+    def __init__(self, params, lr=1e-4, betas=(0.9, 0.99), weight_decay=0.0, use_triton=False,
+                 decoupled_weight_decay=False, *, maximize=False,
+                 state_dtype: str | None = None, stochastic_rounding: bool = False,
+                 seed: int = 0):
+        super().__init__(params, dict(lr=lr, betas=betas, weight_decay=weight_decay,
+                                      decoupled_weight_decay=decoupled_weight_decay,
+                                      init_lr=_plain(lr), maximize=maximize),
+                         state_dtype, stochastic_rounding, seed)
+
+
+class _ScheduleFree(_Optimizer):
+    """The train/eval switch of schedulefree's optimizers (see
+    :mod:`lrfast._schedulefree`): ``train()`` before training, ``eval()``
+    before evaluating or saving; ``step()`` in eval mode raises ValueError."""
+
+    kernel: _schedulefree.ScheduleFreeKernel
+    _keeps_step = False  # schedulefree counts steps per group, in "k"
+
+    def train(self) -> None:
+        """Params to y, where the gradients are taken."""
+        self._switch(True)
+
+    def eval(self) -> None:
+        """Params to x, the average, to evaluate and to save."""
+        self._switch(False)
+
+    def _switch(self, to_train: bool) -> None:
+        moved = []
+
+        def pairs(index, group):
+            params = [p for p in group["params"] if _has_state(self.state[p], "z")]
+            moved.extend(params)
+            batches = []
+            for device in dict.fromkeys(p.device for p in params):
+                on = [p for p in params if p.device == device]
+                host = device.type == "cpu"
+                views = _host_views(on) if host else _device_views(on)
+                zs = [_state_view(self.state[p], "z", _host_view if host else _device_state)
+                      for p in on]
+                batches.append((views, zs))
+            return batches
+
+        _schedulefree.switch(self.kernel, self.param_groups, to_train, pairs, _plain)
+        if moved:
+            torch.autograd.graph.increment_version(moved)
+
+
+class ScheduleFreeSGD(_ScheduleFree):
+    """schedulefree.SGDScheduleFree running :func:`lrfast.schedulefree_sgd_step`:
+    state ``"z"``; group keys ``k``, ``lr_max``, ``weight_sum``,
+    ``scheduled_lr``, ``train_mode`` (False at the start: call ``train()``)."""
+
+    kernel = _schedulefree.SGD
+
+    def __init__(self, params, lr=1.0, momentum=0.9, weight_decay=0, warmup_steps=0, r=0.0,
+                 weight_lr_power=2, foreach=None, *, maximize=False,
+                 state_dtype: str | None = None, stochastic_rounding: bool = False,
+                 seed: int = 0):
+        super().__init__(params, dict(lr=lr, momentum=momentum, r=r, warmup_steps=warmup_steps,
+                                      weight_lr_power=weight_lr_power,
+                                      weight_decay=weight_decay, foreach=foreach,
+                                      maximize=maximize, **_schedulefree.START),
+                         state_dtype, stochastic_rounding, seed)
+
+
+class ScheduleFreeAdamW(_ScheduleFree):
+    """schedulefree.AdamWScheduleFree running
+    :func:`lrfast.schedulefree_adamw_step`: states ``"z"`` and
+    ``"exp_avg_sq"``; group keys as :class:`ScheduleFreeSGD`'s."""
+
+    kernel = _schedulefree.ADAMW
+
+    def __init__(self, params, lr=0.0025, betas=(0.9, 0.999), eps=1e-8, weight_decay=0,
+                 warmup_steps=0, r=0.0, weight_lr_power=2.0, foreach=None, *, maximize=False,
+                 state_dtype: str | None = None, stochastic_rounding: bool = False,
+                 seed: int = 0):
+        super().__init__(params, dict(lr=lr, betas=betas, eps=eps, r=r,
+                                      warmup_steps=warmup_steps,
+                                      weight_lr_power=weight_lr_power,
+                                      weight_decay=weight_decay, foreach=foreach,
+                                      maximize=maximize, **_schedulefree.START),
+                         state_dtype, stochastic_rounding, seed)
+
+
+class Prodigy(_Optimizer):
+    """prodigyopt.Prodigy running :func:`lrfast.prodigy_reduce` and
+    :func:`lrfast.prodigy_update` (see :mod:`lrfast._prodigy`): states
+    ``"s"``, ``"p0"`` (1-D, every ``slice_p``-th element; ``p0`` in the
+    parameter's dtype), ``"exp_avg"`` (when ``betas[0] > 0``),
+    ``"exp_avg_sq"`` and ``"step"``; every group holds the estimate as
+    prodigyopt does: ``d``, ``d_max``, ``d_numerator``, ``k``, and from the
+    first step that moves it ``d_denom`` and ``d_hat``. ``fsdp_in_use=True``
+    (sharded parameters) is refused."""
+
+    kernel = KERNELS["prodigy"]
+
+    def __init__(self, params, lr=1.0, betas=(0.9, 0.999), beta3=None, eps=1e-8,
+                 weight_decay=0, decouple=True, use_bias_correction=False,
+                 safeguard_warmup=False, d0=1e-6, d_coef=1.0, growth_rate=float("inf"),
+                 fsdp_in_use=False, slice_p=1, *, maximize=False,
+                 state_dtype: str | None = None, stochastic_rounding: bool = False,
+                 seed: int = 0):
+        _hparams.positive("lr", _plain(lr))
+        if fsdp_in_use:
+            raise ValueError("lrfast.torch.Prodigy does not support fsdp_in_use=True (its d "
+                             "would need the sums of every shard)")
+        super().__init__(params, dict(lr=lr, betas=betas, beta3=beta3, eps=eps,
+                                      weight_decay=weight_decay, d0=d0, d_coef=d_coef,
+                                      growth_rate=growth_rate,
+                                      use_bias_correction=use_bias_correction,
+                                      decouple=decouple, safeguard_warmup=safeguard_warmup,
+                                      fsdp_in_use=fsdp_in_use, slice_p=slice_p,
+                                      maximize=maximize, **_prodigy.start(d0)),
                          state_dtype, stochastic_rounding, seed)

@@ -1,0 +1,141 @@
+"""How the optimizer classes drive a step function: one description per
+optimizer (a :class:`Kernel`), read by both front ends, :mod:`lrfast.optim`
+(NumPy) and :mod:`lrfast.torch`.
+
+A step of a class goes in two phases. :meth:`Kernel.check` sees every param
+group's hyperparameters and may refuse them, before anything is written;
+:meth:`Kernel.run` then applies the update to the :class:`Piece` objects the
+front end made of each group's arrays. The six torch.optim optimizers make
+one step-function call per piece; the optimizers that carry scalar state
+across steps in their param groups (schedule-free's averaging weights,
+Prodigy's ``d``) subclass :class:`Kernel` in their own modules.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Mapping, MutableMapping, NamedTuple, Sequence
+
+from . import _hparams
+
+
+@dataclass(frozen=True)
+class Slot:
+    """A state that does not start as zeros of its param's shape."""
+
+    start: str | None = None  # the group key of its start value (Adagrad's sums)
+    copies_param: bool = False  # starts as the param's values, taken at its first step
+    sliced: bool = False  # 1-D: the flattened param's elements [::slice_p]
+    param_dtype: bool = False  # the param's dtype whatever the state_dtype
+
+    def shape(self, shape: tuple[int, ...], hparams: Mapping) -> tuple[int, ...]:
+        """The state's shape for a param of ``shape``."""
+        if not self.sliced:
+            return tuple(shape)
+        size = 1
+        for n in shape:
+            size *= n
+        return (-(-size // _hparams.slice_step(hparams["slice_p"])),)
+
+    def start_value(self, group: Mapping, plain: Callable = lambda v: v) -> float:
+        """The constant a state that does not copy its param starts at."""
+        return plain(group[self.start]) if self.start else 0.0
+
+
+ZEROS = Slot()
+
+
+class Piece(NamedTuple):
+    """The arrays of one step-function call: a group's params (in
+    lrfast.torch, those on one device with as many updates behind them),
+    their grads and states (name -> list). ``step`` is the 1-based number of
+    this update for them, ``rounding`` the stochastic-rounding keywords;
+    ``done(advance)`` follows every pass that wrote, ``advance`` True when the
+    update is complete (the params' step counts move)."""
+
+    params: Sequence
+    grads: Sequence
+    states: Mapping[str, Sequence]
+    step: int
+    rounding: Mapping
+    done: Callable[[bool], None]
+
+
+@dataclass
+class Update:
+    """One param group's part of a step: its hyperparameters as the kernel
+    reads them (plain numbers), its rate, whether any of its params has a
+    gradient (lrfast.torch skips those that have none), and its pieces, made
+    once the step is checked."""
+
+    group: MutableMapping
+    hparams: dict
+    lr: float
+    has_grads: bool = True
+    pieces: list[Piece] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Kernel:
+    """How a front door drives one step function."""
+
+    step: Callable
+    states: tuple[str, ...]  # the function's positional state arguments, in order
+    hyper: tuple[str, ...]  # the group keys the kernel reads, besides lr
+    uses: Callable[[Mapping], tuple[str, ...]]  # the states a group's options need
+    counts_steps: bool = True  # takes step=
+    slots: Mapping[str, Slot] = field(default_factory=dict)  # the states not started as zeros
+
+    def slot(self, name: str) -> Slot:
+        return self.slots.get(name, ZEROS)
+
+    def hparams(self, group: Mapping, plain: Callable = lambda v: v) -> dict:
+        """The step function's keywords from a param group (lr and step excluded)."""
+        return {key: plain(group[key]) for key in self.hyper}
+
+    def __call__(self, params, grads, states: Mapping, hparams: Mapping, *, lr, step,
+                 grad_scale=1.0):
+        """One fused update; ``states`` maps state names to lists (absent: unused)."""
+        if self.counts_steps:
+            hparams = {**hparams, "step": step}
+        self.step(params, grads, *(states.get(name) for name in self.states), lr=lr,
+                  grad_scale=grad_scale, **hparams)
+
+    def validate(self, hparams: Mapping, lr) -> None:
+        """Checks the hyperparameters the way a step would, by a step over no tensors."""
+        self([], [], {name: [] for name in self.states}, hparams, lr=lr, step=1)
+
+    def check_group(self, group: Mapping, lr, plain: Callable = lambda v: v) -> None:
+        """Checks a param group's hyperparameters, the states' start values included."""
+        self.validate(self.hparams(group, plain), lr)
+        self.check_start_values(group, plain)
+
+    def check_start_values(self, group: Mapping, plain: Callable = lambda v: v) -> None:
+        """Checks the group's start values of states (Adagrad's initial_accumulator_value)."""
+        for slot in self.slots.values():
+            if slot.start:
+                _hparams.non_negative(slot.start, plain(group[slot.start]))
+
+    def check(self, groups: Sequence[Mapping], updates: Sequence[Update], *,
+              first_checks_itself: bool = False) -> None:
+        """Refuses a step of ``updates`` (of the optimizer's ``groups``) with
+        bad hyperparameters, before anything is written. With
+        ``first_checks_itself`` the first group with gradients is left to its
+        own call, which checks before it writes (and nothing is written before
+        it). Groups without gradients are not checked: they do not step."""
+        skip = first_checks_itself
+        for update in updates:
+            if update.has_grads and skip:
+                skip = False
+            elif update.has_grads:
+                self.validate(update.hparams, update.lr)
+
+    def run(self, groups: Sequence[MutableMapping], updates: Sequence[Update],
+            grad_scale: float = 1.0) -> None:
+        """Applies one update (checked by :meth:`check`): a call per piece."""
+        for update in updates:
+            for piece in update.pieces:
+                self(piece.params, piece.grads, piece.states,
+                     {**update.hparams, **piece.rounding}, lr=update.lr, step=piece.step,
+                     grad_scale=grad_scale)
+                piece.done(True)

@@ -1,0 +1,139 @@
+"""Prodigy (prodigyopt 1.1.x) for the optimizer classes: two passes per
+step and an estimate ``d`` shared by every param group.
+
+A step: ``dlr`` from the first group's ``d`` and ``k`` and the largest of the
+groups' rates (:func:`lrfast.prodigy_dlr`); the reduction pass over the
+groups whose rate is not 0 (:func:`lrfast.prodigy_reduce`, which updates
+``s``); the new estimate on the host (:func:`lrfast.prodigy_d_update`),
+written to every group with ``k + 1``; the update pass
+(:func:`lrfast.prodigy_update`). When no gradient has reached ``s`` yet
+(``|s|`` sums to 0) prodigyopt returns early with only the moments moved:
+here the update pass runs at ``dlr = 0``, which moves the moments and leaves
+the params, and ``d``, ``k`` and the params' step counts stay.
+
+The keys prodigyopt reads from the first group only (``betas``, ``beta3``,
+``d0``, ``d_coef``, ``growth_rate``, ``decouple``, ``use_bias_correction``)
+must be the same in every group (a ValueError otherwise, where prodigyopt
+would ignore the others'). A group's rate must be the largest one or 0
+(prodigyopt's rule); a group at 0 is left as it is, its params, moments and
+``s`` (prodigyopt's matches this while its moments are zero and it has no
+decoupled weight decay; otherwise it keeps moving such params).
+"""
+
+from __future__ import annotations
+
+
+from dataclasses import dataclass
+from typing import Mapping, MutableMapping, Sequence
+
+from . import _hparams, steps_lr_free
+from ._kernel import Kernel, Slot, Update
+from . import reference  # noqa: F401  (first: reference_lr_free imports it, and it them)
+from .reference_lr_free import prodigy_d_update, prodigy_dlr
+
+SHARED = ("betas", "beta3", "d0", "d_coef", "growth_rate", "decouple", "use_bias_correction")
+# the estimate's group keys (equal in every group)
+ESTIMATE = ("d", "d_max", "d_numerator", "k")
+
+
+@dataclass(frozen=True)
+class ProdigyKernel(Kernel):
+    def validate(self, hparams: Mapping, lr) -> None:
+        """Checks a group's options and estimate, by both passes over no tensors."""
+        _hparams.non_negative("lr", lr)
+        _hparams.positive("d0", hparams["d0"])  # before d, which starts at d0
+        _hparams.non_negative("d_coef", hparams["d_coef"])
+        if not _hparams.real("growth_rate", hparams["growth_rate"]) > 0:
+            raise ValueError(f"growth_rate must be > 0 (inf: unbounded), got "
+                             f"{hparams['growth_rate']!r}")
+        _hparams.flag("use_bias_correction", hparams["use_bias_correction"])
+        _hparams.finite("d_max", hparams["d_max"])
+        _hparams.finite("d_numerator", hparams["d_numerator"])
+        k = hparams["k"]
+        if isinstance(k, bool) or not isinstance(k, int) or k < 0:
+            raise ValueError(f"k must be an integer >= 0, got {k!r}")
+        self._reduce([], [], [], [], hparams, hparams, d=hparams["d"], dlr=0.0, grad_scale=1.0)
+        self._update([], [], {"exp_avgs": [], "exp_avg_sqs": []}, hparams, hparams,
+                     d=hparams["d"], d_new=hparams["d"], dlr=0.0, grad_scale=1.0, rounding={})
+
+    def check(self, groups: Sequence[Mapping], updates: Sequence[Update], *,
+              first_checks_itself: bool = False) -> None:
+        first = updates[0].hparams
+        lr = max(update.lr for update in updates)
+        for index, update in enumerate(updates):
+            for key in SHARED + ESTIMATE:
+                if update.hparams[key] != first[key]:
+                    raise ValueError(f"param group {index} has {key}={update.hparams[key]!r}, "
+                                     f"param group 0 {first[key]!r}: Prodigy shares {key} "
+                                     "across param groups")
+            if update.lr not in (lr, 0.0):
+                raise ValueError(f"param group {index} has lr={update.lr!r}: Prodigy's groups "
+                                 f"take the largest rate ({lr!r}) or 0")
+            self.validate(update.hparams, update.lr)
+
+    def _reduce(self, params, grads, ss, p0s, shared, own, *, d, dlr, grad_scale):
+        return self.step(params, grads, ss, p0s, d=d, d0=shared["d0"], dlr=dlr,
+                         betas=shared["betas"], beta3=shared["beta3"],
+                         weight_decay=own["weight_decay"], decouple=shared["decouple"],
+                         safeguard_warmup=own["safeguard_warmup"], slice_p=own["slice_p"],
+                         maximize=own["maximize"], grad_scale=grad_scale)
+
+    def _update(self, params, grads, states, shared, own, *, d, d_new, dlr, grad_scale,
+                rounding):
+        steps_lr_free.prodigy_update(params, grads, states.get("exp_avgs"),
+                                     states["exp_avg_sqs"], d=d, d_new=d_new, dlr=dlr,
+                                     betas=shared["betas"], eps=own["eps"],
+                                     weight_decay=own["weight_decay"],
+                                     decouple=shared["decouple"], maximize=own["maximize"],
+                                     grad_scale=grad_scale, **rounding)
+
+    def run(self, groups: Sequence[MutableMapping], updates: Sequence[Update],
+            grad_scale: float = 1.0) -> None:
+        shared = updates[0].hparams
+        lr = max(update.lr for update in updates)
+        d = shared["d"]
+        dlr = prodigy_dlr(d=d, lr=lr, step=shared["k"] + 1, betas=shared["betas"],
+                          use_bias_correction=shared["use_bias_correction"])
+        active = [update for update in updates if update.lr > 0]
+        dot = s_abs = 0.0
+        for update in active:
+            for piece in update.pieces:
+                part = self._reduce(piece.params, piece.grads, piece.states["ss"],
+                                    piece.states["p0s"], shared, update.hparams, d=d, dlr=dlr,
+                                    grad_scale=grad_scale)
+                dot, s_abs = dot + part[0], s_abs + part[1]
+                piece.done(False)
+        new = prodigy_d_update(dot, s_abs, d=d, d0=shared["d0"], d_max=shared["d_max"],
+                               d_numerator=shared["d_numerator"], dlr=dlr,
+                               betas=shared["betas"], beta3=shared["beta3"],
+                               d_coef=shared["d_coef"], growth_rate=shared["growth_rate"])
+        if new is None:  # prodigyopt's early return: the moments move, nothing else
+            d_new, dlr, advance = d, 0.0, False
+        else:
+            for group in groups:
+                group.update(new._asdict(), k=group["k"] + 1)
+            d_new, advance = new.d, True
+        for update in updates:
+            for piece in update.pieces:
+                if update.lr > 0:
+                    self._update(piece.params, piece.grads, piece.states, shared,
+                                 update.hparams, d=d, d_new=d_new, dlr=dlr,
+                                 grad_scale=grad_scale, rounding=piece.rounding)
+                piece.done(advance)  # a group at rate 0 counts the step, as prodigyopt
+
+
+def _uses(hparams: Mapping) -> tuple[str, ...]:
+    first_moment = ("exp_avgs",) if hparams["betas"][0] > 0 else ()
+    return ("ss", "p0s") + first_moment + ("exp_avg_sqs",)
+
+
+PRODIGY = ProdigyKernel(
+    steps_lr_free.prodigy_reduce, ("ss", "p0s", "exp_avgs", "exp_avg_sqs"),
+    ("betas", "beta3", "eps", "weight_decay", "decouple", "use_bias_correction",
+     "safeguard_warmup", "d0", "d_coef", "growth_rate", "slice_p", "maximize") + ESTIMATE,
+    _uses, slots={"ss": Slot(sliced=True),
+                  "p0s": Slot(copies_param=True, sliced=True, param_dtype=True)})
+
+# the estimate's group keys at the start, from d0
+def start(d0: float) -> dict:
+    return {"d": d0, "d_max": d0, "d_numerator": 0.0, "k": 0}
