@@ -8,7 +8,10 @@ For SGD with momentum 0.9 and for Adam, on the NumPy MLP of
 2. training for the same budget at every rate of a half-decade grid
    (1e-4 ... 1), at the suggested rate, and with schedules whose peak is the
    suggestion: step decay, cosine, one-cycle, reduce-on-plateau;
-3. a table per optimizer (validation accuracy and loss as mean +- std over
+3. in Adam's table, the optimizers that set their own step size, for the
+   same budget: schedule-free AdamW at its default rate and at Adam's
+   suggestion, and Prodigy at ``lr=1`` (no schedule for any of them);
+4. a table per optimizer (validation accuracy and loss as mean +- std over
    seeds, steps until the validation accuracy first reaches 95%, wall time
    per run, train-minus-validation accuracy gap) and PNGs of the range tests
    and of the validation-loss curves.
@@ -31,6 +34,9 @@ from . import cli_args
 # Half-decades from 1e-4 to 1.
 GRID = tuple(10 ** (k / 2) for k in range(-8, 1))
 OPTIMIZERS = {"sgd": "SGD with momentum 0.9", "adam": "Adam"}
+# The rates the packages of schedule-free AdamW and Prodigy default to.
+SCHEDULEFREE_DEFAULT_LR = 0.0025
+PRODIGY_LR = 1.0
 TARGET_ACCURACY = 0.95
 DEFAULT_EPOCHS = 20
 BATCH_SIZE = 64
@@ -47,7 +53,7 @@ class Row:
     """One line of a table: a rate or schedule trained once per seed."""
 
     label: str
-    group: str  # "fixed", "suggested" or "schedule"
+    group: str  # "fixed", "suggested", "schedule" or "lr-free"
     runs: list[Any]  # a digits_mlp.TrainResult per seed
     rate: float | None = None  # the fixed rate, for grid rows
 
@@ -58,28 +64,58 @@ class Row:
         return float(values.mean()), float(values.std())
 
 
-def _plans(suggested: list[float], steps: int) -> list[tuple[str, str, float | None, Any]]:
-    """(label, group, fixed rate or None, make) for every row; ``make(seed_index)`` returns the
-    (schedule, plateau) of that seed's run, the schedules built on that seed's
-    suggestion."""
+@dataclass(frozen=True)
+class Plan:
+    """How to train one row: ``make(seed_index)`` returns the (schedule,
+    plateau) of that seed's run, the schedules built on that seed's suggestion;
+    ``trains`` is the optimizer when it is not the table's."""
+
+    label: str
+    group: str
+    rate: float | None
+    make: Any
+    trains: str | None = None
+
+
+def lr_free_plans(suggested: list[float]) -> list[Plan]:
+    """The rows of the optimizers that set their own step size (Adam's table)."""
+    from .schedules import constant
+
+    return [
+        Plan(f"schedule-free AdamW, lr {SCHEDULEFREE_DEFAULT_LR:g}", "lr-free", None,
+             lambda i: (constant(SCHEDULEFREE_DEFAULT_LR), None), "schedulefree_adamw"),
+        Plan(f"schedule-free AdamW, suggested lr {_geomean(suggested):.2g}", "lr-free", None,
+             lambda i: (constant(suggested[i]), None), "schedulefree_adamw"),
+        Plan(f"Prodigy, lr {PRODIGY_LR:g}", "lr-free", None,
+             lambda i: (constant(PRODIGY_LR), None), "prodigy"),
+    ]
+
+
+def _plans(suggested: list[float], steps: int, kind: str) -> list[Plan]:
+    """Every row of ``kind``'s table."""
     from .schedules import ReduceLROnPlateau, constant, cosine_decay, one_cycle, step_decay
 
     shown = _geomean(suggested)
-    plans: list[tuple[str, str, float | None, Any]] = [(f"lr {lr:.0e}", "fixed", lr, lambda i, lr=lr: (constant(lr), None)) for lr in GRID]
+    plans = [Plan(f"lr {lr:.0e}", "fixed", lr, lambda i, lr=lr: (constant(lr), None)) for lr in GRID]
     plans += [
-        (f"suggested lr {shown:.2g}", "suggested", None, lambda i: (constant(suggested[i]), None)),
-        ("step decay, /10 every third", "schedule", None,
-         lambda i: (step_decay(suggested[i], step_size=max(1, steps // 3), gamma=0.1), None)),
-        ("cosine decay to 0", "schedule", None, lambda i: (cosine_decay(suggested[i], steps), None)),
+        Plan(f"suggested lr {shown:.2g}", "suggested", None, lambda i: (constant(suggested[i]), None)),
+        Plan("step decay, /10 every third", "schedule", None,
+             lambda i: (step_decay(suggested[i], step_size=max(1, steps // 3), gamma=0.1), None)),
+        Plan("cosine decay to 0", "schedule", None, lambda i: (cosine_decay(suggested[i], steps), None)),
         # Smith's one-cycle: warm up to the peak over 30% of the run while
         # momentum (Adam's beta1) falls from 0.95 to 0.85, then anneal.
-        ("one-cycle, peak = suggestion", "schedule", None,
-         lambda i: (one_cycle(suggested[i], max(2, steps)), None)),
+        Plan("one-cycle, peak = suggestion", "schedule", None,
+             lambda i: (one_cycle(suggested[i], max(2, steps)), None)),
         # watched every EVAL_EVERY steps: patience 3 is 40 steps, ~2 epochs
-        ("reduce on plateau, /10", "schedule", None,
-         lambda i: (constant(suggested[i]), ReduceLROnPlateau(factor=0.1, patience=3))),
+        Plan("reduce on plateau, /10", "schedule", None,
+             lambda i: (constant(suggested[i]), ReduceLROnPlateau(factor=0.1, patience=3))),
     ]
-    return plans
+    return plans + (lr_free_plans(suggested) if kind == "adam" else [])
+
+
+def rows_per_seed(kind: str) -> int:
+    """How many training runs ``compare`` makes per seed for ``kind``."""
+    return len(_plans([1.0], 1, kind))
 
 
 def compare(data: Any, kind: str, seeds: list[int], steps: int, *, schedules: bool = True,
@@ -103,20 +139,20 @@ def compare(data: Any, kind: str, seeds: list[int], steps: int, *, schedules: bo
         models.append(model)
 
     rows = []
-    for label, group, rate, make in _plans(suggested, steps):
-        if group == "schedule" and not schedules:
+    for plan in _plans(suggested, steps, kind):
+        if plan.group in ("schedule", "lr-free") and not schedules:
             continue
         runs = []
         for i, seed in enumerate(seeds):
-            schedule, plateau = make(i)
+            schedule, plateau = plan.make(i)
             # the suggested rate trains the model its range test ran on
-            tested = models[i] if group == "suggested" else None
-            runs.append(train(data, kind, schedule, steps, seed=seed, batch_size=BATCH_SIZE,
-                              eval_every=EVAL_EVERY, plateau=plateau,
+            tested = models[i] if plan.group == "suggested" else None
+            runs.append(train(data, plan.trains or kind, schedule, steps, seed=seed,
+                              batch_size=BATCH_SIZE, eval_every=EVAL_EVERY, plateau=plateau,
                               target_accuracy=TARGET_ACCURACY, model=tested))
             if progress is not None:
                 progress.update()
-        rows.append(Row(label, group, runs, rate))
+        rows.append(Row(plan.label, plan.group, runs, plan.rate))
     return finders, rows, restored
 
 
@@ -127,7 +163,7 @@ def best_fixed(rows: list[Row]) -> Row:
 
 
 def format_table(rows: list[Row]) -> str:
-    header = (f"{'rate / schedule':<30} {'val acc %':>13} {'val loss':>15} "
+    header = (f"{'rate / schedule':<36} {'val acc %':>13} {'val loss':>15} "
               f"{'steps to ' + format(TARGET_ACCURACY, '.0%'):>13} {'ms/run':>7} {'gap pp':>7}")
     lines = [header, "-" * len(header)]
     best = best_fixed(rows)
@@ -148,19 +184,30 @@ def format_table(rows: list[Row]) -> str:
         diverged = sum(run.diverged for run in row.runs)
         loss_text = f"{loss:.3f} ± {loss_sd:.3f}" if math.isfinite(loss) else f"diverged {diverged}/{len(row.runs)}"
         mark = " *" if row is best else ""
-        lines.append(f"{row.label + mark:<30} {100 * acc:6.1f} ± {100 * acc_sd:4.1f} {loss_text:>15} "
+        lines.append(f"{row.label + mark:<36} {100 * acc:6.1f} ± {100 * acc_sd:4.1f} {loss_text:>15} "
                      f"{to_target:>13} {1000 * seconds:7.0f} {gap:7.1f}")
     lines.append("* best fixed rate of the grid (lowest mean validation loss)")
     return "\n".join(lines)
 
 
 def verdict(rows: list[Row]) -> str:
-    """How the suggestion compares with the best rate of the grid."""
+    """How the suggestion, and each optimizer that sets its own step size,
+    compares with the best rate of the grid; which of them diverged."""
     best = best_fixed(rows)
-    suggested = next(row for row in rows if row.group == "suggested")
-    best_loss, loss = best.mean_std("val_loss")[0], suggested.mean_std("val_loss")[0]
-    return (f"suggested rate: validation loss {loss:.3f} = {loss / best_loss:.2f} x that of the "
-            f"best grid rate {best.rate:.0e} ({best_loss:.3f})")
+    best_loss = best.mean_std("val_loss")[0]
+    lines = []
+    for row in rows:
+        if row.group not in ("suggested", "lr-free"):
+            continue
+        name = "suggested rate" if row.group == "suggested" else row.label
+        diverged = sum(run.diverged for run in row.runs)
+        if diverged:
+            lines.append(f"{name}: DIVERGED on digits in {diverged} of {len(row.runs)} seeds")
+            continue
+        loss, acc = row.mean_std("val_loss")[0], row.mean_std("val_accuracy")[0]
+        lines.append(f"{name}: validation loss {loss:.3f} = {loss / best_loss:.2f} x that of the "
+                     f"best grid rate {best.rate:.0e} ({best_loss:.3f}), accuracy {100 * acc:.1f}%")
+    return "\n".join(lines)
 
 
 def plot_range_tests(finders: list, title: str, path: Path) -> None:
@@ -189,7 +236,8 @@ def plot_curves(rows: list[Row], title: str, path: Path) -> Any:
     left, right = fig.subplots(1, 2, sharey=True)
     fixed = [row for row in rows if row.group == "fixed"]
     colors = colormaps["viridis"](np.linspace(0, 0.95, len(fixed)))
-    schedule_colors = iter(["tab:orange", "tab:green", "tab:purple", "tab:brown", "tab:pink"])
+    schedule_colors = iter(["tab:orange", "tab:green", "tab:purple", "tab:brown", "tab:pink",
+                            "tab:cyan", "tab:olive", "tab:gray"])
     lowest, starts = math.inf, []
     for row in rows:
         steps, mean = _mean_curve(row)
@@ -205,7 +253,8 @@ def plot_curves(rows: list[Row], title: str, path: Path) -> Any:
         else:
             right.plot(steps, mean, color=next(schedule_colors), lw=1.5, label=label)
     left.set_title(f"{title}: fixed rates")
-    right.set_title(f"{title}: schedules from the suggested rate")
+    right.set_title(f"{title}: schedules from the suggested rate"
+                    + (", and no schedule" if any(row.group == "lr-free" for row in rows) else ""))
     for ax in (left, right):
         ax.set_yscale("log")
         ax.set_xlabel("step")
@@ -245,7 +294,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description=(
             "Run the learning-rate range test for SGD with momentum and Adam on a small "
             "NumPy MLP (scikit-learn's digits), then train at a half-decade grid of rates, "
-            "at the suggested rate and with schedules, and print what each reached. "
+            "at the suggested rate and with schedules, beside schedule-free AdamW and "
+            "Prodigy, and print what each reached. "
             'Needs: pip install "lrfast[demo]".'
         ),
     )
@@ -296,13 +346,13 @@ def run(args: argparse.Namespace) -> int:
     print(f"digits: {len(data.y_train)} training / {len(data.y_val)} validation images; "
           f"MLP 64-64-64-10; batches of {BATCH_SIZE}; {steps} steps "
           f"({steps / steps_per_epoch:.3g} epochs); seeds {seeds}")
-    runs_per_kind = len(seeds) * (len(GRID) + 5)  # the grid, the suggestion, 4 schedules
+    runs = len(seeds) * sum(rows_per_seed(kind) for kind in OPTIMIZERS)
     figures: list[Path] = []
     started = time.perf_counter()
     # The matrices are tiny: BLAS threads only add synchronisation, and on a
     # busy 2-core machine they made a 539 x 64 product 10-100 times slower.
     with threadpool_limits(limits=1, user_api="blas"), \
-            tqdm.tqdm(total=2 * runs_per_kind, desc="training", unit="run", file=sys.stderr) as bar:
+            tqdm.tqdm(total=runs, desc="training", unit="run", file=sys.stderr) as bar:
         for kind, title in OPTIMIZERS.items():
             finders, rows, restored = compare(data, kind, seeds, steps, progress=bar)
             rates = ", ".join(f"{finder.suggest():.2g}" for finder in finders)

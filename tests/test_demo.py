@@ -52,21 +52,42 @@ def test_mlp_parameters_are_one_list_for_one_step_call():
     assert loss == pytest.approx(model.evaluate(data.x_train[:8], data.y_train[:8])[0], rel=1e-5)
 
 
-@pytest.mark.parametrize("kind", ["sgd", "adam"])
-def test_training_lowers_the_loss_and_save_restore_round_trips(kind):
+@pytest.mark.parametrize("kind, lr", [("sgd", 1e-2), ("adam", 1e-2), ("schedulefree_adamw", 1e-2),
+                                      ("prodigy", 1.0)])
+def test_training_lowers_the_loss_and_save_restore_round_trips(kind, lr):
     data = random_digits()
     model = MLP(seed=0)
     opt = Optimizer(kind, model.params)
     state = opt.save()
     before = model.evaluate(data.x_train, data.y_train)[0]
     for _ in range(20):
-        opt.step(model.loss_and_grads(data.x_train, data.y_train)[1], 1e-2)
-    assert model.evaluate(data.x_train, data.y_train)[0] < before
+        opt.step(model.loss_and_grads(data.x_train, data.y_train)[1], lr)
+    trained = [p.copy() for p in model.params]
+    with opt.evaluating():
+        assert model.evaluate(data.x_train, data.y_train)[0] < before
     opt.restore(state)
     assert opt.steps == 0
     for p, q in zip(model.params, MLP(seed=0).params):
         np.testing.assert_array_equal(p, q)
     assert all(not a.any() for arrays in opt.state for a in arrays)
+    for _ in range(20):  # the restored optimizer retraces the same steps
+        opt.step(model.loss_and_grads(data.x_train, data.y_train)[1], lr)
+    for p, q in zip(model.params, trained):
+        np.testing.assert_array_equal(p, q)
+
+
+def test_schedule_free_is_evaluated_at_its_average():
+    data = random_digits()
+    model = MLP(seed=0)
+    opt = Optimizer("schedulefree_adamw", model.params)
+    for _ in range(5):
+        opt.step(model.loss_and_grads(data.x_train, data.y_train)[1], 1e-2)
+    y = [p.copy() for p in model.params]
+    with opt.evaluating():
+        x = [p.copy() for p in model.params]
+    assert any(not np.array_equal(a, b) for a, b in zip(x, y))
+    for p, q in zip(model.params, y):  # back at y, to within the two lerps' rounding
+        np.testing.assert_allclose(p, q, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("kind", ["sgd", "adam"])
@@ -104,8 +125,12 @@ def test_demo_quick_end_to_end(tmp_path, capsys):
         assert title in out
     assert out.count("rate / schedule") == 2
     assert out.count("lr 1e-04") == 2 and out.count("lr 1e+00") == 2
-    for label in ("suggested lr", "step decay", "cosine decay", "one-cycle", "reduce on plateau"):
+    for label in ("\nsuggested lr", "step decay", "cosine decay", "one-cycle", "reduce on plateau"):
         assert out.count(label) == 2
+    # Adam's table only: the optimizers that set their own step size, each with a verdict
+    for label in ("schedule-free AdamW, lr 0.0025", "schedule-free AdamW, suggested lr",
+                  "Prodigy, lr 1"):
+        assert out.count(label) == 2, label
     assert out.count("model restored after the test: yes") == 2
     for name in ("range_test_sgd", "range_test_adam", "curves_sgd", "curves_adam"):
         assert (tmp_path / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

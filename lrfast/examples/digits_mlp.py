@@ -9,7 +9,11 @@ The example model of ``lrfast demo`` and of the tests:
   the mean cross-entropy; forward and backward are written out by hand;
 * parameters: a list of C-contiguous arrays ``[W1, b1, W2, b2, ...]``
   (``W`` has shape ``(fan_in, fan_out)``) so that one :func:`lrfast.sgd_step`
-  or :func:`lrfast.adam_step` call updates them all.
+  or :func:`lrfast.adam_step` call updates them all;
+* optimizers (:data:`OPTIMIZERS`): SGD with momentum and Adam through the step
+  functions, and the two that set their own step size through their
+  :mod:`lrfast.optim` classes: schedule-free AdamW (evaluated at its averaged
+  weights, in ``eval()`` mode) and Prodigy.
 
 :func:`train` runs one training job under any schedule ``s(t) -> lr`` (and
 optionally a :class:`lrfast.schedules.ReduceLROnPlateau`), :func:`range_test`
@@ -21,6 +25,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,7 +37,7 @@ from ..steps import adam_step, sgd_step
 __all__ = ["Digits", "load_digits", "MLP", "Optimizer", "TrainResult", "train", "range_test",
            "OPTIMIZERS"]
 
-OPTIMIZERS = ("sgd", "adam")
+OPTIMIZERS = ("sgd", "adam", "schedulefree_adamw", "prodigy")
 
 
 @dataclass(frozen=True)
@@ -127,39 +132,68 @@ class MLP:
 
 
 class Optimizer:
-    """SGD with momentum or Adam over a list of arrays: one fused lrfast call a step.
+    """One of :data:`OPTIMIZERS` over a list of arrays: one fused lrfast call a step.
 
     ``step(grads, lr, momentum)`` applies one update; ``momentum`` (SGD's
-    momentum, Adam's beta1) may change from step to step, as one-cycle does.
-    ``save()``/``restore(state)`` copy the parameters and the optimizer state
-    out and back in place (the arrays keep their identity), for
-    :func:`lrfast.find_lr`.
+    momentum, Adam's beta1) may change from step to step, as one-cycle does,
+    and is ignored by the other two. ``evaluating()`` is the context in which
+    to measure the model: schedule-free AdamW trains at ``y`` and is evaluated
+    at its average ``x``. ``save()``/``restore(state)`` copy the parameters
+    and the optimizer state out and back in place (the arrays keep their
+    identity), for :func:`lrfast.find_lr`.
     """
 
     def __init__(self, kind: str, params: list[np.ndarray], *, momentum: float = 0.9) -> None:
         if kind not in OPTIMIZERS:
             raise ValueError(f"kind must be one of {OPTIMIZERS}, got {kind!r}")
         self.kind, self.params, self.momentum = kind, params, momentum
-        copies = 1 if kind == "sgd" else 2  # momentum buffers / exp_avgs and exp_avg_sqs
-        self.state = [[np.zeros_like(p) for p in params] for _ in range(copies)]
         self.steps = 0
+        self.inner: Any = None  # the lrfast.optim object of the last two kinds
+        self.state: list[list[np.ndarray]] = []
+        if kind == "schedulefree_adamw":
+            from ..optim import ScheduleFreeAdamW
+            self.inner = ScheduleFreeAdamW(params)
+            self.inner.train()
+        elif kind == "prodigy":
+            from ..optim import Prodigy
+            self.inner = Prodigy(params)
+        else:
+            copies = 1 if kind == "sgd" else 2  # momentum buffers / exp_avgs and exp_avg_sqs
+            self.state = [[np.zeros_like(p) for p in params] for _ in range(copies)]
 
     def step(self, grads: list[np.ndarray], lr: float, momentum: float | None = None) -> None:
         self.steps += 1
         momentum = self.momentum if momentum is None else momentum
-        if self.kind == "sgd":
+        if self.inner is not None:
+            self.inner.param_groups[0]["lr"] = lr
+            self.inner.step(grads)
+        elif self.kind == "sgd":
             sgd_step(self.params, grads, self.state[0], lr=lr, step=self.steps, momentum=momentum)
         else:
             adam_step(self.params, grads, *self.state, lr=lr, step=self.steps,
                       betas=(momentum, 0.999))
 
-    def save(self) -> tuple[int, list[np.ndarray]]:
-        return self.steps, [a.copy() for a in self._arrays()]
+    @contextmanager
+    def evaluating(self) -> Iterator[None]:
+        if self.kind != "schedulefree_adamw":
+            yield
+            return
+        self.inner.eval()
+        try:
+            yield
+        finally:
+            self.inner.train()
 
-    def restore(self, state: tuple[int, list[np.ndarray]]) -> None:
-        self.steps, saved = state
+    def save(self) -> tuple[int, list[np.ndarray], Any]:
+        inner = None if self.inner is None else self.inner.state_dict()
+        return self.steps, [a.copy() for a in self._arrays()], inner
+
+    def restore(self, state: tuple[int, list[np.ndarray], Any]) -> None:
+        self.steps, saved, inner = state
         for array, copy in zip(self._arrays(), saved):
             np.copyto(array, copy)
+        if inner is not None:
+            self.inner.load_state_dict(inner)
 
     def _arrays(self) -> list[np.ndarray]:
         return self.params + [a for arrays in self.state for a in arrays]
@@ -213,7 +247,8 @@ def train(data: Digits, kind: str, schedule: Callable[[int], float], steps: int,
     start = time.perf_counter()
     for t in range(steps + 1):
         if t % eval_every == 0 or t == steps:
-            loss, acc = model.evaluate(data.x_val, data.y_val)
+            with opt.evaluating():
+                loss, acc = model.evaluate(data.x_val, data.y_val)
             evals.append((t, loss, acc))
             if plateau is not None and t > 0:
                 plateau.step(loss)
@@ -224,14 +259,16 @@ def train(data: Digits, kind: str, schedule: Callable[[int], float], steps: int,
         if not np.isfinite(loss):
             diverged = True
             if evals[-1][0] != t:
-                evals.append((t, *model.evaluate(data.x_val, data.y_val)))
+                with opt.evaluating():
+                    evals.append((t, *model.evaluate(data.x_val, data.y_val)))
             break
         lr = schedule(t) if plateau is None else plateau.rate(schedule(t))
         opt.step(grads, lr, None if momentum is None else momentum(t))
     seconds = time.perf_counter() - start
     eval_steps, val_losses, val_accs = (np.array(column) for column in zip(*evals))
     reached = np.flatnonzero(val_accs >= target_accuracy)
-    train_loss, train_acc = model.evaluate(data.x_train, data.y_train)
+    with opt.evaluating():
+        train_loss, train_acc = model.evaluate(data.x_train, data.y_train)
     return TrainResult(eval_steps=eval_steps, val_losses=val_losses, val_accuracies=val_accs,
                        train_loss=train_loss, train_accuracy=train_acc,
                        val_loss=float(val_losses[-1]), val_accuracy=float(val_accs[-1]),
