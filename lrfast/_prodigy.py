@@ -28,7 +28,6 @@ from typing import Mapping, MutableMapping, Sequence
 
 from . import _hparams, steps_lr_free
 from ._kernel import Kernel, Slot, Update
-from . import reference  # noqa: F401  (first: reference_lr_free imports it, and it them)
 from .reference_lr_free import prodigy_d_update, prodigy_dlr
 
 SHARED = ("betas", "beta3", "d0", "d_coef", "growth_rate", "decouple", "use_bias_correction")

@@ -20,7 +20,6 @@ from typing import Callable, Mapping, MutableMapping, Sequence
 
 from . import _hparams, steps_lr_free
 from ._kernel import Kernel, Slot, Update
-from . import reference  # noqa: F401  (first: reference_lr_free imports it, and it them)
 from .reference_lr_free import ScheduleFreeScalars
 
 # the group keys of the schedule's options and state, not step-function keywords

@@ -163,7 +163,8 @@ def best_fixed(rows: list[Row]) -> Row:
 
 
 def format_table(rows: list[Row]) -> str:
-    header = (f"{'rate / schedule':<36} {'val acc %':>13} {'val loss':>15} "
+    width = max(len(row.label) for row in rows) + 2  # the label and the best-rate mark
+    header = (f"{'rate / schedule':<{width}} {'val acc %':>13} {'val loss':>15} "
               f"{'steps to ' + format(TARGET_ACCURACY, '.0%'):>13} {'ms/run':>7} {'gap pp':>7}")
     lines = [header, "-" * len(header)]
     best = best_fixed(rows)
@@ -184,7 +185,7 @@ def format_table(rows: list[Row]) -> str:
         diverged = sum(run.diverged for run in row.runs)
         loss_text = f"{loss:.3f} ± {loss_sd:.3f}" if math.isfinite(loss) else f"diverged {diverged}/{len(row.runs)}"
         mark = " *" if row is best else ""
-        lines.append(f"{row.label + mark:<36} {100 * acc:6.1f} ± {100 * acc_sd:4.1f} {loss_text:>15} "
+        lines.append(f"{row.label + mark:<{width}} {100 * acc:6.1f} ± {100 * acc_sd:4.1f} {loss_text:>15} "
                      f"{to_target:>13} {1000 * seconds:7.0f} {gap:7.1f}")
     lines.append("* best fixed rate of the grid (lowest mean validation loss)")
     return "\n".join(lines)

@@ -44,7 +44,7 @@ import math
 
 import numpy as np
 
-from .precision import Q8State, quantize_blockwise, random_bits, round_nearest, round_stochastic
+from .reference_arrays import ParamStore, arithmetic_dtype, check_signed, each, listify, load, store
 
 __all__ = [
     "sgd_step", "adam_step", "adamw_step", "rmsprop_step", "adagrad_step",
@@ -53,66 +53,6 @@ __all__ = [
     "lion_step", "schedulefree_sgd_step", "schedulefree_adamw_step", "schedulefree_to_eval",
     "schedulefree_to_train", "prodigy_reduce", "prodigy_update",
 ]
-
-
-def _listify(x):
-    if x is None or isinstance(x, (list, tuple)):
-        return x
-    return [x]
-
-
-def _each(params, grads, *states):
-    """Yields (param, grad, *states) per tensor; a missing state list gives None."""
-    params, grads = _listify(params), _listify(grads)
-    states = [_listify(s) if s is not None else [None] * len(params) for s in states]
-    return zip(params, grads, *states)
-
-
-def _arithmetic_dtype(p):
-    return np.dtype(np.float64 if p.dtype == np.float64 else np.float32)
-
-
-def _load(x, dtype):
-    """``x`` (an array, a Q8State or None) in the arithmetic ``dtype``; an
-    array already of that dtype is returned itself, not copied."""
-    if x is None:
-        return None
-    if isinstance(x, Q8State):
-        return x.dequantize().astype(dtype, copy=False)
-    return x.astype(dtype, copy=False)
-
-
-def _store(x, value):
-    """Writes ``value`` into ``x``: rounded to nearest even, or re-quantized."""
-    if x is None:
-        return
-    if isinstance(x, Q8State):
-        x.codes[...], x.absmax[...] = quantize_blockwise(value, x.signed)
-    else:
-        x[...] = round_nearest(value, x.dtype)
-
-
-class _ParamStore:
-    """Stores the new params of one call, counting their elements' positions."""
-
-    def __init__(self, stochastic_rounding, seed, step):
-        self.stochastic_rounding, self.seed, self.step = stochastic_rounding, seed, step or 0
-        self.position = 0
-
-    def __call__(self, p, value):
-        if self.stochastic_rounding and p.dtype.itemsize == 2:
-            bits = random_bits(self.seed, self.step, self.position, p.size)
-            p[...] = round_stochastic(value, p.dtype, bits)
-        else:
-            _store(p, value)
-        self.position += p.size
-
-
-def _check_signed(states, name):
-    for i, s in enumerate(_listify(states) or []):
-        if isinstance(s, Q8State) and not s.signed:
-            raise ValueError(f"{name}[{i}]: an unsigned q8 state cannot hold values that can be "
-                             "negative; make it with zeros_state(param, 'q8', signed=True)")
 
 
 def _grad(p, g, grad_scale, maximize, weight_decay):
@@ -134,48 +74,48 @@ def sgd_step(params, grads, momentum_buffers=None, *, lr, step=None, momentum=0.
         g = g + momentum * b if nesterov else b  (when momentum != 0)
         param = param - lr * g
     """
-    _check_signed(momentum_buffers, "momentum_buffers")
-    store_param = _ParamStore(stochastic_rounding, seed, step)
-    for p, g, b in _each(params, grads, momentum_buffers):
-        dtype = _arithmetic_dtype(p)
+    check_signed(momentum_buffers, "momentum_buffers")
+    store_param = ParamStore(stochastic_rounding, seed, step)
+    for p, g, b in each(params, grads, momentum_buffers):
+        dtype = arithmetic_dtype(p)
         t = dtype.type
-        P, B = _load(p, dtype), _load(b, dtype)
-        d = _grad(P, _load(g, dtype), grad_scale, maximize, weight_decay)
+        P, B = load(p, dtype), load(b, dtype)
+        d = _grad(P, load(g, dtype), grad_scale, maximize, weight_decay)
         if momentum != 0:
             if step == 1:
                 B[...] = d
             else:
                 B[...] = B * t(momentum) + t(1 - dampening) * d
             d = d + t(momentum) * B if nesterov else B
-            _store(b, B)
+            store(b, B)
         P += t(-lr) * d
         store_param(p, P)
 
 
 def _adam(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, *, lr, step, betas, eps,
           weight_decay, amsgrad, maximize, grad_scale, decoupled, stochastic_rounding, seed):
-    _check_signed(exp_avgs, "exp_avgs")
-    store_param = _ParamStore(stochastic_rounding, seed, step)
+    check_signed(exp_avgs, "exp_avgs")
+    store_param = ParamStore(stochastic_rounding, seed, step)
     beta1, beta2 = betas
     step_size = lr / (1 - beta1**step)
     bias_correction2_sqrt = math.sqrt(1 - beta2**step)
-    for p, g, m, v, vmax in _each(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs):
-        dtype = _arithmetic_dtype(p)
+    for p, g, m, v, vmax in each(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs):
+        dtype = arithmetic_dtype(p)
         t = dtype.type
-        P, M, V, VMAX = (_load(x, dtype) for x in (p, m, v, vmax))
+        P, M, V, VMAX = (load(x, dtype) for x in (p, m, v, vmax))
         if decoupled and weight_decay != 0:
             P *= t(1 - lr * weight_decay)
-        d = _grad(P, _load(g, dtype), grad_scale, maximize, 0.0 if decoupled else weight_decay)
+        d = _grad(P, load(g, dtype), grad_scale, maximize, 0.0 if decoupled else weight_decay)
         M += t(1 - beta1) * (d - M)
         V = V * t(beta2) + t(1 - beta2) * d * d
         if amsgrad:
             np.maximum(VMAX, V, out=VMAX)
         denom = np.sqrt(VMAX if amsgrad else V) / t(bias_correction2_sqrt) + t(eps)
         P += t(-step_size) * (M / denom)
-        _store(m, M)
-        _store(v, V)
+        store(m, M)
+        store(v, V)
         if amsgrad:
-            _store(vmax, VMAX)
+            store(vmax, VMAX)
         store_param(p, P)
 
 
@@ -218,14 +158,14 @@ def rmsprop_step(params, grads, square_avgs, momentum_buffers=None, grad_avgs=No
         b = momentum * b + g / avg; param = param - lr * b      if momentum > 0
         param = param - lr * g / avg                            otherwise
     """
-    _check_signed(momentum_buffers, "momentum_buffers")
-    _check_signed(grad_avgs, "grad_avgs")
-    store_param = _ParamStore(stochastic_rounding, seed, None)
-    for p, g, s, b, a in _each(params, grads, square_avgs, momentum_buffers, grad_avgs):
-        dtype = _arithmetic_dtype(p)
+    check_signed(momentum_buffers, "momentum_buffers")
+    check_signed(grad_avgs, "grad_avgs")
+    store_param = ParamStore(stochastic_rounding, seed, None)
+    for p, g, s, b, a in each(params, grads, square_avgs, momentum_buffers, grad_avgs):
+        dtype = arithmetic_dtype(p)
         t = dtype.type
-        P, S, B, A = (_load(x, dtype) for x in (p, s, b, a))
-        d = _grad(P, _load(g, dtype), grad_scale, maximize, weight_decay)
+        P, S, B, A = (load(x, dtype) for x in (p, s, b, a))
+        d = _grad(P, load(g, dtype), grad_scale, maximize, weight_decay)
         S = S * t(alpha) + t(1 - alpha) * d * d
         if centered:
             A += t(1 - alpha) * (d - A)
@@ -237,11 +177,11 @@ def rmsprop_step(params, grads, square_avgs, momentum_buffers=None, grad_avgs=No
             P += t(-lr) * B
         else:
             P += t(-lr) * (d / avg)
-        _store(s, S)
+        store(s, S)
         if centered:
-            _store(a, A)
+            store(a, A)
         if momentum > 0:
-            _store(b, B)
+            store(b, B)
         store_param(p, P)
 
 
@@ -253,15 +193,15 @@ def adagrad_step(params, grads, state_sums, *, lr=1e-2, step, lr_decay=0.0, weig
         param = param - lr / (1 + (step - 1) * lr_decay) * g / (sqrt(s) + eps)
     """
     clr = lr / (1 + (step - 1) * lr_decay)
-    store_param = _ParamStore(stochastic_rounding, seed, step)
-    for p, g, s in _each(params, grads, state_sums):
-        dtype = _arithmetic_dtype(p)
+    store_param = ParamStore(stochastic_rounding, seed, step)
+    for p, g, s in each(params, grads, state_sums):
+        dtype = arithmetic_dtype(p)
         t = dtype.type
-        P, S = _load(p, dtype), _load(s, dtype)
-        d = _grad(P, _load(g, dtype), grad_scale, maximize, weight_decay)
+        P, S = load(p, dtype), load(s, dtype)
+        d = _grad(P, load(g, dtype), grad_scale, maximize, weight_decay)
         S += d * d
         P += t(-clr) * (d / (np.sqrt(S) + t(eps)))
-        _store(s, S)
+        store(s, S)
         store_param(p, P)
 
 
@@ -275,18 +215,18 @@ def adadelta_step(params, grads, square_avgs, acc_deltas, *, lr=1.0, rho=0.9, ep
         u = rho * u + (1 - rho) * delta * delta
         param = param - lr * delta
     """
-    store_param = _ParamStore(stochastic_rounding, seed, None)
-    for p, g, s, u in _each(params, grads, square_avgs, acc_deltas):
-        dtype = _arithmetic_dtype(p)
+    store_param = ParamStore(stochastic_rounding, seed, None)
+    for p, g, s, u in each(params, grads, square_avgs, acc_deltas):
+        dtype = arithmetic_dtype(p)
         t = dtype.type
-        P, S, U = (_load(x, dtype) for x in (p, s, u))
-        d = _grad(P, _load(g, dtype), grad_scale, maximize, weight_decay)
+        P, S, U = (load(x, dtype) for x in (p, s, u))
+        d = _grad(P, load(g, dtype), grad_scale, maximize, weight_decay)
         S = S * t(rho) + t(1 - rho) * d * d
         delta = np.sqrt(U + t(eps)) / np.sqrt(S + t(eps)) * d
         U = U * t(rho) + t(1 - rho) * delta * delta
         P += t(-lr) * delta
-        _store(s, S)
-        _store(u, U)
+        store(s, S)
+        store(u, U)
         store_param(p, P)
 
 
@@ -295,7 +235,7 @@ def global_norm(grads, norm_type=2.0):
 
         (sum_i |g_i|**p) ** (1/p),   max_i |g_i| for p = inf
     """
-    flat = [np.asarray(g, dtype=np.float64).ravel() for g in _listify(grads)]
+    flat = [np.asarray(g, dtype=np.float64).ravel() for g in listify(grads)]
     if not flat:
         return 0.0
     x = np.concatenate(flat)
@@ -317,14 +257,14 @@ def clip_grad_norm(grads, max_norm, norm_type=2.0, error_if_nonfinite=False):
         raise RuntimeError(f"the total norm of order {norm_type} of the gradients is non-finite")
     coef = max_norm / (total + 1e-6)
     if coef < 1 or math.isnan(coef):
-        for g in _listify(grads):
+        for g in listify(grads):
             g *= g.dtype.type(coef)
     return total
 
 
 def clip_grad_value(grads, clip_value):
     """Clamps every gradient element to [-clip_value, clip_value] in place."""
-    for g in _listify(grads):
+    for g in listify(grads):
         np.clip(g, -clip_value, clip_value, out=g)
 
 

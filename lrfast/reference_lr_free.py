@@ -67,7 +67,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .reference import _arithmetic_dtype, _check_signed, _each, _load, _ParamStore, _store
+from .reference_arrays import ParamStore, arithmetic_dtype, check_signed, each, load, store
 
 __all__ = [
     "lion_step",
@@ -79,13 +79,13 @@ __all__ = [
 
 def _grad(g, t, grad_scale, maximize):
     """The gradient as the update sees it, in the arithmetic type ``t``."""
-    d = _load(g, np.dtype(t)) * t(grad_scale)
+    d = load(g, np.dtype(t)) * t(grad_scale)
     return -d if maximize else d
 
 
 def _loaded(t, *arrays):
     """Each array (or Q8State, or None) in the arithmetic type ``t``."""
-    return (_load(x, np.dtype(t)) for x in arrays)
+    return (load(x, np.dtype(t)) for x in arrays)
 
 
 def _lerp(a, b, w, t):
@@ -112,17 +112,17 @@ def lion_step(params, grads, exp_avgs, *, lr=1e-4, betas=(0.9, 0.99), weight_dec
     ``weight_decay / initial lr``, a matter for the class. One pass: reads grad, param, m;
     writes param, m.
     """
-    _check_signed(exp_avgs, "exp_avgs")
-    store_param = _ParamStore(stochastic_rounding, seed, None)
+    check_signed(exp_avgs, "exp_avgs")
+    store_param = ParamStore(stochastic_rounding, seed, None)
     beta1, beta2 = betas
-    for p, g, m in _each(params, grads, exp_avgs):
-        t = _arithmetic_dtype(p).type
+    for p, g, m in each(params, grads, exp_avgs):
+        t = arithmetic_dtype(p).type
         P, M = _loaded(t, p, m)
         d = _grad(g, t, grad_scale, maximize)
         P *= t(1 - lr * weight_decay)
         c = M * t(beta1) + t(1 - beta1) * d
         P += t(-lr) * np.sign(c)
-        _store(m, M * t(beta2) + t(1 - beta2) * d)
+        store(m, M * t(beta2) + t(1 - beta2) * d)
         store_param(p, P)
 
 
@@ -188,17 +188,17 @@ def schedulefree_sgd_step(params, grads, zs, *, lr, ckp1, step=None, momentum=0.
     step. One pass: reads grad, y, z; writes y, z. ``step`` only feeds the
     stochastic-rounding hash.
     """
-    _check_signed(zs, "zs")
-    store_param = _ParamStore(stochastic_rounding, seed, step)
-    for y, g, z in _each(params, grads, zs):
-        t = _arithmetic_dtype(y).type
+    check_signed(zs, "zs")
+    store_param = ParamStore(stochastic_rounding, seed, step)
+    for y, g, z in each(params, grads, zs):
+        t = arithmetic_dtype(y).type
         Y, Z = _loaded(t, y, z)
         d = _grad(g, t, grad_scale, maximize)
         if weight_decay != 0:
             d = d + t(weight_decay) * Y
         Y = _lerp(Y, Z, ckp1, t)
         Y += t(lr * (momentum * (1 - ckp1) - 1)) * d
-        _store(z, Z + t(-lr) * d)
+        store(z, Z + t(-lr) * d)
         store_param(y, Y)
 
 
@@ -220,12 +220,12 @@ def schedulefree_adamw_step(params, grads, zs, exp_avg_sqs, *, lr, ckp1, step,
     first moment (``beta1`` only sets the interpolation), and no bias
     correction but ``v``'s. One pass: reads grad, y, z, v; writes y, z, v.
     """
-    _check_signed(zs, "zs")
-    store_param = _ParamStore(stochastic_rounding, seed, step)
+    check_signed(zs, "zs")
+    store_param = ParamStore(stochastic_rounding, seed, step)
     beta1, beta2 = betas
     bias_correction2 = 1 - beta2**step
-    for y, g, z, v in _each(params, grads, zs, exp_avg_sqs):
-        t = _arithmetic_dtype(y).type
+    for y, g, z, v in each(params, grads, zs, exp_avg_sqs):
+        t = arithmetic_dtype(y).type
         Y, Z, V = _loaded(t, y, z, v)
         d = _grad(g, t, grad_scale, maximize)
         V = V * t(beta2) + t(1 - beta2) * d * d
@@ -234,8 +234,8 @@ def schedulefree_adamw_step(params, grads, zs, exp_avg_sqs, *, lr, ckp1, step,
             u = u + t(weight_decay) * Y
         Y = _lerp(Y, Z, ckp1, t)
         Y += t(lr * (beta1 * (1 - ckp1) - 1)) * u
-        _store(v, V)
-        _store(z, Z + t(-lr) * u)
+        store(v, V)
+        store(z, Z + t(-lr) * u)
         store_param(y, Y)
 
 
@@ -265,10 +265,10 @@ def schedulefree_to_train(params, zs, *, beta1):
 
 def _schedulefree_lerp(params, zs, w):
     """param = lerp(param, z, w), the param rounded to nearest even."""
-    for p, z in _each(params, zs):
-        t = _arithmetic_dtype(p).type
+    for p, z in each(params, zs):
+        t = arithmetic_dtype(p).type
         P, Z = _loaded(t, p, z)
-        _store(p, _lerp(P, Z, w, t))
+        store(p, _lerp(P, Z, w, t))
 
 
 # ---------------------------------------------------------------- Prodigy
@@ -343,20 +343,20 @@ def prodigy_reduce(params, grads, ss, p0s, *, d, d0, dlr, betas=(0.9, 0.999), be
     slice only) and ``p0``, reads and writes ``s``; it writes nothing else,
     and the param and the moments are untouched until :func:`prodigy_update`.
     """
-    _check_signed(ss, "ss")
+    check_signed(ss, "ss")
     beta3 = _beta3(betas, beta3)
     s_rate = (d / d0) * (d if safeguard_warmup else dlr)
     dot = s_abs = 0.0
-    for p, g, s, p0 in _each(params, grads, ss, p0s):
-        t = _arithmetic_dtype(p).type
+    for p, g, s, p0 in each(params, grads, ss, p0s):
+        t = arithmetic_dtype(p).type
         P, S = _loaded(t, p, s)
         gs = _prodigy_grad(P, g, t, weight_decay, decouple, grad_scale, maximize).ravel()[::slice_p]
         ps = P.ravel()[::slice_p]
         dot += float(np.dot(gs.astype(np.float64),
-                            _load(p0, np.dtype(np.float64)) - ps.astype(np.float64)))
+                            load(p0, np.dtype(np.float64)) - ps.astype(np.float64)))
         S = S * t(beta3) + t(s_rate) * gs
         s_abs += float(np.abs(S).sum(dtype=np.float64))
-        _store(s, S)
+        store(s, S)
     return dot, s_abs
 
 
@@ -431,11 +431,11 @@ def prodigy_update(params, grads, exp_avgs, exp_avg_sqs, *, d, d_new, dlr, betas
     One pass: reads grad, param, m, v; writes param, m, v. Under
     ``slice_p > 1`` every element is updated all the same.
     """
-    _check_signed(exp_avgs, "exp_avgs")
-    store_param = _ParamStore(stochastic_rounding, seed, None)
+    check_signed(exp_avgs, "exp_avgs")
+    store_param = ParamStore(stochastic_rounding, seed, None)
     beta1, beta2 = betas
-    for p, g, m, v in _each(params, grads, exp_avgs, exp_avg_sqs):
-        t = _arithmetic_dtype(p).type
+    for p, g, m, v in each(params, grads, exp_avgs, exp_avg_sqs):
+        t = arithmetic_dtype(p).type
         P, M, V = _loaded(t, p, m, v)
         dg = _prodigy_grad(P, g, t, weight_decay, decouple, grad_scale, maximize)
         if beta1 > 0:
@@ -446,8 +446,8 @@ def prodigy_update(params, grads, exp_avgs, exp_avg_sqs, *, d, d_new, dlr, betas
             P += t(-weight_decay * dlr) * P
         if beta1 > 0:
             P += t(-dlr) * (M / denom)
-            _store(m, M)
+            store(m, M)
         else:
             P += t(-dlr * d_new) * (dg / denom)
-        _store(v, V)
+        store(v, V)
         store_param(p, P)

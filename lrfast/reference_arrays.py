@@ -1,0 +1,72 @@
+"""How the NumPy references read and write their arrays: one tensor at a
+time, arithmetic in float32 (float64 for float64 params), each store rounded
+to nearest even or re-quantized (a q8 state), 16-bit params rounded
+stochastically when asked. Shared by :mod:`lrfast.reference` and
+:mod:`lrfast.reference_lr_free`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .precision import Q8State, quantize_blockwise, random_bits, round_nearest, round_stochastic
+
+
+def listify(x):
+    if x is None or isinstance(x, (list, tuple)):
+        return x
+    return [x]
+
+
+def each(params, grads, *states):
+    """Yields (param, grad, *states) per tensor; a missing state list gives None."""
+    params, grads = listify(params), listify(grads)
+    states = [listify(s) if s is not None else [None] * len(params) for s in states]
+    return zip(params, grads, *states)
+
+
+def arithmetic_dtype(p):
+    return np.dtype(np.float64 if p.dtype == np.float64 else np.float32)
+
+
+def load(x, dtype):
+    """``x`` (an array, a Q8State or None) in the arithmetic ``dtype``; an
+    array already of that dtype is returned itself, not copied."""
+    if x is None:
+        return None
+    if isinstance(x, Q8State):
+        return x.dequantize().astype(dtype, copy=False)
+    return x.astype(dtype, copy=False)
+
+
+def store(x, value):
+    """Writes ``value`` into ``x``: rounded to nearest even, or re-quantized."""
+    if x is None:
+        return
+    if isinstance(x, Q8State):
+        x.codes[...], x.absmax[...] = quantize_blockwise(value, x.signed)
+    else:
+        x[...] = round_nearest(value, x.dtype)
+
+
+class ParamStore:
+    """Stores the new params of one call, counting their elements' positions."""
+
+    def __init__(self, stochastic_rounding, seed, step):
+        self.stochastic_rounding, self.seed, self.step = stochastic_rounding, seed, step or 0
+        self.position = 0
+
+    def __call__(self, p, value):
+        if self.stochastic_rounding and p.dtype.itemsize == 2:
+            bits = random_bits(self.seed, self.step, self.position, p.size)
+            p[...] = round_stochastic(value, p.dtype, bits)
+        else:
+            store(p, value)
+        self.position += p.size
+
+
+def check_signed(states, name):
+    for i, s in enumerate(listify(states) or []):
+        if isinstance(s, Q8State) and not s.signed:
+            raise ValueError(f"{name}[{i}]: an unsigned q8 state cannot hold values that can be "
+                             "negative; make it with zeros_state(param, 'q8', signed=True)")
