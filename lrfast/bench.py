@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import importlib
 import json
 import math
 import os
@@ -29,6 +30,10 @@ from .progress import Progress
 from .workloads import transformer_like_shapes
 
 TORCH_FUSED = {"SGD", "Adam", "AdamW", "Adagrad"}  # the rest run with foreach=True
+
+# Other libraries' 8-bit optimizers, timed beside lrfast's q8 states when they
+# import: row name prefix -> module holding Adam8bit and AdamW8bit.
+EIGHT_BIT = {"bnb": "bitsandbytes.optim", "ao": "torchao.optim"}
 
 
 def timeit(fns: dict, budget: float = 0.3, before=None, report=None) -> dict:
@@ -123,9 +128,10 @@ class Problem:
         names = ("params", "grads") + self.state_names
         _core.stream(tuple([self.params, self.grads] + self.states), names)
 
-    def torch_optimizer(self):
-        """torch.optim's fastest CPU optimizer on copies of the same arrays, and
-        which implementation it is ("fused" or "foreach")."""
+    def torch_optimizer(self, cls=None):
+        """torch.optim's fastest CPU optimizer (or `cls`, a class taking the same
+        arguments) on copies of the same arrays, and which implementation it is
+        ("fused" or "foreach"; None for `cls`)."""
         import torch
 
         def tensor(a):  # a copy; torch cannot take NumPy's bfloat16 itself
@@ -137,12 +143,31 @@ class Problem:
         for t, g in zip(tensors, self.grads):
             t.grad = tensor(g)
         kwargs = {k: v for k, v in self.hp.items() if k != "step"}
+        if cls is not None:
+            return cls(tensors, **kwargs), None
         impl = "fused" if self.torch_name in TORCH_FUSED else "foreach"
         return getattr(torch.optim, self.torch_name)(tensors, **kwargs, **{impl: True}), impl
 
+    def eight_bit(self) -> list[tuple[str, type]]:
+        """(row name, class) of bitsandbytes' and torchao's 8-bit version of this
+        Adam or AdamW, for each of the two that imports; [] for other optimizers."""
+        if self.torch_name not in ("Adam", "AdamW"):
+            return []
+        out = []
+        for prefix, module in EIGHT_BIT.items():
+            try:
+                cls = getattr(importlib.import_module(module), f"{self.torch_name}8bit")
+            except ImportError:
+                continue
+            out.append((f"{prefix}-{self.name}8", cls))
+        return out
+
 
 def measure(name, label, shapes, dtype, with_reference, with_torch, busy, report=None,
-            state_dtype=None):
+            state_dtype=None) -> list[dict]:
+    """The row of lrfast's step; with q8 states, then a row for each other
+    library's 8-bit Adam or AdamW that imports (its time in the lrfast columns,
+    against the same probe and torch)."""
     if report:
         report("making the arrays")
     problem = Problem(name, shapes, dtype, state_dtype)
@@ -154,7 +179,16 @@ def measure(name, label, shapes, dtype, with_reference, with_torch, busy, report
         opt, torch_impl = problem.torch_optimizer()
         fns["torch"] = opt.step
     t = timeit(fns, budget=0.5, before=busy, report=report)
-    return _row(name, label, problem, t, problem.bytes, torch_impl)
+    rows = [_row(name, label, problem, t, problem.bytes, torch_impl)]
+    # The other libraries take samples of their own, interleaved with the probe
+    # and torch's: their threads would otherwise still be busy when lrfast's start.
+    for row_name, cls in problem.eight_bit() if with_torch and problem.q8 else []:
+        theirs = {"lrfast": problem.torch_optimizer(cls)[0].step, "probe": problem.stream,
+                  "torch": fns["torch"]}
+        rows.append(_row(row_name, label, problem, timeit(theirs, budget=0.5, before=busy,
+                                                          report=report),
+                         problem.bytes, torch_impl))
+    return rows
 
 
 def clip_row(dtype, with_torch, report=None, state_dtype=None):
@@ -181,7 +215,7 @@ def clip_row(dtype, with_torch, report=None, state_dtype=None):
         fns["torch"] = torch_clip_step
     t = timeit(fns, budget=0.5, report=report)
     read_twice = problem.bytes + problem.elements * problem.dtype.itemsize  # norm, then step
-    return _row("clip+adamw", "transformer-146", problem, t, read_twice, torch_impl)
+    return [_row("clip+adamw", "transformer-146", problem, t, read_twice, torch_impl)]
 
 
 def _row(optimizer, layout, problem, t, traffic, torch_impl) -> dict:
@@ -342,9 +376,11 @@ def _measure_rows(args, with_torch: bool, busy) -> list[dict]:
     rows = []
     try:
         for i, (what, job) in enumerate(jobs, 1):
-            rows.append(job(report=lambda stage: progress.show(f"row {i} of {len(jobs)}: {what}, {stage}")))
+            new = job(report=lambda stage: progress.show(f"row {i} of {len(jobs)}: {what}, {stage}"))
             progress.clear()
-            print(bench_table.row(rows[-1]), flush=True)
+            for r in new:
+                print(bench_table.row(r), flush=True)
+            rows += new
     finally:
         progress.clear()
     return rows

@@ -29,7 +29,10 @@ def _number(value: float | None, spec: str, suffix: str = "") -> str:
 COLUMNS = [
     Column("optimizer", -10, lambda r: r["optimizer"],
            "the step timed; clip+adamw is global_norm, then adamw_step with the clip "
-           "coefficient as grad_scale (torch: clip_grad_norm_, then its AdamW)"),
+           "coefficient as grad_scale (torch: clip_grad_norm_, then its AdamW); with "
+           "--state-dtype q8, bnb-adamw8 and ao-adamw8 (bnb-adam8, ao-adam8) are "
+           "bitsandbytes' and torchao's AdamW8bit (Adam8bit) on copies of the same "
+           "arrays, where installed"),
     Column("dtype", -7, lambda r: r["dtype"], "of the parameters, gradients and states"),
     Column("layout", -15, lambda r: r["layout"],
            "1xN: one tensor of N elements; 1000x1000: 1000 tensors of 1000; "
