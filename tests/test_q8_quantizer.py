@@ -12,18 +12,13 @@ significant bits. Each block of 256 holds a 1.0, so that absmax is 1 and the
 normalised value is the value.
 """
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 
 import lrfast
+from isa_run import saved_arrays
 from lrfast import precision, steps
 
-TESTS = Path(__file__).parent
 F32 = np.float32
 
 
@@ -100,12 +95,4 @@ np.savez(sys.argv[1], *t.quantize_by_steps(t.signed_values(), t.unsigned_values(
 
 @pytest.mark.parametrize("isa", ["baseline", "avx2", "avx512"])
 def test_every_isa_gets_the_spec_codes(isa, tmp_path):
-    if isa != "baseline" and lrfast.cpu_isa() == "baseline":
-        pytest.skip("no x86 variants on this machine")
-    path = tmp_path / "codes.npz"
-    out = subprocess.run([sys.executable, "-c", WORKLOAD, str(path)], cwd=TESTS,
-                         env=dict(os.environ, LRFAST_CPU_ISA=isa), capture_output=True,
-                         text=True, timeout=240)
-    assert out.returncode == 0, out.stderr
-    with np.load(path) as f:
-        check(f["arr_0"], f["arr_1"], f"LRFAST_CPU_ISA={isa}")
+    check(*saved_arrays(WORKLOAD, isa, tmp_path), f"LRFAST_CPU_ISA={isa}")
