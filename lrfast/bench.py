@@ -183,12 +183,25 @@ def measure(name, label, shapes, dtype, with_reference, with_torch, busy, report
     # The other libraries take samples of their own, interleaved with the probe
     # and torch's: their threads would otherwise still be busy when lrfast's start.
     for row_name, cls in problem.eight_bit() if with_torch and problem.q8 else []:
-        theirs = {"lrfast": problem.torch_optimizer(cls)[0].step, "probe": problem.stream,
-                  "torch": fns["torch"]}
-        rows.append(_row(row_name, label, problem, timeit(theirs, budget=0.5, before=busy,
-                                                          report=report),
-                         problem.bytes, torch_impl))
+        their_opt = problem.torch_optimizer(cls)[0]
+        theirs = {"lrfast": their_opt.step, "probe": problem.stream, "torch": fns["torch"]}
+        row = _row(row_name, label, problem, timeit(theirs, budget=0.5, before=busy,
+                                                    report=report), problem.bytes, torch_impl)
+        if not _has_8_bit_states(their_opt):  # torchao: sizes not a multiple of its blocks
+            row["dtype"] = f"{problem.dtype.name}/its float32"
+        rows.append(row)
     return rows
+
+
+def _has_8_bit_states(opt) -> bool:
+    """Whether a torch optimizer keeps its params' states in 8 bits: as uint8
+    tensors (bitsandbytes) or tensor subclasses (torchao), rather than in plain
+    float tensors, which both libraries fall back to for some params."""
+    import torch
+
+    return any(isinstance(v, torch.Tensor) and v.numel() == p.numel()
+               and (v.dtype == torch.uint8 or type(v) is not torch.Tensor)
+               for p, state in opt.state.items() for v in state.values())
 
 
 def clip_row(dtype, with_torch, report=None, state_dtype=None):

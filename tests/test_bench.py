@@ -103,6 +103,7 @@ def test_q8_rows_of_other_8_bit_optimizers_where_they_import(monkeypatch):
     rows = bench.measure("adamw", "1x5000", [(5000,)], "float32", False, True, None,
                          state_dtype="q8")
     assert [r["optimizer"] for r in rows] == ["adamw", "fake-adamw8"]
+    assert [r["dtype"] for r in rows] == ["float32/q8", "float32/its float32"]  # torch's states
     assert rows[1]["time_s"] > 0 and rows[1]["vs_torch"] > 0 and rows[1]["pct_of_bandwidth"] > 0
     # none for other optimizers, other states, or without torch
     assert len(bench.measure("sgd", "1x5000", [(5000,)], "float32", False, True, None,
