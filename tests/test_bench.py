@@ -111,3 +111,20 @@ def test_q8_rows_of_other_8_bit_optimizers_where_they_import(monkeypatch):
     assert len(bench.measure("adamw", "1x5000", [(5000,)], "float32", False, True, None)) == 1
     assert len(bench.measure("adamw", "1x5000", [(5000,)], "float32", False, False, None,
                              state_dtype="q8")) == 1
+
+
+def test_8_bit_states_are_told_from_float_ones():
+    torch = pytest.importorskip("torch")
+    p = torch.zeros(300)
+
+    class Subclass(torch.Tensor):
+        pass
+
+    def opt(state):
+        return types.SimpleNamespace(state={p: state})
+
+    assert bench._has_8_bit_states(opt({"step": torch.tensor(1.0),
+                                        "state1": torch.zeros(300, dtype=torch.uint8)}))
+    assert bench._has_8_bit_states(opt({"exp_avg": torch.zeros(300).as_subclass(Subclass)}))
+    assert not bench._has_8_bit_states(opt({"exp_avg": torch.zeros(300),
+                                            "absmax": torch.zeros(2, dtype=torch.uint8)}))
