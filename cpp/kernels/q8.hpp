@@ -42,7 +42,7 @@ inline __m512 permute_lookup(const __m512* t, __m512i j) {
     }
 }
 
-// The registers of a table of up to 256 entries, 16 each.
+// The 16 registers of a 256-entry table.
 inline void load_table(const float* table, int entries, __m512* t) {
     for (int r = 0; r < (entries + 15) / 16; ++r) t[r] = _mm512_loadu_ps(table + 16 * r);
 }
