@@ -2,7 +2,6 @@
 #include "lrfast/q8_tables.hpp"
 
 #include <cstring>
-#include <limits>
 
 #include "lrfast/q8_map_bits.hpp"
 
@@ -15,48 +14,45 @@ float from_bits(std::uint32_t u) {
     return f;
 }
 
-const char* g_error = "";
-
-// The smallest and largest float of bucket b (in value order).
-void bucket_range(int b, float& lowest, float& highest) {
-    const std::uint32_t first = std::uint32_t(b % kQ8SignBucket) << kQ8BucketShift;
-    const float small = first == 0 ? 0.0f : from_bits(first + kQ8BucketFloor);
-    const float large = from_bits(first + (1u << kQ8BucketShift) - 1 + kQ8BucketFloor);
-    const bool negative = b >= kQ8SignBucket;
-    lowest = negative ? -large : small;
-    highest = negative ? -small : large;
+std::uint32_t to_bits(float f) {
+    std::uint32_t u;
+    std::memcpy(&u, &f, sizeof u);
+    return u;
 }
 
-Q8Table build(const std::uint32_t (&bits)[256]) {
+const char* g_error = "";
+
+Q8Table build(const std::uint32_t (&bits)[256], bool is_signed) {
     Q8Table t{};
     for (int k = 0; k < 256; ++k) t.map[k] = from_bits(bits[k]);
-    for (int k = 0; k < 255; ++k)
-        t.midpoints[k] = float((double(t.map[k]) + double(t.map[k + 1])) / 2);
-    for (int k = 255; k < 255 + kQ8Fixups; ++k)
-        t.midpoints[k] = std::numeric_limits<float>::infinity();
-    for (int level = 0; level < 8; ++level) {
-        const int bit = 128 >> level;
-        for (int j = 0; j < 1 << level; ++j)
-            t.search[(1 << level) - 1 + j] = t.midpoints[j * 2 * bit + bit - 1];
-    }
-    t.search[255] = std::numeric_limits<float>::infinity();
-    for (int b = 0; b < kQ8Buckets; ++b) {
-        float lowest, highest;
-        bucket_range(b, lowest, highest);
-        int below = 0, inside = 0;
-        for (int k = 0; k < 255; ++k) {
-            below += t.midpoints[k] < lowest;
-            inside += lowest <= t.midpoints[k] && t.midpoints[k] <= highest;
+    // The midpoints >= 0 (lrfast.precision._MIDPOINTS), as float32 bits: for
+    // non-negative floats the integer order is the value order.
+    std::uint32_t mid[255];
+    const int first = is_signed ? 127 : 0;
+    for (int k = first; k < 255; ++k)
+        mid[k] = to_bits(float((double(t.map[k]) + double(t.map[k + 1])) / 2));
+    for (int c = 0; c < kQ8Cells; ++c) {
+        const std::uint32_t lowest = kQ8CellFloor + (std::uint32_t(c) << kQ8CellShift);
+        const std::uint32_t highest = lowest + ((1u << kQ8CellShift) - 1);
+        std::uint32_t below = 0, inside = 0, low_bits = kQ8NoMidpoint;
+        for (int k = first; k < 255; ++k) {
+            if (mid[k] < kQ8CellFloor) g_error = "a q8 midpoint lies below the cells' floor";
+            below += mid[k] < lowest;
+            if (lowest <= mid[k] && mid[k] <= highest) {
+                ++inside;
+                low_bits = mid[k] & 0xffffu;
+            }
         }
-        if (inside > kQ8Fixups) g_error = "a q8 bucket holds more midpoints than kQ8Fixups";
-        t.bucket[b] = std::uint8_t(below);
+        if (inside > 1) g_error = "a q8 cell holds more than one midpoint";
+        t.cell[c] = below << 24 | low_bits;
     }
+    t.top_midpoint = mid[254];
     return t;
 }
 
 }  // namespace
 
-const Q8Table q8_tables[2] = {build(kUnsignedMapBits), build(kSignedMapBits)};
+const Q8Table q8_tables[2] = {build(kUnsignedMapBits, false), build(kSignedMapBits, true)};
 
 const char* q8_tables_error() { return g_error; }
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import importlib
 import json
 import math
 import os
@@ -31,6 +32,10 @@ from .progress import Progress
 from .workloads import transformer_like_shapes
 
 TORCH_FUSED = {"SGD", "Adam", "AdamW", "Adagrad"}  # the rest run with foreach=True
+
+# Other libraries' 8-bit optimizers, timed beside lrfast's q8 states when they
+# import: row name prefix -> module holding Adam8bit and AdamW8bit.
+EIGHT_BIT = {"bnb": "bitsandbytes.optim", "ao": "torchao.optim"}
 
 
 def timeit(fns: dict, budget: float = 0.3, before=None, report=None) -> dict:
@@ -143,10 +148,11 @@ class Problem:
         names = ("params", "grads") + self.state_names
         _core.stream(tuple([self.params, self.grads] + self.states), names)
 
-    def torch_optimizer(self):
+    def torch_optimizer(self, cls=None):
         """``(optimizer, impl)`` on copies of the same arrays: torch.optim's
         fastest CPU step ("fused" or "foreach"), or the reference package's
-        for the optimizers torch does not have; None without that package."""
+        for the optimizers torch does not have (None without that package),
+        or `cls`, a class taking torch.optim's arguments (impl None)."""
         import torch
 
         def tensor(a):  # a copy; torch cannot take NumPy's bfloat16 itself
@@ -157,7 +163,23 @@ class Problem:
         tensors = [tensor(p).requires_grad_() for p in self.params]
         for t, g in zip(tensors, self.grads):
             t.grad = tensor(g)
+        if cls is not None:
+            return cls(tensors, **{k: v for k, v in self.hp.items() if k != "step"}), None
         return rival(self.name, tensors, TORCH_FUSED)
+
+    def eight_bit(self) -> list[tuple[str, type]]:
+        """(row name, class) of bitsandbytes' and torchao's 8-bit version of this
+        Adam or AdamW, for each of the two that imports; [] for other optimizers."""
+        if self.torch_name not in ("Adam", "AdamW"):
+            return []
+        out = []
+        for prefix, module in EIGHT_BIT.items():
+            try:
+                cls = getattr(importlib.import_module(module), f"{self.torch_name}8bit")
+            except ImportError:
+                continue
+            out.append((f"{prefix}-{self.name}8", cls))
+        return out
 
 
 def _function(impl: str, name: str):
@@ -167,7 +189,10 @@ def _function(impl: str, name: str):
 
 
 def measure(name, label, shapes, dtype, with_reference, with_torch, busy, report=None,
-            state_dtype=None):
+            state_dtype=None) -> list[dict]:
+    """The row of lrfast's step; with q8 states, then a row for each other
+    library's 8-bit Adam or AdamW that imports (its time in the lrfast columns,
+    against the same probe and torch)."""
     if report:
         report("making the arrays")
     problem = Problem(name, shapes, dtype, state_dtype)
@@ -182,7 +207,29 @@ def measure(name, label, shapes, dtype, with_reference, with_torch, busy, report
         opt, torch_impl = made
         fns["torch"] = opt.step
     t = timeit(fns, budget=0.5, before=busy, report=report)
-    return _row(name, label, problem, t, problem.bytes, torch_impl)
+    rows = [_row(name, label, problem, t, problem.bytes, torch_impl)]
+    # The other libraries take samples of their own, interleaved with the probe
+    # and torch's: their threads would otherwise still be busy when lrfast's start.
+    for row_name, cls in problem.eight_bit() if with_torch and problem.q8 else []:
+        their_opt = problem.torch_optimizer(cls)[0]
+        theirs = {"lrfast": their_opt.step, "probe": problem.stream, "torch": fns["torch"]}
+        row = _row(row_name, label, problem, timeit(theirs, budget=0.5, before=busy,
+                                                    report=report), problem.bytes, torch_impl)
+        if not _has_8_bit_states(their_opt):  # torchao: sizes not a multiple of its blocks
+            row["dtype"] = f"{problem.dtype.name}/its float32"
+        rows.append(row)
+    return rows
+
+
+def _has_8_bit_states(opt) -> bool:
+    """Whether a torch optimizer keeps its params' states in 8 bits: as uint8
+    tensors (bitsandbytes) or tensor subclasses (torchao), rather than in plain
+    float tensors, which both libraries fall back to for some params."""
+    import torch
+
+    return any(isinstance(v, torch.Tensor) and v.numel() == p.numel()
+               and (v.dtype == torch.uint8 or type(v) is not torch.Tensor)
+               for p, state in opt.state.items() for v in state.values())
 
 
 def clip_row(dtype, with_torch, report=None, state_dtype=None):
@@ -211,7 +258,7 @@ def clip_row(dtype, with_torch, report=None, state_dtype=None):
         fns["torch"] = torch_clip_step
     t = timeit(fns, budget=0.5, report=report)
     read_twice = problem.bytes + problem.elements * problem.dtype.itemsize  # norm, then step
-    return _row("clip+adamw", "transformer-146", problem, t, read_twice, torch_impl)
+    return [_row("clip+adamw", "transformer-146", problem, t, read_twice, torch_impl)]
 
 
 def _row(optimizer, layout, problem, t, traffic, torch_impl) -> dict:
@@ -372,9 +419,11 @@ def _measure_rows(args, with_torch: bool, busy) -> list[dict]:
     rows = []
     try:
         for i, (what, job) in enumerate(jobs, 1):
-            rows.append(job(report=lambda stage: progress.show(f"row {i} of {len(jobs)}: {what}, {stage}")))
+            new = job(report=lambda stage: progress.show(f"row {i} of {len(jobs)}: {what}, {stage}"))
             progress.clear()
-            print(bench_table.row(rows[-1]), flush=True)
+            for r in new:
+                print(bench_table.row(r), flush=True)
+            rows += new
     finally:
         progress.clear()
     return rows

@@ -10,11 +10,6 @@ arithmetic may differ in the last bit, must agree step by step within an ulp
 and a code.
 """
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 
@@ -24,10 +19,10 @@ import lrfast  # noqa: E402
 from lrfast import precision, reference  # noqa: E402
 from lrfast.precision import Q8State  # noqa: E402
 from cases import CASES, call_step  # noqa: E402
+from isa_run import saved_arrays  # noqa: E402
 
 BF16 = np.dtype(ml_dtypes.bfloat16)
 F16, F32, F64 = np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64)
-TESTS = Path(__file__).parent
 STEPS = 3
 SIZES = (0, 1, 255, 256, 257, 4096, 5000, 40000)
 SIGNED_SLOTS = precision.SIGNED_STATES
@@ -279,15 +274,7 @@ np.savez(sys.argv[1], *[a.view({1: np.uint8, 2: np.uint16, 4: np.uint32}[a.dtype
 @pytest.mark.slow
 @pytest.mark.parametrize("isa", ["baseline", "avx2", "avx512"])
 def test_every_isa_gives_the_same_bits(isa, tmp_path):
-    if isa != "baseline" and lrfast.cpu_isa() == "baseline":
-        pytest.skip("no x86 variants on this machine")
-    path = tmp_path / "out.npz"
-    out = subprocess.run([sys.executable, "-c", WORKLOAD, str(path)], cwd=TESTS,
-                         env=dict(os.environ, LRFAST_CPU_ISA=isa), capture_output=True,
-                         text=True, timeout=240)
-    assert out.returncode == 0, out.stderr
-    with np.load(path) as f:
-        got = [f[f"arr_{i}"] for i in range(len(f.files))]
+    got = saved_arrays(WORKLOAD, isa, tmp_path)
     want = [a.view({1: np.uint8, 2: np.uint16, 4: np.uint32}[a.dtype.itemsize])
             for a in sr_workload()]
     assert_bits_equal(got, want, f"LRFAST_CPU_ISA={isa}")

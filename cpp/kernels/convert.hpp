@@ -77,9 +77,55 @@ inline void store(float& x, float f) { x = f; }
 inline double load(double x) { return x; }
 inline void store(double& x, double f) { x = f; }
 
+#if defined(__AVX512F__)
+// 16 floats with the arithmetic of float, lane by lane (the same IEEE
+// operations), for loops written once for scalars and vectors.
+struct F32x16 {
+    __m512 x;
+    F32x16() = default;
+    F32x16(__m512 v) : x(v) {}
+    explicit F32x16(double d) : x(_mm512_set1_ps(float(d))) {}
+};
+inline F32x16 operator+(F32x16 a, F32x16 b) { return _mm512_add_ps(a.x, b.x); }
+inline F32x16 operator-(F32x16 a, F32x16 b) { return _mm512_sub_ps(a.x, b.x); }
+inline F32x16 operator*(F32x16 a, F32x16 b) { return _mm512_mul_ps(a.x, b.x); }
+inline F32x16 operator/(F32x16 a, F32x16 b) { return _mm512_div_ps(a.x, b.x); }
+inline F32x16 root(F32x16 a) { return _mm512_sqrt_ps(a.x); }
+// a > b ? a : b, as for scalars (b when either is NaN): vmaxps' rule.
+inline F32x16 maximum(F32x16 a, F32x16 b) { return _mm512_max_ps(a.x, b.x); }
+
+// 32 bfloat16 elements from 64 bytes: the even-numbered ones (each the low
+// half of a 32-bit word) and the odd ones (the high half), widened in place
+// by a shift and a mask, without reordering lanes.
+inline void load_bf16x32(const Bf16* in, F32x16& even, F32x16& odd) {
+    const __m512i w = _mm512_loadu_si512(in);
+    even = _mm512_castsi512_ps(_mm512_slli_epi32(w, 16));
+    odd = _mm512_castsi512_ps(_mm512_and_si512(w, _mm512_set1_epi32(int(0xffff0000u))));
+}
+
+// x rounded to bfloat16 (to_bf16) in the high half of each 32-bit lane: u +
+// 0x7fff, plus 1 if bit 16 is set (ties to even); a NaN keeps its high half
+// with the quiet bit set.
+inline __m512i round_bf16_high(__m512 x) {
+    const __m512i u = _mm512_castps_si512(x);
+    __m512i r = _mm512_add_epi32(u, _mm512_set1_epi32(0x7fff));
+    r = _mm512_mask_add_epi32(r, _mm512_test_epi32_mask(u, _mm512_set1_epi32(0x10000)), r,
+                              _mm512_set1_epi32(1));
+    return _mm512_mask_or_epi32(r, _mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q), u,
+                                _mm512_set1_epi32(0x00400000));
+}
+
+// The inverse of load_bf16x32, rounding to nearest even.
+inline void store_bf16x32(Bf16* out, F32x16 even, F32x16 odd) {
+    const __m512i low = _mm512_srli_epi32(round_bf16_high(even.x), 16);
+    // 0xCA: bits of the mask from the first operand, the rest from the second.
+    _mm512_storeu_si512(out, _mm512_ternarylogic_epi32(_mm512_set1_epi32(int(0xffff0000u)),
+                                                       round_bf16_high(odd.x), low, 0xCA));
+}
+#endif
+
 // out[i] = in[i] rounded to bfloat16, nearest even (to_bf16 on each element).
-// AVX-512 runs the same integer steps on 16 lanes, a NaN lane taking its
-// high half with the quiet bit set, and narrows the lanes with vpmovdw. (The
+// AVX-512 rounds 16 lanes with round_bf16_high and narrows them with vpmovdw. (The
 // compiler's own vectorisation of to_bf16 packs with vpermt2w, several times
 // slower here; vcvtneps2bf16 of AVX512_BF16 would not do: it flushes float32
 // subnormals to zero.)
@@ -87,18 +133,10 @@ inline void narrow_bf16(const float* __restrict in, std::uint16_t* __restrict ou
                         std::int64_t n) {
     std::int64_t i = 0;
 #if defined(__AVX512F__)
-    const __m512i half_ulp = _mm512_set1_epi32(0x7fff), one = _mm512_set1_epi32(1);
-    const __m512i abs_mask = _mm512_set1_epi32(0x7fffffff), inf = _mm512_set1_epi32(0x7f800000);
-    const __m512i quiet = _mm512_set1_epi32(0x40);
-    for (; i + 16 <= n; i += 16) {
-        const __m512i u = _mm512_castps_si512(_mm512_loadu_ps(in + i));
-        const __m512i high = _mm512_srli_epi32(u, 16);
-        const __m512i even = _mm512_and_si512(high, one);
-        __m512i r = _mm512_srli_epi32(_mm512_add_epi32(_mm512_add_epi32(u, half_ulp), even), 16);
-        const __mmask16 nan = _mm512_cmpgt_epu32_mask(_mm512_and_si512(u, abs_mask), inf);
-        r = _mm512_mask_or_epi32(r, nan, high, quiet);
-        _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + i), _mm512_cvtepi32_epi16(r));
-    }
+    for (; i + 16 <= n; i += 16)
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + i),
+                            _mm512_cvtepi32_epi16(_mm512_srli_epi32(
+                                round_bf16_high(_mm512_loadu_ps(in + i)), 16)));
 #elif defined(__AVX2__)
     // The same on 8 lanes; |u| and inf are non-negative as int32, so a signed
     // compare orders them, and vpackusdw packs the (< 2^16) results.

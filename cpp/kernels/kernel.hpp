@@ -20,6 +20,9 @@ namespace lrfast::LRFAST_ISA_NS {
 
 inline float root(float x) { return __builtin_sqrtf(x); }
 inline double root(double x) { return __builtin_sqrt(x); }
+// a > b ? a : b (b when either is NaN).
+inline float maximum(float a, float b) { return a > b ? a : b; }
+inline double maximum(double a, double b) { return a > b ? a : b; }
 
 // branch(f, b1, b2, ...) calls f(std::integral_constant<bool, b1>{}, ...), so a
 // kernel states its options as compile-time flags and each combination gets

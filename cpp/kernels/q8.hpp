@@ -77,132 +77,137 @@ inline void dequantize(const Operand& x, std::int64_t lo, std::int64_t n, T* __r
     }
 }
 
-// The bucket of a normalised value n in [-1, 1] (or NaN: any bucket; its
-// code is fixed afterwards): sign, exponent clamped below 2^-31, top mantissa bits.
-inline std::uint32_t bucket_of(float n) {
+// The code of a normalised value n = v / absmax, in [-1, 1] or NaN: the
+// number of the map's midpoints below n (ties to the lower code), 255 for NaN.
+// code_of is the rule; look_up runs it on 16 (AVX-512) or 8 (AVX2) lanes with
+// the same integer steps, so every ISA gives the same codes.
+//
+// The cells of Q8Table count the midpoints >= 0 below a key k >= 0 (the
+// float32 bits of |n|, clamped to 1.0; a NaN's key is 1.0's, its code fixed
+// at the end). The unsigned map's midpoints are all >= 0: code = count, and a
+// negative n, below them all, takes 0. The signed map is symmetric (map[k] ==
+// -map[254 - k] for k < 255, so midpoint k is minus midpoint 253 - k): n >= 0
+// has the 127 negative midpoints below it, code = 127 + count; n = -a < 0 has
+// below it the negative midpoints whose mirrors are > a, code = 127 - (the
+// positive midpoints <= a, bar the top one, which has no mirror), counted as
+// those < k + 1 (the next float up) with k + 1 clamped to the top midpoint.
+template <bool SIGNED>
+inline std::uint32_t code_of(const Q8Table& table, float n) {
     std::uint32_t u;
     __builtin_memcpy(&u, &n, sizeof u);
-    std::uint32_t a = u & 0x7fffffffu;
-    a = a < 0x3f800000u ? a : 0x3f800000u;  // |n| <= 1; keeps a NaN's look-up in range
-    a = a > kQ8BucketFloor ? a - kQ8BucketFloor : 0u;
-    return ((u >> 31) * std::uint32_t(kQ8SignBucket)) | (a >> kQ8BucketShift);
+    std::uint32_t key = (u & 0x7fffffffu) < kQ8One ? u & 0x7fffffffu : kQ8One;
+    const bool negative = (u >> 31) != 0;
+    if (SIGNED && negative) key = key + 1 < table.top_midpoint ? key + 1 : table.top_midpoint;
+    key = key > kQ8CellFloor ? key : kQ8CellFloor;
+    const std::uint32_t cell = table.cell[(key - kQ8CellFloor) >> kQ8CellShift];
+    const std::uint32_t count = (cell >> 24) + ((key & 0xffffu) > (cell & 0xffffu) ? 1u : 0u);
+    const std::uint32_t code = SIGNED ? (negative ? 127 - count : 127 + count) : (negative ? 0 : count);
+    return n != n ? 255u : code;
 }
 
-// out[i] = the code of the normalised value v[i]: the midpoints below its
-// bucket, plus those of the next kQ8Fixups that are < v[i] (ties to the lower
-// code); 255 for NaN. The AVX2 variant computes the same buckets and gathers
-// the same table entries 8 lanes at a time, and compares the same way (an ordered <).
-//
-// AVX-512 counts the midpoints < v[i] by a binary search instead, 16 lanes at
-// a time with no gather: the midpoints are sorted, so "midpoints[k] < v" is
-// true for k below the count and false from it on, and setting the code's bits
-// from 128 down to 1, each where the midpoint just below the candidate is < v,
-// finds that count exactly (levels of table.search, held in registers). A NaN
-// compares false everywhere and then gets 255.
-inline void look_up(const Q8Table& table, const float* __restrict v, std::uint8_t* __restrict out,
-                    std::int64_t m) {
+// out[i] = code_of(v[i] / top) for i < m (IEEE division, as the spec's).
+// The cells are looked up by a gather.
+template <bool SIGNED>
+inline void look_up(const Q8Table& table, const float* __restrict v, float top,
+                    std::uint8_t* __restrict out, std::int64_t m) {
     std::int64_t i = 0;
+    const int* cells = reinterpret_cast<const int*>(table.cell);
 #if defined(__AVX512F__)
-    // Level L (bit 128 >> L) starts at search[2^L - 1]: registers of 16 entries.
-    __m512 level1, level2, level3, level4, level5[2], level6[4], level7[8];
-    load_table(table.search + 1, 2, &level1);
-    load_table(table.search + 3, 4, &level2);
-    load_table(table.search + 7, 8, &level3);
-    load_table(table.search + 15, 16, &level4);
-    load_table(table.search + 31, 32, level5);
-    load_table(table.search + 63, 64, level6);
-    load_table(table.search + 127, 128, level7);
-    const __m512 level0 = _mm512_set1_ps(table.search[0]);
-    const __m512i byte = _mm512_set1_epi32(0xff);
-    // Four vectors at a time: each search is a chain of dependent steps, the
-    // four chains overlap.
-    constexpr int kLanes = 64;
-    for (; i + kLanes <= m; i += kLanes) {
-        __m512 n[4];
-        __m512i code[4];
-        for (int k = 0; k < 4; ++k) {
-            n[k] = _mm512_loadu_ps(v + i + 16 * k);
-            code[k] = _mm512_setzero_si512();
-        }
-        // Sets `bit` of each code whose midpoint `mid(j)` is < n, where the code
-        // so far has bits above `bit` only and j = code / (2 * bit) indexes its level.
-        auto step = [&](int bit, auto mid) {
-            for (int k = 0; k < 4; ++k) {
-                const __m512 below = mid(_mm512_srli_epi32(code[k], 1 + __builtin_ctz(bit)));
-                code[k] = _mm512_mask_add_epi32(code[k], _mm512_cmp_ps_mask(below, n[k], _CMP_LT_OQ),
-                                                code[k], _mm512_set1_epi32(bit));
-            }
-        };
-        step(128, [&](__m512i) { return level0; });
-        step(64, [&](__m512i j) { return permute_lookup<1>(&level1, j); });
-        step(32, [&](__m512i j) { return permute_lookup<2>(&level2, j); });
-        step(16, [&](__m512i j) { return permute_lookup<3>(&level3, j); });
-        step(8, [&](__m512i j) { return permute_lookup<4>(&level4, j); });
-        step(4, [&](__m512i j) { return permute_lookup<5>(level5, j); });
-        step(2, [&](__m512i j) { return permute_lookup<6>(level6, j); });
-        step(1, [&](__m512i j) { return permute_lookup<7>(level7, j); });
-        for (int k = 0; k < 4; ++k) {
-            const __m512i c = _mm512_mask_mov_epi32(
-                code[k], _mm512_cmp_ps_mask(n[k], n[k], _CMP_UNORD_Q), byte);
-            _mm_storeu_si128(reinterpret_cast<__m128i*>(out + i + 16 * k), _mm512_cvtepi32_epi8(c));
-        }
+    const __m512 scale = _mm512_set1_ps(top);
+    const __m512i abs_mask = _mm512_set1_epi32(0x7fffffff), one = _mm512_set1_epi32(int(kQ8One));
+    const __m512i floor = _mm512_set1_epi32(int(kQ8CellFloor));
+    const __m512i top_mid = _mm512_set1_epi32(int(table.top_midpoint));
+    const __m512i low = _mm512_set1_epi32(0xffff), unit = _mm512_set1_epi32(1);
+    const __m512i zero_code = _mm512_set1_epi32(127), nan_code = _mm512_set1_epi32(255);
+    for (; i + 16 <= m; i += 16) {
+        const __m512 n = _mm512_div_ps(_mm512_loadu_ps(v + i), scale);
+        const __m512i u = _mm512_castps_si512(n);
+        const __mmask16 negative = _mm512_movepi32_mask(u);
+        __m512i key = _mm512_min_epu32(_mm512_and_si512(u, abs_mask), one);
+        if constexpr (SIGNED)
+            key = _mm512_mask_min_epu32(key, negative, _mm512_add_epi32(key, unit), top_mid);
+        key = _mm512_max_epu32(key, floor);
+        const __m512i cell = _mm512_i32gather_epi32(
+            _mm512_srli_epi32(_mm512_sub_epi32(key, floor), kQ8CellShift), cells, 4);
+        // The key's low 16 bits with the cell's high ones (0xCA: low ? key : cell),
+        // against the cell: their low bits decide.
+        const __m512i mixed = _mm512_ternarylogic_epi32(low, key, cell, 0xCA);
+        __m512i count = _mm512_srli_epi32(cell, 24);
+        count = _mm512_mask_add_epi32(count, _mm512_cmpgt_epu32_mask(mixed, cell), count, unit);
+        __m512i code;
+        if constexpr (SIGNED)
+            code = _mm512_mask_sub_epi32(_mm512_add_epi32(zero_code, count), negative, zero_code, count);
+        else
+            code = _mm512_maskz_mov_epi32(_knot_mask16(negative), count);
+        code = _mm512_mask_mov_epi32(code, _mm512_cmp_ps_mask(n, n, _CMP_UNORD_Q), nan_code);
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(out + i), _mm512_cvtepi32_epi8(code));
     }
 #elif defined(__AVX2__)
-    static_assert(kQ8SignBucket == 1 << 11, "the sign bucket is bit 11");
-    const __m256i byte = _mm256_set1_epi32(0xff), abs_mask = _mm256_set1_epi32(0x7fffffff);
-    const __m256i one = _mm256_set1_epi32(0x3f800000), floor = _mm256_set1_epi32(kQ8BucketFloor);
+    // AVX2 has no unsigned 32-bit compare: the low 16 bits compare as signed
+    // numbers, and -1 per true lane is subtracted.
+    const __m256 scale = _mm256_set1_ps(top);
+    const __m256i abs_mask = _mm256_set1_epi32(0x7fffffff), one = _mm256_set1_epi32(int(kQ8One));
+    const __m256i floor = _mm256_set1_epi32(int(kQ8CellFloor));
+    const __m256i top_mid = _mm256_set1_epi32(int(table.top_midpoint));
+    const __m256i low = _mm256_set1_epi32(0xffff), unit = _mm256_set1_epi32(1);
+    const __m256i zero_code = _mm256_set1_epi32(127), nan_code = _mm256_set1_epi32(255);
     for (; i + 8 <= m; i += 8) {
-        const __m256 n = _mm256_loadu_ps(v + i);
-        // bucket_of on 8 lanes: max(a, floor) - floor is a - floor above the floor, else 0.
+        const __m256 n = _mm256_div_ps(_mm256_loadu_ps(v + i), scale);
         const __m256i u = _mm256_castps_si256(n);
-        const __m256i a = _mm256_min_epu32(_mm256_and_si256(u, abs_mask), one);
-        const __m256i b = _mm256_or_si256(
-            _mm256_slli_epi32(_mm256_srli_epi32(u, 31), 11),
-            _mm256_srli_epi32(_mm256_sub_epi32(_mm256_max_epu32(a, floor), floor), kQ8BucketShift));
-        const __m256i below = _mm256_and_si256(
-            _mm256_i32gather_epi32(reinterpret_cast<const int*>(table.bucket), b, 1), byte);
-        __m256i code = below;
-        for (int j = 0; j < kQ8Fixups; ++j) {
-            const __m256 mid = _mm256_i32gather_ps(table.midpoints + j, below, 4);
-            code = _mm256_sub_epi32(code, _mm256_castps_si256(_mm256_cmp_ps(mid, n, _CMP_LT_OQ)));
-        }
-        code = _mm256_blendv_epi8(code, byte, _mm256_castps_si256(_mm256_cmp_ps(n, n, _CMP_UNORD_Q)));
+        const __m256i negative = _mm256_srai_epi32(u, 31);
+        __m256i key = _mm256_min_epu32(_mm256_and_si256(u, abs_mask), one);
+        if constexpr (SIGNED)
+            key = _mm256_blendv_epi8(
+                key, _mm256_min_epu32(_mm256_add_epi32(key, unit), top_mid), negative);
+        key = _mm256_max_epu32(key, floor);
+        const __m256i cell = _mm256_i32gather_epi32(
+            cells, _mm256_srli_epi32(_mm256_sub_epi32(key, floor), kQ8CellShift), 4);
+        const __m256i above = _mm256_cmpgt_epi32(_mm256_and_si256(key, low),
+                                                 _mm256_and_si256(cell, low));
+        const __m256i count = _mm256_sub_epi32(_mm256_srli_epi32(cell, 24), above);
+        __m256i code;
+        if constexpr (SIGNED)  // 127 + count, or 127 - count: (count ^ -1) + 1 is -count
+            code = _mm256_add_epi32(zero_code, _mm256_sub_epi32(_mm256_xor_si256(count, negative), negative));
+        else
+            code = _mm256_andnot_si256(negative, count);
+        code = _mm256_blendv_epi8(code, nan_code, _mm256_castps_si256(_mm256_cmp_ps(n, n, _CMP_UNORD_Q)));
         const __m128i words = _mm_packus_epi32(_mm256_castsi256_si128(code),
                                                _mm256_extracti128_si256(code, 1));
         _mm_storel_epi64(reinterpret_cast<__m128i*>(out + i), _mm_packus_epi16(words, words));
     }
 #endif
-    for (; i < m; ++i) {
-        const std::uint32_t below = table.bucket[bucket_of(v[i])];
-        std::uint32_t code = below;
-        for (int j = 0; j < kQ8Fixups; ++j) code += table.midpoints[below + j] < v[i] ? 1u : 0u;
-        out[i] = std::uint8_t(v[i] != v[i] ? 255u : code);
-    }
+    for (; i < m; ++i) out[i] = std::uint8_t(code_of<SIGNED>(table, v[i] / top));
 }
 
 // Elements [lo, lo + n) of q8 state x = in[0..n), quantized block by block:
-// absmax = max |v| (NaN if the block holds a NaN), and each v / absmax gets the
-// code of its nearest map value: the number of midpoints below it (ties to the
-// lower code), 255 for NaN. An all-zero block keeps absmax 0 and the code of 0.
-// T = double rounds to float first.
+// absmax = max |v| (NaN if the block holds a NaN), and each v / absmax gets its
+// code (code_of). An all-zero block keeps absmax 0 and the code of 0. T =
+// double rounds to float first.
 //
-// Each pass over a block is a plain loop: the maximum is taken on the bits of
-// |v| (for floats of one sign their integer order; NaNs lie above inf), the
-// division vectorises, and the look-up (see look_up) runs from L1.
+// The maximum is taken on the bits of |v| (for floats of one sign their
+// integer order; NaNs lie above inf), a plain loop that vectorises; the
+// division is done in look_up, from L1.
 template <class T>
 inline void quantize(const T* __restrict in, const Operand& x, std::int64_t lo, std::int64_t n) {
     const Q8Table& table = q8_table(x);
+    const bool is_signed = x.storage == Storage::q8_signed;
     std::uint8_t* __restrict codes = static_cast<std::uint8_t*>(x.data) + lo;
     float* absmax = x.absmax + lo / kQ8Block;
-    alignas(64) float v[kQ8Block];
+    alignas(64) float rounded[std::is_same_v<T, float> ? 1 : kQ8Block];
     for (std::int64_t b = 0; b * kQ8Block < n; ++b) {
         const std::int64_t first = b * kQ8Block;
         const std::int64_t m = n - first < kQ8Block ? n - first : kQ8Block;
+        const float* v;
+        if constexpr (std::is_same_v<T, float>) {
+            v = in + first;
+        } else {
+            for (std::int64_t i = 0; i < m; ++i) rounded[i] = float(in[first + i]);
+            v = rounded;
+        }
         std::uint32_t top_bits = 0;
         for (std::int64_t i = 0; i < m; ++i) {
-            v[i] = float(in[first + i]);
             std::uint32_t u;
-            __builtin_memcpy(&u, &v[i], sizeof u);
+            __builtin_memcpy(&u, v + i, sizeof u);
             u &= 0x7fffffffu;
             top_bits = u > top_bits ? u : top_bits;
         }
@@ -212,11 +217,12 @@ inline void quantize(const T* __restrict in, const Operand& x, std::int64_t lo, 
         absmax[b] = top;
         std::uint8_t* __restrict out = codes + first;
         if (top_bits == 0) {  // all zeros: n = 0
-            for (std::int64_t i = 0; i < m; ++i) v[i] = 0.0f;
+            for (std::int64_t i = 0; i < m; ++i) out[i] = is_signed ? 127 : 0;
+        } else if (is_signed) {
+            look_up<true>(table, v, top, out, m);
         } else {
-            for (std::int64_t i = 0; i < m; ++i) v[i] = v[i] / top;
+            look_up<false>(table, v, top, out, m);
         }
-        look_up(table, v, out, m);
     }
 }
 

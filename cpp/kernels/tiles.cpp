@@ -46,6 +46,29 @@ static bool all_bf16(const Operand* x) {
     return true;
 }
 
+// Bytes per element of an array (q8: its codes).
+static int element_bytes(Storage s) {
+    switch (s) {
+        case Storage::f64: return 8;
+        case Storage::f32: return 4;
+        case Storage::q8_signed:
+        case Storage::q8_unsigned: return 1;
+        default: return 2;
+    }
+}
+
+// Asks for the next tile's arrays, elements [lo, lo + m), while this tile
+// computes: a tile reads its arrays one after the other, between long runs of
+// arithmetic (q8 look-ups), which the hardware prefetchers do not run ahead of.
+static void prefetch_tile(const Operand* x, std::int64_t lo, std::int64_t m) {
+    for (int k = 0; k < kOperands; ++k) {
+        if (x[k].data == nullptr) continue;
+        const int size = element_bytes(x[k].storage);
+        const char* first = static_cast<const char*>(x[k].data) + lo * size;
+        for (std::int64_t b = 0; b < m * size; b += 64) __builtin_prefetch(first + b, 1);
+    }
+}
+
 template <class T, class P>
 static void tiled(UpdateFn<P, T> update, const P& hp, const MixedTensor& tensor,
                   std::int64_t lo, std::int64_t n) {
@@ -68,6 +91,7 @@ static void tiled(UpdateFn<P, T> update, const P& hp, const MixedTensor& tensor,
     alignas(64) std::uint32_t random[kTile];
     for (std::int64_t at = 0; at < n; at += kTile) {
         const std::int64_t m = n - at < kTile ? n - at : kTile;
+        if (at + m < n) prefetch_tile(x, lo + at + m, n - at - m < kTile ? n - at - m : kTile);
         T* v[kOperands];
         for (int k = 0; k < kOperands; ++k) {
             if (x[k].data == nullptr) {
