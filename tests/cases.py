@@ -114,7 +114,7 @@ CASES = (
          bench=dict(lr=1.0, ckp1=0.1)),
     Case("schedulefree_adamw", ("zs", "exp_avg_sqs"), _SCHEDULEFREE_ADAMW_GRID,
          lambda hp: ("zs", "exp_avg_sqs"), None, bench=dict(lr=2.5e-3, ckp1=0.1)),
-    # Prodigy's update pass; its reduction pass has tests of its own (test_prodigy_kernels.py).
+    # Prodigy's update pass; its reduction pass has tests of its own (tests/test_lr_free_kernels.py).
     Case("prodigy", ("exp_avgs", "exp_avg_sqs"), _PRODIGY_GRID,
          lambda hp: (("exp_avgs",) if hp.get("betas", (0.9,))[0] > 0 else ()) + ("exp_avg_sqs",),
          None, takes_step=False, function="prodigy_update",

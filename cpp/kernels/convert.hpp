@@ -24,6 +24,18 @@
 
 namespace lrfast::LRFAST_ISA_NS {
 
+// Elements per tile of the tile layer (tiles.cpp; Prodigy's reduction in
+// prodigy.cpp): the buffers of one tile (up to five arrays) stay in L1. A
+// multiple of kQ8Block, so that a tile starting on a q8 block holds whole blocks.
+constexpr std::int64_t kTile = 512;
+static_assert(kTile % kQ8Block == 0, "tiles hold whole q8 blocks");
+
+// The storage of an array that holds the arithmetic type T itself.
+template <class T>
+constexpr Storage own_storage() {
+    return std::is_same_v<T, float> ? Storage::f32 : Storage::f64;
+}
+
 inline float from_bf16(std::uint16_t h) {
     const std::uint32_t u = std::uint32_t(h) << 16;
     float f;

@@ -108,20 +108,13 @@ template ProdigySums prodigy_reduce<double>(const ProdigyReduceParams&, const do
 // rounded back to its storage. The tiles' sums add up in order. A tensor with
 // a q8 s gets `lo` a multiple of kQ8Block (the driver's blocks), so its tiles
 // hold whole q8 blocks.
-constexpr std::int64_t kTile = 512;
-static_assert(kTile % kQ8Block == 0, "tiles hold whole q8 blocks");
-
-template <class T>
-static bool holds(const Operand& x) {
-    return x.storage == (std::is_same_v<T, float> ? Storage::f32 : Storage::f64);
-}
 
 // Elements first, first + stride, ... (m of them) of x as T: x's own memory
 // where it holds T contiguously, else `buffer` filled.
 template <class T>
 static T* gathered(const Operand& x, std::int64_t first, std::int64_t stride, std::int64_t m,
                    T* buffer) {
-    if (holds<T>(x)) {
+    if (x.storage == own_storage<T>()) {
         T* data = static_cast<T*>(x.data) + first;
         if (stride == 1) return data;
         for (std::int64_t i = 0; i < m; ++i) buffer[i] = data[i * stride];

@@ -15,16 +15,7 @@
 
 namespace lrfast::LRFAST_ISA_NS {
 
-// Elements per tile: the buffers of one tile (up to five arrays) stay in L1.
-// A multiple of kQ8Block, so that a tile starting on a q8 block holds whole blocks.
-constexpr std::int64_t kTile = 512;
-static_assert(kTile % kQ8Block == 0, "tiles hold whole q8 blocks");
 constexpr int kGrad = 1;  // the one operand an update only reads
-
-template <class T>
-static constexpr Storage own_storage() {
-    return std::is_same_v<T, float> ? Storage::f32 : Storage::f64;
-}
 
 // The kernel that runs a tensor of bfloat16 arrays directly, converting in
 // its loop (same bits as the tiles), if the optimizer has one.
