@@ -50,7 +50,7 @@ SHAPES = [(1000003,), (17,), (7,), (0,), (40000,)]
 
 # Runs every case for three steps and saves the final arrays.
 WORKLOAD = """
-import sys, numpy as np, lrfast
+import sys, ml_dtypes, numpy as np, lrfast
 from cases import CASES, call_step, gradients, make_problem
 shapes = [(1000003,), (17,), (7,), (0,), (40000,)]
 out = {}
@@ -70,6 +70,14 @@ for slice_p in (1, 3, 11):  # Prodigy's reduction: its float64 sums and s
     p0 = [np.ones(x.shape, np.float32) for x in s]
     sums = lrfast.prodigy_reduce(params, grads, s, p0, d=1e-3, d0=1e-6, dlr=1e-3, slice_p=slice_p)
     out[f"prodigy_reduce-{slice_p}"] = np.concatenate([np.array(sums)] + s)
+    # the same through the tiles: bfloat16 params and p0, q8 s
+    bf16 = [x.astype(ml_dtypes.bfloat16) for x in params]
+    q8 = [lrfast.zeros_state(x, "q8") for x in s]
+    sums = lrfast.prodigy_reduce(bf16, grads, q8, [x.astype(ml_dtypes.bfloat16) for x in p0],
+                                 d=1e-3, d0=1e-6, dlr=1e-3, slice_p=slice_p)
+    out[f"prodigy_reduce-{slice_p}-bf16-q8"] = np.concatenate(
+        [np.array(sums)] + [np.concatenate([x.codes.ravel(), x.absmax.view(np.uint8)])
+                            if isinstance(x, lrfast.Q8State) else x.view(np.uint8) for x in q8])
 out["norms"] = np.array([lrfast.global_norm(grads, p) for p in (1.0, 2.0, 3.0, float("inf"))])
 np.savez(sys.argv[1], **out)
 """

@@ -115,14 +115,17 @@ def test_prodigy_without_a_first_moment(dtype):
         np.testing.assert_allclose(a, b, rtol=1e-5 if dtype == np.float32 else 1e-12)
 
 
+@pytest.mark.parametrize("dtype, state", [(np.float32, None), (BF16, "q8")],
+                         ids=["float32", "bfloat16-q8"])  # the second through the tiles
 @pytest.mark.parametrize("slice_p", [1, 3])
-def test_prodigy_sums_are_the_same_bits_for_one_and_two_threads(slice_p):
+def test_prodigy_sums_are_the_same_bits_for_one_and_two_threads(slice_p, dtype, state):
     shapes = [(600001,), (5,), (70000,)]
     configured, runs = lrfast.get_num_threads(), []
     try:
         for threads in (1, 2):
             lrfast.set_num_threads(threads)
-            runs.append(run_prodigy(lrfast, shapes, np.float32, slice_p, steps=3))
+            runs.append(run_prodigy(lrfast, shapes, dtype, slice_p, grad_dtype=np.float32,
+                                    steps=3, state=state))
     finally:
         lrfast.set_num_threads(configured)
     assert runs[0][4] == runs[1][4]
