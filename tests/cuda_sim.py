@@ -8,6 +8,7 @@ import shutil
 import subprocess
 
 import numpy as np
+import pytest
 
 
 def _gpu_visible() -> bool:
@@ -16,6 +17,16 @@ def _gpu_visible() -> bool:
 
 
 os.environ.setdefault("NUMBA_ENABLE_CUDASIM", "0" if _gpu_visible() else "1")
+
+
+def numba_cuda():
+    """``numba.cuda``, or a skip of the calling test module without numba-cuda
+    or without a device (a GPU or, when numba came first, no simulator)."""
+    cuda = pytest.importorskip("numba.cuda")
+    if not cuda.is_available():
+        pytest.skip("no CUDA device, and numba was imported before the simulator could be chosen",
+                    allow_module_level=True)
+    return cuda
 
 
 class SimulatedDeviceArray:

@@ -18,12 +18,9 @@ import numpy as np
 import pytest
 
 
-from cuda_sim import Exported, SimulatedDeviceArray, to_device  # before numba: GPU or simulator
+from cuda_sim import Exported, SimulatedDeviceArray, numba_cuda, to_device  # before numba: GPU or simulator
 
-cuda = pytest.importorskip("numba.cuda")
-if not cuda.is_available():
-    pytest.skip("no CUDA device, and numba was imported before the simulator could be chosen",
-                allow_module_level=True)
+cuda = numba_cuda()
 
 import lrfast  # noqa: E402
 import lrfast.cuda  # noqa: E402

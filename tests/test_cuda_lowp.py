@@ -12,12 +12,9 @@ end adds: ``stochastic_rounding`` and ``sr_key`` (see lrfast._hparams.rounding).
 import numpy as np
 import pytest
 
-from cuda_sim import Exported, assert_same, device, host  # before numba: GPU or simulator
+from cuda_sim import Exported, assert_same, device, host, numba_cuda  # before numba: GPU or simulator
 
-cuda = pytest.importorskip("numba.cuda")
-if not cuda.is_available():
-    pytest.skip("no CUDA device, and numba was imported before the simulator could be chosen",
-                allow_module_level=True)
+cuda = numba_cuda()
 ml_dtypes = pytest.importorskip("ml_dtypes")
 
 from lrfast import _hparams, reference  # noqa: E402

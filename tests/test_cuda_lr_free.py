@@ -15,12 +15,9 @@ import math
 import numpy as np
 import pytest
 
-from cuda_sim import assert_same, device, host, to_device  # before numba: GPU or simulator
+from cuda_sim import assert_same, device, host, numba_cuda, to_device  # before numba: GPU or simulator
 
-cuda = pytest.importorskip("numba.cuda")
-if not cuda.is_available():
-    pytest.skip("no CUDA device, and numba was imported before the simulator could be chosen",
-                allow_module_level=True)
+cuda = numba_cuda()
 ml_dtypes = pytest.importorskip("ml_dtypes")
 
 import lrfast  # noqa: E402
