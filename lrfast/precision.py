@@ -11,8 +11,18 @@ random bits from the counter-based hash :func:`random_bits`.
 **q8 states.** Block-wise dynamic quantization (Dettmers et al., "8-bit
 Optimizers via Block-wise Quantization"): a tensor, in C order, is cut into
 blocks of ``BLOCK = 256`` elements (the last may be shorter); each block keeps
-its ``absmax`` in float32 and each element the uint8 index of the nearest value
-of bitsandbytes' dynamic map (:func:`create_dynamic_map`) to ``x / absmax``.
+a float32 scale (the field keeps bitsandbytes' name, ``absmax``) and each element
+the uint8 index of the nearest value of bitsandbytes' dynamic map
+(:func:`create_dynamic_map`) to ``x / absmax``.
+
+The one difference from bitsandbytes' and torchao's quantizers: the scale is
+``|extreme| / |the map's end on the extreme's side|``, not ``max |x|``. The
+signed map ends at -0.99296874 and 1.0, so with ``max |x|`` a block whose
+extreme is negative loses 0.7 % of it at every re-quantization, and a moving
+average fed a negative constant settles far too small; with this scale the
+extreme is stored exactly (or, for 0.7 % of float32 values, one ulp off the
+first time and exactly from then on), whatever its sign. Blocks whose extreme
+is positive, and every block of the unsigned map, get bitsandbytes' codes.
 """
 
 from __future__ import annotations
@@ -155,15 +165,22 @@ def quantize_blockwise(x, signed=True):
     ``x`` is read in C order and cut into blocks of 256 (the last may be
     shorter). For each block, in float32::
 
-        absmax = max |x|                       (NaN if the block holds a NaN)
+        e      = the block's extreme: its value of largest |x|, the negative
+                 one where -a and a tie
+        absmax = |e| / 0.99296874 if signed and e < 0, else |e|
+                                               (IEEE division; NaN if the block holds a NaN)
         n      = x / absmax                    (IEEE division; n = 0 where absmax == 0)
         code   = the number of midpoints m[k] with m[k] < n
 
     where ``m[k]`` (k = 0..254) is the midpoint of map values k and k + 1,
     rounded to float32 (``_MIDPOINTS``). So ``code`` is the index of the
     nearest map value, and a value exactly on a midpoint takes the lower code.
-    An all-zero block has absmax 0 and every code the code of 0. A NaN ``n``
-    takes code 255. With ``signed=False`` a negative ``n`` takes code 0.
+    The scale divides the extreme by the map's end on its side (0.99296874 is
+    ``-map[0]``), so the extreme takes that end's code (0 or 255) and comes back
+    as itself (see the module docstring); on a tie both -a and a come back
+    exactly (codes 0 and 254). An all-zero block has absmax 0 and every code the
+    code of 0. A NaN ``n`` takes code 255. With ``signed=False`` a negative ``n``
+    takes code 0.
 
     Returns ``codes`` (uint8, the shape of ``x``) and ``absmax`` (float32,
     ``ceil(x.size / 256)`` values).
@@ -175,6 +192,9 @@ def quantize_blockwise(x, signed=True):
     padded[:flat.size] = flat
     blocks = padded.reshape(nblocks, BLOCK)
     absmax = np.max(np.abs(blocks), axis=1, initial=np.float32(0))
+    if signed:  # the extreme's side: negative where -absmax is in the block
+        negative = np.any(blocks == -absmax[:, None], axis=1) & (absmax > 0)
+        absmax = np.where(negative, absmax / -_MAPS[True][0], absmax).astype(np.float32)
     with np.errstate(invalid="ignore", divide="ignore"):
         n = blocks / absmax[:, None]
     n[absmax == 0] = 0

@@ -41,12 +41,13 @@ def _neighbours(x):
 
 def signed_values():
     """Every midpoint of the signed map, and the cell edges, with their
-    neighbours, both signs, within [-1, 1]."""
+    neighbours, both signs, within (-1, 1] (a -1 would tie with the block's
+    1.0 and make its extreme negative)."""
     mids = precision._MIDPOINTS[True]
     edges = ((np.arange(0, 2945, dtype=np.uint32) << 16) + (104 << 23)).view(F32)
     x = _neighbours(np.concatenate([mids, edges, [0.0, 1.0, 2.0**-23, 2.0**-30]]))
     x = np.concatenate([x, -x])
-    return _with_ones(x[np.abs(x) <= 1])
+    return _with_ones(x[(np.abs(x) <= 1) & (x != -1)])
 
 
 def unsigned_values():

@@ -179,14 +179,18 @@ inline void look_up(const Q8Table& table, const float* __restrict v, float top,
     for (; i < m; ++i) out[i] = std::uint8_t(code_of<SIGNED>(table, v[i] / top));
 }
 
-// Elements [lo, lo + n) of q8 state x = in[0..n), quantized block by block:
-// absmax = max |v| (NaN if the block holds a NaN), and each v / absmax gets its
-// code (code_of). An all-zero block keeps absmax 0 and the code of 0. T =
-// double rounds to float first.
+// Elements [lo, lo + n) of q8 state x = in[0..n), quantized block by block
+// (lrfast.precision.quantize_blockwise): the block's extreme e is its value
+// of largest |v| (the negative one on a tie; NaN if the block holds a NaN),
+// its scale absmax = |e| / |the map's end on e's side| (the signed map ends at
+// -map[0] = 0.99296874 below and 1.0 above; the unsigned map's scale is |e|),
+// and each v / absmax gets its code (code_of). An all-zero block keeps
+// absmax 0 and the code of 0. T = double rounds to float first.
 //
-// The maximum is taken on the bits of |v| (for floats of one sign their
-// integer order; NaNs lie above inf), a plain loop that vectorises; the
-// division is done in look_up, from L1.
+// The extreme is found on keys (|v|'s bits << 1 | the sign bit): for floats
+// their integer order is that of |v|, the sign breaking ties, and NaNs lie
+// above inf; a plain loop that vectorises. The division is done in look_up,
+// from L1.
 template <class T>
 inline void quantize(const T* __restrict in, const Operand& x, std::int64_t lo, std::int64_t n) {
     const Q8Table& table = q8_table(x);
@@ -204,16 +208,18 @@ inline void quantize(const T* __restrict in, const Operand& x, std::int64_t lo, 
             for (std::int64_t i = 0; i < m; ++i) rounded[i] = float(in[first + i]);
             v = rounded;
         }
-        std::uint32_t top_bits = 0;
+        std::uint32_t top_key = 0;
         for (std::int64_t i = 0; i < m; ++i) {
             std::uint32_t u;
             __builtin_memcpy(&u, v + i, sizeof u);
-            u &= 0x7fffffffu;
-            top_bits = u > top_bits ? u : top_bits;
+            const std::uint32_t key = u << 1 | u >> 31;
+            top_key = key > top_key ? key : top_key;
         }
+        std::uint32_t top_bits = top_key >> 1;
         if (top_bits > 0x7f800000u) top_bits = 0x7fc00000u;  // a NaN: the block's absmax is NaN
         float top;
         __builtin_memcpy(&top, &top_bits, sizeof top);
+        if (is_signed && (top_key & 1) != 0 && top_bits != 0) top = top / -table.map[0];
         absmax[b] = top;
         std::uint8_t* __restrict out = codes + first;
         if (top_bits == 0) {  // all zeros: n = 0

@@ -152,7 +152,19 @@ def q8_code(x, absmax, midpoints):
     return uint16(code)
 
 
+# The signed map's end below, as a magnitude: a block whose extreme is
+# negative is scaled by |extreme| / SIGNED_END (lrfast.precision.quantize_blockwise).
+SIGNED_END = np.float32(-precision._MAPS[True][0])
+
+
 @cuda.jit(device=True)
-def nan_max(a, b):
-    """max(a, b), where a NaN wins (as np.max)."""
-    return b if b > a or b != b else a
+def extreme(a, b):
+    """Of a and b, the one of larger magnitude (the negative one on a tie);
+    a NaN wins, as in np.max."""
+    return b if abs(b) > abs(a) or (abs(b) == abs(a) and b < a) or b != b else a
+
+
+@cuda.jit(device=True)
+def q8_scale(e, signed):
+    """A q8 block's scale (its ``absmax``) from its extreme `e`."""
+    return abs(e) / SIGNED_END if signed and e < 0 else abs(e)

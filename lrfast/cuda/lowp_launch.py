@@ -16,8 +16,9 @@ so the kernel has no dtype branches. Per element, as lrfast.reference:
 
 With q8 states a CUDA block walks its piece one q8 block (256 elements) at a
 time: its threads update the block's elements, reduce each q8 slot's new
-absmax (a NaN wins, as in np.max), then quantize the values from shared
-memory and write the codes and the absmax. So the param update uses the
+extreme (the value of largest magnitude; a NaN wins, as in np.max), then
+quantize the values from shared memory with the scale it gives and write
+the codes and the scale (``absmax``). So the param update uses the
 new moments before quantization, and each block is read and written once.
 """
 
@@ -119,14 +120,16 @@ def _storer(kind: int, slot: int, stochastic: bool = False):
 
 
 def _quantizer(slot: int, signed: bool):
-    """``quantize(v, maps, row, first, m, values, absmax, t)``: thread `t`'s
+    """``quantize(v, maps, row, first, m, values, extreme, t)``: thread `t`'s
     share of writing q8 block ``first`` (``m`` elements) of state `slot`
-    from the new values in shared memory, and the block's absmax."""
+    from the new values in shared memory and the block's extreme, and the
+    block's scale (absmax)."""
     column, absmax_column = PARAM + 2 + slot, ABSMAX + slot
     midpoints = lowp.SIGNED_MIDPOINTS if signed else lowp.UNSIGNED_MIDPOINTS
 
     @cuda.jit(device=True)
-    def quantize(v, maps, row, first, m, values, absmax, t):
+    def quantize(v, maps, row, first, m, values, extreme, t):
+        absmax = lowp.q8_scale(extreme, signed)
         for j in range(t, m, THREADS):
             v[CODES][row[column] + first + j] = lowp.q8_code(values[slot, j], absmax,
                                                              maps[midpoints])
@@ -137,7 +140,7 @@ def _quantizer(slot: int, signed: bool):
 
 
 @cuda.jit(device=True)
-def _no_quantize(v, maps, row, first, m, values, absmax, t):
+def _no_quantize(v, maps, row, first, m, values, extreme, t):
     pass
 
 
@@ -162,13 +165,13 @@ def row_of(table, c):
 @cuda.jit(device=True)
 def reduce_peaks(peaks, t):
     """After the threads wrote ``peaks[s, t]``: ``peaks[s, 0]`` becomes the
-    block's maximum of slot s (a NaN wins), by halves, barriers included."""
+    block's extreme of slot s (lowp.extreme), by halves, barriers included."""
     cuda.syncthreads()
     width = THREADS // 2
     while width > 0:
         if t < width:
             for s in range(3):
-                peaks[s, t] = lowp.nan_max(peaks[s, t], peaks[s, t + width])
+                peaks[s, t] = lowp.extreme(peaks[s, t], peaks[s, t + width])
         cuda.syncthreads()
         width //= 2
 
@@ -231,13 +234,13 @@ def _kernel(body_of, flags: tuple, states: tuple, stores: tuple, kinds: tuple,
                     a, b, d = update(v, maps, row, first + j, k, key)
                     if q8_0:
                         values[0, j] = a
-                        peak0 = lowp.nan_max(peak0, abs(a))
+                        peak0 = lowp.extreme(peak0, a)
                     if q8_1:
                         values[1, j] = b
-                        peak1 = lowp.nan_max(peak1, abs(b))
+                        peak1 = lowp.extreme(peak1, b)
                     if q8_2:
                         values[2, j] = d
-                        peak2 = lowp.nan_max(peak2, abs(d))
+                        peak2 = lowp.extreme(peak2, d)
                 peaks[0, t] = peak0
                 peaks[1, t] = peak1
                 peaks[2, t] = peak2

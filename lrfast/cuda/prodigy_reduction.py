@@ -116,7 +116,7 @@ def _kernel(coupled_weight_decay: bool, kinds: tuple, arithmetic: str):
                     s_abs += abs(float64(s))
                     if q8_s:
                         values[0, j] = float32(s)
-                        peak = lowp.nan_max(peak, abs(float32(s)))
+                        peak = lowp.extreme(peak, float32(s))
                 if q8_s:
                     peaks[0, t] = peak
                     peaks[1, t] = peaks[2, t] = float32(0)
