@@ -49,7 +49,8 @@ inline void load_table(const float* table, int entries, __m512* t) {
 #endif
 
 // out[i] = map[code] * absmax of its block, one float32 rounding, widened to T.
-// AVX-512 looks the codes up 16 at a time from the map in registers.
+// AVX-512 looks the codes up 16 at a time from the map in registers, AVX2
+// gathers 8.
 template <class T>
 inline void dequantize(const Operand& x, std::int64_t lo, std::int64_t n, T* __restrict out) {
     const Q8Table& table = q8_table(x);
@@ -70,6 +71,15 @@ inline void dequantize(const Operand& x, std::int64_t lo, std::int64_t n, T* __r
                 const __m512i j = _mm512_cvtepu8_epi32(
                     _mm_loadu_si128(reinterpret_cast<const __m128i*>(codes + i)));
                 _mm512_storeu_ps(out + i, _mm512_mul_ps(permute_lookup<8>(map, j), s));
+            }
+        }
+#elif defined(__AVX2__)
+        if constexpr (std::is_same_v<T, float>) {  // 8 codes at a time, gathered from the map in L1
+            const __m256 s = _mm256_set1_ps(scale);
+            for (; i + 8 <= end; i += 8) {
+                const __m256i j = _mm256_cvtepu8_epi32(
+                    _mm_loadl_epi64(reinterpret_cast<const __m128i*>(codes + i)));
+                _mm256_storeu_ps(out + i, _mm256_mul_ps(_mm256_i32gather_ps(table.map, j, 4), s));
             }
         }
 #endif
