@@ -59,12 +59,12 @@ const char* storage_name(Storage s) {
 }
 
 // The dtypes a state of a `param` param may have: float32, the param's own,
-// bfloat16 or a q8 state (float64 only with float64 params).
+// bfloat16 or a q8 or q4 state (float64 only with float64 params).
 const char* state_dtypes(Storage param) {
     switch (param) {
-        case Storage::f64: return "float64, float32 or bfloat16 (or a q8 state)";
-        case Storage::f16: return "float16, float32 or bfloat16 (or a q8 state)";
-        default: return "float32 or bfloat16 (or a q8 state)";
+        case Storage::f64: return "float64, float32 or bfloat16 (or a q8 or q4 state)";
+        case Storage::f16: return "float16, float32 or bfloat16 (or a q8 or q4 state)";
+        default: return "float32 or bfloat16 (or a q8 or q4 state)";
     }
 }
 
@@ -200,12 +200,17 @@ py::array as_array(py::handle obj, const py::tuple& names, int i, std::size_t t,
     return py::reinterpret_borrow<py::array>(view);
 }
 
-// lrfast.precision.Q8State, looked up when the first non-array state arrives.
-bool is_q8_state(py::handle obj) {
-    static PyObject* cls = nullptr;  // guarded by the GIL; kept for the process's life
-    if (cls == nullptr)
-        cls = py::object(py::module_::import("lrfast.precision").attr("Q8State")).release().ptr();
-    return PyObject_IsInstance(obj.ptr(), cls) == 1;
+// 8 for an lrfast.precision.Q8State, 4 for a Q4State, else 0. The classes
+// are looked up when the first non-array state arrives.
+int low_bit_state(py::handle obj) {
+    static PyObject* classes[2] = {nullptr, nullptr};  // guarded by the GIL; kept for the process's life
+    if (classes[0] == nullptr) {
+        py::module_ precision = py::module_::import("lrfast.precision");
+        classes[0] = py::object(precision.attr("Q8State")).release().ptr();
+        classes[1] = py::object(precision.attr("Q4State")).release().ptr();
+    }
+    if (PyObject_IsInstance(obj.ptr(), classes[0]) == 1) return 8;
+    return PyObject_IsInstance(obj.ptr(), classes[1]) == 1 ? 4 : 0;
 }
 
 // The slots whose values can be negative: an unsigned q8 state is refused there.
@@ -221,19 +226,34 @@ struct Span {
     std::size_t t;
 };
 
-// Checks a Q8State given for state `label` of shape `shape` (its codes and
-// absmax as for any state array) and returns its operand. Its arrays join
-// `spans` and `keep`.
-Operand q8_operand(py::handle state, const std::string& label, const std::string& slot_name,
-                   const StateShape& shape, const py::tuple& names, int arg, std::size_t t,
-                   std::vector<Span>& spans, std::vector<py::object>& keep) {
+// Checks a Q8State (bits 8) or Q4State (bits 4) given for state `label` of
+// shape `shape` (its codes and absmax as for any state array) and returns its
+// operand. Its arrays join `spans` and `keep`.
+Operand low_bit_operand(py::handle state, int bits, const std::string& label,
+                        const std::string& slot_name, const StateShape& shape,
+                        const py::tuple& names, int arg, std::size_t t,
+                        std::vector<Span>& spans, std::vector<py::object>& keep) {
     const std::int64_t size = shape.size;
     const auto& npy = py::detail::npy_api::get();
+    const std::string kind = bits == 8 ? "q8" : "q4";
     const bool is_signed = py::reinterpret_borrow<py::object>(state.attr("signed")).cast<bool>();
     if (!is_signed && signed_slot(slot_name))
-        throw py::value_error(label + ": an unsigned q8 state cannot hold values that can be "
-                              "negative; make it with zeros_state(param, 'q8', signed=True)");
-    const std::int64_t blocks = (size + kQ8Block - 1) / kQ8Block;
+        throw py::value_error(label + ": an unsigned " + kind + " state cannot hold values that "
+                              "can be negative; make it with zeros_state(param, '" + kind +
+                              "', signed=True)");
+    if (bits == 4) {  // its codes are flat: the shape it was made for is an attribute
+        const py::tuple got = py::tuple(state.attr("shape"));
+        bool same = int(got.size()) == shape.nd;
+        for (int d = 0; same && d < shape.nd; ++d)
+            same = got[std::size_t(d)].cast<std::int64_t>() == std::int64_t(shape.dims[d]);
+        if (!same)
+            throw py::value_error(label + " has shape " + py::str(got).cast<std::string>() +
+                                  " but " + shape.owner(names, t) + " has shape " +
+                                  shape_of(shape.nd, shape.dims));
+    }
+    const std::int64_t block = bits == 8 ? kQ8Block : kQ4Block;
+    const std::int64_t blocks = (size + block - 1) / block;
+    const std::int64_t code_bytes = bits == 8 ? size : (size + 1) / 2;
     void* data[2];
     const char* fields[2] = {"codes", "absmax"};
     for (int f = 0; f < 2; ++f) {
@@ -249,24 +269,30 @@ Operand q8_operand(py::handle state, const std::string& label, const std::string
         if (descr->type_num != want || (descr->byteorder != '=' && descr->byteorder != '|'))
             throw py::type_error(name + " has dtype " + dtype_of(a) + "; expected " +
                                  (f == 0 ? "uint8" : "float32"));
-        if (f == 0 && !shape.matches(a))
+        if (f == 0 && bits == 8 && !shape.matches(a))
             throw py::value_error(name + " has shape " + shape_of(a) + " but " +
                                   shape.owner(names, t) + " has shape " +
                                   shape_of(shape.nd, shape.dims));
+        if (f == 0 && bits == 4 && (a->nd != 1 || a->dimensions[0] != code_bytes))
+            throw py::value_error(name + " has shape " + shape_of(a) + "; expected (" +
+                                  std::to_string(code_bytes) + ",): two codes a byte for the " +
+                                  std::to_string(size) + " elements of " + shape.owner(names, t) +
+                                  " (shape " + shape_of(shape.nd, shape.dims) + ")");
         if (f == 1 && (a->nd != 1 || a->dimensions[0] != blocks))
             throw py::value_error(name + " has shape " + shape_of(a) + "; expected (" +
                                   std::to_string(blocks) + ",): one value per block of " +
-                                  std::to_string(kQ8Block) + " elements");
+                                  std::to_string(block) + " elements");
         if (!(a->flags & npy.NPY_ARRAY_C_CONTIGUOUS_))
             throw py::value_error(name + " is not C-contiguous");
         if (!(a->flags & npy.NPY_ARRAY_WRITEABLE_)) throw py::value_error(name + " is read-only");
         const std::uintptr_t lo = reinterpret_cast<std::uintptr_t>(a->data);
-        const std::int64_t bytes = f == 0 ? size : blocks * 4;
+        const std::int64_t bytes = f == 0 ? code_bytes : blocks * 4;
         if (bytes > 0) spans.push_back({lo, lo + std::uintptr_t(bytes), arg, t});
         data[f] = a->data;
     }
-    return Operand{data[0], is_signed ? Storage::q8_signed : Storage::q8_unsigned,
-                   static_cast<float*>(data[1])};
+    const Storage storage = bits == 8 ? (is_signed ? Storage::q8_signed : Storage::q8_unsigned)
+                                      : (is_signed ? Storage::q4_signed : Storage::q4_unsigned);
+    return Operand{data[0], storage, static_cast<float*>(data[1])};
 }
 
 // Checks every array of one call and gathers the pointers. `arrays` holds one
@@ -315,7 +341,7 @@ Collected collect(const py::tuple& arrays, const py::tuple& names, int first_slo
         const py::detail::PyArray_Proxy* first = nullptr;
         Storage param = Storage::none;
         MixedTensor x{};
-        bool q8 = false;
+        bool low_bit = false;
         StateShape state_shape{0, nullptr, 0, 0};
         Py_intptr_t slice_length = 0;
         for (int i = 0; i < n_args; ++i) {
@@ -323,14 +349,16 @@ Collected collect(const py::tuple& arrays, const py::tuple& names, int first_slo
             const int slot = first_slot + i;
             PyObject* item = PyTuple_GET_ITEM(seqs[i].ptr(), t);
             auto label = [&] { return where(names, i, t); };  // for messages only
-            if (slot > kGrads && first != nullptr && !npy.PyArray_Check_(item) &&
-                is_q8_state(item)) {
+            const int bits = slot > kGrads && first != nullptr && !npy.PyArray_Check_(item)
+                                 ? low_bit_state(item) : 0;
+            if (bits != 0) {
                 if (!sixteen_bit)
-                    throw py::type_error(label() + " is a q8 state; expected a float32 or "
-                                         "float64 array");
-                x.x[slot] = q8_operand(item, label(), py::str(names[i]).cast<std::string>(),
-                                       state_shape, names, i, t, spans, out.keep);
-                q8 = true;
+                    throw py::type_error(label() + " is a q" + std::to_string(bits) +
+                                         " state; expected a float32 or float64 array");
+                x.x[slot] = low_bit_operand(item, bits, label(),
+                                            py::str(names[i]).cast<std::string>(), state_shape,
+                                            names, i, t, spans, out.keep);
+                low_bit = true;
                 continue;
             }
             Storage forced = Storage::none;
@@ -409,7 +437,7 @@ Collected collect(const py::tuple& arrays, const py::tuple& names, int first_slo
                     batch.states[k].push_back(static_cast<T*>(x.x[kGrads + 1 + k].data));
             batch.offsets.push_back(batch.offsets.back() + x.size);
         };
-        auto push_mixed = [&](auto& batch) { batch.push(x, q8); };
+        auto push_mixed = [&](auto& batch) { batch.push(x, low_bit); };
         if (all_f32) push(out.f32);
         else if (all_f64) push(out.f64);
         else if (param == Storage::f64) push_mixed(out.mixed64);

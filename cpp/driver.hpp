@@ -41,23 +41,25 @@ struct Batch {
 // Tensors whose arrays mix storages: per tensor, its param, grad and state
 // operands (data nullptr where unused); T is the arithmetic type.
 //
-// A q8 block must be quantized by one thread, from all of its new values. So a
-// tensor with a q8 state starts at a multiple of kQ8Block in the element space
-// and takes a multiple of it (kBlock is one too): no block of the driver then
-// cuts one of its q8 blocks. The padding belongs to no tensor (pieces are
-// clipped to the tensor's size) and depends only on the sizes and storages.
+// A q8 or q4 block must be quantized by one thread, from all of its new
+// values. So a tensor with such a state starts at a multiple of kQ8Block (of
+// kQ4Block too) in the element space and takes a multiple of it (kBlock is one
+// too): no block of the driver then cuts one of its blocks. The padding
+// belongs to no tensor (pieces are clipped to the tensor's size) and depends
+// only on the sizes and storages.
 static_assert(kBlock % kQ8Block == 0, "driver blocks hold whole q8 blocks");
+static_assert(kQ8Block % kQ4Block == 0, "a q8 block's alignment holds whole q4 blocks");
 
 template <class T>
 struct MixedBatch {
     std::vector<MixedTensor> tensors;
     std::vector<std::int64_t> offsets{0};  // offsets[t] .. offsets[t+1]: tensor t and its padding
 
-    void push(const MixedTensor& tensor, bool q8) {
+    void push(const MixedTensor& tensor, bool low_bit) {
         auto round_up = [](std::int64_t v) { return (v + kQ8Block - 1) / kQ8Block * kQ8Block; };
-        if (q8) offsets.back() = round_up(offsets.back());  // the previous tensor's padding
+        if (low_bit) offsets.back() = round_up(offsets.back());  // the previous tensor's padding
         tensors.push_back(tensor);
-        offsets.push_back(offsets.back() + (q8 ? round_up(tensor.size) : tensor.size));
+        offsets.push_back(offsets.back() + (low_bit ? round_up(tensor.size) : tensor.size));
     }
     std::int64_t total() const { return offsets.back(); }
     std::int64_t blocks() const { return (total() + kBlock - 1) / kBlock; }

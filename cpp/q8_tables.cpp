@@ -50,9 +50,18 @@ Q8Table build(const std::uint32_t (&bits)[256], bool is_signed) {
     return t;
 }
 
+Q4Table build_q4(const std::uint32_t (&map)[16], const std::uint32_t (&threshold)[15]) {
+    Q4Table t{};
+    for (int k = 0; k < 16; ++k) t.map[k] = from_bits(map[k]);
+    for (int k = 0; k < 15; ++k) t.threshold[k] = from_bits(threshold[k]);
+    return t;
+}
+
 }  // namespace
 
 const Q8Table q8_tables[2] = {build(kUnsignedMapBits, false), build(kSignedMapBits, true)};
+const Q4Table q4_tables[2] = {build_q4(kQ4UnsignedMapBits, kQ4UnsignedThresholdBits),
+                              build_q4(kQ4SignedMapBits, kQ4SignedThresholdBits)};
 
 const char* q8_tables_error() { return g_error; }
 

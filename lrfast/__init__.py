@@ -22,7 +22,7 @@ from . import optim, reference, schedules
 from ._core import cpu_isa, get_num_threads, set_num_threads
 from .clip import clip_coefficient, clip_grad_norm, clip_grad_value, global_norm
 from .finder import LRFinderResult, find_lr
-from .precision import Q8State, zeros_state
+from .precision import Q4State, Q8State, zeros_state
 from .reference_lr_free import ScheduleFreeScalars, prodigy_d_update, prodigy_dlr
 from .steps import adadelta_step, adagrad_step, adam_step, adamw_step, rmsprop_step, sgd_step
 from .steps_lr_free import (
@@ -39,5 +39,5 @@ __all__ = [
     "ScheduleFreeScalars", "prodigy_dlr", "prodigy_d_update",
     "global_norm", "clip_grad_norm", "clip_grad_value", "clip_coefficient",
     "cpu_isa", "set_num_threads", "get_num_threads", "find_lr", "LRFinderResult",
-    "Q8State", "zeros_state",
+    "Q8State", "Q4State", "zeros_state",
 ]

@@ -23,6 +23,12 @@ average fed a negative constant settles far too small; with this scale the
 extreme is stored exactly (or, for 0.7 % of float32 values, one ulp off the
 first time and exactly from then on), whatever its sign. Blocks whose extreme
 is positive, and every block of the unsigned map, get bitsandbytes' codes.
+
+**q4 states.** torchao's 4-bit optimizer-state layout (Li et al., "Memory
+Efficient Optimizers with 4-bit States"; torchao's ``OptimState4bit``): blocks
+of ``Q4_BLOCK = 128``, two codes a byte (element 2i in the high nibble), the
+maps of :func:`create_q4_map`, the nearest code with torchao's tie rule (up
+when the residual is at least half the gap), and the scale rule above.
 """
 
 from __future__ import annotations
@@ -31,7 +37,8 @@ import numpy as np
 
 __all__ = [
     "BLOCK", "Q8_MIN_SIZE", "Q8State", "create_dynamic_map", "quantize_blockwise",
-    "dequantize_blockwise", "zeros_state", "bfloat16", "is_16bit", "round_nearest",
+    "dequantize_blockwise", "Q4_BLOCK", "Q4State", "create_q4_map", "quantize_blockwise_q4",
+    "dequantize_blockwise_q4", "zeros_state", "bfloat16", "is_16bit", "round_nearest",
     "random_bits", "round_stochastic",
 ]
 
@@ -39,7 +46,7 @@ BLOCK = 256
 """Elements per q8 block, counted in C order."""
 
 Q8_MIN_SIZE = 4096
-"""``zeros_state(param, "q8")`` quantizes params of at least this many elements."""
+"""``zeros_state(param, "q8")`` (and ``"q4"``) quantizes params of at least this many elements."""
 
 
 # bitsandbytes' create_dynamic_map(signed, max_exponent_bits=7, total_bits=8),
@@ -137,6 +144,46 @@ for _signed, _map in _MAPS.items():
 del _signed, _map
 
 
+# torchao's 4-bit maps as float32 bits (torchao.optim.subclass_4bit): signed,
+# create_dynamic_map(True, 3, 4): +-10**(i - 2) * the midpoints of linspace(0.1,
+# 1, 2**i + 1) for i = 0..2, then 0 and 1.0, sorted (-0.8875 .. 1); unsigned,
+# linspace(0, 1, 17)[1:] = k / 16 for k = 1..16 (no zero).
+_Q4_SIGNED_MAP_BITS = (
+    0xBF633333, 0xBF29999A, 0xBEE00000, 0xBE599999, 0xBD9EB852, 0xBD051EB9, 0xBBB43958, 0x00000000,
+    0x3BB43958, 0x3D051EB9, 0x3D9EB852, 0x3E599999, 0x3EE00000, 0x3F29999A, 0x3F633333, 0x3F800000,
+)
+_Q4_UNSIGNED_MAP_BITS = (
+    0x3D800000, 0x3E000000, 0x3E400000, 0x3E800000, 0x3EA00000, 0x3EC00000, 0x3EE00000, 0x3F000000,
+    0x3F100000, 0x3F200000, 0x3F300000, 0x3F400000, 0x3F500000, 0x3F600000, 0x3F700000, 0x3F800000,
+)
+
+# torchao's rounding, as thresholds: t[k] is the least float32 n >= map[k] with
+# float32(n - map[k]) >= float32(float32(map[k + 1] - map[k]) * 0.5), the
+# comparison torchao's quantize_4bit_with_qmap makes, so the code of n is the
+# number of thresholds <= n. tests/test_precision_reference.py re-derives them.
+_Q4_SIGNED_THRESHOLD_BITS = (
+    0xBF466666, 0xBF0CCCCD, 0xBEA66666, 0xBE147AE1, 0xBD6147AE, 0xBC9BA5E4, 0xBB343958, 0x3B343958,
+    0x3C9BA5E4, 0x3D6147AF, 0x3E147AE1, 0x3EA66667, 0x3F0CCCCD, 0x3F466667, 0x3F71999A,
+)
+_Q4_UNSIGNED_THRESHOLD_BITS = (
+    0x3DC00000, 0x3E200000, 0x3E600000, 0x3E900000, 0x3EB00000, 0x3ED00000, 0x3EF00000, 0x3F080000,
+    0x3F180000, 0x3F280000, 0x3F380000, 0x3F480000, 0x3F580000, 0x3F680000, 0x3F780000,
+)
+_Q4_MAPS = {True: _table(_Q4_SIGNED_MAP_BITS), False: _table(_Q4_UNSIGNED_MAP_BITS)}
+_Q4_THRESHOLDS = {True: _table(_Q4_SIGNED_THRESHOLD_BITS),
+                  False: _table(_Q4_UNSIGNED_THRESHOLD_BITS)}
+
+Q4_BLOCK = 128
+"""Elements per q4 block, counted in C order (torchao's block size)."""
+
+
+def create_q4_map(signed=True):
+    """The 16 sorted float32 values of torchao's 4-bit maps (a new array):
+    ``signed=True``: -0.8875 .. 1 with 0 at code 7; ``signed=False``: k / 16
+    for k = 1..16, no zero (an all-zero block has scale 0)."""
+    return _Q4_MAPS[bool(signed)].copy()
+
+
 def create_dynamic_map(signed=True):
     """The 256 sorted float32 values of bitsandbytes' dynamic map (a new array).
 
@@ -186,20 +233,74 @@ def quantize_blockwise(x, signed=True):
     ``ceil(x.size / 256)`` values).
     """
     x = np.asarray(x, dtype=np.float32)
-    flat = x.reshape(-1)
-    nblocks = _blocks(flat.size)
-    padded = np.zeros(nblocks * BLOCK, dtype=np.float32)
+    n, absmax = _normalized_blocks(x.reshape(-1), BLOCK, _MAPS[True][0] if signed else None)
+    codes = np.searchsorted(_MIDPOINTS[bool(signed)], n, side="left")
+    return codes[:x.size].astype(np.uint8).reshape(x.shape), absmax
+
+
+def _normalized_blocks(flat, block, low_end):
+    """``(n, scale)`` of float32 values cut into blocks: each block's scale
+    |extreme| / |the map's end on the extreme's side| (``low_end``: the map's
+    first value, or None for an unsigned map, whose scale is |extreme|), and
+    every value divided by it (0 where the scale is 0), zero-padded to whole
+    blocks, flat."""
+    nblocks = -(-flat.size // block)
+    padded = np.zeros(nblocks * block, dtype=np.float32)
     padded[:flat.size] = flat
-    blocks = padded.reshape(nblocks, BLOCK)
+    blocks = padded.reshape(nblocks, block)
     absmax = np.max(np.abs(blocks), axis=1, initial=np.float32(0))
-    if signed:  # the extreme's side: negative where -absmax is in the block
+    if low_end is not None:  # the extreme's side: negative where -absmax is in the block
         negative = np.any(blocks == -absmax[:, None], axis=1) & (absmax > 0)
-        absmax = np.where(negative, absmax / -_MAPS[True][0], absmax).astype(np.float32)
+        absmax = np.where(negative, absmax / -low_end, absmax).astype(np.float32)
     with np.errstate(invalid="ignore", divide="ignore"):
         n = blocks / absmax[:, None]
     n[absmax == 0] = 0
-    codes = np.searchsorted(_MIDPOINTS[bool(signed)], n.reshape(-1), side="left")
-    return codes[:flat.size].astype(np.uint8).reshape(x.shape), absmax
+    return n.reshape(-1), absmax
+
+
+def quantize_blockwise_q4(x, signed=True):
+    """Block-wise 4-bit quantization of float32 values: ``(codes, absmax)``.
+
+    ``x`` is read in C order and cut into blocks of ``Q4_BLOCK = 128`` (the
+    last may be shorter). Each block's ``absmax`` is its scale, by the rule of
+    :func:`quantize_blockwise` with this map's low end (-0.8875 signed; an
+    unsigned block's scale is max |x|), and each ``n = x / absmax`` (IEEE
+    division, 0 where absmax is 0) takes the nearest code of
+    :func:`create_q4_map` by torchao's rule: the code c with map[c] <= n <
+    map[c + 1], one up when float32(n - map[c]) >= float32(map[c + 1] -
+    map[c]) * 0.5 (ties go up); below map[0], code 0; NaN, code 15. Where a
+    block's extreme is positive (and above 1e-12, torchao's least scale) the
+    codes are torchao's ``quantize_4bit_with_qmap``'s.
+
+    Returns ``codes``: uint8, ``ceil(x.size / 2)`` bytes, element 2i in the
+    high nibble of byte i and element 2i + 1 in its low one (0 past an odd
+    end); ``absmax``: float32, ``ceil(x.size / 128)`` values.
+    """
+    x = np.asarray(x, dtype=np.float32)
+    n, absmax = _normalized_blocks(x.reshape(-1), Q4_BLOCK, _Q4_MAPS[True][0] if signed else None)
+    codes = np.searchsorted(_Q4_THRESHOLDS[bool(signed)], n[:x.size], side="right")
+    return pack_nibbles(codes.astype(np.uint8)), absmax
+
+
+def pack_nibbles(codes):
+    """4-bit codes (uint8 < 16), two a byte: element 2i high, 2i + 1 low."""
+    if codes.size % 2:
+        codes = np.append(codes, np.uint8(0))
+    return (codes[0::2] << 4 | codes[1::2]).astype(np.uint8)
+
+
+def unpack_nibbles(packed, size):
+    """The first ``size`` 4-bit codes of ``packed`` (pack_nibbles' layout)."""
+    packed = np.asarray(packed, dtype=np.uint8).reshape(-1)
+    return np.stack([packed >> 4, packed & 15], axis=1).reshape(-1)[:size]
+
+
+def dequantize_blockwise_q4(codes, absmax, shape, signed=True):
+    """float32 values ``map[code] * absmax`` of each element's block (one
+    float32 rounding), in ``shape``."""
+    size = int(np.prod(shape))
+    scale = np.repeat(np.asarray(absmax, dtype=np.float32), Q4_BLOCK)[:size]
+    return (_Q4_MAPS[bool(signed)][unpack_nibbles(codes, size)] * scale).reshape(shape)
 
 
 def dequantize_blockwise(codes, absmax, signed=True):
@@ -237,6 +338,16 @@ def _writeable_c_array(x, name, dtype):
     if not writeable:
         raise ValueError(f"{name}: the array must be writeable")
     return shape
+
+
+def _host_arrays(state):
+    """A low-bit state's codes and absmax as NumPy arrays (host copies of
+    device arrays)."""
+    if isinstance(state.codes, np.ndarray):
+        return state.codes, state.absmax
+    from .cuda.devicearrays import to_host
+
+    return to_host(state.codes), to_host(state.absmax)
 
 
 class Q8State:
@@ -279,15 +390,65 @@ class Q8State:
     def dequantize(self):
         """The values as a new float32 NumPy array of the state's shape (from
         a host copy for a state on the device)."""
-        codes, absmax = self.codes, self.absmax
-        if not isinstance(codes, np.ndarray):
-            from .cuda.devicearrays import to_host
-
-            codes, absmax = to_host(codes), to_host(absmax)
-        return dequantize_blockwise(codes, absmax, self.signed)
+        return dequantize_blockwise(*_host_arrays(self), self.signed)
 
     def __repr__(self):
         return f"Q8State(shape={self.shape}, signed={self.signed})"
+
+
+class Q4State:
+    """An optimizer state held in 4 bits (see :func:`quantize_blockwise_q4`),
+    in torchao's layout.
+
+    ``codes``: uint8, 1-D, ``ceil(size / 2)`` bytes, two codes a byte (element
+    2i in the high nibble), C-contiguous, writeable. ``absmax``: float32, 1-D,
+    one scale per block of 128 elements in C order. ``shape``: the param's
+    shape. Both arrays NumPy arrays, or both CUDA device arrays for device
+    params. ``signed``: which map the codes index; ``False`` is for states that
+    are never negative. Steps update ``codes`` and ``absmax`` in place.
+    """
+
+    __slots__ = ("codes", "absmax", "signed", "_shape")
+
+    def __init__(self, codes, absmax, shape, signed=True):
+        if not isinstance(shape, (tuple, list)) or not all(
+                isinstance(d, (int, np.integer)) and not isinstance(d, bool) and d >= 0
+                for d in shape):
+            raise TypeError(f"shape: expected a tuple of non-negative ints, got {shape!r}")
+        self._shape = tuple(int(d) for d in shape)
+        size = int(np.prod(self._shape))
+        codes_shape = _writeable_c_array(codes, "codes", np.uint8)
+        absmax_shape = _writeable_c_array(absmax, "absmax", np.float32)
+        if isinstance(codes, np.ndarray) != isinstance(absmax, np.ndarray):
+            raise TypeError("absmax: expected an array on the device of codes "
+                            "(both NumPy arrays, or both CUDA device arrays)")
+        if tuple(codes_shape) != ((size + 1) // 2,):
+            raise ValueError(f"codes: expected {(size + 1) // 2} bytes (two codes a byte) in a "
+                             f"1-D array for shape {self._shape}, got shape {tuple(codes_shape)}")
+        blocks = -(-size // Q4_BLOCK)
+        if tuple(absmax_shape) != (blocks,):
+            raise ValueError(f"absmax: expected {blocks} values (one per block of "
+                             f"{Q4_BLOCK} elements), got shape {tuple(absmax_shape)}")
+        if not isinstance(signed, (bool, np.bool_)):
+            raise TypeError(f"signed: expected a bool, got {type(signed).__name__}")
+        self.codes, self.absmax, self.signed = codes, absmax, bool(signed)
+
+    @property
+    def shape(self):
+        return self._shape
+
+    @property
+    def nbytes(self):
+        n = int(np.prod(self._shape))
+        return (n + 1) // 2 + 4 * -(-n // Q4_BLOCK)
+
+    def dequantize(self):
+        """The values as a new float32 NumPy array of the state's shape (from
+        a host copy for a state on the device)."""
+        return dequantize_blockwise_q4(*_host_arrays(self), self._shape, self.signed)
+
+    def __repr__(self):
+        return f"Q4State(shape={self.shape}, signed={self.signed})"
 
 
 def bfloat16():
@@ -314,8 +475,9 @@ def zeros_state(param, dtype=None, *, signed=True):
     ``"float16"`` (float16 params only), ``"float64"`` (float64 params only) or
     ``"q8"``: a :class:`Q8State` (all codes the code of 0, absmax 0) when the
     param has at least ``Q8_MIN_SIZE`` = 4096 elements, float32 zeros
-    otherwise. ``signed=False`` makes q8 states for values that are never
-    negative (second moments, Adagrad sums, Adadelta accumulators).
+    otherwise; ``"q4"``: a :class:`Q4State` likewise (codes those of 0: 7
+    signed, 0 unsigned). ``signed=False`` makes low-bit states for values that
+    are never negative (second moments, Adagrad sums, Adadelta accumulators).
     """
     if isinstance(param, np.ndarray):
         param_dtype, shape = param.dtype, param.shape
@@ -337,7 +499,7 @@ def zeros_state(param, dtype=None, *, signed=True):
                         "(float32, float64, bfloat16 or float16)")
     if not isinstance(signed, (bool, np.bool_)):
         raise TypeError(f"signed: expected a bool, got {type(signed).__name__}")
-    choices = "None, 'float32', 'bfloat16', 'float16', 'float64' or 'q8'"
+    choices = "None, 'float32', 'bfloat16', 'float16', 'float64', 'q8' or 'q4'"
     if dtype is None:
         dtype = param_dtype.name
     if not isinstance(dtype, str):
@@ -348,6 +510,11 @@ def zeros_state(param, dtype=None, *, signed=True):
             return full(shape, 0, np.dtype(np.float32))
         codes = full(shape, 127 if signed else 0, np.dtype(np.uint8))
         return Q8State(codes, full((_blocks(size),), 0, np.dtype(np.float32)), signed)
+    if dtype == "q4":
+        if size < Q8_MIN_SIZE:
+            return full(shape, 0, np.dtype(np.float32))
+        codes = full(((size + 1) // 2,), 0x77 if signed else 0, np.dtype(np.uint8))
+        return Q4State(codes, full((-(-size // Q4_BLOCK),), 0, np.dtype(np.float32)), shape, signed)
     if dtype == "float32":
         return full(shape, 0, np.dtype(np.float32))
     if dtype == "bfloat16":
@@ -355,7 +522,7 @@ def zeros_state(param, dtype=None, *, signed=True):
     if dtype in ("float16", "float64"):
         if param_dtype != dtype:
             raise ValueError(f"dtype: {dtype} states need a {dtype} param, not {param_dtype} "
-                             "(states are float32, the param's dtype, bfloat16 or q8)")
+                             "(states are float32, the param's dtype, bfloat16, q8 or q4)")
         return full(shape, 0, np.dtype(dtype))
     raise ValueError(f"dtype: expected {choices}, got {dtype!r}")
 

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .precision import Q8State, quantize_blockwise, random_bits, round_nearest, round_stochastic
+from .precision import (Q4State, Q8State, quantize_blockwise, quantize_blockwise_q4, random_bits,
+                        round_nearest, round_stochastic)
 
 
 def listify(x):
@@ -30,11 +31,11 @@ def arithmetic_dtype(p):
 
 
 def load(x, dtype):
-    """``x`` (an array, a Q8State or None) in the arithmetic ``dtype``; an
-    array already of that dtype is returned itself, not copied."""
+    """``x`` (an array, a Q8State, a Q4State or None) in the arithmetic
+    ``dtype``; an array already of that dtype is returned itself, not copied."""
     if x is None:
         return None
-    if isinstance(x, Q8State):
+    if isinstance(x, (Q8State, Q4State)):
         return x.dequantize().astype(dtype, copy=False)
     return x.astype(dtype, copy=False)
 
@@ -45,6 +46,8 @@ def store(x, value):
         return
     if isinstance(x, Q8State):
         x.codes[...], x.absmax[...] = quantize_blockwise(value, x.signed)
+    elif isinstance(x, Q4State):
+        x.codes[...], x.absmax[...] = quantize_blockwise_q4(value, x.signed)
     else:
         x[...] = round_nearest(value, x.dtype)
 
@@ -67,6 +70,7 @@ class ParamStore:
 
 def check_signed(states, name):
     for i, s in enumerate(listify(states) or []):
-        if isinstance(s, Q8State) and not s.signed:
-            raise ValueError(f"{name}[{i}]: an unsigned q8 state cannot hold values that can be "
-                             "negative; make it with zeros_state(param, 'q8', signed=True)")
+        if isinstance(s, (Q8State, Q4State)) and not s.signed:
+            kind = "q8" if isinstance(s, Q8State) else "q4"
+            raise ValueError(f"{name}[{i}]: an unsigned {kind} state cannot hold values that can "
+                             f"be negative; make it with zeros_state(param, '{kind}', signed=True)")

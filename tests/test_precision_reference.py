@@ -570,3 +570,107 @@ def test_matches_torch_bfloat16(name):
         torch_s = _from_torch(torch, optimizer.state[theirs][slot]).astype(np.float64)
         ulp = np.spacing(np.maximum(np.abs(ours), np.abs(torch_s)).astype(BF16)).astype(np.float64)
         assert np.mean(np.abs(ours - torch_s) <= ulp) >= 0.99
+
+
+# --- q4 states --------------------------------------------------------------------------------
+
+from lrfast import precision  # noqa: E402
+from lrfast.precision import (Q4_BLOCK, Q4State, create_q4_map, dequantize_blockwise_q4,  # noqa: E402
+                              quantize_blockwise_q4, unpack_nibbles)
+
+
+def test_q4_maps_are_torchaos():
+    signed, unsigned = create_q4_map(True), create_q4_map(False)
+    assert signed[0] == np.float32(-0.8875) and signed[7] == 0 and signed[15] == 1
+    np.testing.assert_array_equal(unsigned, np.arange(1, 17, dtype=np.float32) / 16)
+    quant_utils = _torchao_quant_utils()
+    np.testing.assert_array_equal(signed, np.array(quant_utils.create_dynamic_map(True, 3, 4),
+                                                   np.float32))
+
+
+def _torchao_quant_utils():
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return pytest.importorskip("torchao.optim.quant_utils")
+
+
+@pytest.mark.parametrize("signed", [True, False])
+def test_q4_thresholds_are_torchaos_rounding_rule(signed):
+    """Each threshold takes code k + 1 by torchao's float32 comparison, the
+    float below it code k: the thresholds are its rule, not a copy of it."""
+    table, thresholds = create_q4_map(signed), precision._Q4_THRESHOLDS[signed]
+    for k, t in enumerate(thresholds):
+        lo, hi = table[k], table[k + 1]
+        up = lambda n: np.float32(n - lo) >= np.float32(np.float32(hi - lo) * np.float32(0.5))  # noqa: E731
+        below = np.nextafter(t, np.float32(-np.inf))
+        assert lo < t <= hi and up(t) and not (below >= lo and up(below))
+
+
+@pytest.mark.parametrize("signed", [True, False])
+@pytest.mark.parametrize("n", [0, 1, 127, 128, 129, 4097, 10000])
+def test_q4_codes_are_torchaos_where_the_extreme_is_positive(n, signed):
+    torch = pytest.importorskip("torch")
+    quant_utils = _torchao_quant_utils()
+    x = _values(n, seed=n)
+    if not signed:
+        x = np.abs(x)
+    x[::Q4_BLOCK] = np.abs(x).max(initial=0) * 2  # every block's extreme is positive
+    codes, absmax = quantize_blockwise_q4(x, signed)
+    assert codes.shape == ((n + 1) // 2,) and absmax.shape == (-(-n // Q4_BLOCK),)
+    padded = np.concatenate([x, np.ones(-n % Q4_BLOCK, np.float32)])
+    scaled, scale = quant_utils.scale_tensor(torch.from_numpy(padded), Q4_BLOCK)
+    theirs = quant_utils.quantize_4bit_with_qmap(scaled, torch.from_numpy(create_q4_map(signed)))
+    np.testing.assert_array_equal(unpack_nibbles(codes, n), theirs.numpy()[:n])
+    np.testing.assert_array_equal(absmax, scale.numpy())
+
+
+def test_q4_layout_nibbles_ties_and_specials():
+    x = np.array([1.0, 0.0, -0.8875, 0.5, 0.25, np.float32(0.0055) / 2, 0.3], np.float32)
+    codes, absmax = quantize_blockwise_q4(x)
+    assert absmax[0] == 1 and codes.size == 4
+    assert list(codes) == [15 << 4 | 7, 0 << 4 | 12, 11 << 4 | 8, 11 << 4]  # 0.3 -> 0.2125
+    y = dequantize_blockwise_q4(codes, absmax, x.shape)
+    assert y[0] == 1 and y[1] == 0 and y[2] == np.float32(-0.8875)
+    nan = np.array([0.5, np.nan], np.float32)
+    codes, absmax = quantize_blockwise_q4(nan)
+    assert np.isnan(absmax[0]) and codes[0] == 15 << 4 | 15
+    codes, absmax = quantize_blockwise_q4(np.zeros(3, np.float32), signed=False)
+    assert absmax[0] == 0 and list(codes) == [0, 0]
+    assert np.all(dequantize_blockwise_q4(codes, absmax, (3,), signed=False) == 0)
+
+
+@pytest.mark.parametrize("extreme", [-2.0, 2.0, -3e-30])
+def test_q4_extremes_of_either_sign_come_back(extreme):
+    x = _values(Q4_BLOCK) * np.float32(abs(extreme) / 100)
+    x[5] = extreme
+    codes, absmax = quantize_blockwise_q4(x)
+    y = dequantize_blockwise_q4(codes, absmax, x.shape)
+    assert y[5] == np.float32(extreme)
+    again = quantize_blockwise_q4(y)
+    np.testing.assert_array_equal(again[0], codes)
+    np.testing.assert_array_equal(again[1], absmax)
+
+
+def test_q4_state_and_zeros_state():
+    p = np.zeros((64, 65), np.float32)
+    s = zeros_state(p, "q4")
+    assert isinstance(s, Q4State) and s.signed and s.shape == (64, 65)
+    assert s.codes.shape == (2080,) and s.absmax.shape == (33,) and np.all(s.codes == 0x77)
+    assert s.nbytes == 2080 + 33 * 4 and s.nbytes / p.size <= 0.54
+    assert np.all(s.dequantize() == 0) and s.dequantize().shape == (64, 65)
+    u = zeros_state(p, "q4", signed=False)
+    assert not u.signed and np.all(u.codes == 0) and np.all(u.dequantize() == 0)
+    assert zeros_state(np.zeros(4095, np.float32), "q4").dtype == np.float32
+    assert repr(s) == "Q4State(shape=(64, 65), signed=True)"
+    for args, error, match in (
+            ((np.zeros(3, np.uint8), np.zeros(1, np.float32), (5,)), None, None),
+            ((np.zeros(2, np.uint8), np.zeros(1, np.float32), (5,)), ValueError, "codes: expected 3"),
+            ((np.zeros(3, np.uint8), np.zeros(2, np.float32), (5,)), ValueError, "absmax: expected 1"),
+            ((np.zeros(3, np.int8), np.zeros(1, np.float32), (5,)), TypeError, "codes: expected dtype"),
+            ((np.zeros(3, np.uint8), np.zeros(1, np.float32), 5), TypeError, "shape"),
+            ((np.zeros(3, np.uint8), np.zeros(1, np.float32), (-5,)), TypeError, "shape")):
+        if error is None:
+            Q4State(*args)
+        else:
+            with pytest.raises(error, match=match):
+                Q4State(*args)

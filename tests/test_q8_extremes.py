@@ -1,4 +1,4 @@
-"""A q8 block's extreme survives re-quantization, whatever its sign.
+"""A q8 or q4 block's extreme survives re-quantization, whatever its sign.
 
 bitsandbytes' signed map ends at -0.99296874 and 1.0. With a scale of max |x|
 a block whose extreme is negative loses 0.7 % of it at every step, so a moving
@@ -18,7 +18,10 @@ BLOCKS = 8
 STEPS = 500
 
 
-def zero_q8(n):
+def zero_state(kind, n):
+    if kind == "q4":
+        return precision.Q4State(np.full((n + 1) // 2, 0x77, np.uint8),
+                                 np.zeros(-(-n // precision.Q4_BLOCK), np.float32), (n,))
     return precision.Q8State(np.full(n, 127, np.uint8), np.zeros(-(-n // precision.BLOCK), np.float32))
 
 
@@ -33,11 +36,13 @@ def constant_gradient():
 
 
 @pytest.mark.timeout(120)
+@pytest.mark.parametrize("kind", ["q8", "q4"])
 @pytest.mark.parametrize("impl", ["kernel", "reference"])
-def test_lion_momentum_in_q8_keeps_each_blocks_extreme(impl):
+def test_lion_momentum_keeps_each_blocks_extreme(impl, kind):
+    """(bitsandbytes' and torchao's max |x| scale: 41 % low in q8, 93 % in q4.)"""
     g = constant_gradient()
     p = np.zeros_like(g)
-    m = zero_q8(g.size)
+    m = zero_state(kind, g.size)
     step = lrfast.lion_step if impl == "kernel" else reference.lion_step
     for _ in range(STEPS):
         step([p], [g], [m], lr=1e-4, betas=(0.9, 0.99))
@@ -45,16 +50,17 @@ def test_lion_momentum_in_q8_keeps_each_blocks_extreme(impl):
     got = m.dequantize().astype(np.float64)
     at = [3 + 29 * b + precision.BLOCK * b for b in range(BLOCKS)]
     np.testing.assert_allclose(got[at], exact[at], rtol=0.02)
-    # the other elements stay within the map's resolution of the block's scale
-    assert np.all(np.abs(got - exact) <= 0.02 * np.repeat(np.abs(exact[at]), precision.BLOCK))
+    if kind == "q8":  # the other elements stay within the map's resolution of the block's scale
+        assert np.all(np.abs(got - exact) <= 0.02 * np.repeat(np.abs(exact[at]), precision.BLOCK))
 
 
-def test_kernel_and_reference_agree_bitwise_on_negative_extremes():
+@pytest.mark.parametrize("kind", ["q8", "q4"])
+def test_kernel_and_reference_agree_bitwise_on_negative_extremes(kind):
     g = constant_gradient()
     states = []
     for step in (lrfast.lion_step, reference.lion_step):
         p = np.zeros_like(g)
-        m = zero_q8(g.size)
+        m = zero_state(kind, g.size)
         for _ in range(20):
             step([p], [g], [m], lr=1e-4)
         states.append(m)

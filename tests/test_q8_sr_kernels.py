@@ -1,10 +1,10 @@
-"""q8 states and stochastic rounding in the C++ kernels.
+"""q8 and q4 states and stochastic rounding in the C++ kernels.
 
-The oracle: widen every array to float32 (q8 states dequantized by
+The oracle: widen every array to float32 (q8 and q4 states dequantized by
 lrfast.precision), run lrfast's own float32 kernel on the copies, then store
 as lrfast.precision does: params round to nearest even (or stochastically, with
-precision.random_bits and precision.round_stochastic) and q8 states are
-re-quantized with precision.quantize_blockwise. The kernels must give exactly
+precision.random_bits and precision.round_stochastic) and low-bit states are
+re-quantized with precision.quantize_blockwise / quantize_blockwise_q4. The kernels must give exactly
 those bits. lrfast.reference, an independent implementation whose float32
 arithmetic may differ in the last bit, must agree step by step within an ulp
 and a code.
@@ -17,7 +17,7 @@ ml_dtypes = pytest.importorskip("ml_dtypes")
 
 import lrfast  # noqa: E402
 from lrfast import precision, reference  # noqa: E402
-from lrfast.precision import Q8State  # noqa: E402
+from lrfast.precision import Q4State, Q8State  # noqa: E402
 from cases import CASES, call_step  # noqa: E402
 from isa_run import saved_arrays  # noqa: E402
 
@@ -28,27 +28,42 @@ SIZES = (0, 1, 255, 256, 257, 4096, 5000, 40000)
 SIGNED_SLOTS = precision.SIGNED_STATES
 
 
+LOW_BIT = (Q8State, Q4State)
+
+
 def q8_zeros(shape, signed):
     size = int(np.prod(shape))
     codes = np.full(shape, 127 if signed else 0, dtype=np.uint8)
     return Q8State(codes, np.zeros(-(-size // 256), np.float32), signed)
 
 
+def q4_zeros(shape, signed):
+    size = int(np.prod(shape))
+    codes = np.full((size + 1) // 2, 0x77 if signed else 0, dtype=np.uint8)
+    return Q4State(codes, np.zeros(-(-size // 128), np.float32), shape, signed)
+
+
+ZEROS = {"q8": q8_zeros, "q4": q4_zeros}
+
+
 def copy_state(s):
     if isinstance(s, Q8State):
         return Q8State(s.codes.copy(), s.absmax.copy(), s.signed)
+    if isinstance(s, Q4State):
+        return Q4State(s.codes.copy(), s.absmax.copy(), s.shape, s.signed)
     return s.copy()
 
 
 def make(case, hp, shapes, param_dtypes, kinds, unsigned=True, seed=0):
-    """Params and zero states; kinds[t] is "q8" or a state dtype for tensor t.
-    q8 states are unsigned where the slot allows it and `unsigned` is set."""
+    """Params and zero states; kinds[t] is "q8", "q4" or a state dtype for
+    tensor t. Low-bit states are unsigned where the slot allows it and
+    `unsigned` is set."""
     rng = np.random.default_rng(seed)
     params = [rng.standard_normal(s).astype(dt) for s, dt in zip(shapes, param_dtypes)]
     states = {}
     for name in case.states_for(hp):
         signed = name in SIGNED_SLOTS or not unsigned
-        states[name] = [q8_zeros(s, signed) if k == "q8" else np.zeros(s, k)
+        states[name] = [ZEROS[k](s, signed) if k in ZEROS else np.zeros(s, k)
                         for s, k in zip(shapes, kinds)]
     return params, states
 
@@ -59,7 +74,7 @@ def grads_for(params, step, seed=0):
 
 
 def widen(x):
-    return x.dequantize() if isinstance(x, Q8State) else x.astype(F32)
+    return x.dequantize() if isinstance(x, LOW_BIT) else x.astype(F32)
 
 
 def oracle_step(case, hp, params, grads, states, step, sr_seed=None):
@@ -80,6 +95,8 @@ def oracle_step(case, hp, params, grads, states, step, sr_seed=None):
         for s, w in zip(v, wide_s[k]):
             if isinstance(s, Q8State):
                 s.codes[...], s.absmax[...] = precision.quantize_blockwise(w, s.signed)
+            elif isinstance(s, Q4State):
+                s.codes[...], s.absmax[...] = precision.quantize_blockwise_q4(w, s.signed)
             else:
                 s[...] = precision.round_nearest(w, s.dtype)
 
@@ -97,11 +114,11 @@ def run(case, hp, shapes, param_dtypes, kinds, fn, steps=STEPS, sr_seed=None, un
 
 
 def flat(params, states):
-    """Every array of a run, q8 states as codes and absmax."""
+    """Every array of a run, low-bit states as codes and absmax."""
     out = list(params)
     for v in states.values():
         for s in v:
-            out += [s.codes, s.absmax] if isinstance(s, Q8State) else [s]
+            out += [s.codes, s.absmax] if isinstance(s, LOW_BIT) else [s]
     return out
 
 
@@ -129,23 +146,31 @@ MIXED = [((257,), F32, "q8"), ((1,), BF16, "q8"), ((3, 5), F32, F32), ((4096,), 
          ((33000,), BF16, F32), ((256,), F32, "q8")]
 
 
+# The same list with q4 states in every other low-bit place, odd sizes included.
+MIXED_Q4 = [(shape, dtype, "q4" if kind == "q8" and i % 4 else kind)
+            for i, (shape, dtype, kind) in enumerate(MIXED)] + [((4097,), F32, "q4")]
+
+
+@pytest.mark.parametrize("kind", ["q8", "q4"])
 @pytest.mark.parametrize("param", [F32, BF16], ids=["f32", "bf16"])
-def test_q8_lists_match_the_oracle_bitwise(case, hp, param):
+def test_low_bit_lists_match_the_oracle_bitwise(case, hp, param, kind):
     shapes = [(n,) for n in SIZES]
-    same(case, hp, shapes, [param] * len(shapes), ["q8"] * len(shapes))
+    same(case, hp, shapes, [param] * len(shapes), [kind] * len(shapes))
 
 
-def test_q8_signed_everywhere_and_mixed_lists_match_the_oracle_bitwise(case, hp):
-    shapes, dtypes, kinds = zip(*MIXED)
+@pytest.mark.parametrize("kind", ["q8", "q4"])
+def test_low_bit_signed_everywhere_and_mixed_lists_match_the_oracle_bitwise(case, hp, kind):
+    shapes, dtypes, kinds = zip(*(MIXED if kind == "q8" else MIXED_Q4))
     same(case, hp, shapes, dtypes, kinds)
-    same(case, hp, [(n,) for n in SIZES], [BF16] * len(SIZES), ["q8"] * len(SIZES),
+    same(case, hp, [(n,) for n in SIZES], [BF16] * len(SIZES), [kind] * len(SIZES),
          unsigned=False)
 
 
-def test_q8_with_float64_params_matches_the_reference():
+@pytest.mark.parametrize("kind", ["q8", "q4"])
+def test_low_bit_with_float64_params_matches_the_reference(kind):
     case = next(c for c in CASES if c.name == "adamw")
     hp = dict(lr=1e-2, amsgrad=True)
-    params, states = make(case, hp, [(5000,)], [F64], ["q8"])
+    params, states = make(case, hp, [(5001,)], [F64], [kind])
     ref_p, ref_s = [p.copy() for p in params], {k: [copy_state(s) for s in v] for k, v in states.items()}
     for step in (1, 2):
         grads = grads_for(params, step)
@@ -154,6 +179,13 @@ def test_q8_with_float64_params_matches_the_reference():
         np.testing.assert_allclose(params[0], ref_p[0], rtol=1e-12)
         for k in states:
             assert np.array_equal(states[k][0].codes, ref_s[k][0].codes)
+
+
+def codes_of(state):
+    """A low-bit state's codes, one per element."""
+    if isinstance(state, Q4State):
+        return precision.unpack_nibbles(state.codes, int(np.prod(state.shape)))
+    return state.codes
 
 
 def ulps(a, b):
@@ -165,13 +197,14 @@ def ulps(a, b):
     return np.abs(ordered(a) - ordered(b))
 
 
+@pytest.mark.parametrize("kind", ["q8", "q4"])
 @pytest.mark.parametrize("param", [F32, BF16], ids=["f32", "bf16"])
-def test_q8_steps_agree_with_the_reference_within_an_ulp_and_a_code(case, hp, param):
+def test_low_bit_steps_agree_with_the_reference_within_an_ulp_and_a_code(case, hp, param, kind):
     """Step by step from the same inputs: codes exact for >= 99% of elements and
     never more than one code off; bf16 params within one ulp, float32 params
     within the case's float32 tolerance."""
     shapes = [(n,) for n in SIZES]
-    params, states = make(case, hp, shapes, [param] * len(shapes), ["q8"] * len(shapes))
+    params, states = make(case, hp, shapes, [param] * len(shapes), [kind] * len(shapes))
     codes = exact = 0
     for step in range(1, STEPS + 1):
         grads = grads_for(params, step)
@@ -187,7 +220,7 @@ def test_q8_steps_agree_with_the_reference_within_an_ulp_and_a_code(case, hp, pa
                 assert ulps(a, b).max(initial=0) <= 1, f"{case.name} {hp} step {step}"
         for k in states:
             for a, b in zip(states[k], ref_s[k]):
-                off = np.abs(a.codes.astype(int) - b.codes.astype(int))
+                off = np.abs(codes_of(a).astype(int) - codes_of(b).astype(int))
                 assert off.max(initial=0) <= 1, f"{case.name} {hp} {k} step {step}"
                 codes += off.size
                 exact += int((off == 0).sum())
@@ -203,9 +236,9 @@ SR_SHAPES = [(1,), (7,), (3, 5), (513,), (40000,), (0,), (255,)]
 def test_stochastic_rounding_matches_the_oracle_bitwise(case, hp, param):
     n = len(SR_SHAPES)
     same(case, hp, SR_SHAPES, [param] * n, [F32] * n, sr_seed=12345)
-    # with q8 and bf16 states, and params of both 16-bit dtypes in one list
+    # with q8, q4 and bf16 states, and params of both 16-bit dtypes in one list
     same(case, hp, SR_SHAPES, [param, F32, BF16, F16, param, F32, param],
-         ["q8", BF16, "q8", F32, "q8", "q8", BF16], sr_seed=2**64 - 1)
+         ["q8", BF16, "q4", F32, "q8", "q4", BF16], sr_seed=2**64 - 1)
 
 
 @pytest.mark.parametrize("param", [BF16, F16], ids=["bf16", "f16"])
@@ -233,14 +266,14 @@ def test_stochastic_rounding_agrees_with_the_reference(case, hp, param):
 
 
 def sr_workload(threads=None):
-    """Params of an SR + q8 AdamW run and an SR RMSprop run, for comparing
+    """Params of an SR + q8/q4 AdamW run and an SR RMSprop run, for comparing
     thread counts and ISAs (over 4 driver blocks, so two threads share them)."""
     if threads is not None:
         lrfast.set_num_threads(threads)
     out = []
     for param in (BF16, F16):
         shapes = [(70001,), (5,), (100000,), (300,)]
-        params, states = make(CASES[2], {}, shapes, [param] * 4, ["q8", F32, "q8", BF16])
+        params, states = make(CASES[2], {}, shapes, [param] * 4, ["q8", F32, "q4", BF16])
         for step in (1, 2):
             lrfast.adamw_step(params, grads_for(params, step), states["exp_avgs"],
                               states["exp_avg_sqs"], lr=1e-2, step=step,
@@ -336,7 +369,7 @@ def adam_arrays(param=F32, n=3, size=300):
 
 def snapshot(*lists):
     return [a.copy() for lst in lists for s in lst
-            for a in ((s.codes, s.absmax) if isinstance(s, Q8State) else (s,))]
+            for a in ((s.codes, s.absmax) if isinstance(s, LOW_BIT) else (s,))]
 
 
 def noncontiguous(q):
@@ -375,7 +408,11 @@ def readonly_absmax(q):
     (wrong_codes_dtype, TypeError, r"exp_avg_sqs\[2\]\.codes has dtype int8; expected uint8"),
 ])
 def test_bad_q8_states_are_refused_before_any_write(param, spoil, error, message):
-    params, grads, m, v = adam_arrays(param)
+    refused_before_any_write(adam_arrays(param), spoil, error, message)
+
+
+def refused_before_any_write(arrays, spoil, error, message):
+    params, grads, m, v = arrays
     spoil(v[2])
     before = snapshot(params, m, v)
     with pytest.raises(error, match=message):
@@ -428,3 +465,29 @@ def test_zeros_state_is_exported_and_runs_in_a_step():
     lrfast.adamw_step(p, g, m, v, lr=1e-2, step=1, stochastic_rounding=True, seed=1)
     np.testing.assert_allclose(m.dequantize(), 0.1, rtol=0.01)
     assert m.codes.min() == m.codes.max() and np.all(m.absmax == np.float32(0.1))
+
+
+def q4_arrays(size=301):
+    params, grads, _, _ = adam_arrays(size=size)
+    return (params, grads, [q4_zeros((size,), True) for _ in range(3)],
+            [q4_zeros((size,), False) for _ in range(3)])
+
+
+@pytest.mark.parametrize("spoil, error, message", [
+    (noncontiguous, ValueError, r"exp_avg_sqs\[2\]\.codes is not C-contiguous"),
+    (readonly, ValueError, r"exp_avg_sqs\[2\]\.codes is read-only"),
+    (short_absmax, ValueError, r"exp_avg_sqs\[2\]\.absmax has shape \(4,\); expected \(3,\)"),
+    (other_shape, ValueError, r"exp_avg_sqs\[2\]\.codes has shape \(152,\); expected \(151,\)"),
+    (lambda q: object.__setattr__(q, "_shape", (302,)), ValueError,
+     r"exp_avg_sqs\[2\] has shape \(302,\) but params\[2\] has shape \(301,\)"),
+    (wrong_codes_dtype, TypeError, r"exp_avg_sqs\[2\]\.codes has dtype int8; expected uint8"),
+])
+def test_bad_q4_states_are_refused_before_any_write(spoil, error, message):
+    refused_before_any_write(q4_arrays(), spoil, error, message)
+
+
+def test_unsigned_q4_in_a_signed_slot_is_refused():
+    params, grads, m, v = q4_arrays()
+    m[1] = q4_zeros((301,), False)
+    with pytest.raises(ValueError, match=r"exp_avgs\[1\]: an unsigned q4 state cannot hold"):
+        lrfast.adam_step(params, grads, m, v, lr=0.1, step=1)

@@ -20,7 +20,7 @@
 #endif
 
 #include "kernel.hpp"
-#include "q8.hpp"
+#include "q4.hpp"
 
 namespace lrfast::LRFAST_ISA_NS {
 
@@ -204,8 +204,8 @@ inline void narrow_f16(const float* __restrict in, std::uint16_t* __restrict out
 }
 
 // out[0..n) = elements [lo, lo + n) of x, widened to T (float or double).
-// x's storage is float32 (then T is double), bfloat16, float16 or q8 (whole
-// blocks: see q8.hpp).
+// x's storage is float32 (then T is double), bfloat16, float16, q8 or q4
+// (whole blocks: see q8.hpp and q4.hpp).
 template <class T>
 inline void widen(const Operand& x, std::int64_t lo, std::int64_t n, T* __restrict out) {
     const void* data = x.data;
@@ -231,6 +231,8 @@ inline void widen(const Operand& x, std::int64_t lo, std::int64_t n, T* __restri
         }
         case Storage::q8_signed:
         case Storage::q8_unsigned: dequantize(x, lo, n, out); break;
+        case Storage::q4_signed:
+        case Storage::q4_unsigned: dequantize_q4(x, lo, n, out); break;
         default: break;
     }
 }
@@ -265,6 +267,8 @@ inline void narrow(const T* __restrict in, const Operand& x, std::int64_t lo, st
         }
         case Storage::q8_signed:
         case Storage::q8_unsigned: quantize(in, x, lo, n); break;
+        case Storage::q4_signed:
+        case Storage::q4_unsigned: quantize_q4(in, x, lo, n); break;
         default: break;
     }
 }

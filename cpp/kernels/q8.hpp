@@ -189,57 +189,75 @@ inline void look_up(const Q8Table& table, const float* __restrict v, float top,
     for (; i < m; ++i) out[i] = std::uint8_t(code_of<SIGNED>(table, v[i] / top));
 }
 
-// Elements [lo, lo + n) of q8 state x = in[0..n), quantized block by block
-// (lrfast.precision.quantize_blockwise): the block's extreme e is its value
-// of largest |v| (the negative one on a tie; NaN if the block holds a NaN),
-// its scale absmax = |e| / |the map's end on e's side| (the signed map ends at
-// -map[0] = 0.99296874 below and 1.0 above; the unsigned map's scale is |e|),
-// and each v / absmax gets its code (code_of). An all-zero block keeps
-// absmax 0 and the code of 0. T = double rounds to float first.
+// The scale of a block of m values (lrfast.precision._normalized_blocks):
+// its extreme e is the value of largest |v| (the negative one on a tie; NaN
+// if the block holds a NaN), its scale |e| / |the map's end on e's side|.
+// `low_end` is the magnitude of a signed map's first value (q8 0.99296874, q4
+// 0.8875; the top end is 1.0), 0 for an unsigned map, whose scale is |e|.
+// Sets `zero` for an all-zero block (scale 0).
 //
 // The extreme is found on keys (|v|'s bits << 1 | the sign bit): for floats
 // their integer order is that of |v|, the sign breaking ties, and NaNs lie
-// above inf; a plain loop that vectorises. The division is done in look_up,
-// from L1.
+// above inf; a plain loop that vectorises.
+inline float block_scale(const float* __restrict v, std::int64_t m, float low_end, bool& zero) {
+    std::uint32_t top_key = 0;
+    for (std::int64_t i = 0; i < m; ++i) {
+        std::uint32_t u;
+        __builtin_memcpy(&u, v + i, sizeof u);
+        const std::uint32_t key = u << 1 | u >> 31;
+        top_key = key > top_key ? key : top_key;
+    }
+    std::uint32_t top_bits = top_key >> 1;
+    if (top_bits > 0x7f800000u) top_bits = 0x7fc00000u;  // a NaN: the block's scale is NaN
+    float top;
+    __builtin_memcpy(&top, &top_bits, sizeof top);
+    zero = top_bits == 0;
+    return low_end != 0 && (top_key & 1) != 0 && !zero ? top / low_end : top;
+}
+
+// Calls f(b, first, m, v) for each block b of BLOCK elements of in[0..n):
+// elements [first, first + m), as float values v (T = double rounds to float
+// first, into a buffer).
+template <std::int64_t BLOCK, class T, class F>
+inline void for_each_block(const T* __restrict in, std::int64_t n, F f) {
+    alignas(64) float rounded[std::is_same_v<T, float> ? 1 : BLOCK];
+    for (std::int64_t b = 0; b * BLOCK < n; ++b) {
+        const std::int64_t first = b * BLOCK;
+        const std::int64_t m = n - first < BLOCK ? n - first : BLOCK;
+        if constexpr (std::is_same_v<T, float>) {
+            f(b, first, m, in + first);
+        } else {
+            for (std::int64_t i = 0; i < m; ++i) rounded[i] = float(in[first + i]);
+            f(b, first, m, rounded);
+        }
+    }
+}
+
+// Elements [lo, lo + n) of q8 state x = in[0..n), quantized block by block
+// (lrfast.precision.quantize_blockwise): each block's absmax is its
+// block_scale, and each v / absmax gets its code (code_of). An all-zero block
+// keeps absmax 0 and the code of 0. T = double rounds to float first. The
+// division is done in look_up, from L1.
 template <class T>
 inline void quantize(const T* __restrict in, const Operand& x, std::int64_t lo, std::int64_t n) {
     const Q8Table& table = q8_table(x);
     const bool is_signed = x.storage == Storage::q8_signed;
     std::uint8_t* __restrict codes = static_cast<std::uint8_t*>(x.data) + lo;
     float* absmax = x.absmax + lo / kQ8Block;
-    alignas(64) float rounded[std::is_same_v<T, float> ? 1 : kQ8Block];
-    for (std::int64_t b = 0; b * kQ8Block < n; ++b) {
-        const std::int64_t first = b * kQ8Block;
-        const std::int64_t m = n - first < kQ8Block ? n - first : kQ8Block;
-        const float* v;
-        if constexpr (std::is_same_v<T, float>) {
-            v = in + first;
-        } else {
-            for (std::int64_t i = 0; i < m; ++i) rounded[i] = float(in[first + i]);
-            v = rounded;
-        }
-        std::uint32_t top_key = 0;
-        for (std::int64_t i = 0; i < m; ++i) {
-            std::uint32_t u;
-            __builtin_memcpy(&u, v + i, sizeof u);
-            const std::uint32_t key = u << 1 | u >> 31;
-            top_key = key > top_key ? key : top_key;
-        }
-        std::uint32_t top_bits = top_key >> 1;
-        if (top_bits > 0x7f800000u) top_bits = 0x7fc00000u;  // a NaN: the block's absmax is NaN
-        float top;
-        __builtin_memcpy(&top, &top_bits, sizeof top);
-        if (is_signed && (top_key & 1) != 0 && top_bits != 0) top = top / -table.map[0];
+    for_each_block<kQ8Block>(in, n, [&](std::int64_t b, std::int64_t first, std::int64_t m,
+                                        const float* __restrict v) {
+        bool zero;
+        const float top = block_scale(v, m, is_signed ? -table.map[0] : 0.0f, zero);
         absmax[b] = top;
         std::uint8_t* __restrict out = codes + first;
-        if (top_bits == 0) {  // all zeros: n = 0
+        if (zero) {  // n = 0
             for (std::int64_t i = 0; i < m; ++i) out[i] = is_signed ? 127 : 0;
         } else if (is_signed) {
             look_up<true>(table, v, top, out, m);
         } else {
             look_up<false>(table, v, top, out, m);
         }
-    }
+    });
 }
 
 }  // namespace lrfast::LRFAST_ISA_NS

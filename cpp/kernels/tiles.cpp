@@ -1,5 +1,5 @@
 // The tile layer: tensors whose arrays mix storages (16-bit params, grads or
-// states; q8 states; float32 or bfloat16 states of a float64 param).
+// states; q8 and q4 states; float32 or bfloat16 states of a float64 param).
 //
 // Such a tensor is processed kTile elements at a time: each array that does
 // not hold the arithmetic type T is widened into a T buffer, the very update
@@ -7,8 +7,8 @@
 // T, in place), and the written buffers are rounded back to their storage.
 // The maths stays in one place, and the result is by construction that of
 // the T kernel on widened copies, each written array rounded to its storage.
-// q8 states are dequantized and re-quantized the same way (tiles hold whole
-// 256-blocks), and with stochastic_rounding a 16-bit param rounds with the
+// q8 and q4 states are dequantized and re-quantized the same way (tiles hold
+// whole 256-blocks), and with stochastic_rounding a 16-bit param rounds with the
 // random bits of its elements' call positions.
 #include "convert.hpp"
 #include "rounding.hpp"
@@ -37,14 +37,16 @@ static bool all_bf16(const Operand* x) {
     return true;
 }
 
-// Bytes per element of an array (q8: its codes).
-static int element_bytes(Storage s) {
+// Bytes of m elements of an array from element lo on (q8, q4: their codes).
+static std::int64_t array_bytes(Storage s, std::int64_t m) {
     switch (s) {
-        case Storage::f64: return 8;
-        case Storage::f32: return 4;
+        case Storage::f64: return 8 * m;
+        case Storage::f32: return 4 * m;
         case Storage::q8_signed:
-        case Storage::q8_unsigned: return 1;
-        default: return 2;
+        case Storage::q8_unsigned: return m;
+        case Storage::q4_signed:
+        case Storage::q4_unsigned: return (m + 1) / 2;
+        default: return 2 * m;
     }
 }
 
@@ -54,9 +56,9 @@ static int element_bytes(Storage s) {
 static void prefetch_tile(const Operand* x, std::int64_t lo, std::int64_t m) {
     for (int k = 0; k < kOperands; ++k) {
         if (x[k].data == nullptr) continue;
-        const int size = element_bytes(x[k].storage);
-        const char* first = static_cast<const char*>(x[k].data) + lo * size;
-        for (std::int64_t b = 0; b < m * size; b += 64) __builtin_prefetch(first + b, 1);
+        const char* first = static_cast<const char*>(x[k].data) + array_bytes(x[k].storage, lo);
+        for (std::int64_t b = 0; b < array_bytes(x[k].storage, m); b += 64)
+            __builtin_prefetch(first + b, 1);
     }
 }
 
@@ -198,6 +200,12 @@ void mixed_stream(const Operand* x, std::int64_t lo, std::int64_t n) {
                     xor_words<std::uint8_t>(x[k].data, lo + at, mask, m);
                     xor_words<std::uint32_t>(x[k].absmax, (lo + at) / kQ8Block, mask,
                                              (m + kQ8Block - 1) / kQ8Block);
+                    break;
+                case Storage::q4_signed:
+                case Storage::q4_unsigned:  // two codes a byte; the tile starts on a byte
+                    xor_words<std::uint8_t>(x[k].data, (lo + at) / 2, mask, (m + 1) / 2);
+                    xor_words<std::uint32_t>(x[k].absmax, (lo + at) / kQ4Block, mask,
+                                             (m + kQ4Block - 1) / kQ4Block);
                     break;
                 default: xor_words<std::uint16_t>(x[k].data, lo + at, mask, m);
             }

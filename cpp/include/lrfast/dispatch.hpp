@@ -29,11 +29,13 @@ using UpdateFn = void (*)(const P&, T*, const T*, T* const*, std::int64_t);
 // How an array stores its numbers. Arithmetic runs in float for float32 and
 // 16-bit arrays, in double for float64 params. q8: a state of uint8 codes
 // into the signed or unsigned dynamic map, with a float32 absmax per block of
-// 256 elements (lrfast/q8_tables.hpp).
-enum class Storage : std::uint8_t { none, f32, f64, bf16, f16, q8_signed, q8_unsigned };
+// 256 elements (lrfast/q8_tables.hpp); q4: two 4-bit codes a byte (element 2i
+// in the high nibble) into torchao's maps, a float32 absmax per block of 128.
+enum class Storage : std::uint8_t { none, f32, f64, bf16, f16, q8_signed, q8_unsigned,
+                                    q4_signed, q4_unsigned };
 
 // One array of a call that mixes storages; data is nullptr for an unused state.
-// For a q8 state, data holds the codes and absmax the block scales.
+// For a q8 or q4 state, data holds the codes and absmax the block scales.
 struct Operand {
     void* data;
     Storage storage;
@@ -55,7 +57,7 @@ struct MixedTensor {
 // An update kernel for a tensor whose arrays are not all of the arithmetic
 // type (16-bit params, grads or states, q8 states, or float32/bfloat16 states
 // of a float64 param): elements [lo, lo + n) of the tensor. A tensor with a q8
-// state gets lo a multiple of 256 and n one too, or reaching its end.
+// or q4 state gets lo a multiple of 256 and n one too, or reaching its end.
 template <class P>
 using MixedFn = void (*)(const P&, const MixedTensor&, std::int64_t lo, std::int64_t n);
 

@@ -1,6 +1,6 @@
 // The lookup tables of q8 states (lrfast.precision: block-wise dynamic
 // quantization with bitsandbytes' maps), built once at import from the maps
-// that CMake copies out of lrfast/precision.py. Plain data, shared by every
+// that CMake copies out of lrfast/precision.py, and those of q4 states. Plain data, shared by every
 // ISA's kernels (cpp/kernels/q8.hpp).
 #pragma once
 
@@ -39,6 +39,20 @@ struct Q8Table {
 
 // q8_tables[1]: the signed map; q8_tables[0]: the unsigned map.
 extern const Q8Table q8_tables[2];
+
+// Elements per q4 block (lrfast.precision.Q4_BLOCK): torchao's block size.
+constexpr std::int64_t kQ4Block = 128;
+
+// torchao's 4-bit maps (lrfast.precision.create_q4_map). The code of a
+// normalised value n is the number of thresholds <= n: threshold[k] is the
+// least float32 at which torchao's rounding takes code k + 1 over code k.
+struct Q4Table {
+    float map[16];
+    float threshold[15];
+};
+
+// q4_tables[1]: the signed map; q4_tables[0]: the unsigned map.
+extern const Q4Table q4_tables[2];
 
 // "" if the tables were built, else why not (a cell holding two midpoints, a
 // midpoint below the floor): the module then refuses to import.
