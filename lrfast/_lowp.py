@@ -10,10 +10,10 @@ from typing import Any
 
 import numpy as np
 
-from .precision import Q8_MIN_SIZE, quantize_blockwise
+from .precision import Q8_MIN_SIZE, quantize_blockwise, quantize_blockwise_q4, unpack_nibbles
 
-STATE_DTYPES = (None, "float32", "bfloat16", "q8")
-_CHOICES = "None (the param's dtype), 'float32', 'bfloat16' or 'q8'"
+STATE_DTYPES = (None, "float32", "bfloat16", "q8", "q4")
+_CHOICES = "None (the param's dtype), 'float32', 'bfloat16', 'q8' or 'q4'"
 
 
 
@@ -31,19 +31,25 @@ def check_stochastic_rounding(value: Any) -> bool:
     return bool(value)
 
 
-def is_q8(state_dtype: str | None, size: int) -> bool:
-    """Whether a state of a param of ``size`` elements is a Q8State: with
-    ``state_dtype="q8"``, tensors under 4096 elements keep float32 states, as
-    :func:`lrfast.zeros_state` makes them (tiny tensors lose most from 8 bits
-    and save least)."""
-    return state_dtype == "q8" and size >= Q8_MIN_SIZE
+def low_bit(state_dtype: str | None, size: int) -> str | None:
+    """``"q8"`` or ``"q4"`` where a state of a param of ``size`` elements is a
+    Q8State or Q4State, else None: tensors under 4096 elements keep float32
+    states, as :func:`lrfast.zeros_state` makes them (tiny tensors lose most
+    from few bits and save least)."""
+    return state_dtype if state_dtype in ("q8", "q4") and size >= Q8_MIN_SIZE else None
 
 
-def q8_constant(value: float, signed: bool) -> tuple[int, float]:
-    """(code, absmax) of every element and block of a q8 state holding
-    ``value`` everywhere, e.g. Adagrad's ``initial_accumulator_value``."""
-    codes, absmax = quantize_blockwise(np.array([value], np.float32), signed)
-    return int(codes[0]), float(absmax[0])
+def low_bit_constant(kind: str, value: float, signed: bool) -> tuple[int, float]:
+    """(code byte, absmax) of every element (q8) or byte (q4: two equal codes)
+    and block of a low-bit state holding ``value`` everywhere, e.g. Adagrad's
+    ``initial_accumulator_value``."""
+    x = np.array([value], np.float32)
+    if kind == "q8":
+        codes, absmax = quantize_blockwise(x, signed)
+        return int(codes[0]), float(absmax[0])
+    packed, absmax = quantize_blockwise_q4(x, signed)
+    code = int(unpack_nibbles(packed, 1)[0])
+    return code << 4 | code, float(absmax[0])
 
 
 def rounding(stochastic_rounding: bool, seed: int, completed: int) -> dict[str, Any]:

@@ -59,11 +59,11 @@ Options every class takes (keyword-only):
     ``step()`` returns False and ``opt.skipped_steps`` counts it.
 ``state_dtype``
     The states' dtype: ``None`` (the parameter's), ``"float32"``,
-    ``"bfloat16"`` or ``"q8"`` (a :class:`lrfast.Q8State`, 8-bit block-wise;
-    parameters under 4096 elements keep float32 states, see
-    :func:`lrfast.zeros_state`). Momentum buffers, first moments and
-    RMSprop's grad averages take the signed q8 map, the never-negative
-    states the unsigned one.
+    ``"bfloat16"``, ``"q8"`` (a :class:`lrfast.Q8State`, 8-bit block-wise) or
+    ``"q4"`` (a :class:`lrfast.Q4State`, torchao's 4-bit layout); parameters
+    under 4096 elements keep float32 states, see :func:`lrfast.zeros_state`.
+    Momentum buffers, first moments and RMSprop's grad averages take the
+    signed map, the never-negative states the unsigned one.
 ``stochastic_rounding``, ``seed``
     Round bfloat16/float16 parameter writes stochastically (float32 and
     float64 parameters ignore it). The update after ``step_count`` others
@@ -80,9 +80,10 @@ unless ``max_grad_norm`` or ``skip_nonfinite`` made the step compute it).
 bit-identically: state arrays, step count, hyperparameters, schedules,
 plateau and options (``state_dtype``, ``stochastic_rounding`` and ``seed``
 among them: a checkpoint's states keep its ``state_dtype``); the parameters
-themselves are the caller's to save. In ``state_dict()`` a q8 state is a
-:class:`lrfast.Q8State` (copied); in a saved file, members ``.../codes`` and
-``.../absmax`` beside the arrays' ``state/<group>/<name>/<index>``, and a
+themselves are the caller's to save. In ``state_dict()`` a q8 or q4 state is
+a :class:`lrfast.Q8State` or :class:`lrfast.Q4State` (copied); in a saved
+file, members ``.../codes`` and ``.../absmax`` beside the arrays'
+``state/<group>/<name>/<index>``, and a
 bfloat16 array as its uint16 bits (``.npy`` has no bfloat16).
 ``save`` writes a temporary file of its own beside ``path`` and renames it
 over ``path`` once complete, so a failed or concurrent save never leaves a
@@ -109,7 +110,8 @@ from ._kernel import Kernel, Piece, Slot, Update
 from ._lion import LION
 from ._backend import tensors
 from .clip import clip_coefficient, clip_grad_value, global_norm
-from .precision import BLOCK, SIGNED_STATES, Q8State, bfloat16, quantize_blockwise
+from .precision import (BLOCK, Q4_BLOCK, SIGNED_STATES, Q4State, Q8State, bfloat16,
+                        quantize_blockwise, quantize_blockwise_q4)
 from .schedules import ReduceLROnPlateau, Schedule, from_dict
 
 __all__ = ["Optimizer", "SGD", "Adam", "AdamW", "RMSprop", "Adagrad", "Adadelta", "Lion",
@@ -125,7 +127,7 @@ _LOWP_DEFAULTS = {"state_dtype": None, "stochastic_rounding": False, "seed": 0}
 # the JSON of a checkpoint, in characters: far beyond what thousands of groups need
 _MAX_META = 2**22
 
-State = Union[np.ndarray, Q8State]  # one parameter's state
+State = Union[np.ndarray, Q8State, Q4State]  # one parameter's state
 
 
 # ------------------------------------------------------- the step functions
@@ -354,7 +356,8 @@ class Optimizer:
 
     def state_dict(self) -> dict[str, Any]:
         """A snapshot of everything but the parameters: plain data and copied
-        arrays (and copied :class:`lrfast.Q8State` objects for q8 states)."""
+        arrays (and copied :class:`lrfast.Q8State` / :class:`lrfast.Q4State`
+        objects for low-bit states)."""
         return self._state_dict(copy=True)
 
     def _state_dict(self, copy: bool) -> dict[str, Any]:
@@ -368,7 +371,7 @@ class Optimizer:
             "plateau": None if self.plateau is None else self.plateau.state_dict(),
             "param_groups": [{key: _encode(value) for key, value in group.items()
                               if key != "params"} for group in self.param_groups],
-            "state": [{name: [_copy(a) if copy else a for a in arrays]
+            "state": [{name: [a.copy() if copy else a for a in arrays]
                        for name, arrays in state.items()} for state in self.state],
         }
 
@@ -587,34 +590,38 @@ def _loaded_options(saved) -> dict:
 class _StateLayout:
     """What a parameter's state must be under a ``state_dtype``: its parts,
     each an array of a shape and dtype; ``""`` for a plain array, ``"codes"``
-    and ``"absmax"`` for a Q8State (of the signedness its state name gets)."""
+    and ``"absmax"`` for a Q8State or Q4State (of the signedness its state
+    name gets)."""
 
     def __init__(self, param: np.ndarray, name: str, state_dtype: str | None,
                  shape: tuple[int, ...]):
         size = int(np.prod(shape))
-        self.q8 = _lowp.is_q8(state_dtype, size)
+        self.kind = _lowp.low_bit(state_dtype, size)
+        self.shape = shape
         self.signed = name in SIGNED_STATES
         self.parts: dict[str, tuple[tuple[int, ...], np.dtype]]
-        if self.q8:
-            blocks = -(-size // BLOCK)
-            self.parts = {"codes": (shape, np.dtype(np.uint8)),
+        if self.kind is not None:
+            q8 = self.kind == "q8"
+            blocks = -(-size // (BLOCK if q8 else Q4_BLOCK))
+            self.parts = {"codes": (shape if q8 else ((size + 1) // 2,), np.dtype(np.uint8)),
                           "absmax": ((blocks,), np.dtype(np.float32))}
         elif state_dtype is None:
             self.parts = {"": (shape, param.dtype)}
-        else:  # "float32", "bfloat16", and "q8" for tensors too small to quantize
+        else:  # "float32", "bfloat16", and low bits for tensors too small to quantize
             dtype = bfloat16() if state_dtype == "bfloat16" else np.dtype(np.float32)
             self.parts = {"": (shape, dtype)}
 
     def new(self, start) -> State:
         """A state holding ``start``: a number everywhere, or an array of its shape."""
-        if self.q8:
-            (shape, _), (blocks, _) = self.parts["codes"], self.parts["absmax"]
+        if self.kind is not None:
+            (codes_shape, _), (blocks, _) = self.parts["codes"], self.parts["absmax"]
             if np.ndim(start):
-                codes, absmax = quantize_blockwise(start, self.signed)
-                return Q8State(codes.reshape(shape), absmax, self.signed)
-            code, absmax = _lowp.q8_constant(start, self.signed)
-            return Q8State(np.full(shape, code, np.uint8), np.full(blocks, absmax, np.float32),
-                           self.signed)
+                quantize = quantize_blockwise if self.kind == "q8" else quantize_blockwise_q4
+                codes, absmax = quantize(start, self.signed)
+                return self.join({"codes": codes.reshape(codes_shape), "absmax": absmax})
+            code, absmax = _lowp.low_bit_constant(self.kind, start, self.signed)
+            return self.join({"codes": np.full(codes_shape, code, np.uint8),
+                              "absmax": np.full(blocks, absmax, np.float32)})
         shape, dtype = self.parts[""]
         if np.ndim(start):
             return np.array(start, dtype, order="C").reshape(shape)
@@ -630,15 +637,19 @@ class _StateLayout:
 
     def split(self, where: str, state) -> dict[str, Any]:
         """The parts of an in-memory state, each checked."""
-        if self.q8 != isinstance(state, Q8State):
-            want = (f"a Q8State (signed={self.signed})" if self.q8
+        cls = {"q8": Q8State, "q4": Q4State}.get(self.kind)  # type: ignore[arg-type]
+        if (cls is None and isinstance(state, (Q8State, Q4State))) or (
+                cls is not None and type(state) is not cls):
+            want = (f"a {cls.__name__} (signed={self.signed})" if cls is not None
                     else f"an array of dtype {self.parts[''][1]}")
             raise ValueError(f"{where} must be {want} for its parameter and state_dtype, got a "
                              f"{type(state).__name__}")
-        if self.q8 and state.signed != self.signed:
-            raise ValueError(f"{where} must be a Q8State with signed={self.signed}, got "
+        if cls is not None and state.signed != self.signed:
+            raise ValueError(f"{where} must be a {cls.__name__} with signed={self.signed}, got "
                              f"signed={state.signed}")
-        parts = {"codes": state.codes, "absmax": state.absmax} if self.q8 else {"": state}
+        if cls is Q4State and state.shape != self.shape:
+            raise ValueError(f"{where} must be a Q4State of shape {self.shape}, got {state.shape}")
+        parts = {"codes": state.codes, "absmax": state.absmax} if cls else {"": state}
         for part, array in parts.items():
             if not isinstance(array, np.ndarray):
                 raise ValueError(f"{where} must hold arrays, got a {type(array).__name__}")
@@ -647,8 +658,10 @@ class _StateLayout:
 
     def join(self, parts: Mapping[str, np.ndarray]) -> State:
         """The state of checked parts (which it takes, not copies)."""
-        if self.q8:
+        if self.kind == "q8":
             return Q8State(parts["codes"], parts["absmax"], self.signed)
+        if self.kind == "q4":
+            return Q4State(parts["codes"], parts["absmax"], self.shape, self.signed)
         return parts[""]
 
 
@@ -661,12 +674,6 @@ def _start_values(param: np.ndarray, slot: Slot, hparams: Mapping) -> np.ndarray
     params, whose states are float32 or narrower)."""
     values = param.ravel()[::int(hparams["slice_p"])] if slot.sliced else param
     return values.astype(np.float32) if values.dtype.itemsize == 2 else values
-
-
-def _copy(state: State) -> State:
-    if isinstance(state, Q8State):
-        return Q8State(state.codes.copy(), state.absmax.copy(), state.signed)
-    return state.copy()
 
 
 def _checked_copy(where: str, state, layout: _StateLayout) -> State:
@@ -683,9 +690,9 @@ def _stored(dtype: np.dtype) -> np.dtype:
 
 def _members(prefix: str, state: State) -> list[tuple[str, np.ndarray]]:
     """The .npz members of one state: ``prefix``, or ``prefix/codes`` and
-    ``prefix/absmax`` for a Q8State."""
-    parts = ({"/codes": state.codes, "/absmax": state.absmax} if isinstance(state, Q8State)
-             else {"": state})
+    ``prefix/absmax`` for a Q8State or Q4State."""
+    parts = ({"/codes": state.codes, "/absmax": state.absmax}
+             if isinstance(state, (Q8State, Q4State)) else {"": state})
     return [(prefix + suffix, a.view(_stored(a.dtype))) for suffix, a in parts.items()]
 
 

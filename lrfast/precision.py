@@ -392,6 +392,10 @@ class Q8State:
         a host copy for a state on the device)."""
         return dequantize_blockwise(*_host_arrays(self), self.signed)
 
+    def copy(self):
+        """A Q8State over copies of the arrays."""
+        return Q8State(self.codes.copy(), self.absmax.copy(), self.signed)
+
     def __repr__(self):
         return f"Q8State(shape={self.shape}, signed={self.signed})"
 
@@ -446,6 +450,10 @@ class Q4State:
         """The values as a new float32 NumPy array of the state's shape (from
         a host copy for a state on the device)."""
         return dequantize_blockwise_q4(*_host_arrays(self), self._shape, self.signed)
+
+    def copy(self):
+        """A Q4State over copies of the arrays."""
+        return Q4State(self.codes.copy(), self.absmax.copy(), self._shape, self.signed)
 
     def __repr__(self):
         return f"Q4State(shape={self.shape}, signed={self.signed})"

@@ -34,16 +34,21 @@ Low precision: every class takes, keyword-only after torch's arguments (and
 per param group, like torch's options):
 
 ``state_dtype``
-    ``None`` (the parameter's dtype, as torch), ``"float32"``, ``"bfloat16"``
-    or ``"q8"``: the dtype of the states a parameter gets at its first step.
+    ``None`` (the parameter's dtype, as torch), ``"float32"``, ``"bfloat16"``,
+    ``"q8"`` or ``"q4"``: the dtype of the states a parameter gets at its
+    first step.
     Float states keep torch's keys. A q8 state (parameters of 4096 elements
     or more; smaller ones get float32, see :func:`lrfast.zeros_state`) is
     kept as three entries of ``state[p]``, e.g. for ``exp_avg``:
     ``"exp_avg_codes"`` (uint8, the parameter's shape), ``"exp_avg_absmax"``
     (float32, one per block of 256 elements) and ``"exp_avg_signed"`` (a
     bool: which dynamic map the codes index; momentum buffers, first moments
-    and grad averages are signed). The steps read them through
-    :class:`lrfast.Q8State` objects over the tensors' memory.
+    and grad averages are signed). A q4 state has the same three, its codes
+    flat (two a byte, torchao's layout; one absmax per block of 128), and
+    ``"exp_avg_shape"`` (the state's shape). The steps read them through
+    :class:`lrfast.Q8State` / :class:`lrfast.Q4State` objects over the
+    tensors' memory. A torchao ``AdamW4bit``/``Adam4bit`` state dict loads
+    into ``AdamW``/``Adam`` with ``state_dtype="q4"`` (see ``load_state_dict``).
 ``stochastic_rounding``, ``seed``
     Round 16-bit parameter writes stochastically. The update after ``k``
     others passes ``seed=(seed + k) % 2**64`` to the step function, ``k``
@@ -97,7 +102,8 @@ import torch
 from . import _hparams, _lowp, _prodigy, _schedulefree, cuda
 from ._kernel import Kernel, Piece, Slot, Update
 from .optim import KERNELS
-from .precision import BLOCK, SIGNED_STATES, Q8State, bfloat16, quantize_blockwise
+from .precision import (BLOCK, Q4_BLOCK, SIGNED_STATES, Q4State, Q8State, bfloat16,
+                        create_q4_map, quantize_blockwise, quantize_blockwise_q4)
 
 __all__ = ["SGD", "Adam", "AdamW", "RMSprop", "Adagrad", "Adadelta", "Lion", "ScheduleFreeSGD",
            "ScheduleFreeAdamW", "Prodigy"]
@@ -191,28 +197,31 @@ def _device_state(t: torch.Tensor):
     return numba_cuda.as_cuda_array(t.detach(), sync=False)
 
 
-# -- states: torch's keys for float states; three entries for a q8 one
+# -- states: torch's keys for float states; three entries for a q8 one, four for a q4 one
 
 
-def _is_q8(state, key: str) -> bool:
+def _is_low_bit(state, key: str) -> bool:
     return f"{key}_codes" in state
 
 
 def _has_state(state, key: str) -> bool:
-    return key in state or _is_q8(state, key)
+    return key in state or _is_low_bit(state, key)
 
 
 def _state_tensors(state, key: str) -> list[torch.Tensor]:
     """The tensors holding one state of a parameter (the ones a step writes)."""
-    if _is_q8(state, key):
+    if _is_low_bit(state, key):
         return [state[f"{key}_codes"], state[f"{key}_absmax"]]
     return [state[key]]
 
 
 def _state_view(state, key: str, view):
     """What a step function takes for one state: ``view(tensor)``, or a
-    Q8State over the views of its codes and absmax."""
-    if _is_q8(state, key):
+    Q8State or Q4State over the views of its codes and absmax."""
+    if f"{key}_shape" in state:
+        return Q4State(view(state[f"{key}_codes"]), view(state[f"{key}_absmax"]),
+                       state[f"{key}_shape"], state[f"{key}_signed"])
+    if _is_low_bit(state, key):
         return Q8State(view(state[f"{key}_codes"]), view(state[f"{key}_absmax"]),
                        state[f"{key}_signed"])
     return view(state[key])
@@ -227,34 +236,72 @@ def _new_state(p: torch.Tensor, name: str, state_dtype, slot: Slot, hparams, sta
     values = None
     if slot.copies_param:
         values = p.detach().flatten()[::int(hparams["slice_p"])] if slot.sliced else p.detach()
-    if _lowp.is_q8(state_dtype, math.prod(shape)):
+    kind = _lowp.low_bit(state_dtype, math.prod(shape))
+    if kind is not None:
         signed = name in SIGNED_STATES
+        size = math.prod(shape)
+        codes_shape = shape if kind == "q8" else ((size + 1) // 2,)
         if values is None:
-            code, absmax = _lowp.q8_constant(start, signed)
-            blocks = -(-math.prod(shape) // BLOCK)
-            codes = torch.full(shape, code, dtype=torch.uint8, device=p.device)
+            code, absmax = _lowp.low_bit_constant(kind, start, signed)
+            blocks = -(-size // (BLOCK if kind == "q8" else Q4_BLOCK))
+            codes = torch.full(codes_shape, code, dtype=torch.uint8, device=p.device)
             absmaxes = torch.full((blocks,), absmax, dtype=torch.float32, device=p.device)
         else:
-            codes, absmaxes = (torch.from_numpy(a).to(p.device) for a in quantize_blockwise(
+            quantize = quantize_blockwise if kind == "q8" else quantize_blockwise_q4
+            codes, absmaxes = (torch.from_numpy(a).to(p.device) for a in quantize(
                 values.float().cpu().numpy(), signed))
-        return {f"{key}_codes": codes.reshape(shape), f"{key}_absmax": absmaxes,
-                f"{key}_signed": signed}
+        entries = {f"{key}_codes": codes.reshape(codes_shape), f"{key}_absmax": absmaxes,
+                   f"{key}_signed": signed}
+        if kind == "q4":
+            entries[f"{key}_shape"] = tuple(shape)
+        return entries
     dtype = {None: p.dtype, "bfloat16": torch.bfloat16}.get(state_dtype, torch.float32)
     if values is not None:
         return {key: values.to(dtype=dtype, copy=True).reshape(shape)}
     return {key: torch.full(shape, start, dtype=dtype, device=p.device)}
 
 
+def _from_torchao(state: dict) -> dict:
+    """A parameter's state with torchao's 4-bit states (OptimState4bit, in
+    lrfast's q4 layout already: codes two a byte, element 2i high) as lrfast's
+    q4 entries; other entries as they are."""
+    out = {}
+    for key, value in state.items():
+        if not (isinstance(value, torch.Tensor) and all(
+                hasattr(value, a) for a in ("codes", "scale", "qmap", "signed", "block_size"))):
+            out[key] = value
+            continue
+        signed = bool(value.signed)
+        if value.block_size != Q4_BLOCK or value.codes.dtype != torch.uint8:
+            raise ValueError(f"state {key!r}: a torchao state of block size {value.block_size} "
+                             f"and codes of {value.codes.dtype} is not a 4-bit state of "
+                             f"{Q4_BLOCK}-element blocks (AdamW4bit's)")
+        if not torch.equal(value.qmap.cpu(), torch.from_numpy(create_q4_map(signed))):
+            raise ValueError(f"state {key!r}: torchao's map differs from lrfast's q4 map "
+                             f"(signed={signed})")
+        out.update({f"{key}_codes": value.codes.detach().clone(),
+                    f"{key}_absmax": value.scale.detach().float().clone(),
+                    f"{key}_signed": signed, f"{key}_shape": tuple(value.shape)})
+    return out
+
+
 def _check_state(p: torch.Tensor, state, key: str, where: str, shape, param_dtype: bool) -> None:
     """A clear error, before any write, for a state (e.g. from a state dict)
     that does not fit its parameter (``shape``: the state's; ``param_dtype``:
     the state must have the parameter's dtype)."""
-    if _is_q8(state, key):
-        blocks = -(-math.prod(shape) // BLOCK)
-        want = {f"{key}_codes": (torch.uint8, shape), f"{key}_absmax": (torch.float32, (blocks,))}
+    if _is_low_bit(state, key):
+        q4 = f"{key}_shape" in state
+        size = math.prod(shape)
+        if q4 and tuple(state[f"{key}_shape"]) != tuple(shape):
+            raise ValueError(f"{where}: q4 state {key!r} has {key}_shape "
+                             f"{state[f'{key}_shape']!r}; its parameter needs {tuple(shape)}")
+        blocks = -(-size // (Q4_BLOCK if q4 else BLOCK))
+        codes_shape = ((size + 1) // 2,) if q4 else shape
+        want = {f"{key}_codes": (torch.uint8, codes_shape),
+                f"{key}_absmax": (torch.float32, (blocks,))}
         if not isinstance(state.get(f"{key}_signed"), bool):
-            raise ValueError(f"{where}: q8 state {key!r} needs a bool {key}_signed, got "
-                             f"{state.get(f'{key}_signed')!r}")
+            raise ValueError(f"{where}: {'q4' if q4 else 'q8'} state {key!r} needs a bool "
+                             f"{key}_signed, got {state.get(f'{key}_signed')!r}")
     else:
         want = {key: (p.dtype if param_dtype else None, shape)}
     for entry, (dtype, shape) in want.items():
@@ -388,7 +435,14 @@ class _Optimizer(torch.optim.Optimizer):
         """torch.optim's, but each state tensor keeps the dtype it has in
         ``state_dict``: torch casts every floating-point one to its
         parameter's dtype (float32 states of a bfloat16 model, and q8 codes,
-        would not survive)."""
+        would not survive). torchao's 4-bit states (``AdamW4bit``,
+        ``Adam4bit``: tensor subclasses with ``codes``, ``scale``, ``qmap``)
+        become lrfast q4 entries holding the same codes and scales, so they
+        dequantize to torchao's values exactly; the next step re-quantizes
+        them by lrfast's rule."""
+        state_dict = dict(state_dict, state={
+            k: _from_torchao(v) if isinstance(v, dict) else v
+            for k, v in state_dict["state"].items()})
         super().load_state_dict(state_dict)
         saved_ids = chain.from_iterable(g["params"] for g in state_dict["param_groups"])
         params = chain.from_iterable(g["params"] for g in self.param_groups)

@@ -17,14 +17,14 @@ ml_dtypes = pytest.importorskip("ml_dtypes")
 import lrfast  # noqa: E402
 import lrfast.optim  # noqa: E402
 from lrfast import reference  # noqa: E402
-from lrfast.precision import Q8State, zeros_state  # noqa: E402
+from lrfast.precision import Q4State, Q8State, unpack_nibbles, zeros_state  # noqa: E402
 from lrfast.schedules import cosine_decay  # noqa: E402
 from lowp_states import assert_same_state, bits, fill_state  # noqa: E402
 
 BF16 = np.dtype(ml_dtypes.bfloat16)
 # one tensor under q8's 4096-element floor (float32 states), two above it
 SHAPES = [(3, 5), (4100,), (64, 80)]
-STATE_DTYPES = [None, "float32", "bfloat16", "q8"]
+STATE_DTYPES = [None, "float32", "bfloat16", "q8", "q4"]
 STEPS = 4
 SIGNED = {"momentum_buffers", "exp_avgs", "grad_avgs"}
 
@@ -59,12 +59,6 @@ def assert_same_states(got, want):
     for name in want:
         for j, (a, b) in enumerate(zip(got[name], want[name], strict=True)):
             assert_same_state(a, b, f"{name}[{j}]")
-
-
-def copy_state(s):
-    if isinstance(s, Q8State):
-        return Q8State(s.codes.copy(), s.absmax.copy(), s.signed)
-    return s.copy()
 
 
 def hand_made_states(opt, params, state_dtype):
@@ -107,8 +101,10 @@ def test_matches_step_functions_by_hand_bitwise(name, state_dtype):
 
 
 def q8_codes_agree(got, want, what):
-    """The conformance rule for q8: >= 99% of codes exact, none more than one off."""
-    diff = np.abs(got.codes.astype(np.int16) - want.codes.astype(np.int16))
+    """The conformance rule for q8 and q4: >= 99% of codes exact, none more than one off."""
+    codes = [unpack_nibbles(x.codes, x.codes.size * 2) if isinstance(x, Q4State) else x.codes
+             for x in (got, want)]
+    diff = np.abs(codes[0].astype(np.int16) - codes[1].astype(np.int16))
     assert diff.max() <= 1 and (diff == 0).mean() >= 0.99, what
 
 
@@ -124,14 +120,14 @@ def test_each_step_matches_the_reference(name, state_dtype):
     for step in range(1, STEPS + 1):
         grads = grads_for(params, step)
         ref_params = [p.copy() for p in params]
-        ref_states = {k: [copy_state(s) for s in v] for k, v in opt.state[0].items()}
+        ref_states = {k: [s.copy() for s in v] for k, v in opt.state[0].items()}
         call(getattr(reference, fn), opt, ref_params, grads, ref_states, step)
         opt.step(grads)
         for j, (p, q) in enumerate(zip(params, ref_params)):
             assert_same_state(p, q, f"step {step}: params[{j}]")
         for k in ref_states:
             for j, (s, r) in enumerate(zip(opt.state[0][k], ref_states[k])):
-                if isinstance(r, Q8State):
+                if isinstance(r, (Q8State, Q4State)):
                     q8_codes_agree(s, r, f"step {step}: {k}[{j}]")
                     np.testing.assert_allclose(s.absmax, r.absmax, rtol=2**-23)
                 else:

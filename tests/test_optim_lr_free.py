@@ -11,7 +11,7 @@ import pytest
 
 import lrfast.optim
 from lr_free_classes import (
-    CASES, GROUP_KEYS, IDS, LOWP, LOWP_SHAPES, LOWP_STEPS, STEPS, assert_low_precision_stays_close,
+    CASES, GROUP_KEYS, IDS, LOWP_SHAPES, LOWP_STATES, LOWP_STEPS, STEPS, assert_low_precision_stays_close,
     close, close_keys, gradients, initial_params, side_by_side,
 )
 
@@ -166,8 +166,7 @@ def test_prodigy_state_shapes_follow_slice_p_and_p0_copies_the_first_step():
         np.testing.assert_array_equal(p0, p.ravel()[::3])
 
 
-@pytest.mark.parametrize("state_dtype", ["bfloat16", "q8"])
-@pytest.mark.parametrize(("name", "kw"), LOWP)
+@pytest.mark.parametrize(("name", "kw", "state_dtype"), LOWP_STATES)
 def test_bfloat16_params_with_stochastic_rounding_and_low_precision_states(name, kw,
                                                                          state_dtype):
     bf16 = pytest.importorskip("ml_dtypes").bfloat16

@@ -46,14 +46,6 @@ def q4_zeros(shape, signed):
 ZEROS = {"q8": q8_zeros, "q4": q4_zeros}
 
 
-def copy_state(s):
-    if isinstance(s, Q8State):
-        return Q8State(s.codes.copy(), s.absmax.copy(), s.signed)
-    if isinstance(s, Q4State):
-        return Q4State(s.codes.copy(), s.absmax.copy(), s.shape, s.signed)
-    return s.copy()
-
-
 def make(case, hp, shapes, param_dtypes, kinds, unsigned=True, seed=0):
     """Params and zero states; kinds[t] is "q8", "q4" or a state dtype for
     tensor t. Low-bit states are unsigned where the slot allows it and
@@ -171,7 +163,7 @@ def test_low_bit_with_float64_params_matches_the_reference(kind):
     case = next(c for c in CASES if c.name == "adamw")
     hp = dict(lr=1e-2, amsgrad=True)
     params, states = make(case, hp, [(5001,)], [F64], [kind])
-    ref_p, ref_s = [p.copy() for p in params], {k: [copy_state(s) for s in v] for k, v in states.items()}
+    ref_p, ref_s = [p.copy() for p in params], {k: [s.copy() for s in v] for k, v in states.items()}
     for step in (1, 2):
         grads = grads_for(params, step)
         call_step(lrfast.adamw_step, case, hp, params, grads, states, step)
@@ -209,7 +201,7 @@ def test_low_bit_steps_agree_with_the_reference_within_an_ulp_and_a_code(case, h
     for step in range(1, STEPS + 1):
         grads = grads_for(params, step)
         ref_p = [p.copy() for p in params]
-        ref_s = {k: [copy_state(s) for s in v] for k, v in states.items()}
+        ref_s = {k: [s.copy() for s in v] for k, v in states.items()}
         call_step(getattr(lrfast, case.step_fn), case, hp, params, grads, states, step)
         call_step(getattr(reference, case.step_fn), case, hp, ref_p, grads, ref_s, step)
         for a, b in zip(params, ref_p):

@@ -9,6 +9,7 @@ stochastic-rounding kernels; until they land those fail with a TypeError from
 the step functions."""
 
 import io
+import warnings
 
 import numpy as np
 import pytest
@@ -19,11 +20,11 @@ ml_dtypes = pytest.importorskip("ml_dtypes")
 import lrfast  # noqa: E402
 import lrfast.torch  # noqa: E402
 from lrfast import reference  # noqa: E402
-from lrfast.precision import Q8State, zeros_state  # noqa: E402
+from lrfast.precision import Q4State, Q8State, unpack_nibbles, zeros_state  # noqa: E402
 from lowp_states import assert_same_state, bits, fill_state  # noqa: E402
 
 BF16 = np.dtype(ml_dtypes.bfloat16)
-STATE_DTYPES = [None, "float32", "bfloat16", "q8"]
+STATE_DTYPES = [None, "float32", "bfloat16", "q8", "q4"]
 STEPS = 4
 # lrfast.torch's state keys and the step functions' state arguments
 KEYS = {"momentum_buffer": "momentum_buffers", "exp_avg": "exp_avgs", "exp_avg_sq": "exp_avg_sqs",
@@ -78,7 +79,10 @@ def torch_states(opt, p, names):
     for key, name in KEYS.items():
         if name not in names:
             continue
-        if f"{key}_codes" in state:
+        if f"{key}_shape" in state:
+            out[name] = Q4State(numpy(state[f"{key}_codes"]), numpy(state[f"{key}_absmax"]),
+                                state[f"{key}_shape"], state[f"{key}_signed"])
+        elif f"{key}_codes" in state:
             out[name] = Q8State(numpy(state[f"{key}_codes"]), numpy(state[f"{key}_absmax"]),
                                 state[f"{key}_signed"])
         else:
@@ -140,8 +144,10 @@ def check_against_steps(name, state_dtype, stochastic_rounding=False, seed=0):
             got = torch_states(opt, p, names)
             for n in names:
                 assert_same_state(got[n], by_hand[n][j], f"step {step}: by hand, {n}[{j}]")
-                if isinstance(got[n], Q8State):
-                    diff = np.abs(got[n].codes.astype(int) - ref_states[n][j].codes.astype(int))
+                if isinstance(got[n], (Q8State, Q4State)):
+                    a, b = (unpack_nibbles(x.codes, 2 * x.codes.size) if isinstance(x, Q4State)
+                            else x.codes for x in (got[n], ref_states[n][j]))
+                    diff = np.abs(a.astype(int) - b.astype(int))
                     assert diff.max() <= 1 and (diff == 0).mean() >= 0.99, f"{n}[{j}]"
                 else:
                     assert_same_state(got[n], ref_states[n][j], f"step {step}: reference {n}[{j}]")
@@ -185,7 +191,7 @@ def test_float_state_dtypes_keep_torchs_keys():
         assert state["exp_avg"].dtype == state["exp_avg_sq"].dtype == dtype
 
 
-@pytest.mark.parametrize("state_dtype", ["bfloat16", "q8"])
+@pytest.mark.parametrize("state_dtype", ["bfloat16", "q8", "q4"])
 def test_a_step_moves_the_version_of_every_tensor_it_writes(state_dtype):
     model = Net()
     opt = lrfast.torch.Adam(model.parameters(), state_dtype=state_dtype)
@@ -361,3 +367,42 @@ def test_bad_options_or_states_found_at_a_step_write_nothing():
     after = snapshot()
     for a, b in zip(before[:6], after[:6]):  # the first group's
         assert_same_state(a, b, "written")
+
+
+def test_q4_state_entries_and_a_torchao_adamw4bit_state_dict_loads():
+    """lrfast.torch keeps a q4 state as flat codes (torchao's layout), absmax per
+    128, signed and shape; torchao's AdamW4bit state dict loads into AdamW(q4)
+    with moments that dequantize to torchao's own, and training goes on."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torchao_optim = pytest.importorskip("torchao.optim")
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Linear(128, 64), torch.nn.Linear(64, 10))
+        x, y = torch.randn(32, 128), torch.randint(0, 10, (32,))
+        theirs = torchao_optim.AdamW4bit(model.parameters(), lr=1e-3)
+        for _ in range(3):
+            theirs.zero_grad()
+            torch.nn.functional.cross_entropy(model(x), y).backward()
+            theirs.step()
+        buffer = io.BytesIO()
+        torch.save(theirs.state_dict(), buffer)
+        buffer.seek(0)
+        state_dict = torch.load(buffer, weights_only=False)
+        ours = lrfast.torch.AdamW(model.parameters(), lr=1e-3, state_dtype="q4")
+        ours.load_state_dict(state_dict)
+        weight = model[0].weight
+        state = ours.state[weight]
+        assert state["exp_avg_codes"].shape == (4096,) and state["exp_avg_absmax"].shape == (64,)
+        assert state["exp_avg_shape"] == (64, 128) and state["exp_avg_signed"] is True
+        assert state["exp_avg_sq_signed"] is False
+        for key in ("exp_avg", "exp_avg_sq"):
+            got = Q4State(numpy(state[f"{key}_codes"]), numpy(state[f"{key}_absmax"]),
+                          state[f"{key}_shape"], state[f"{key}_signed"]).dequantize()
+            np.testing.assert_array_equal(got, theirs.state[weight][key].dequantize().numpy())
+        before = weight.detach().clone()
+        for _ in range(3):
+            ours.zero_grad()
+            torch.nn.functional.cross_entropy(model(x), y).backward()
+            ours.step()
+        assert int(state["step"]) == 6 and not torch.equal(before, weight.detach())
+        assert torch.isfinite(weight).all()

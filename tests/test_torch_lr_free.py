@@ -16,7 +16,7 @@ torch = pytest.importorskip("torch")
 
 import lrfast.torch  # noqa: E402
 from lr_free_classes import (  # noqa: E402
-    CASES, GROUP_KEYS, IDS, LOWP, LOWP_SHAPES, LOWP_STEPS, STEPS, assert_low_precision_stays_close,
+    CASES, GROUP_KEYS, IDS, LOWP_SHAPES, LOWP_STATES, LOWP_STEPS, STEPS, assert_low_precision_stays_close,
     close, close_keys, gradients, initial_params, side_by_side,
 )
 
@@ -244,8 +244,7 @@ def test_prodigy_refuses_groups_that_disagree_on_shared_keys_or_rates():
         opt.step()
 
 
-@pytest.mark.parametrize("state_dtype", ["bfloat16", "q8"])
-@pytest.mark.parametrize(("name", "kw"), LOWP)
+@pytest.mark.parametrize(("name", "kw", "state_dtype"), LOWP_STATES)
 def test_bfloat16_params_with_stochastic_rounding_and_low_precision_states(name, kw,
                                                                          state_dtype):
     def train(low_precision):
