@@ -8,7 +8,8 @@ Lion, schedule-free SGD/AdamW and Prodigy their reference package's step. All
 ratios come from the one run. Traffic per element: the gradient is read, the
 parameter and each state are read and written (Adam: 7 arrays, 28 bytes in
 float32, 14 in bfloat16), each array counted at its own dtype's size (a q8
-state: 1 byte of code and 4 bytes of absmax per 256 elements).
+state: 1 byte of code and 4 bytes of absmax per 256 elements; q4: half a byte
+and 4 bytes per 128).
 """
 
 from __future__ import annotations
@@ -33,9 +34,11 @@ from .workloads import transformer_like_shapes
 
 TORCH_FUSED = {"SGD", "Adam", "AdamW", "Adagrad"}  # the rest run with foreach=True
 
-# Other libraries' 8-bit optimizers, timed beside lrfast's q8 states when they
-# import: row name prefix -> module holding Adam8bit and AdamW8bit.
-EIGHT_BIT = {"bnb": "bitsandbytes.optim", "ao": "torchao.optim"}
+# Other libraries' low-bit optimizers, timed beside lrfast's q8 and q4 states
+# when they import: state dtype -> row name prefix -> module holding their
+# Adam<bits>bit and AdamW<bits>bit.
+LOW_BIT = {"q8": {"bnb": "bitsandbytes.optim", "ao": "torchao.optim"},
+           "q4": {"ao": "torchao.optim"}}
 
 
 def timeit(fns: dict, budget: float = 0.3, before=None, report=None) -> dict:
@@ -89,21 +92,22 @@ def numpy_dtype(name: str) -> np.dtype:
 
 class Problem:
     """Params, grads and zeroed states of one optimizer over one layout; the
-    states have `state_dtype` (default: the params' dtype; "q8": 8-bit states
-    from lrfast.zeros_state, float32 for tensors under 4096 elements)."""
+    states have `state_dtype` (default: the params' dtype; "q8", "q4": 8- and
+    4-bit states from lrfast.zeros_state, float32 for tensors under 4096
+    elements)."""
 
     def __init__(self, name: str, shapes, dtype, state_dtype=None):
         self.name, self.shapes, self.dtype = name, shapes, numpy_dtype(str(dtype))
-        self.q8 = state_dtype == "q8"
-        self.state_dtype = (self.dtype if state_dtype is None or self.q8
+        self.low_bit = state_dtype if state_dtype in LOW_BIT else None
+        self.state_dtype = (self.dtype if state_dtype is None or self.low_bit
                             else numpy_dtype(str(state_dtype)))
         self.hp, self.state_names, self.torch_name = CONFIGS[name]
         rng = np.random.default_rng(0)
         self.params = [rng.standard_normal(s, dtype=np.float32).astype(self.dtype) for s in shapes]
         self.grads = [rng.standard_normal(s, dtype=np.float32).astype(self.dtype) for s in shapes]
-        if self.q8:
+        if self.low_bit:
             signed = precision.SIGNED_STATES
-            self.states = [[precision.zeros_state(p, "q8", signed=state in signed)
+            self.states = [[precision.zeros_state(p, self.low_bit, signed=state in signed)
                             for p in self.params] for state in self.state_names]
         else:
             self.states = [[np.zeros(s, self.state_dtype) for s in shapes] for _ in self.state_names]
@@ -111,7 +115,7 @@ class Problem:
             self.states[self.state_names.index("p0s")] = [p.copy() for p in self.params]
         self.elements = sum(math.prod(s) for s in shapes)
         # grad read, param read and written, each state read and written (a q8
-        # state: its codes and its absmax)
+        # or q4 state: its codes and its absmax)
         self.bytes = (3 * self.dtype.itemsize * self.elements
                       + 2 * sum(x.nbytes for states in self.states for x in states))
         if name == "prodigy":  # p0 is only read; the reduction reads grad and param again
@@ -120,8 +124,8 @@ class Problem:
     @property
     def label(self) -> str:
         """The dtype column: the params' dtype, and the states' where it differs."""
-        if self.q8:
-            return f"{self.dtype.name}/q8"
+        if self.low_bit:
+            return f"{self.dtype.name}/{self.low_bit}"
         if self.state_dtype == self.dtype:
             return self.dtype.name
         return f"{self.dtype.name}/{self.state_dtype.name}"
@@ -167,18 +171,19 @@ class Problem:
             return cls(tensors, **{k: v for k, v in self.hp.items() if k != "step"}), None
         return rival(self.name, tensors, TORCH_FUSED)
 
-    def eight_bit(self) -> list[tuple[str, type]]:
-        """(row name, class) of bitsandbytes' and torchao's 8-bit version of this
-        Adam or AdamW, for each of the two that imports; [] for other optimizers."""
-        if self.torch_name not in ("Adam", "AdamW"):
+    def low_bit_rivals(self) -> list[tuple[str, type]]:
+        """(row name, class) of the other libraries' 8-bit (q8) or 4-bit (q4)
+        version of this Adam or AdamW, for each that imports; [] otherwise."""
+        if self.torch_name not in ("Adam", "AdamW") or not self.low_bit:
             return []
+        bits = self.low_bit[1]
         out = []
-        for prefix, module in EIGHT_BIT.items():
+        for prefix, module in LOW_BIT[self.low_bit].items():
             try:
-                cls = getattr(importlib.import_module(module), f"{self.torch_name}8bit")
+                cls = getattr(importlib.import_module(module), f"{self.torch_name}{bits}bit")
             except ImportError:
                 continue
-            out.append((f"{prefix}-{self.name}8", cls))
+            out.append((f"{prefix}-{self.name}{bits}", cls))
         return out
 
 
@@ -190,9 +195,9 @@ def _function(impl: str, name: str):
 
 def measure(name, label, shapes, dtype, with_reference, with_torch, busy, report=None,
             state_dtype=None) -> list[dict]:
-    """The row of lrfast's step; with q8 states, then a row for each other
-    library's 8-bit Adam or AdamW that imports (its time in the lrfast columns,
-    against the same probe and torch)."""
+    """The row of lrfast's step; with q8 or q4 states, then a row for each other
+    library's 8- or 4-bit Adam or AdamW that imports (its time in the lrfast
+    columns, against the same probe and torch)."""
     if report:
         report("making the arrays")
     problem = Problem(name, shapes, dtype, state_dtype)
@@ -210,19 +215,19 @@ def measure(name, label, shapes, dtype, with_reference, with_torch, busy, report
     rows = [_row(name, label, problem, t, problem.bytes, torch_impl)]
     # The other libraries take samples of their own, interleaved with the probe
     # and torch's: their threads would otherwise still be busy when lrfast's start.
-    for row_name, cls in problem.eight_bit() if with_torch and problem.q8 else []:
+    for row_name, cls in problem.low_bit_rivals() if with_torch else []:
         their_opt = problem.torch_optimizer(cls)[0]
         theirs = {"lrfast": their_opt.step, "probe": problem.stream, "torch": fns["torch"]}
         row = _row(row_name, label, problem, timeit(theirs, budget=0.5, before=busy,
                                                     report=report), problem.bytes, torch_impl)
-        if not _has_8_bit_states(their_opt):  # torchao: sizes not a multiple of its blocks
+        if not _has_low_bit_states(their_opt):  # torchao: sizes not a multiple of its blocks
             row["dtype"] = f"{problem.dtype.name}/its float32"
         rows.append(row)
     return rows
 
 
-def _has_8_bit_states(opt) -> bool:
-    """Whether a torch optimizer keeps its params' states in 8 bits: as uint8
+def _has_low_bit_states(opt) -> bool:
+    """Whether a torch optimizer keeps its params' states in 8 or 4 bits: as uint8
     tensors (bitsandbytes) or tensor subclasses (torchao), rather than in plain
     float tensors, which both libraries fall back to for some params."""
     import torch
@@ -329,11 +334,11 @@ def register(subparsers) -> None:
                    help="comma-separated subset of: %(default)s")
     p.add_argument("--dtype", choices=("float32", "float64", "bfloat16", "float16"),
                    default="float32", help="of the params and grads (default: %(default)s)")
-    p.add_argument("--state-dtype", choices=("param", "float32", "bfloat16", "q8"),
+    p.add_argument("--state-dtype", choices=("param", "float32", "bfloat16", "q8", "q4"),
                    default="param",
-                   help="of the optimizer states (default: the params' dtype; q8: 8-bit "
-                        "block-wise states); torch keeps its states in the params' dtype "
-                        "whatever this says")
+                   help="of the optimizer states (default: the params' dtype; q8, q4: 8- "
+                        "and 4-bit block-wise states); torch keeps its states in the params' "
+                        "dtype whatever this says")
     p.add_argument("--threads", type=cli_args.positive_int, metavar="N",
                    help="threads for the kernels, >= 1 (default: all CPUs)")
     p.add_argument("--no-lists", action="store_true",

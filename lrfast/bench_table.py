@@ -32,12 +32,12 @@ COLUMNS = [
            "coefficient as grad_scale (torch: clip_grad_norm_, then its AdamW); prodigy is "
            "a whole step: the reduction pass, the host update of d, the update pass; with "
            "--state-dtype q8, bnb-adamw8 and ao-adamw8 (bnb-adam8, ao-adam8) are "
-           "bitsandbytes' and torchao's AdamW8bit (Adam8bit) on copies of the same "
-           "arrays, where installed"),
+           "bitsandbytes' and torchao's AdamW8bit (Adam8bit), with q4 ao-adamw4 "
+           "torchao's AdamW4bit, on copies of the same arrays, where installed"),
     Column("dtype", -7, lambda r: r["dtype"],
            "of the parameters, gradients and states (x/its float32: another library's "
-           "8-bit optimizer that kept float32 states, as torchao does for sizes that are "
-           "not a multiple of its blocks of 256)"),
+           "low-bit optimizer that kept float32 states, as torchao does for sizes that are "
+           "not a multiple of its blocks)"),
     Column("layout", -15, lambda r: r["layout"],
            "1xN: one tensor of N elements; 1000x1000: 1000 tensors of 1000; "
            "transformer-146: the 146 tensors of a small GPT-style model (10.8M elements); "

@@ -93,27 +93,29 @@ def test_progress_rewrites_one_line_on_a_terminal_only():
     assert piped.getvalue() == ""
 
 
-def test_q8_rows_of_other_8_bit_optimizers_where_they_import(monkeypatch):
+@pytest.mark.parametrize("kind", ["q8", "q4"])
+def test_low_bit_rows_of_other_libraries_where_they_import(monkeypatch, kind):
     torch = pytest.importorskip("torch")
-    fake = types.ModuleType("lrfast_fake_8bit")
-    fake.AdamW8bit = torch.optim.AdamW  # takes the same arguments
-    monkeypatch.setitem(sys.modules, "lrfast_fake_8bit", fake)
-    monkeypatch.setattr(bench, "EIGHT_BIT",
-                        {"fake": "lrfast_fake_8bit", "gone": "lrfast_no_such_module"})
+    bits = kind[1]
+    fake = types.ModuleType("lrfast_fake_low_bit")
+    setattr(fake, f"AdamW{bits}bit", torch.optim.AdamW)  # takes the same arguments
+    monkeypatch.setitem(sys.modules, "lrfast_fake_low_bit", fake)
+    monkeypatch.setattr(bench, "LOW_BIT", {kind: {"fake": "lrfast_fake_low_bit",
+                                                  "gone": "lrfast_no_such_module"}})
     rows = bench.measure("adamw", "1x5000", [(5000,)], "float32", False, True, None,
-                         state_dtype="q8")
-    assert [r["optimizer"] for r in rows] == ["adamw", "fake-adamw8"]
-    assert [r["dtype"] for r in rows] == ["float32/q8", "float32/its float32"]  # torch's states
+                         state_dtype=kind)
+    assert [r["optimizer"] for r in rows] == ["adamw", f"fake-adamw{bits}"]
+    assert [r["dtype"] for r in rows] == [f"float32/{kind}", "float32/its float32"]  # torch's
     assert rows[1]["time_s"] > 0 and rows[1]["vs_torch"] > 0 and rows[1]["pct_of_bandwidth"] > 0
     # none for other optimizers, other states, or without torch
     assert len(bench.measure("sgd", "1x5000", [(5000,)], "float32", False, True, None,
-                             state_dtype="q8")) == 1
+                             state_dtype=kind)) == 1
     assert len(bench.measure("adamw", "1x5000", [(5000,)], "float32", False, True, None)) == 1
     assert len(bench.measure("adamw", "1x5000", [(5000,)], "float32", False, False, None,
-                             state_dtype="q8")) == 1
+                             state_dtype=kind)) == 1
 
 
-def test_8_bit_states_are_told_from_float_ones():
+def test_low_bit_states_are_told_from_float_ones():
     torch = pytest.importorskip("torch")
     p = torch.zeros(300)
 
@@ -123,8 +125,8 @@ def test_8_bit_states_are_told_from_float_ones():
     def opt(state):
         return types.SimpleNamespace(state={p: state})
 
-    assert bench._has_8_bit_states(opt({"step": torch.tensor(1.0),
+    assert bench._has_low_bit_states(opt({"step": torch.tensor(1.0),
                                         "state1": torch.zeros(300, dtype=torch.uint8)}))
-    assert bench._has_8_bit_states(opt({"exp_avg": torch.zeros(300).as_subclass(Subclass)}))
-    assert not bench._has_8_bit_states(opt({"exp_avg": torch.zeros(300),
+    assert bench._has_low_bit_states(opt({"exp_avg": torch.zeros(300).as_subclass(Subclass)}))
+    assert not bench._has_low_bit_states(opt({"exp_avg": torch.zeros(300),
                                             "absmax": torch.zeros(2, dtype=torch.uint8)}))
