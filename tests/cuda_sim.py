@@ -3,6 +3,7 @@ stand-ins for device arrays, and the comparison of device results with the
 reference's. Import it before numba: a GPU is used when one is visible, the
 simulator otherwise (an explicit NUMBA_ENABLE_CUDASIM wins)."""
 
+import math
 import os
 import shutil
 import subprocess
@@ -71,43 +72,52 @@ class Exported:
 
 
 def device(a):
-    """A device copy of host array or Q8State `a` (bfloat16 as a BFloat16Array)."""
+    """A device copy of host array, Q8State or Q4State `a` (bfloat16 as a
+    BFloat16Array)."""
     from lrfast.cuda.devicearrays import BFloat16Array
-    from lrfast.precision import Q8State
+    from lrfast.precision import Q4State, Q8State
 
     if isinstance(a, Q8State):
         return Q8State(to_device(a.codes), to_device(a.absmax), a.signed)
+    if isinstance(a, Q4State):
+        return Q4State(to_device(a.codes), to_device(a.absmax), a.shape, a.signed)
     if a.dtype.name == "bfloat16":
         return BFloat16Array(to_device(a.view(np.uint16)))
     return to_device(a)
 
 
 def host(d):
-    """A host copy of a device array or Q8State made by `device`."""
-    from lrfast.precision import Q8State
+    """A host copy of a device array, Q8State or Q4State made by `device`."""
+    from lrfast.precision import Q4State, Q8State
 
     if isinstance(d, Q8State):
         return Q8State(host(d.codes), host(d.absmax), d.signed)
+    if isinstance(d, Q4State):
+        return Q4State(host(d.codes), host(d.absmax), d.shape, d.signed)
     return d.copy_to_host()
 
 
 def assert_same(got, want, what):
-    """A device result `got` against the reference's `want` (arrays or
-    Q8States): bitwise in the simulator, which computes in NumPy scalars and
-    fuses nothing; on a GPU, where NVVM may contract multiply-adds, 16-bit
-    values within one ulp, q8 codes within one code, float32 and float64 close."""
+    """A device result `got` against the reference's `want` (arrays,
+    Q8States or Q4States): bitwise in the simulator, which computes in NumPy
+    scalars and fuses nothing; on a GPU, where NVVM may contract multiply-adds,
+    16-bit values within one ulp, q8/q4 codes within one code, float32 and
+    float64 close."""
     from numba import cuda
-    from lrfast.precision import Q8State
+    from lrfast.precision import Q4State, Q8State, unpack_nibbles
 
     simulated = cuda.config.ENABLE_CUDASIM
-    if isinstance(want, Q8State):
-        assert isinstance(got, Q8State) and got.signed == want.signed, what
+    if isinstance(want, (Q8State, Q4State)):
+        assert type(got) is type(want) and got.signed == want.signed, what
+        assert got.shape == want.shape, what
         if simulated:
             np.testing.assert_array_equal(got.codes, want.codes, err_msg=f"{what} codes")
             np.testing.assert_array_equal(got.absmax.view(np.uint32),
                                           want.absmax.view(np.uint32), err_msg=f"{what} absmax")
         else:
-            diff = np.abs(got.codes.astype(int) - want.codes.astype(int))
+            codes = [c if isinstance(want, Q8State) else unpack_nibbles(c, math.prod(want.shape))
+                     for c in (got.codes, want.codes)]
+            diff = np.abs(codes[0].astype(int) - codes[1].astype(int))
             assert diff.max(initial=0) <= 1, what
             np.testing.assert_allclose(got.absmax, want.absmax, rtol=1e-5, err_msg=what)
         return

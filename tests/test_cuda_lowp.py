@@ -1,10 +1,10 @@
-"""The CUDA back end with bfloat16/float16 arrays and q8 states, against
+"""The CUDA back end with bfloat16/float16 arrays and q8/q4 states, against
 lrfast.reference on host copies.
 
 In Numba's CUDA simulator (no GPU visible) every result must equal the
 reference bit for bit: the simulator computes in NumPy scalars and fuses
 nothing. On a GPU NVVM may contract multiply-adds, so 16-bit values may be
-one ulp off and q8 codes one code off. The steps call the back end directly
+one ulp off and q8/q4 codes one code off. The steps call the back end directly
 (``ops.<kernel>(arrays, names, hparams)``) with the hparams keys the front
 end adds: ``stochastic_rounding`` and ``sr_key`` (see lrfast._hparams.rounding).
 """
@@ -19,13 +19,17 @@ ml_dtypes = pytest.importorskip("ml_dtypes")
 
 from lrfast import _hparams, reference  # noqa: E402
 from lrfast.cuda import launch, ops  # noqa: E402
-from lrfast.precision import BLOCK, Q8State, zeros_state  # noqa: E402
+from lrfast.precision import BLOCK, Q4_BLOCK, Q4State, Q8State, zeros_state  # noqa: E402
 
 SIMULATED = launch.SIMULATED
 BF16 = np.dtype(ml_dtypes.bfloat16)
 F16 = np.dtype(np.float16)
 STEPS = 3
 SHAPES = [(0,), (1,), (7,), (255,), (257,)]
+# q4 blocks are 128 elements, two codes a byte: odd sizes, a second block,
+# and a second walk of 256 (the kernels' unit) with a partial block.
+Q4_SHAPES = [(0,), (1,), (7,), (129,), (300,)]
+SHAPES_OF = {"q4": Q4_SHAPES}  # per state kind; SHAPES otherwise
 
 if SIMULATED:
     pytestmark = pytest.mark.filterwarnings(
@@ -72,10 +76,17 @@ def q8_zeros(shape, signed):
                    np.zeros(-(-int(np.prod(shape)) // BLOCK), np.float32), signed)
 
 
+def q4_zeros(shape, signed):
+    size = int(np.prod(shape))
+    return Q4State(np.full((size + 1) // 2, 0x77 if signed else 0, np.uint8),
+                   np.zeros(-(-size // Q4_BLOCK), np.float32), shape, signed)
+
+
 def make_state(kind, param, state_name):
-    """A zero state of `kind`: "float32", "param" (its dtype), "bfloat16" or "q8"."""
-    if kind == "q8":
-        return q8_zeros(param.shape, state_name not in NEVER_NEGATIVE)
+    """A zero state of `kind`: "float32", "param" (its dtype), "bfloat16", "q8" or "q4"."""
+    if kind in ("q8", "q4"):
+        zeros = q8_zeros if kind == "q8" else q4_zeros
+        return zeros(param.shape, state_name not in NEVER_NEGATIVE)
     dtype = {"float32": np.float32, "param": param.dtype, "bfloat16": BF16}[kind]
     return np.zeros(param.shape, dtype)
 
@@ -127,13 +138,14 @@ def assert_all_same(result):
 
 # -- steps -------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("state_kind", ["float32", "param", "bfloat16", "q8"])
+@pytest.mark.parametrize("state_kind", ["float32", "param", "bfloat16", "q8", "q4"])
 @pytest.mark.parametrize("dtype", [BF16, F16], ids=["bfloat16", "float16"])
 @pytest.mark.parametrize("name", list(OPTIMIZERS))
 def test_steps_match_reference(name, dtype, state_kind):
     # The grads alternate between float32 and the param's dtype.
-    params, states = make_problem(name, SHAPES, [dtype] * len(SHAPES), [state_kind] * len(SHAPES))
-    grad_dtypes = [np.float32 if t % 2 else dtype for t in range(len(SHAPES))]
+    shapes = SHAPES_OF.get(state_kind, SHAPES)
+    params, states = make_problem(name, shapes, [dtype] * len(shapes), [state_kind] * len(shapes))
+    grad_dtypes = [np.float32 if t % 2 else dtype for t in range(len(shapes))]
     assert_all_same(run(name, params, states, grad_dtypes))
 
 
@@ -144,28 +156,42 @@ def test_stochastic_rounding_matches_reference(name, dtype):
     assert_all_same(run(name, params, states, [dtype] * len(SHAPES), stochastic_rounding=True))
 
 
-def test_q8_blocks_across_pieces_and_a_wrapping_grid():
+@pytest.mark.parametrize("kind", ["q8", "q4"])
+def test_low_bit_blocks_across_pieces_and_a_wrapping_grid(kind):
     # 600 elements: three pieces of whole q8 blocks in the simulator, more
-    # than its two blocks of grid; 256: exactly one q8 block.
+    # than its two blocks of grid, the last a partial q4 block; 256: exactly
+    # one q8 block, two q4 blocks; 3 x 5: an odd count of q4 codes.
     shapes = [(600,), (256,), (3, 5)]
-    params, states = make_problem("adam", shapes, [BF16] * 3, ["q8", "q8", "q8"])
+    params, states = make_problem("adam", shapes, [BF16] * 3, [kind] * 3)
     assert_all_same(run("adam", params, states, [np.float32] * 3))
 
 
-def test_a_list_of_every_dtype_and_state_kind():
+def test_q8_and_q4_states_of_one_param():
+    # One kernel re-quantizes q8 and q4 slots: extremes per q4 block, of
+    # which a q8 slot takes the extreme of both.
+    params, _ = make_problem("adam", [(300,), (129,)], [BF16] * 2, ["float32"] * 2)
+    states = {"exp_avgs": [q4_zeros(p.shape, True) for p in params],
+              "exp_avg_sqs": [q8_zeros(p.shape, False) for p in params],
+              "max_exp_avg_sqs": [q4_zeros(p.shape, False) for p in params]}
+    assert_all_same(run("adam", params, states, [np.float32] * 2))
+
+
+@pytest.mark.parametrize("kind", ["q8", "q4"])
+def test_a_list_of_every_dtype_and_state_kind(kind):
     # One call, several groups (one launch each); stochastic rounding counts
     # positions over the whole list, across the groups.
     shapes = [(5,), (300,), (9,), (40,), (260,), (3,)]
     dtypes = [BF16, F16, np.float32, np.float64, np.float32, BF16]
-    kinds = ["q8", "bfloat16", "q8", "float32", "bfloat16", "param"]
+    kinds = [kind, "bfloat16", kind, "float32", "bfloat16", "param"]
     params, states = make_problem("adamw", shapes, dtypes, kinds)
     grad_dtypes = [np.float32, F16, np.float32, np.float64, np.float32, BF16]
     assert_all_same(run("adamw", params, states, grad_dtypes, stochastic_rounding=True))
 
 
-def test_float64_params_with_low_precision_states():
+@pytest.mark.parametrize("kind", ["q8", "q4"])
+def test_float64_params_with_low_precision_states(kind):
     shapes = [(7,), (270,)]
-    params, states = make_problem("rmsprop", shapes, [np.float64] * 2, ["q8", "bfloat16"])
+    params, states = make_problem("rmsprop", shapes, [np.float64] * 2, [kind, "bfloat16"])
     assert_all_same(run("rmsprop", params, states, [np.float64] * 2))
 
 
@@ -242,8 +268,15 @@ def test_zeros_state_of_a_device_param():
         assert host(q8.codes).dtype == np.uint8 and (host(q8.codes) == 0).all()
         assert host(q8.absmax).shape == (-(-4200 // BLOCK),)
         assert (q8.dequantize() == 0).all() and q8.nbytes == 4200 + 4 * 17
-    small = zeros_state(device(np.ones(10, BF16)), "q8")
-    assert host(small).dtype == np.float32
+        for signed, code in ((True, 0x77), (False, 0)):
+            q4 = zeros_state(param, "q4", signed=signed)
+            assert isinstance(q4, Q4State) and q4.shape == (70, 60) and q4.signed == signed
+            assert host(q4.codes).shape == (2100,) and (host(q4.codes) == code).all()
+            assert host(q4.absmax).shape == (-(-4200 // Q4_BLOCK),)
+            assert (q4.dequantize() == 0).all() and q4.nbytes == 2100 + 4 * 33
+    for kind in ("q8", "q4"):
+        small = zeros_state(device(np.ones(10, BF16)), kind)
+        assert host(small).dtype == np.float32
     with pytest.raises(ValueError, match="float64 states need a float64 param"):
         zeros_state(device(np.ones(10, BF16)), "float64")
 
@@ -256,18 +289,30 @@ def _adam_call(param, grad, m, v):
              ("params", "grads", "exp_avgs", "exp_avg_sqs", "max_exp_avg_sqs"), hp)
 
 
-def _good(n=300, dtype=BF16):
+def _good(n=300, dtype=BF16, kind="q8"):
     p = np.ones(n, dtype)
-    return p, np.ones(n, dtype), q8_zeros((n,), True), q8_zeros((n,), False)
+    zeros = q8_zeros if kind == "q8" else q4_zeros
+    return p, np.ones(n, dtype), zeros((n,), True), zeros((n,), False)
 
 
-def _swap(state, codes):
-    s = Q8State(state.codes, state.absmax, state.signed)
-    s.codes = codes  # bypasses the constructor's checks, as a later assignment would
+def _swap(state, codes=None, absmax=None, shape=None):
+    """`state` (a Q8State or Q4State) with other parts, or for a Q4State
+    another shape, set past the constructor's checks, as a later assignment
+    would."""
+    if isinstance(state, Q8State):
+        s = Q8State(state.codes, state.absmax, state.signed)
+    else:
+        s = Q4State(state.codes, state.absmax, state.shape, state.signed)
+    s.codes = state.codes if codes is None else codes
+    s.absmax = state.absmax if absmax is None else absmax
+    if shape is not None:
+        object.__setattr__(s, "_shape", shape)
     return s
 
 
-BAD = {
+# Bad calls of 300-element arrays with q8 states, of q4 states, and of
+# either ("KIND" in a message: q8 or q4): m signed, v unsigned.
+BAD_Q8 = {
     "float64 state for a bfloat16 param": (
         lambda p, g, m, v: (p, g, m, device(np.zeros(300, np.float64))),
         TypeError, r"exp_avg_sqs\[0\] has dtype float64 but params\[0\] has bfloat16"),
@@ -283,36 +328,74 @@ BAD = {
     "q8 codes not contiguous": (
         lambda p, g, m, v: (p, g, _swap(m, Exported(m.codes, shape=(150,), strides=(2,))), v),
         ValueError, r"exp_avgs\[0\].codes has shape \(150,\)"),
-    "q8 codes read-only": (
-        lambda p, g, m, v: (p, g, _swap(m, Exported(m.codes, readonly=True)), v),
-        ValueError, r"exp_avgs\[0\].codes is read-only"),
     "q8 codes of another dtype": (
         lambda p, g, m, v: (p, g, _swap(m, device(np.zeros(300, np.int8))), v),
         TypeError, r"exp_avgs\[0\].codes has dtype int8; expected uint8"),
-    "q8 state as a param": (
-        lambda p, g, m, v: (m, g, m, v), TypeError, r"params\[0\] is a q8 state"),
-    "host q8 state in a device call": (
-        lambda p, g, m, v: (p, g, q8_zeros((300,), True), v),
-        TypeError, r"exp_avgs\[0\].codes is not a CUDA device array"),
-    "the same state twice": (
-        lambda p, g, m, v: (p, g, m, m),
-        ValueError, "overlap in memory"),
     "a 16-bit param read-only": (
         lambda p, g, m, v: (Exported(p, readonly=True), g, m, v),
         ValueError, r"params\[0\] is read-only"),
 }
+BAD_Q4 = {
+    "unsigned q4 where values can be negative": (
+        lambda p, g, m, v: (p, g, device(q4_zeros((300,), False)), v),
+        ValueError, r"^exp_avgs\[0\]: an unsigned q4 state cannot hold values that can be "
+                    r"negative; make it with zeros_state\(param, 'q4', signed=True\)$"),
+    "q4 state made for another shape": (
+        lambda p, g, m, v: (p, g, _swap(m, shape=(2, 150)), v),
+        ValueError, r"exp_avgs\[0\] has shape \(2, 150\) but params\[0\] has shape \(300,\)"),
+    "q4 state of another size": (
+        lambda p, g, m, v: (p, g, device(q4_zeros((301,), True)), v),
+        ValueError, r"exp_avgs\[0\] has shape \(301,\) but params\[0\] has shape \(300,\)"),
+    "q4 codes one code a byte": (
+        lambda p, g, m, v: (p, g, _swap(m, codes=device(np.zeros(300, np.uint8))), v),
+        ValueError, r"exp_avgs\[0\].codes has shape \(300,\) but params\[0\] needs \(150,\)"),
+    "q4 absmax of q8 blocks": (
+        lambda p, g, m, v: (p, g, m, _swap(v, absmax=device(np.zeros(2, np.float32)))),
+        ValueError, r"exp_avg_sqs\[0\].absmax has shape \(2,\) but params\[0\] needs \(3,\)"),
+    "q4 absmax of another dtype": (
+        lambda p, g, m, v: (p, g, _swap(m, absmax=device(np.zeros(3, np.float64))), v),
+        TypeError, r"exp_avgs\[0\].absmax has dtype float64; expected float32"),
+}
+BAD_EITHER = {
+    "codes read-only": (
+        lambda p, g, m, v: (p, g, _swap(m, Exported(m.codes, readonly=True)), v),
+        ValueError, r"exp_avgs\[0\].codes is read-only"),
+    "a state as a param": (
+        lambda p, g, m, v: (m, g, m, v), TypeError, r"params\[0\] is a KIND state"),
+    "host state in a device call": (
+        lambda p, g, m, v: (p, g, host(m), v),
+        TypeError, r"exp_avgs\[0\].codes is not a CUDA device array"),
+    "the same state twice": (
+        lambda p, g, m, v: (p, g, m, m),
+        ValueError, "overlap in memory"),
+    "the same codes in two states": (
+        lambda p, g, m, v: (p, g, m, _swap(v, codes=m.codes)),
+        ValueError, "overlap in memory"),
+}
 
 
-@pytest.mark.parametrize("bad", list(BAD))
-def test_bad_input_is_refused_before_any_write(bad):
-    make, error, message = BAD[bad]
-    p, g, m, v = (device(x) for x in _good())
+@pytest.mark.parametrize("kind, bad", [("q8", bad) for bad in [*BAD_Q8, *BAD_EITHER]] +
+                         [("q4", bad) for bad in [*BAD_Q4, *BAD_EITHER]])
+def test_bad_input_is_refused_before_any_write(kind, bad):
+    make, error, message = {**BAD_Q8, **BAD_Q4, **BAD_EITHER}[bad]
+    p, g, m, v = (device(x) for x in _good(kind=kind))
     before = [host(p), host(m).codes.copy(), host(v).codes.copy()]
-    with pytest.raises(error, match=message):
+    with pytest.raises(error, match=message.replace("KIND", kind)):
         _adam_call(*make(p, g, m, v))
     np.testing.assert_array_equal(host(p).view(np.uint16), before[0].view(np.uint16))
     np.testing.assert_array_equal(host(m).codes, before[1])
     np.testing.assert_array_equal(host(v).codes, before[2])
+
+
+@pytest.mark.parametrize("kind", ["q8", "q4"])
+def test_a_state_given_other_codes_is_checked_again(kind):
+    # The fast path prints a q8/q4 state by its parts: codes assigned after
+    # a call send the next call through the check.
+    p, g, m, v = (device(x) for x in _good(kind=kind))
+    _adam_call(p, g, m, v)
+    m.codes = device(np.zeros(299, np.uint8))
+    with pytest.raises(ValueError, match=r"exp_avgs\[0\].codes has shape \(299,\)"):
+        _adam_call(p, g, m, v)
 
 
 def test_a_non_contiguous_16_bit_array_is_refused():
@@ -365,3 +448,45 @@ def test_random_words_match_random_bits():
         key = np.uint64(_hparams.rounding(True, seed, step)["sr_key"])
         kernel[2, 32](key, np.int64(start), out)
         np.testing.assert_array_equal(out, precision.random_bits(seed, step, start, 40))
+
+
+def test_q4_quantization_matches_the_spec_on_edge_blocks():
+    # The step kernels' q4 pieces (extreme, scale, code) on blocks the steps
+    # rarely make: ties of -a and a, a negative extreme, zeros, NaN, inf,
+    # every threshold and its neighbours, one code short of a byte.
+    from lrfast import precision
+    from lrfast.cuda import lowp
+
+    @cuda.jit
+    def kernel(x, tables, signed, codes, absmax):
+        b = cuda.grid(1)
+        first = b * Q4_BLOCK
+        if first < x.size:
+            m = min(Q4_BLOCK, x.size - first)
+            e = x[first]
+            for j in range(1, m):
+                e = lowp.extreme(e, x[first + j])
+            at = lowp.Q4_SIGNED_THRESHOLDS if signed else lowp.Q4_UNSIGNED_THRESHOLDS
+            scale = lowp.block_scale(e, lowp.Q4_SIGNED_END if signed else np.float32(0))
+            absmax[b] = scale
+            for j in range(0, m, 2):
+                high = lowp.q4_code(x[first + j], scale, tables[lowp.Q4], at)
+                low = lowp.q4_code(x[first + j + 1], scale, tables[lowp.Q4], at) if j + 1 < m else 0
+                codes[(first + j) // 2] = (high << 4) | low
+
+    rng = np.random.default_rng(9)
+    for signed in (True, False):
+        edges = precision._Q4_THRESHOLDS[signed]
+        blocks = [rng.standard_normal(128), np.r_[2.0, -2.0, rng.uniform(-1, 1, 126)],
+                  np.r_[-3.0, rng.uniform(-1, 1, 127)], np.zeros(128),
+                  np.r_[np.nan, rng.standard_normal(127)], np.r_[np.inf, rng.standard_normal(127)],
+                  np.r_[1.0, edges, np.nextafter(edges, 2), np.nextafter(edges, -2),
+                        np.zeros(83)],
+                  rng.standard_normal(77)]
+        x = np.concatenate(blocks).astype(np.float32)
+        codes = np.zeros((x.size + 1) // 2, np.uint8)
+        absmax = np.zeros(-(-x.size // Q4_BLOCK), np.float32)
+        kernel[-(-absmax.size // 4), 4](x, lowp.TABLES, signed, codes, absmax)
+        want_codes, want_absmax = precision.quantize_blockwise_q4(x, signed)
+        np.testing.assert_array_equal(codes, want_codes)
+        np.testing.assert_array_equal(absmax.view(np.uint32), want_absmax.view(np.uint32))

@@ -5,7 +5,7 @@ lrfast.reference_lr_free.
 In Numba's CUDA simulator (no GPU visible) every array must equal the
 reference bit for bit: the simulator computes in NumPy scalars and fuses
 nothing. On a GPU NVVM may contract multiply-adds: float32/float64 results
-within a tolerance, 16-bit values one ulp, q8 codes one code. Prodigy's sums
+within a tolerance, 16-bit values one ulp, q8/q4 codes one code. Prodigy's sums
 are exact across launch configurations and equal to the reference's up to
 the order of summation.
 """
@@ -24,7 +24,8 @@ import lrfast  # noqa: E402
 import lrfast.cuda  # noqa: E402
 from lrfast import reference  # noqa: E402
 from lrfast.cuda import launch  # noqa: E402
-from lrfast.precision import Q8State, quantize_blockwise  # noqa: E402
+from lrfast.precision import (Q4State, Q8State, quantize_blockwise,  # noqa: E402
+                              quantize_blockwise_q4)
 
 SIMULATED = launch.SIMULATED
 BF16 = np.dtype(ml_dtypes.bfloat16)
@@ -41,7 +42,11 @@ if SIMULATED:
 # -- arrays ------------------------------------------------------------------------------
 
 def copy(a):
-    return Q8State(a.codes.copy(), a.absmax.copy(), a.signed) if isinstance(a, Q8State) else a.copy()
+    if isinstance(a, Q8State):
+        return Q8State(a.codes.copy(), a.absmax.copy(), a.signed)
+    if isinstance(a, Q4State):
+        return Q4State(a.codes.copy(), a.absmax.copy(), a.shape, a.signed)
+    return a.copy()
 
 
 def assert_all_same(got: dict, want: dict):
@@ -68,9 +73,12 @@ def gradients(params, step, grad_dtypes=None):
 
 def state_like(values, kind):
     """An array of `values` as a state of `kind`: "param" (their dtype),
-    "float32", "bfloat16" or "q8" (signed)."""
+    "float32", "bfloat16", "q8" or "q4" (signed)."""
     if kind == "q8":
         return Q8State(*quantize_blockwise(values.astype(np.float32), signed=True), True)
+    if kind == "q4":
+        return Q4State(*quantize_blockwise_q4(values.astype(np.float32), signed=True),
+                       values.shape, True)
     return values.astype({"param": values.dtype, "float32": np.float32, "bfloat16": BF16}[kind])
 
 
@@ -239,14 +247,16 @@ def test_eval_and_train_switches(beta1):
 # -- low precision -------------------------------------------------------------------------------
 
 LOWP_SHAPES = [(0,), (1,), (7,), (255,), (257,)]
+Q4_SHAPES = [(0,), (1,), (7,), (129,), (300,)]  # odd code counts, partial q4 blocks, two walks
 
 
-@pytest.mark.parametrize("state_kind", ["float32", "param", "bfloat16", "q8"])
+@pytest.mark.parametrize("state_kind", ["float32", "param", "bfloat16", "q8", "q4"])
 @pytest.mark.parametrize("dtype", [BF16, F16], ids=["bfloat16", "float16"])
 @pytest.mark.parametrize("name", list(OPTIMIZERS))
 def test_low_precision_matches_reference(name, dtype, state_kind):
     # The grads alternate between float32 and the param's dtype.
-    params = make_params(LOWP_SHAPES, [dtype] * len(LOWP_SHAPES))
+    shapes = Q4_SHAPES if state_kind == "q4" else LOWP_SHAPES
+    params = make_params(shapes, [dtype] * len(shapes))
     states = make_states(name, params, [state_kind] * len(params))
     grad_dtypes = [np.float32 if t % 2 else dtype for t in range(len(params))]
     hp = OPTIMIZERS[name][2][-1]
@@ -262,11 +272,12 @@ def test_stochastic_rounding_matches_reference(name):
     assert_all_same(*run_both(name, params, states, hp, steps=3))
 
 
-def test_eval_switch_with_low_precision_and_q8_zs():
+@pytest.mark.parametrize("kind", ["q8", "q4"])
+def test_eval_switch_with_low_precision_and_low_bit_zs(kind):
     shapes = [(300,), (7,), (20,)]
     params = make_params(shapes, [BF16, F16, np.float64])
-    zs = [state_like(p.astype(np.float32) + 0.5, kind)
-          for p, kind in zip(params, ["q8", "bfloat16", "float32"])]
+    zs = [state_like(p.astype(np.float32) + 0.5, z_kind)
+          for p, z_kind in zip(params, [kind, "bfloat16", "float32"])]
     d_params, d_zs = [device(p) for p in params], [device(z) for z in zs]
     lrfast.schedulefree_to_eval(d_params, d_zs, beta1=0.9)
     reference.schedulefree_to_eval(params, zs, beta1=0.9)
@@ -427,14 +438,16 @@ def test_prodigy_sums_are_the_same_for_any_grid(monkeypatch, slice_p):
     assert results[0][0] != 0
 
 
-@pytest.mark.parametrize("s_kind", ["float32", "param", "bfloat16", "q8"])
+@pytest.mark.parametrize("s_kind", ["float32", "param", "bfloat16", "q8", "q4"])
 @pytest.mark.parametrize("dtype", [BF16, F16, np.float64], ids=["bfloat16", "float16", "f64"])
 def test_prodigy_low_precision_matches_reference(dtype, s_kind):
-    # p0 of the param's dtype, or q8 with a q8 s.
-    shapes = [(0,), (7,), (520,)]  # 520: its slice of 260 spans two q8 blocks
+    # p0 of the param's dtype, or q8/q4 with a q8/q4 s.
+    # 520: its slice of 260 spans two q8 blocks; 517: a slice of 259, an odd
+    # count of q4 codes in three q4 blocks over two walks.
+    shapes = [(0,), (7,), (517 if s_kind == "q4" else 520,)]
     params = make_params(shapes, [dtype] * len(shapes))
     hp = dict(slice_p=2, weight_decay=0.1, decouple=False, d0=1e-3)
-    p0_kind = "q8" if s_kind == "q8" else "param"
+    p0_kind = s_kind if s_kind in ("q8", "q4") else "param"
     ours = ProdigyRun(params, hp, [s_kind] * len(shapes), wrap=device, p0_kind=p0_kind)
     ref = ProdigyRun(params, hp, [s_kind] * len(shapes), p0_kind=p0_kind)
     for step in range(1, 4):
@@ -552,17 +565,23 @@ def test_prodigy_checks_are_cached_per_slice():
         _prodigy_reduce([device(params[0])], [device(grads[0])], run.ss, run.p0s, slice_p=1)
 
 
-@pytest.mark.parametrize("name, call, message", [
-    ("unsigned q8 z", lambda z: lrfast.schedulefree_sgd_step(
-        device(np.ones(300, BF16)), device(np.ones(300, BF16)), z, lr=0.1, ckp1=0.5),
-     r"zs\[0\]: an unsigned q8 state"),
-    ("unsigned q8 z in eval", lambda z: lrfast.schedulefree_to_eval(
-        device(np.ones(300, BF16)), z, beta1=0.9), r"zs\[0\]: an unsigned q8 state"),
+UNSIGNED_ZS = {
+    "q8": lambda: Q8State(to_device(np.zeros(300, np.uint8)), to_device(np.zeros(2, np.float32)),
+                          False),
+    "q4": lambda: Q4State(to_device(np.zeros(150, np.uint8)), to_device(np.zeros(3, np.float32)),
+                          (300,), False),
+}
+
+
+@pytest.mark.parametrize("kind", list(UNSIGNED_ZS))
+@pytest.mark.parametrize("name, call", [
+    ("step", lambda z: lrfast.schedulefree_sgd_step(
+        device(np.ones(300, BF16)), device(np.ones(300, BF16)), z, lr=0.1, ckp1=0.5)),
+    ("eval", lambda z: lrfast.schedulefree_to_eval(device(np.ones(300, BF16)), z, beta1=0.9)),
 ])
-def test_unsigned_q8_zs_are_refused(name, call, message):
-    z = Q8State(to_device(np.zeros(300, np.uint8)), to_device(np.zeros(2, np.float32)), False)
-    with pytest.raises(ValueError, match=message):
-        call(z)
+def test_unsigned_low_bit_zs_are_refused(name, call, kind):
+    with pytest.raises(ValueError, match=rf"zs\[0\]: an unsigned {kind} state"):
+        call(UNSIGNED_ZS[kind]())
 
 
 def test_a_host_state_in_a_device_call_is_refused_before_writing():

@@ -1,6 +1,6 @@
 """Device arrays of the dtypes ``__cuda_array_interface__`` cannot name, and
 the host-side helpers :mod:`lrfast.precision` uses for device params and
-q8 states.
+q8 and q4 states.
 
 bfloat16 has no typestr in the interface (NumPy has no bfloat16; torch
 refuses to export one). lrfast reads a bfloat16 device array as its storage,

@@ -24,8 +24,9 @@ A list therefore costs one launch per dtype in it, whatever its length.
 The simulator runs every CUDA thread as a Python thread, so it gets a tiny
 geometry (8 threads, pieces of 16 elements, 2 blocks): small test tensors then
 still split into several pieces, and the grid-stride loops wrap. Calls with
-q8 states cut pieces at multiples of a q8 block (``Q8_CHUNK``, 256 elements
-in the simulator), so that one CUDA block owns each q8 block.
+q8 or q4 states cut pieces at multiples of a q8 block (``Q8_CHUNK``, 256
+elements in the simulator; q4 blocks are 128), so that one CUDA block owns
+each q8 or q4 block and each byte of q4 codes.
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ SIMULATED = bool(cuda.config.ENABLE_CUDASIM)
 
 THREADS = 8 if SIMULATED else 256   # threads per block (a power of two: norms reduce by halves)
 CHUNK = 16 if SIMULATED else 16384  # elements per piece
-Q8_CHUNK = 256 if SIMULATED else CHUNK  # elements per piece with q8 states: whole q8 blocks
+Q8_CHUNK = 256 if SIMULATED else CHUNK  # elements per piece with q8/q4 states: whole blocks
 assert Q8_CHUNK % 256 == 0 and THREADS & (THREADS - 1) == 0
 BLOCKS_PER_SM = 32                  # grid cap on a GPU: enough blocks to hide memory latency
 

@@ -222,7 +222,7 @@ class _Seen:
 
 def _print_of(array, interface) -> tuple:
     """`array`'s print (see _print), from its interface unless it is a torch
-    tensor or a Q8State, whose prints cost less."""
+    tensor or a Q8State or Q4State, whose prints cost less."""
     printer = _printer(type(array))
     if printer is _interface_print:
         return (type(array),) + _fields(interface)
@@ -250,7 +250,9 @@ def _printer(kind: type):
         torch = sys.modules.get("torch")  # a torch tensor means torch is imported
         exact_torch = torch is not None and kind in (torch.Tensor, torch.nn.Parameter)
         printer = _torch_print if exact_torch else _interface_print
-        printer = _printers[kind] = _q8_print if kind is precision.Q8State else printer
+        if kind in (precision.Q8State, precision.Q4State):
+            printer = _low_bit_print
+        _printers[kind] = printer
     return printer
 
 
@@ -262,9 +264,11 @@ def _torch_print(t) -> tuple:
     return (type(t), t.data_ptr(), t.shape, t.dtype, t.is_contiguous(), t.is_cuda)
 
 
-def _q8_print(state) -> tuple:
-    # Its parts can be reassigned: printed, each by its own printer.
-    return (precision.Q8State, state.signed, _print(state.codes), _print(state.absmax))
+def _low_bit_print(state) -> tuple:
+    # Its parts can be reassigned: printed, each by its own printer. A
+    # Q4State's shape is part of what the check sees (a Q8State's is its codes').
+    shape = state.shape if type(state) is precision.Q4State else None
+    return (type(state), state.signed, shape, _print(state.codes), _print(state.absmax))
 
 
 def _interface_print(array) -> tuple:
@@ -286,19 +290,26 @@ def _stream(params):
 
 
 @dataclass(frozen=True)
-class Q8Interface:
-    """What a call reads of a Q8State: its parts' interfaces and its map."""
+class LowBitInterface:
+    """What a call reads of a Q8State (``bits`` 8) or Q4State (``bits`` 4):
+    its parts' interfaces, its map, and the shape of the param it was made
+    for (a Q4State's attribute; a Q8State's codes have it)."""
 
     codes: dict
     absmax: dict
     signed: bool
+    bits: int
+    shape: tuple
 
 
 def _read(obj, label: str, first: str):
-    """`obj`'s interface, or a Q8Interface for a Q8State."""
-    if type(obj) is precision.Q8State:
-        return Q8Interface(_interface(obj.codes, f"{label}.codes", first),
-                           _interface(obj.absmax, f"{label}.absmax", first), obj.signed)
+    """`obj`'s interface, or a LowBitInterface for a Q8State or Q4State."""
+    if type(obj) in (precision.Q8State, precision.Q4State):
+        codes = _interface(obj.codes, f"{label}.codes", first)
+        absmax = _interface(obj.absmax, f"{label}.absmax", first)
+        if type(obj) is precision.Q8State:
+            return LowBitInterface(codes, absmax, obj.signed, 8, tuple(codes["shape"]))
+        return LowBitInterface(codes, absmax, obj.signed, 4, obj.shape)
     return _interface(obj, label, first)
 
 
@@ -324,8 +335,9 @@ def _interface(obj, label: str = "", first: str = "") -> dict:
 
 
 def _fields(interface) -> tuple:
-    if type(interface) is Q8Interface:
-        return ("q8", interface.signed, _fields(interface.codes), _fields(interface.absmax))
+    if type(interface) is LowBitInterface:
+        return (interface.bits, interface.signed, interface.shape, _fields(interface.codes),
+                _fields(interface.absmax))
     strides = interface.get("strides")
     return (tuple(interface["data"]), tuple(interface["shape"]),
             None if strides is None else tuple(strides), interface["typestr"],

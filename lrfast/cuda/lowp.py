@@ -12,7 +12,11 @@ as Numba CUDA device functions, bit for bit.
   zero-extended words back to one 32-bit multiply).
 - q8: a code is the number of the map's 255 float32 midpoints below ``x /
   absmax`` (ties to the lower code), found by a branch-free binary search in
-  the tables of :data:`Q8_TABLES` (taken from lrfast.precision, not copied).
+  the tables of :data:`TABLES` (taken from lrfast.precision, not copied).
+- q4: a code is the number of the map's 15 float32 thresholds at or below
+  ``x / absmax`` (torchao's rounding: up when the residual is at least half
+  the gap), by the same search over 15 values.
+- Both take a block's scale from its extreme (:func:`block_scale`).
 
 Float bits: the simulator runs kernels as Python, where NumPy's scalar
 ``view`` reinterprets; on a GPU libdevice's ``__float_as_int`` and
@@ -29,15 +33,22 @@ from . import launch
 
 M32 = 0xFFFFFFFF
 
-# The q8 tables as one (4, 256) float32 array, rows: the signed map, its 255
-# midpoints (padded), the unsigned map, its midpoints. A kernel copies them to
-# shared memory: a binary search reads addresses that differ per thread.
-SIGNED_MAP, SIGNED_MIDPOINTS, UNSIGNED_MAP, UNSIGNED_MIDPOINTS = range(4)
-Q8_TABLES = np.zeros((4, precision.BLOCK), dtype=np.float32)
+# The q8 and q4 tables as one (5, 256) float32 array, rows: the q8 signed
+# map, its 255 midpoints (padded), the q8 unsigned map, its midpoints, and
+# the four q4 tables of 16 values side by side in row Q4 (at Q4_SIGNED_MAP:
+# the signed map, Q4_SIGNED_THRESHOLDS its 15 thresholds, then the same for
+# the unsigned map). A kernel copies them to shared memory: a binary search
+# reads addresses that differ per thread.
+SIGNED_MAP, SIGNED_MIDPOINTS, UNSIGNED_MAP, UNSIGNED_MIDPOINTS, Q4 = range(5)
+Q4_SIGNED_MAP, Q4_SIGNED_THRESHOLDS, Q4_UNSIGNED_MAP, Q4_UNSIGNED_THRESHOLDS = 0, 16, 32, 48
+TABLES = np.zeros((5, precision.BLOCK), dtype=np.float32)
 for _row, _signed in ((0, True), (2, False)):
-    Q8_TABLES[_row] = precision._MAPS[_signed]
-    Q8_TABLES[_row + 1, :-1] = precision._MIDPOINTS[_signed]
-del _row, _signed
+    TABLES[_row] = precision._MAPS[_signed]
+    TABLES[_row + 1, :-1] = precision._MIDPOINTS[_signed]
+for _at, _signed in ((Q4_SIGNED_MAP, True), (Q4_UNSIGNED_MAP, False)):
+    TABLES[Q4, _at:_at + 16] = precision._Q4_MAPS[_signed]
+    TABLES[Q4, _at + 16:_at + 31] = precision._Q4_THRESHOLDS[_signed]
+del _row, _at, _signed
 
 
 if launch.SIMULATED:
@@ -152,9 +163,28 @@ def q8_code(x, absmax, midpoints):
     return uint16(code)
 
 
-# The signed map's end below, as a magnitude: a block whose extreme is
-# negative is scaled by |extreme| / SIGNED_END (lrfast.precision.quantize_blockwise).
-SIGNED_END = np.float32(-precision._MAPS[True][0])
+@cuda.jit(device=True)
+def q4_code(x, absmax, tables, thresholds):
+    """The code of float32 ``x`` in a q4 block of ``absmax``: the number of
+    the 15 thresholds at ``tables[thresholds:]`` that are <= ``x / absmax``
+    (0 when absmax is 0; NaN: 15)."""
+    n = x / absmax if absmax != 0 else float32(0.0)
+    if n != n:
+        return uint16(15)
+    code = 0
+    step = 8
+    while step > 0:  # the thresholds are sorted: at most 15 at or below n
+        if tables[thresholds + code + step - 1] <= n:
+            code += step
+        step //= 2
+    return uint16(code)
+
+
+# The signed maps' ends below, as magnitudes: a block whose extreme is
+# negative is scaled by |extreme| / that end (lrfast.precision._normalized_blocks);
+# 0 stands for an unsigned map, whose scale is |extreme|.
+Q8_SIGNED_END = np.float32(-precision._MAPS[True][0])
+Q4_SIGNED_END = np.float32(-precision._Q4_MAPS[True][0])
 
 
 @cuda.jit(device=True)
@@ -165,6 +195,7 @@ def extreme(a, b):
 
 
 @cuda.jit(device=True)
-def q8_scale(e, signed):
-    """A q8 block's scale (its ``absmax``) from its extreme `e`."""
-    return abs(e) / SIGNED_END if signed and e < 0 else abs(e)
+def block_scale(e, signed_end):
+    """A q8 or q4 block's scale (its ``absmax``) from its extreme `e`, with
+    `signed_end` the map's low end as a magnitude (0: an unsigned map)."""
+    return abs(e) / signed_end if signed_end != 0 and e < 0 else abs(e)

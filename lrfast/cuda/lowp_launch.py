@@ -6,20 +6,24 @@ combination), compiled per (optimizer options, kinds, arithmetic dtype,
 stochastic rounding): every slot's load and store is chosen here, in Python,
 so the kernel has no dtype branches. Per element, as lrfast.reference:
 
-1. load: widen 16-bit values, dequantize q8 (``map[code] * absmax``, one
-   float32 rounding), convert to the arithmetic dtype (float32 for 16-bit
+1. load: widen 16-bit values, dequantize q8 and q4 (``map[code] * absmax``,
+   one float32 rounding), convert to the arithmetic dtype (float32 for 16-bit
    and float32 params, float64 for float64 params);
 2. the body, in reference order (:meth:`.optimizers.Optimizer.plan`);
 3. store the param (round to nearest even, or stochastically for a 16-bit
    param with ``R(position)`` of the call's key) and the float/16-bit states
-   (round to nearest even); the q8 states' new values go to shared memory.
+   (round to nearest even); the q8/q4 states' new values go to shared memory.
 
-With q8 states a CUDA block walks its piece one q8 block (256 elements) at a
-time: its threads update the block's elements, reduce each q8 slot's new
-extreme (the value of largest magnitude; a NaN wins, as in np.max), then
-quantize the values from shared memory with the scale it gives and write
-the codes and the scale (``absmax``). So the param update uses the
-new moments before quantization, and each block is read and written once.
+With q8 or q4 states a CUDA block walks its piece one q8 block (256
+elements) at a time: its threads update the block's elements, reduce each
+quantized slot's new extremes (the value of largest magnitude; a NaN wins,
+as in np.max): one per q4 block (two per walk) when the kernel has a q4
+slot, else one, of which a q8 slot takes the extreme of all. Then they
+quantize the values from shared memory with the scales these give and write
+the codes and the scales (``absmax``). A q4 byte holds two elements' codes,
+so one thread writes each byte: thread t takes the element pairs starting at
+2t, 2t + 2 * THREADS, ... So the param update uses the new moments before
+quantization, and each block is read and written once.
 """
 
 from __future__ import annotations
@@ -30,10 +34,11 @@ import numpy as np
 from numba import cuda, float32, float64
 from numba.types import float16
 
-from ..precision import BLOCK
+from ..precision import BLOCK, Q4_BLOCK
 from . import launch, lowp
-from .lowp_layout import (ABSMAX, BF16, CODES, DOUBLES, F16, F32, F64, HALVES, LENGTH, NONE,
-                          PARAM, POSITION, Q8_KINDS, Q8_SIGNED, SINGLES, WORDS)
+from .lowp_layout import (ABSMAX, BF16, CODES, DOUBLES, F16, F32, F64, HALVES, LENGTH,
+                          LOW_BIT_KINDS, NONE, PARAM, POSITION, Q4_KINDS, Q4_SIGNED, Q4_UNSIGNED,
+                          Q8_SIGNED, Q8_UNSIGNED, SINGLES, WORDS)
 
 THREADS = launch.THREADS
 
@@ -50,12 +55,12 @@ def run(optimizer, hp: dict, groups, stream) -> None:
         sr = stochastic and g.kinds[0] in (F16, BF16)
         kernel = _kernel(optimizer.body, flags, states, stores, g.kinds, g.arithmetic.name, sr)
         launch.launch(kernel, g.n_pieces, stream, *g.views, g.table,
-                      tuple(g.arithmetic.type(s) for s in scalars), key, _q8_tables())
+                      tuple(g.arithmetic.type(s) for s in scalars), key, _tables())
 
 
 @functools.cache
-def _q8_tables():
-    return cuda.to_device(lowp.Q8_TABLES)
+def _tables():
+    return cuda.to_device(lowp.TABLES)
 
 
 # -- loads and stores, one device function per (kind, slot) -------------------------
@@ -79,6 +84,13 @@ def _loader(kind: int, slot: int, arithmetic):
     elif kind == BF16:
         def load(v, maps, row, i):
             return arithmetic(lowp.bf16_to_f32(v[WORDS][row[column] + i]))
+    elif kind in Q4_KINDS:  # element i: byte i // 2 of the piece, high nibble if i is even
+        at = lowp.Q4_SIGNED_MAP if kind == Q4_SIGNED else lowp.Q4_UNSIGNED_MAP
+
+        def load(v, maps, row, i):
+            scale = v[SINGLES][row[absmax] + i // Q4_BLOCK]
+            code = (v[CODES][row[column] + i // 2] >> (4 - 4 * (i & 1))) & 15
+            return arithmetic(maps[lowp.Q4, at + code] * scale)
     else:
         map_row = lowp.SIGNED_MAP if kind == Q8_SIGNED else lowp.UNSIGNED_MAP
 
@@ -90,8 +102,8 @@ def _loader(kind: int, slot: int, arithmetic):
 
 def _storer(kind: int, slot: int, stochastic: bool = False):
     """``store(v, row, i, x, key)``: rounds `x` to nearest even into slot
-    `slot`, or stochastically with the call's `key` (16-bit params). A q8
-    slot stores nothing here (see _quantizer)."""
+    `slot`, or stochastically with the call's `key` (16-bit params). A q8 or
+    q4 slot stores nothing here (see _quantizer)."""
     column = PARAM + slot
     if kind == F32:
         def store(v, row, i, x, key):
@@ -119,38 +131,70 @@ def _storer(kind: int, slot: int, stochastic: bool = False):
     return cuda.jit(device=True)(store)
 
 
-def _quantizer(slot: int, signed: bool):
-    """``quantize(v, maps, row, first, m, values, extreme, t)``: thread `t`'s
-    share of writing q8 block ``first`` (``m`` elements) of state `slot`
-    from the new values in shared memory and the block's extreme, and the
-    block's scale (absmax)."""
+def _quantizer(slot: int, kind: int):
+    """``quantize(v, maps, row, first, m, values, peaks, t)``: thread `t`'s
+    share of re-quantizing the ``m`` elements from ``first`` (one walk) of
+    state `slot`, of `kind` (q8 or q4), from their new values in shared
+    memory and their extremes ``peaks[h, slot, 0]`` (h: the walk's q4
+    blocks, or one extreme for the whole walk), and of writing the scales."""
     column, absmax_column = PARAM + 2 + slot, ABSMAX + slot
-    midpoints = lowp.SIGNED_MIDPOINTS if signed else lowp.UNSIGNED_MIDPOINTS
+    if kind in (Q8_SIGNED, Q8_UNSIGNED):
+        midpoints = lowp.SIGNED_MIDPOINTS if kind == Q8_SIGNED else lowp.UNSIGNED_MIDPOINTS
+        end = lowp.Q8_SIGNED_END if kind == Q8_SIGNED else np.float32(0)
 
-    @cuda.jit(device=True)
-    def quantize(v, maps, row, first, m, values, extreme, t):
-        absmax = lowp.q8_scale(extreme, signed)
-        for j in range(t, m, THREADS):
-            v[CODES][row[column] + first + j] = lowp.q8_code(values[slot, j], absmax,
-                                                             maps[midpoints])
-        if t == 0:
-            v[SINGLES][row[absmax_column] + first // BLOCK] = absmax
+        @cuda.jit(device=True)
+        def quantize(v, maps, row, first, m, values, peaks, t):
+            e = peaks[0, slot, 0]
+            for h in range(1, peaks.shape[0]):  # a kernel with q4 slots: both halves
+                e = lowp.extreme(e, peaks[h, slot, 0])
+            absmax = lowp.block_scale(e, end)
+            for j in range(t, m, THREADS):
+                v[CODES][row[column] + first + j] = lowp.q8_code(values[slot, j], absmax,
+                                                                 maps[midpoints])
+            if t == 0:
+                v[SINGLES][row[absmax_column] + first // BLOCK] = absmax
+    else:
+        at = lowp.Q4_SIGNED_THRESHOLDS if kind == Q4_SIGNED else lowp.Q4_UNSIGNED_THRESHOLDS
+        end = lowp.Q4_SIGNED_END if kind == Q4_SIGNED else np.float32(0)
+
+        @cuda.jit(device=True)
+        def quantize(v, maps, row, first, m, values, peaks, t):
+            # Elements j and j + 1 (j even) share a byte and a q4 block; past
+            # an odd end the low nibble is 0. `first` is even. A kernel with
+            # a q4 slot keeps one extreme per q4 block: peaks[h] for block h.
+            for j in range(2 * t, m, 2 * THREADS):
+                absmax = lowp.block_scale(peaks[j // Q4_BLOCK, slot, 0], end)
+                high = lowp.q4_code(values[slot, j], absmax, maps[lowp.Q4], at)
+                low = (lowp.q4_code(values[slot, j + 1], absmax, maps[lowp.Q4], at)
+                       if j + 1 < m else 0)
+                v[CODES][row[column] + (first + j) // 2] = (high << 4) | low
+            for h in range(t, -(-m // Q4_BLOCK), THREADS):
+                v[SINGLES][row[absmax_column] + first // Q4_BLOCK + h] = lowp.block_scale(
+                    peaks[h, slot, 0], end)
 
     return quantize
 
 
 @cuda.jit(device=True)
-def _no_quantize(v, maps, row, first, m, values, extreme, t):
+def _no_quantize(v, maps, row, first, m, values, peaks, t):
     pass
+
+
+def peak_span(kinds) -> int:
+    """The elements one extreme covers in a kernel whose quantized slots are
+    of `kinds`: a q4 block if any is q4, else a whole walk (a q8 block)."""
+    return Q4_BLOCK if any(k in Q4_KINDS for k in kinds) else BLOCK
 
 
 # -- block-wide pieces, shared with Prodigy's reduction kernel --------------------------
 
 @cuda.jit(device=True)
-def load_maps(maps, q8_tables, t):
-    """Thread `t`'s share of copying the q8 tables to shared memory, then a barrier."""
-    for j in range(t, 4 * BLOCK, THREADS):
-        maps[j // BLOCK, j % BLOCK] = q8_tables[j // BLOCK, j % BLOCK]
+def load_maps(maps, tables, t):
+    """Thread `t`'s share of copying the q8 and q4 tables to shared memory,
+    then a barrier."""
+    rows = maps.shape[0]
+    for j in range(t, rows * BLOCK, THREADS):
+        maps[j // BLOCK, j % BLOCK] = tables[j // BLOCK, j % BLOCK]
     cuda.syncthreads()
 
 
@@ -164,14 +208,16 @@ def row_of(table, c):
 
 @cuda.jit(device=True)
 def reduce_peaks(peaks, t):
-    """After the threads wrote ``peaks[s, t]``: ``peaks[s, 0]`` becomes the
-    block's extreme of slot s (lowp.extreme), by halves, barriers included."""
+    """After the threads wrote ``peaks[h, s, t]``: ``peaks[h, s, 0]`` becomes
+    the extreme (lowp.extreme) of span h of slot s over the block, by halves,
+    barriers included."""
     cuda.syncthreads()
     width = THREADS // 2
     while width > 0:
         if t < width:
-            for s in range(3):
-                peaks[s, t] = lowp.extreme(peaks[s, t], peaks[s, t + width])
+            for h in range(peaks.shape[0]):
+                for s in range(peaks.shape[1]):
+                    peaks[h, s, t] = lowp.extreme(peaks[h, s, t], peaks[h, s, t + width])
         cuda.syncthreads()
         width //= 2
 
@@ -191,17 +237,19 @@ def _kernel(body_of, flags: tuple, states: tuple, stores: tuple, kinds: tuple,
     load0, load1, load2 = (_loader(kind, 2 + s, arith) for s, kind in enumerate(state_kinds))
     store_p = _storer(kinds[0], 0, stochastic)
     store0, store1, store2 = (_storer(kind, 2 + s) for s, kind in enumerate(store_kinds))
-    q8_0, q8_1, q8_2 = (kind in Q8_KINDS for kind in store_kinds)
+    low0, low1, low2 = (kind in LOW_BIT_KINDS for kind in store_kinds)
     quantize0, quantize1, quantize2 = (
-        _quantizer(s, kind == Q8_SIGNED) if kind in Q8_KINDS else _no_quantize
+        _quantizer(s, kind) if kind in LOW_BIT_KINDS else _no_quantize
         for s, kind in enumerate(store_kinds))
-    has_q8 = q8_0 or q8_1 or q8_2  # q8 blocks to re-quantize
-    reads_q8 = any(kind in Q8_KINDS for kind in state_kinds)  # the maps to load
+    quantizes = low0 or low1 or low2  # q8/q4 blocks to re-quantize
+    reads_low_bit = any(kind in LOW_BIT_KINDS for kind in state_kinds)  # the maps to load
+    span = peak_span(store_kinds)
+    spans = BLOCK // span  # extremes per walk and slot
 
     @cuda.jit(device=True)
     def update(v, maps, row, i, k, key):
         """Updates element i of the piece; returns the new states in float32
-        (what a q8 slot quantizes)."""
+        (what a q8 or q4 slot quantizes)."""
         p, s0, s1, s2 = body(load_p(v, maps, row, i), load_g(v, maps, row, i),
                              load0(v, maps, row, i), load1(v, maps, row, i),
                              load2(v, maps, row, i), k)
@@ -212,42 +260,46 @@ def _kernel(body_of, flags: tuple, states: tuple, stores: tuple, kinds: tuple,
         return float32(s0), float32(s1), float32(s2)
 
     @cuda.jit
-    def kernel(codes, words, halves, singles, doubles, table, k, key, q8_tables):
+    def kernel(codes, words, halves, singles, doubles, table, k, key, tables):
         v = (codes, words, halves, singles, doubles)
         t = cuda.threadIdx.x
-        maps = cuda.shared.array((4, BLOCK), float32)
-        values = cuda.shared.array((3, BLOCK), float32)  # a q8 block's new states
-        peaks = cuda.shared.array((3, THREADS), float32)  # per thread, then reduced
-        if reads_q8:
-            load_maps(maps, q8_tables, t)
+        maps = cuda.shared.array((5, BLOCK), float32)
+        values = cuda.shared.array((3, BLOCK), float32)  # a walk's new states
+        peaks = cuda.shared.array((spans, 3, THREADS), float32)  # per thread, then reduced
+        peak = cuda.local.array((spans, 3), float32)  # this thread's
+        if reads_low_bit:
+            load_maps(maps, tables, t)
         for c in range(cuda.blockIdx.x, table.shape[0], cuda.gridDim.x):
             row = row_of(table, c)
             n = row[LENGTH]
-            if not has_q8:
+            if not quantizes:
                 for i in range(t, n, THREADS):
                     update(v, maps, row, i, k, key)
                 continue
             for first in range(0, n, BLOCK):  # pieces start on q8 blocks
                 m = min(BLOCK, n - first)
-                peak0 = peak1 = peak2 = float32(0)
+                for h in range(spans):
+                    peak[h, 0] = peak[h, 1] = peak[h, 2] = float32(0)
                 for j in range(t, m, THREADS):
                     a, b, d = update(v, maps, row, first + j, k, key)
-                    if q8_0:
+                    h = j // span if spans > 1 else 0  # q8 alone: a constant index, registers
+                    if low0:
                         values[0, j] = a
-                        peak0 = lowp.extreme(peak0, a)
-                    if q8_1:
+                        peak[h, 0] = lowp.extreme(peak[h, 0], a)
+                    if low1:
                         values[1, j] = b
-                        peak1 = lowp.extreme(peak1, b)
-                    if q8_2:
+                        peak[h, 1] = lowp.extreme(peak[h, 1], b)
+                    if low2:
                         values[2, j] = d
-                        peak2 = lowp.extreme(peak2, d)
-                peaks[0, t] = peak0
-                peaks[1, t] = peak1
-                peaks[2, t] = peak2
+                        peak[h, 2] = lowp.extreme(peak[h, 2], d)
+                for h in range(spans):
+                    peaks[h, 0, t] = peak[h, 0]
+                    peaks[h, 1, t] = peak[h, 1]
+                    peaks[h, 2, t] = peak[h, 2]
                 reduce_peaks(peaks, t)
-                quantize0(v, maps, row, first, m, values, peaks[0, 0], t)
-                quantize1(v, maps, row, first, m, values, peaks[1, 0], t)
-                quantize2(v, maps, row, first, m, values, peaks[2, 0], t)
-                cuda.syncthreads()  # values and peaks are reused by the next block
+                quantize0(v, maps, row, first, m, values, peaks, t)
+                quantize1(v, maps, row, first, m, values, peaks, t)
+                quantize2(v, maps, row, first, m, values, peaks, t)
+                cuda.syncthreads()  # values and peaks are reused by the next walk
 
     return kernel

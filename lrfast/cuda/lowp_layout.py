@@ -1,27 +1,31 @@
-"""Checks and piece tables of calls with bfloat16/float16 arrays or q8 states.
+"""Checks and piece tables of calls with bfloat16/float16 arrays or q8/q4 states.
 
-A call is *low precision* when any of its arrays is 16-bit or a Q8State;
-other calls keep the C++ path's check (``lrfast._core.check``) and the
-one-dtype tables of :mod:`.layout`. The rules (DESIGN.md, "Precision"): a
+A call is *low precision* when any of its arrays is 16-bit, a Q8State or a
+Q4State; other calls keep the C++ path's check (``lrfast._core.check``) and
+the one-dtype tables of :mod:`.layout`. The rules (DESIGN.md, "Precision"): a
 param is float32, float64, bfloat16 or float16; its grad has its dtype, or
-float32 for a 16-bit param; a state is float32, bfloat16, the param's dtype
-or a Q8State (codes uint8 of the param's shape, absmax float32 of one value
-per 256 codes), signed in the slots whose values can be negative.
+float32 for a 16-bit param; a state is float32, bfloat16, the param's dtype,
+a Q8State (codes uint8 of the param's shape, absmax float32 of one value
+per 256 codes) or a Q4State (made for the param's shape; codes uint8 of
+``ceil(size / 2)`` bytes, absmax float32 of one value per 128 elements),
+signed in the slots whose values can be negative.
 :func:`check` applies them and the C++ path's generic checks (list lengths,
 shapes, contiguity, writeability, overlap) with the same messages, on host
 views of the interfaces: no device memory is read.
 
 Tables: the tensors of a step are grouped by their *kinds* (the dtype of each
-slot, q8 and its map included); each group is one launch of
+slot, q8 or q4 and its map included); each group is one launch of
 :mod:`.lowp_launch`. Arrays of different element sizes cannot share one typed
 view, so a group has one view per storage type (uint8 codes, 16-bit words,
 float32, float64), each spanning that type's arrays, and its table gives
 every slot's offset in its own view. A row is ``[length, position, param,
 grad, state0, state1, state2, absmax0, absmax1, absmax2]``: ``position`` is
 the piece's first element in the call's params laid end to end (stochastic
-rounding keys on it), ``absmaxN`` the index of the piece's first q8 block in
-the float32 view. Pieces start at multiples of ``Q8_CHUNK`` (a multiple of
-256) in groups with q8 states, so a q8 block never straddles two pieces.
+rounding keys on it), ``absmaxN`` the index of the piece's first q8 or q4
+block in the float32 view; a q4 state's column holds the byte of the piece's
+first code. Pieces start at multiples of ``Q8_CHUNK`` (a multiple of 256, so
+of q4's 128 too, and even) in groups with q8 or q4 states, so a block never
+straddles two pieces and a piece's first code is a byte's high nibble.
 """
 
 from __future__ import annotations
@@ -39,8 +43,10 @@ LENGTH, POSITION, PARAM, GRAD, STATE, ABSMAX = 0, 1, 2, 3, 4, 7
 WIDTH = 10
 
 # Slot kinds, compile-time constants of the kernels.
-NONE, F32, F64, F16, BF16, Q8_SIGNED, Q8_UNSIGNED = range(7)
+NONE, F32, F64, F16, BF16, Q8_SIGNED, Q8_UNSIGNED, Q4_SIGNED, Q4_UNSIGNED = range(9)
 Q8_KINDS = (Q8_SIGNED, Q8_UNSIGNED)
+Q4_KINDS = (Q4_SIGNED, Q4_UNSIGNED)
+LOW_BIT_KINDS = Q8_KINDS + Q4_KINDS
 
 # The views of a group, in the kernel's argument order.
 CODES, WORDS, HALVES, SINGLES, DOUBLES = range(5)
@@ -51,10 +57,10 @@ _KIND_OF_NAME = {"float32": F32, "float64": F64, "float16": F16, "bfloat16": BF1
 
 
 def involved(interfaces) -> bool:
-    """Whether a call's interfaces hold a 16-bit float or a q8 state."""
+    """Whether a call's interfaces hold a 16-bit float or a q8 or q4 state."""
     for seq in interfaces:
         for i in seq or ():
-            if (type(i) is layout.Q8Interface or i["typestr"] == "<f2"
+            if (type(i) is layout.LowBitInterface or i["typestr"] == "<f2"
                     or layout.DTYPE_KEY in i):
                 return True
     return False
@@ -93,10 +99,10 @@ def check(interfaces, names: tuple, grads_writeable: bool, slice_p: int | None =
             label, x = f"{name}[{t}]", seq[t]
             is_grad = grads_alone or s == 1
             written = not is_grad or grads_writeable
-            if type(x) is layout.Q8Interface:
+            if type(x) is layout.LowBitInterface:
                 if param is None or is_grad:
-                    raise TypeError(f"{label} is a q8 state; {name} must be arrays")
-                _check_q8(x, name, label, _state_of(param, slice_p), generic)
+                    raise TypeError(f"{label} is a q{x.bits} state; {name} must be arrays")
+                _check_low_bit(x, name, label, _state_of(param, slice_p), generic)
                 continue
             view, dtype = _host_view(x), layout.dtype_of(x)
             if dtype.name not in _FLOAT_NAMES or not dtype.isnative:
@@ -130,14 +136,23 @@ def _state_of(param: tuple, slice_p: int | None) -> tuple:
     return dtype, (-(-math.prod(shape) // slice_p),), f"the slice {label}.ravel()[::{slice_p}]"
 
 
-def _check_q8(x, name: str, label: str, param: tuple, generic) -> None:
+def _check_low_bit(x, name: str, label: str, param: tuple, generic) -> None:
+    """Checks a q8 or q4 state `x` of slot `name` against what it mirrors,
+    `param` (see _state_of), with the C++ path's messages where it has them."""
     p_dtype, p_shape, p_label = param
+    kind = f"q{x.bits}"
     if not x.signed and name in precision.SIGNED_STATES:
-        raise ValueError(f"{label}: an unsigned q8 state cannot hold values that can be "
-                         "negative; make it with zeros_state(param, 'q8', signed=True)")
-    blocks = -(-math.prod(p_shape) // precision.BLOCK)
-    for part, interface, dtype, shape in (("codes", x.codes, np.uint8, p_shape),
-                                          ("absmax", x.absmax, np.float32, (blocks,))):
+        raise ValueError(f"{label}: an unsigned {kind} state cannot hold values that can be "
+                         f"negative; make it with zeros_state(param, '{kind}', signed=True)")
+    size = math.prod(p_shape)
+    if x.bits == 8:
+        codes_shape, block = p_shape, precision.BLOCK
+    else:  # flat codes, two a byte: the shape it was made for is an attribute
+        if x.shape != p_shape:
+            raise ValueError(f"{label} has shape {x.shape} but {p_label} has shape {p_shape}")
+        codes_shape, block = ((size + 1) // 2,), precision.Q4_BLOCK
+    for part, interface, dtype, shape in (("codes", x.codes, np.uint8, codes_shape),
+                                          ("absmax", x.absmax, np.float32, (-(-size // block),))):
         view, got = _host_view(interface), layout.dtype_of(interface)
         if got != dtype:
             raise TypeError(f"{label}.{part} has dtype {got}; expected {np.dtype(dtype)}")
@@ -186,18 +201,20 @@ class LowpGroup:
 def _kind(interface) -> int:
     if interface is None:
         return NONE
-    if type(interface) is layout.Q8Interface:
-        return Q8_SIGNED if interface.signed else Q8_UNSIGNED
+    if type(interface) is layout.LowBitInterface:
+        if interface.bits == 8:
+            return Q8_SIGNED if interface.signed else Q8_UNSIGNED
+        return Q4_SIGNED if interface.signed else Q4_UNSIGNED
     return _KIND_OF_NAME[layout.dtype_of(interface).name]
 
 
-# The views holding a slot's arrays, by kind: a q8 state's codes, then absmax.
+# The views holding a slot's arrays, by kind: a q8 or q4 state's codes, then absmax.
 _VIEWS_OF_KIND = {NONE: (), F32: (SINGLES,), F64: (DOUBLES,), F16: (WORDS,), BF16: (WORDS,),
-                  Q8_SIGNED: (CODES, SINGLES), Q8_UNSIGNED: (CODES, SINGLES)}
+                  **{kind: (CODES, SINGLES) for kind in LOW_BIT_KINDS}}
 
 
 def _arrays(interface) -> tuple:
-    if type(interface) is layout.Q8Interface:
+    if type(interface) is layout.LowBitInterface:
         return (interface.codes, interface.absmax)
     return (interface,)
 
@@ -244,7 +261,7 @@ def _group(kinds, tensors, interfaces, names, sizes, positions, slice_p) -> Lowp
     if base[WORDS] is not None:  # float16 reads its words as halves too
         base[HALVES], end[HALVES] = base[WORDS], end[WORDS]
 
-    chunk = launch.Q8_CHUNK if any(k in Q8_KINDS for k in kinds) else launch.CHUNK
+    chunk = launch.Q8_CHUNK if any(k in LOW_BIT_KINDS for k in kinds) else launch.CHUNK
     lengths = np.array([sizes[t] for t in tensors], dtype=np.int64)
     counts = -(-lengths // chunk)
     owner = np.repeat(np.arange(len(tensors)), counts)
@@ -253,14 +270,22 @@ def _group(kinds, tensors, interfaces, names, sizes, positions, slice_p) -> Lowp
     table[:, LENGTH] = np.minimum(lengths[owner] - start, chunk)
     table[:, POSITION] = positions[tensors][owner] + start
     for s, kind in enumerate(kinds):
-        # A slot's array in its own column; a q8 state's absmax in an ABSMAX
-        # column, where a piece starts at its first block.
-        stride = slice_p if s < 2 else 1  # params and grads: the slice's elements
+        # A slot's array in its own column; a q8 or q4 state's absmax in an
+        # ABSMAX column, where a piece starts at its first block. Where the
+        # piece starts in the array: `start` elements in, times `stride` for
+        # the params and grads (the slice's elements), halved for q4 codes
+        # (two a byte; `start` is even), and start // block in absmax.
+        stride = slice_p if s < 2 else 1
+        block = precision.Q4_BLOCK if kind in Q4_KINDS else precision.BLOCK
         for column, view in zip((PARAM + s, ABSMAX + s - 2), _VIEWS_OF_KIND[kind]):
             itemsize = np.dtype(_VIEW_DTYPES[view]).itemsize
             first = (address[view, s][owner] - base[view]) // itemsize
-            table[:, column] = first + (stride * start if column < ABSMAX
-                                        else start // precision.BLOCK)
+            if column >= ABSMAX:
+                table[:, column] = first + start // block
+            elif kind in Q4_KINDS:
+                table[:, column] = first + start // 2
+            else:
+                table[:, column] = first + stride * start
     launch.counters["tables"] += 1
     views = tuple(_dummy(dtype) if base[v] is None else
                   layout.device_view(base[v], (end[v] - base[v]) // np.dtype(dtype).itemsize,

@@ -23,8 +23,8 @@ NumPy's pairwise sum, whose association depends only on their count. So the
 sums are bitwise the same for any launch configuration; they differ from the
 reference's (NumPy's dot and sum) in the order of summation only. Copying
 the partials back is a host synchronisation: the caller needs the sums to
-compute the new ``d``. With a q8 ``s`` a block walks its piece one q8 block
-at a time and re-quantizes each, as the step kernels do.
+compute the new ``d``. With a q8 or q4 ``s`` a block walks its piece one q8
+block at a time and re-quantizes it, as the step kernels do.
 """
 
 from __future__ import annotations
@@ -36,9 +36,9 @@ from numba import cuda, float32, float64
 
 from ..precision import BLOCK
 from . import launch, lowp
-from .lowp_launch import (_loader, _no_quantize, _q8_tables, _quantizer, _storer, load_maps,
-                          reduce_peaks, row_of)
-from .lowp_layout import LENGTH, Q8_KINDS, Q8_SIGNED
+from .lowp_launch import (_loader, _no_quantize, _quantizer, _storer, _tables, load_maps,
+                          peak_span, reduce_peaks, row_of)
+from .lowp_layout import LENGTH, LOW_BIT_KINDS
 
 THREADS = launch.THREADS
 
@@ -59,7 +59,7 @@ def run(hp: dict, groups, stream) -> tuple[float, float]:
             g.partials_host = cuda.pinned_array((2, g.n_pieces), np.float64)
         kernel = _kernel(coupled, g.kinds, g.arithmetic.name)
         launch.launch(kernel, g.n_pieces, stream, *g.views, g.table,
-                      tuple(g.arithmetic.type(s) for s in scalars), slice_p, _q8_tables(),
+                      tuple(g.arithmetic.type(s) for s in scalars), slice_p, _tables(),
                       g.partials)
         g.partials.copy_to_host(g.partials_host, stream=stream)
     stream.synchronize()
@@ -73,9 +73,11 @@ def _kernel(coupled_weight_decay: bool, kinds: tuple, arithmetic: str):
     load_p, load_g = _loader(kinds[0], 0, arith), _loader(kinds[1], 1, arith)
     load_s, load_p0 = _loader(kinds[2], 2, arith), _loader(kinds[3], 3, float64)
     store_s = _storer(kinds[2], 2)
-    q8_s = kinds[2] in Q8_KINDS
-    quantize_s = _quantizer(0, kinds[2] == Q8_SIGNED) if q8_s else _no_quantize
-    reads_q8 = q8_s or kinds[3] in Q8_KINDS
+    low_s = kinds[2] in LOW_BIT_KINDS
+    quantize_s = _quantizer(0, kinds[2]) if low_s else _no_quantize
+    reads_low_bit = low_s or kinds[3] in LOW_BIT_KINDS
+    span = peak_span(kinds[2:3])
+    spans = BLOCK // span  # s's extremes per walk
 
     @cuda.jit(device=True)
     def update(v, maps, row, i, slice_p, k):
@@ -91,15 +93,16 @@ def _kernel(coupled_weight_decay: bool, kinds: tuple, arithmetic: str):
         return s, dot
 
     @cuda.jit
-    def kernel(codes, words, halves, singles, doubles, table, k, slice_p, q8_tables, partials):
+    def kernel(codes, words, halves, singles, doubles, table, k, slice_p, tables, partials):
         v = (codes, words, halves, singles, doubles)
         t = cuda.threadIdx.x
-        maps = cuda.shared.array((4, BLOCK), float32)
-        values = cuda.shared.array((3, BLOCK), float32)  # a q8 block's new s (row 0)
-        peaks = cuda.shared.array((3, THREADS), float32)  # row 0: s's (reduce_peaks takes 3)
+        maps = cuda.shared.array((5, BLOCK), float32)
+        values = cuda.shared.array((1, BLOCK), float32)  # a walk's new s
+        peaks = cuda.shared.array((spans, 1, THREADS), float32)  # s's, per thread, then reduced
+        peak = cuda.local.array(spans, float32)  # this thread's
         sums = cuda.shared.array((2, THREADS), float64)
-        if reads_q8:
-            load_maps(maps, q8_tables, t)
+        if reads_low_bit:
+            load_maps(maps, tables, t)
         for c in range(cuda.blockIdx.x, table.shape[0], cuda.gridDim.x):
             row = row_of(table, c)
             n = row[LENGTH]
@@ -109,20 +112,22 @@ def _kernel(coupled_weight_decay: bool, kinds: tuple, arithmetic: str):
             # its elements t, t + THREADS, ... of the piece, in order.
             for first in range(0, n, BLOCK):
                 m = min(BLOCK, n - first)
-                peak = float32(0)
+                for h in range(spans):
+                    peak[h] = float32(0)
                 for j in range(t, m, THREADS):
                     s, term = update(v, maps, row, first + j, slice_p, k)
                     dot += term
                     s_abs += abs(float64(s))
-                    if q8_s:
+                    if low_s:
                         values[0, j] = float32(s)
-                        peak = lowp.extreme(peak, float32(s))
-                if q8_s:
-                    peaks[0, t] = peak
-                    peaks[1, t] = peaks[2, t] = float32(0)
+                        h = j // span if spans > 1 else 0  # q8: a constant index, a register
+                        peak[h] = lowp.extreme(peak[h], float32(s))
+                if low_s:
+                    for h in range(spans):
+                        peaks[h, 0, t] = peak[h]
                     reduce_peaks(peaks, t)
-                    quantize_s(v, maps, row, first, m, values, peaks[0, 0], t)
-                    cuda.syncthreads()  # values and peaks are reused by the next block
+                    quantize_s(v, maps, row, first, m, values, peaks, t)
+                    cuda.syncthreads()  # values and peaks are reused by the next walk
             sums[0, t] = dot
             sums[1, t] = s_abs
             cuda.syncthreads()
