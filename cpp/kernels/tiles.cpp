@@ -37,31 +37,6 @@ static bool all_bf16(const Operand* x) {
     return true;
 }
 
-// Bytes of m elements of an array from element lo on (q8, q4: their codes).
-static std::int64_t array_bytes(Storage s, std::int64_t m) {
-    switch (s) {
-        case Storage::f64: return 8 * m;
-        case Storage::f32: return 4 * m;
-        case Storage::q8_signed:
-        case Storage::q8_unsigned: return m;
-        case Storage::q4_signed:
-        case Storage::q4_unsigned: return (m + 1) / 2;
-        default: return 2 * m;
-    }
-}
-
-// Asks for the next tile's arrays, elements [lo, lo + m), while this tile
-// computes: a tile reads its arrays one after the other, between long runs of
-// arithmetic (q8 look-ups), which the hardware prefetchers do not run ahead of.
-static void prefetch_tile(const Operand* x, std::int64_t lo, std::int64_t m) {
-    for (int k = 0; k < kOperands; ++k) {
-        if (x[k].data == nullptr) continue;
-        const char* first = static_cast<const char*>(x[k].data) + array_bytes(x[k].storage, lo);
-        for (std::int64_t b = 0; b < array_bytes(x[k].storage, m); b += 64)
-            __builtin_prefetch(first + b, 1);
-    }
-}
-
 template <class T, class P>
 static void tiled(UpdateFn<P, T> update, const P& hp, const MixedTensor& tensor,
                   std::int64_t lo, std::int64_t n) {
@@ -84,7 +59,6 @@ static void tiled(UpdateFn<P, T> update, const P& hp, const MixedTensor& tensor,
     alignas(64) std::uint32_t random[kTile];
     for (std::int64_t at = 0; at < n; at += kTile) {
         const std::int64_t m = n - at < kTile ? n - at : kTile;
-        if (at + m < n) prefetch_tile(x, lo + at + m, n - at - m < kTile ? n - at - m : kTile);
         T* v[kOperands];
         for (int k = 0; k < kOperands; ++k) {
             if (x[k].data == nullptr) {
