@@ -9,12 +9,13 @@ Arguments: every tensor argument takes one array or a list/tuple of arrays
 bfloat16 (``ml_dtypes.bfloat16``, or a torch tensor) or float16; a grad has
 its param's dtype, or float32 for a 16-bit param; each state is float32, the
 param's dtype, bfloat16 (float64 only with float64 params) or a
-:class:`lrfast.Q8State` (8-bit block-wise codes, made by
-:func:`lrfast.zeros_state`), and a list may mix them. A q8 state made with
-``signed=False`` is refused in a slot whose values can be negative (momentum
-buffers, first moments, RMSprop's grad averages). Arithmetic runs in float32
-(float64 for float64 params); a q8 state is dequantized, updated and
-re-quantized block by block with its new absmax in the same pass, and the
+:class:`lrfast.Q8State` or :class:`lrfast.Q4State` (8- and 4-bit block-wise
+codes, made by :func:`lrfast.zeros_state`), and a list may mix them. A q8 or
+q4 state made with ``signed=False`` is refused in a slot whose values can be
+negative (momentum buffers, first moments, RMSprop's grad averages).
+Arithmetic runs in float32 (float64 for float64 params); a low-bit state is
+dequantized, updated and re-quantized block by block with its new scale
+(``absmax``) in the same pass, and the
 param update uses the new moments before they are stored. Every 16-bit value
 written rounds to nearest even, except 16-bit params with
 ``stochastic_rounding=True``: they round stochastically, with random bits
@@ -65,7 +66,7 @@ def sgd_step(params: Tensors, grads: Tensors, momentum_buffers: States | None = 
     (the same first step when ``dampening == 0``).
 
     ``momentum_buffers`` may be float32, the param's dtype, bfloat16 or a signed
-    q8 state. ``stochastic_rounding=True`` rounds 16-bit params stochastically
+    q8 or q4 state. ``stochastic_rounding=True`` rounds 16-bit params stochastically
     with random bits of (``seed``, ``step``, position); with ``step=None`` the
     hash uses step 0, the same bits at every call unless ``seed`` changes (see
     the module docstring).
@@ -120,7 +121,7 @@ def adam_step(params: Tensors, grads: Tensors, exp_avgs: States, exp_avg_sqs: St
     ``max_exp_avg_sqs`` (``vmax``), needed only when ``amsgrad``. ``step`` is
     the 1-based index of this update (the bias corrections).
 
-    Each state may be float32, the param's dtype, bfloat16 or a q8 state
+    Each state may be float32, the param's dtype, bfloat16, a q8 or a q4 state
     (``exp_avgs`` signed; ``exp_avg_sqs`` and ``max_exp_avg_sqs`` signed or
     unsigned). ``stochastic_rounding=True`` rounds 16-bit params stochastically
     with random bits of (``seed``, ``step``, position); see the module docstring.
@@ -195,7 +196,7 @@ def rmsprop_step(params: Tensors, grads: Tensors, square_avgs: States,
     step): ``square_avgs`` (``s``), ``momentum_buffers`` (``b``, needed when
     ``momentum > 0``), ``grad_avgs`` (``a``, needed when ``centered``).
 
-    Each state may be float32, the param's dtype, bfloat16 or a q8 state
+    Each state may be float32, the param's dtype, bfloat16, a q8 or a q4 state
     (``square_avgs`` signed or unsigned; ``momentum_buffers`` and ``grad_avgs``
     signed). ``stochastic_rounding=True`` rounds 16-bit params stochastically
     with random bits of (``seed``, position): there is no step, the hash uses
@@ -239,7 +240,7 @@ def adagrad_step(params: Tensors, grads: Tensors, state_sums: States, *, lr: Rea
     zeros, or torch's ``initial_accumulator_value``, before the first step).
     ``step`` is the 1-based index of this update (the rate's decay).
 
-    ``state_sums`` may be float32, the param's dtype, bfloat16 or a q8 state
+    ``state_sums`` may be float32, the param's dtype, bfloat16, a q8 or a q4 state
     (signed or unsigned). ``stochastic_rounding=True`` rounds 16-bit params
     stochastically with random bits of (``seed``, ``step``, position); see the
     module docstring.
@@ -277,7 +278,7 @@ def adadelta_step(params: Tensors, grads: Tensors, square_avgs: States, acc_delt
     State (one array per param, its shape and dtype, zeros before the first
     step): ``square_avgs`` (``s``) and ``acc_deltas`` (``u``).
 
-    Each state may be float32, the param's dtype, bfloat16 or a q8 state
+    Each state may be float32, the param's dtype, bfloat16, a q8 or a q4 state
     (signed or unsigned). ``stochastic_rounding=True`` rounds 16-bit params
     stochastically with random bits of (``seed``, position): there is no step,
     the hash uses step 0, so a caller varying nothing gets the same bits at

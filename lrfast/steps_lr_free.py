@@ -40,7 +40,7 @@ def lion_step(params: Tensors, grads: Tensors, exp_avgs: States, *, lr: Real = 1
 
     with ``sign(0) = 0``. ``lr`` must be > 0. State: ``exp_avgs`` (``m``: one
     array per param, its shape, zeros before the first step): float32, the
-    param's dtype, bfloat16 or a signed q8 state. There is no step: with
+    param's dtype, bfloat16 or a signed q8 or q4 state. There is no step: with
     ``stochastic_rounding=True`` the hash uses step 0, so vary ``seed`` per
     call (see :mod:`lrfast.steps`).
 
@@ -77,7 +77,7 @@ def schedulefree_sgd_step(params: Tensors, grads: Tensors, zs: States, *, lr: Re
 
     ``ckp1`` in [0, 1], ``momentum`` in (0, 1). State: ``zs`` (``z``: one
     array per param, its shape, a copy of the param before the first step):
-    float32, the param's dtype, bfloat16 or a signed q8 state. ``step`` (>= 1)
+    float32, the param's dtype, bfloat16 or a signed q8 or q4 state. ``step`` (>= 1)
     only feeds the stochastic-rounding hash (step 0 when None).
 
     >>> import numpy as np, lrfast
@@ -119,7 +119,7 @@ def schedulefree_adamw_step(params: Tensors, grads: Tensors, zs: States, exp_avg
     ``beta1`` in (0, 1) (only the interpolation: there is no first moment).
     State (one array per param, its shape): ``zs`` (``z``, a copy of the
     param before the first step; float32, the param's dtype, bfloat16 or a
-    signed q8 state) and ``exp_avg_sqs`` (``v``, zeros; also an unsigned q8
+    signed q8 or q4 state) and ``exp_avg_sqs`` (``v``, zeros; also an unsigned q8 or q4
     state).
 
     >>> import numpy as np, lrfast
@@ -209,7 +209,7 @@ def prodigy_reduce(params: Tensors, grads: Tensors, ss: States, p0s: States, *, 
     bitwise the same for any thread count and ISA (and equal to the
     reference's up to the order of summation). State per tensor, 1-D of the
     slice's length ``ceil(param.size / slice_p)``: ``ss`` (``s``, zeros before
-    the first step; float32, the param's dtype, bfloat16 or a signed q8 state)
+    the first step; float32, the param's dtype, bfloat16 or a signed q8 or q4 state)
     and ``p0s`` (``p0``, the slice of the param at its first step, in the
     param's dtype). Reads the grads and the slices of the params; writes
     only ``s``.
@@ -255,8 +255,8 @@ def prodigy_update(params: Tensors, grads: Tensors, exp_avgs: States | None,
 
     ``eps`` must be > 0. State (one array per param, its shape, zeros before
     the first step): ``exp_avgs`` (``m``; None when ``beta1 == 0``; float32,
-    the param's dtype, bfloat16 or a signed q8 state) and ``exp_avg_sqs``
-    (``v``; also an unsigned q8 state). There is no step: with
+    the param's dtype, bfloat16 or a signed q8 or q4 state) and ``exp_avg_sqs``
+    (``v``; also an unsigned q8 or q4 state). There is no step: with
     ``stochastic_rounding=True`` vary ``seed`` per call.
 
     >>> import numpy as np, lrfast
