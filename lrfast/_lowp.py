@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from .precision import Q8_MIN_SIZE, quantize_blockwise, quantize_blockwise_q4, unpack_nibbles
+from .precision import Q8_MIN_SIZE, quantize_low_bit, unpack_nibbles
 
 STATE_DTYPES = (None, "float32", "bfloat16", "q8", "q4")
 _CHOICES = "None (the param's dtype), 'float32', 'bfloat16', 'q8' or 'q4'"
@@ -43,12 +43,10 @@ def low_bit_constant(kind: str, value: float, signed: bool) -> tuple[int, float]
     """(code byte, absmax) of every element (q8) or byte (q4: two equal codes)
     and block of a low-bit state holding ``value`` everywhere, e.g. Adagrad's
     ``initial_accumulator_value``."""
-    x = np.array([value], np.float32)
+    codes, absmax = quantize_low_bit(kind, np.array([value], np.float32), signed)
     if kind == "q8":
-        codes, absmax = quantize_blockwise(x, signed)
         return int(codes[0]), float(absmax[0])
-    packed, absmax = quantize_blockwise_q4(x, signed)
-    code = int(unpack_nibbles(packed, 1)[0])
+    code = int(unpack_nibbles(codes, 1)[0])
     return code << 4 | code, float(absmax[0])
 
 

@@ -110,8 +110,8 @@ from ._kernel import Kernel, Piece, Slot, Update
 from ._lion import LION
 from ._backend import tensors
 from .clip import clip_coefficient, clip_grad_value, global_norm
-from .precision import (BLOCK, Q4_BLOCK, SIGNED_STATES, Q4State, Q8State, bfloat16,
-                        quantize_blockwise, quantize_blockwise_q4)
+from .precision import (SIGNED_STATES, Q4State, Q8State, bfloat16, low_bit_shapes,
+                        quantize_low_bit)
 from .schedules import ReduceLROnPlateau, Schedule, from_dict
 
 __all__ = ["Optimizer", "SGD", "Adam", "AdamW", "RMSprop", "Adagrad", "Adadelta", "Lion",
@@ -601,10 +601,9 @@ class _StateLayout:
         self.signed = name in SIGNED_STATES
         self.parts: dict[str, tuple[tuple[int, ...], np.dtype]]
         if self.kind is not None:
-            q8 = self.kind == "q8"
-            blocks = -(-size // (BLOCK if q8 else Q4_BLOCK))
-            self.parts = {"codes": (shape if q8 else ((size + 1) // 2,), np.dtype(np.uint8)),
-                          "absmax": ((blocks,), np.dtype(np.float32))}
+            codes_shape, absmax_shape = low_bit_shapes(self.kind, shape)
+            self.parts = {"codes": (codes_shape, np.dtype(np.uint8)),
+                          "absmax": (absmax_shape, np.dtype(np.float32))}
         elif state_dtype is None:
             self.parts = {"": (shape, param.dtype)}
         else:  # "float32", "bfloat16", and low bits for tensors too small to quantize
@@ -616,8 +615,7 @@ class _StateLayout:
         if self.kind is not None:
             (codes_shape, _), (blocks, _) = self.parts["codes"], self.parts["absmax"]
             if np.ndim(start):
-                quantize = quantize_blockwise if self.kind == "q8" else quantize_blockwise_q4
-                codes, absmax = quantize(start, self.signed)
+                codes, absmax = quantize_low_bit(self.kind, start, self.signed)
                 return self.join({"codes": codes.reshape(codes_shape), "absmax": absmax})
             code, absmax = _lowp.low_bit_constant(self.kind, start, self.signed)
             return self.join({"codes": np.full(codes_shape, code, np.uint8),

@@ -202,8 +202,26 @@ SIGNED_STATES = frozenset({"momentum_buffers", "exp_avgs", "grad_avgs",
                            "zs", "ss", "p0s"})  # schedule-free's z, Prodigy's s and p0
 
 
-def _blocks(n):
-    return -(-n // BLOCK)
+def _blocks(n, block=BLOCK):
+    return -(-n // block)
+
+
+def low_bit_shapes(kind, shape):
+    """``(codes shape, absmax shape)`` of a ``"q8"`` or ``"q4"`` state of a
+    param of ``shape``: q8 codes have the param's shape, q4 codes are flat,
+    two a byte; one absmax per block."""
+    size = int(np.prod(shape))
+    if kind == "q8":
+        return tuple(shape), (_blocks(size),)
+    return ((size + 1) // 2,), (_blocks(size, Q4_BLOCK),)
+
+
+def quantize_low_bit(kind, x, signed=True):
+    """``(codes, absmax)`` of ``x`` as a ``"q8"`` or ``"q4"`` state, the codes
+    in :func:`low_bit_shapes`' shape."""
+    if kind == "q8":
+        return quantize_blockwise(x, signed)
+    return quantize_blockwise_q4(x, signed)
 
 
 def quantize_blockwise(x, signed=True):
@@ -340,6 +358,17 @@ def _writeable_c_array(x, name, dtype):
     return shape
 
 
+def _state_arrays(codes, absmax):
+    """The shapes of a low-bit state's codes and absmax, once each is checked
+    and both are on one device."""
+    codes_shape = _writeable_c_array(codes, "codes", np.uint8)
+    absmax_shape = _writeable_c_array(absmax, "absmax", np.float32)
+    if isinstance(codes, np.ndarray) != isinstance(absmax, np.ndarray):
+        raise TypeError("absmax: expected an array on the device of codes "
+                        "(both NumPy arrays, or both CUDA device arrays)")
+    return codes_shape, absmax_shape
+
+
 def _host_arrays(state):
     """A low-bit state's codes and absmax as NumPy arrays (host copies of
     device arrays)."""
@@ -365,11 +394,7 @@ class Q8State:
     __slots__ = ("codes", "absmax", "signed")
 
     def __init__(self, codes, absmax, signed=True):
-        shape = _writeable_c_array(codes, "codes", np.uint8)
-        absmax_shape = _writeable_c_array(absmax, "absmax", np.float32)
-        if isinstance(codes, np.ndarray) != isinstance(absmax, np.ndarray):
-            raise TypeError("absmax: expected an array on the device of codes "
-                            "(both NumPy arrays, or both CUDA device arrays)")
+        shape, absmax_shape = _state_arrays(codes, absmax)
         blocks = _blocks(int(np.prod(shape)))
         if len(absmax_shape) != 1 or absmax_shape[0] != blocks:
             raise ValueError(f"absmax: expected {blocks} values (one per block of "
@@ -420,16 +445,11 @@ class Q4State:
                 for d in shape):
             raise TypeError(f"shape: expected a tuple of non-negative ints, got {shape!r}")
         self._shape = tuple(int(d) for d in shape)
-        size = int(np.prod(self._shape))
-        codes_shape = _writeable_c_array(codes, "codes", np.uint8)
-        absmax_shape = _writeable_c_array(absmax, "absmax", np.float32)
-        if isinstance(codes, np.ndarray) != isinstance(absmax, np.ndarray):
-            raise TypeError("absmax: expected an array on the device of codes "
-                            "(both NumPy arrays, or both CUDA device arrays)")
-        if tuple(codes_shape) != ((size + 1) // 2,):
-            raise ValueError(f"codes: expected {(size + 1) // 2} bytes (two codes a byte) in a "
+        codes_shape, absmax_shape = _state_arrays(codes, absmax)
+        (code_bytes,), (blocks,) = low_bit_shapes("q4", self._shape)
+        if tuple(codes_shape) != (code_bytes,):
+            raise ValueError(f"codes: expected {code_bytes} bytes (two codes a byte) in a "
                              f"1-D array for shape {self._shape}, got shape {tuple(codes_shape)}")
-        blocks = -(-size // Q4_BLOCK)
         if tuple(absmax_shape) != (blocks,):
             raise ValueError(f"absmax: expected {blocks} values (one per block of "
                              f"{Q4_BLOCK} elements), got shape {tuple(absmax_shape)}")
@@ -443,8 +463,8 @@ class Q4State:
 
     @property
     def nbytes(self):
-        n = int(np.prod(self._shape))
-        return (n + 1) // 2 + 4 * -(-n // Q4_BLOCK)
+        (code_bytes,), (blocks,) = low_bit_shapes("q4", self._shape)
+        return code_bytes + 4 * blocks
 
     def dequantize(self):
         """The values as a new float32 NumPy array of the state's shape (from
@@ -521,8 +541,9 @@ def zeros_state(param, dtype=None, *, signed=True):
     if dtype == "q4":
         if size < Q8_MIN_SIZE:
             return full(shape, 0, np.dtype(np.float32))
-        codes = full(((size + 1) // 2,), 0x77 if signed else 0, np.dtype(np.uint8))
-        return Q4State(codes, full((-(-size // Q4_BLOCK),), 0, np.dtype(np.float32)), shape, signed)
+        codes_shape, absmax_shape = low_bit_shapes("q4", shape)
+        codes = full(codes_shape, 0x77 if signed else 0, np.dtype(np.uint8))
+        return Q4State(codes, full(absmax_shape, 0, np.dtype(np.float32)), shape, signed)
     if dtype == "float32":
         return full(shape, 0, np.dtype(np.float32))
     if dtype == "bfloat16":

@@ -102,8 +102,8 @@ import torch
 from . import _hparams, _lowp, _prodigy, _schedulefree, cuda
 from ._kernel import Kernel, Piece, Slot, Update
 from .optim import KERNELS
-from .precision import (BLOCK, Q4_BLOCK, SIGNED_STATES, Q4State, Q8State, bfloat16,
-                        create_q4_map, quantize_blockwise, quantize_blockwise_q4)
+from .precision import (Q4_BLOCK, SIGNED_STATES, Q4State, Q8State, bfloat16, create_q4_map,
+                        low_bit_shapes, quantize_low_bit)
 
 __all__ = ["SGD", "Adam", "AdamW", "RMSprop", "Adagrad", "Adadelta", "Lion", "ScheduleFreeSGD",
            "ScheduleFreeAdamW", "Prodigy"]
@@ -239,17 +239,14 @@ def _new_state(p: torch.Tensor, name: str, state_dtype, slot: Slot, hparams, sta
     kind = _lowp.low_bit(state_dtype, math.prod(shape))
     if kind is not None:
         signed = name in SIGNED_STATES
-        size = math.prod(shape)
-        codes_shape = shape if kind == "q8" else ((size + 1) // 2,)
+        codes_shape, absmax_shape = low_bit_shapes(kind, shape)
         if values is None:
             code, absmax = _lowp.low_bit_constant(kind, start, signed)
-            blocks = -(-size // (BLOCK if kind == "q8" else Q4_BLOCK))
             codes = torch.full(codes_shape, code, dtype=torch.uint8, device=p.device)
-            absmaxes = torch.full((blocks,), absmax, dtype=torch.float32, device=p.device)
+            absmaxes = torch.full(absmax_shape, absmax, dtype=torch.float32, device=p.device)
         else:
-            quantize = quantize_blockwise if kind == "q8" else quantize_blockwise_q4
-            codes, absmaxes = (torch.from_numpy(a).to(p.device) for a in quantize(
-                values.float().cpu().numpy(), signed))
+            codes, absmaxes = (torch.from_numpy(a).to(p.device) for a in quantize_low_bit(
+                kind, values.float().cpu().numpy(), signed))
         entries = {f"{key}_codes": codes.reshape(codes_shape), f"{key}_absmax": absmaxes,
                    f"{key}_signed": signed}
         if kind == "q4":
@@ -291,14 +288,12 @@ def _check_state(p: torch.Tensor, state, key: str, where: str, shape, param_dtyp
     the state must have the parameter's dtype)."""
     if _is_low_bit(state, key):
         q4 = f"{key}_shape" in state
-        size = math.prod(shape)
         if q4 and tuple(state[f"{key}_shape"]) != tuple(shape):
             raise ValueError(f"{where}: q4 state {key!r} has {key}_shape "
                              f"{state[f'{key}_shape']!r}; its parameter needs {tuple(shape)}")
-        blocks = -(-size // (Q4_BLOCK if q4 else BLOCK))
-        codes_shape = ((size + 1) // 2,) if q4 else shape
+        codes_shape, absmax_shape = low_bit_shapes("q4" if q4 else "q8", shape)
         want = {f"{key}_codes": (torch.uint8, codes_shape),
-                f"{key}_absmax": (torch.float32, (blocks,))}
+                f"{key}_absmax": (torch.float32, absmax_shape)}
         if not isinstance(state.get(f"{key}_signed"), bool):
             raise ValueError(f"{where}: {'q4' if q4 else 'q8'} state {key!r} needs a bool "
                              f"{key}_signed, got {state.get(f'{key}_signed')!r}")

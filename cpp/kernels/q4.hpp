@@ -24,18 +24,20 @@ inline void dequantize_q4(const Operand& x, std::int64_t lo, std::int64_t n, T* 
     const Q4Table& table = q4_table(x);
     const std::uint8_t* __restrict bytes = static_cast<const std::uint8_t*>(x.data) + lo / 2;
     const float* absmax = x.absmax + lo / kQ4Block;
+#if defined(__AVX2__)
+    const __m256 low_map = _mm256_loadu_ps(table.map), high_map = _mm256_loadu_ps(table.map + 8);
+    // 4 bytes -> 8 lanes: each byte twice, then its high nibble in even lanes, low in odd
+    const __m128i twice = _mm_setr_epi8(0, 0, 1, 1, 2, 2, 3, 3, 0, 0, 0, 0, 0, 0, 0, 0);
+    const __m256i shift = _mm256_setr_epi32(4, 0, 4, 0, 4, 0, 4, 0);
+    const __m256i nibble = _mm256_set1_epi32(15);
+#endif
     for (std::int64_t b = 0; b * kQ4Block < n; ++b) {
         const std::int64_t end = (b + 1) * kQ4Block < n ? (b + 1) * kQ4Block : n;
         const float scale = absmax[b];
         std::int64_t i = b * kQ4Block;
 #if defined(__AVX2__)
         if constexpr (std::is_same_v<T, float>) {
-            const __m256 low_map = _mm256_loadu_ps(table.map), high_map = _mm256_loadu_ps(table.map + 8);
             const __m256 s = _mm256_set1_ps(scale);
-            // 4 bytes -> 8 lanes: each byte twice, then its high nibble in even lanes, low in odd
-            const __m128i twice = _mm_setr_epi8(0, 0, 1, 1, 2, 2, 3, 3, 0, 0, 0, 0, 0, 0, 0, 0);
-            const __m256i shift = _mm256_setr_epi32(4, 0, 4, 0, 4, 0, 4, 0);
-            const __m256i nibble = _mm256_set1_epi32(15);
             for (; i + 8 <= end; i += 8) {
                 int four;
                 __builtin_memcpy(&four, bytes + i / 2, sizeof four);

@@ -37,7 +37,7 @@ from numba.types import float16
 from ..precision import BLOCK, Q4_BLOCK
 from . import launch, lowp
 from .lowp_layout import (ABSMAX, BF16, CODES, DOUBLES, F16, F32, F64, HALVES, LENGTH,
-                          LOW_BIT_KINDS, NONE, PARAM, POSITION, Q4_KINDS, Q4_SIGNED, Q4_UNSIGNED,
+                          LOW_BIT_KINDS, NONE, PARAM, POSITION, Q4_KINDS, Q4_SIGNED,
                           Q8_SIGNED, Q8_UNSIGNED, SINGLES, WORDS)
 
 THREADS = launch.THREADS

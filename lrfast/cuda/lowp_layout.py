@@ -193,10 +193,6 @@ class LowpGroup:
     partials: object = None  # Prodigy's reduction: scratch space for its sums (made on first use)
     partials_host: np.ndarray | None = None
 
-    @property
-    def has_q8(self) -> bool:
-        return any(k in Q8_KINDS for k in self.kinds)
-
 
 def _kind(interface) -> int:
     if interface is None:

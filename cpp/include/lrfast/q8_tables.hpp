@@ -1,7 +1,8 @@
 // The lookup tables of q8 states (lrfast.precision: block-wise dynamic
-// quantization with bitsandbytes' maps), built once at import from the maps
-// that CMake copies out of lrfast/precision.py, and those of q4 states. Plain data, shared by every
-// ISA's kernels (cpp/kernels/q8.hpp).
+// quantization with bitsandbytes' maps) and of q4 states (torchao's maps),
+// built once at import from the maps that CMake copies out of
+// lrfast/precision.py. Plain data, shared by every ISA's kernels
+// (cpp/kernels/q8.hpp, cpp/kernels/q4.hpp).
 #pragma once
 
 #include <cstdint>
