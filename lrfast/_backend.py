@@ -4,9 +4,17 @@ Both back ends expose the same functions as ``lrfast._core``: one per kernel
 in optimizers.def taking ``(arrays, names, hparams)``, and ``global_norm``,
 ``clip_grad_norm``, ``clip_grad_value``. The array checks, and the refusal of
 host and device arrays mixed in one call, happen inside the back end.
+
+Inside :func:`checks_only` a step function validates everything it would
+validate (hyperparameters, then the arrays, through the back end's
+``check``) and returns without running: the optimizer classes check every
+param group's call that way before the first one writes.
 """
 
 from __future__ import annotations
+
+import contextlib
+import contextvars
 
 import numpy as np
 
@@ -31,6 +39,19 @@ def for_arrays(first_list):
     return _core
 
 
+_checking = contextvars.ContextVar("lrfast_checks_only", default=False)
+
+
+@contextlib.contextmanager
+def checks_only():
+    """Within it, :func:`run` checks its call and runs nothing (a reduction returns zeros)."""
+    token = _checking.set(True)
+    try:
+        yield
+    finally:
+        _checking.reset(token)
+
+
 def run(kernel: str, hparams: dict, arrays: dict, required: tuple[str, ...]):
     """Calls `kernel` on `arrays` (argument name -> one array, a sequence, or
     None for a state the options leave unused); `required` names the arguments
@@ -41,4 +62,13 @@ def run(kernel: str, hparams: dict, arrays: dict, required: tuple[str, ...]):
         if value is None and name in required:
             raise ValueError(f"{name} is required with these options")
         seqs.append(tensors(name, value))
-    return getattr(for_arrays(seqs[0]), kernel)(tuple(seqs), tuple(arrays), hparams)
+    backend = for_arrays(seqs[0])
+    if not _checking.get():
+        return getattr(backend, kernel)(tuple(seqs), tuple(arrays), hparams)
+    # Prodigy's reduction takes states of the slice param.ravel()[::slice_p]
+    slice_p = int(hparams["slice_p"]) if kernel == "prodigy_reduce" else 0
+    if backend is _core:
+        _core.check(tuple(seqs), tuple(arrays), False, True, slice_p)
+    else:
+        backend.check(tuple(seqs), tuple(arrays), slice_p)
+    return (0.0, 0.0) if kernel == "prodigy_reduce" else None

@@ -150,9 +150,23 @@ def open_unit_interval(name: str, value) -> float:
     return v
 
 
+_FLOAT32_MAX = 3.4028234663852886e38
+
+
+def gradient_factor(grad_scale) -> float:
+    """``grad_scale``: a finite number that float32 holds (the kernels of
+    float32 and 16-bit params multiply in float32, where 1e300 is inf and
+    would turn every state it touches into inf or NaN)."""
+    scale = finite("grad_scale", grad_scale)
+    if abs(scale) > _FLOAT32_MAX:
+        raise ValueError(f"grad_scale must lie within float32's range (|grad_scale| <= "
+                         f"3.4028235e+38), got {grad_scale!r}")
+    return scale
+
+
 def signed_scale(grad_scale, maximize) -> float:
     """The gradient multiplier, negated for maximize (negation is exact)."""
-    scale = finite("grad_scale", grad_scale)
+    scale = gradient_factor(grad_scale)
     return -scale if flag("maximize", maximize) else scale
 
 

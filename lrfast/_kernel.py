@@ -13,10 +13,12 @@ Prodigy's ``d``) subclass :class:`Kernel` in their own modules.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from typing import Callable, Mapping, MutableMapping, NamedTuple, Sequence
 
 from . import _hparams
+from ._backend import checks_only
 
 
 @dataclass(frozen=True)
@@ -131,11 +133,41 @@ class Kernel:
                 self.validate(update.hparams, update.lr)
 
     def run(self, groups: Sequence[MutableMapping], updates: Sequence[Update],
-            grad_scale: float = 1.0) -> None:
-        """Applies one update (checked by :meth:`check`): a call per piece."""
+            grad_scale: float = 1.0, grad_norm: float | None = None) -> None:
+        """Applies one update (checked by :meth:`check` and :meth:`preflight`):
+        a call per piece. ``grad_norm``, the gradients' global norm when the
+        caller has computed it, is for kernels that refuse non-finite ones."""
         for update in updates:
             for piece in update.pieces:
-                self(piece.params, piece.grads, piece.states,
-                     {**update.hparams, **piece.rounding}, lr=update.lr, step=piece.step,
-                     grad_scale=grad_scale)
+                self._apply(update, piece, grad_scale)
                 piece.done(True)
+
+    def _apply(self, update: Update, piece: Piece, grad_scale: float) -> None:
+        self(piece.params, piece.grads, piece.states, {**update.hparams, **piece.rounding},
+             lr=update.lr, step=piece.step, grad_scale=grad_scale)
+
+    def preflight(self, groups: Sequence[Mapping], updates: Sequence[Update],
+                  grad_scale: float = 1.0, *, first_checks_itself: bool = True) -> None:
+        """Runs the checks of every call :meth:`run` would make but the
+        first (which checks its arrays before it writes; all of them unless
+        ``first_checks_itself``), writing nothing: an
+        error in a later group's arrays (a state changed in place, a param
+        reshaped) then comes before the first group is written, and names
+        the group."""
+        pieces = [(update, piece) for update in updates for piece in update.pieces]
+        if first_checks_itself:
+            pieces = pieces[1:]
+        with checks_only():
+            for update, piece in pieces:
+                with naming_group(groups, update.group):
+                    self._apply(update, piece, grad_scale)
+
+
+@contextlib.contextmanager
+def naming_group(groups: Sequence[Mapping], group: Mapping):
+    """Prefixes the message of a TypeError or ValueError with the group's index."""
+    try:
+        yield
+    except (TypeError, ValueError) as exc:
+        index = next(i for i, g in enumerate(groups) if g is group)
+        raise type(exc)(f"param group {index}: {exc}") from None

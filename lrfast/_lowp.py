@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from .precision import Q8_MIN_SIZE, quantize_low_bit, unpack_nibbles
+from .precision import Q8_MIN_SIZE, mix_seed, quantize_low_bit, unpack_nibbles
 
 STATE_DTYPES = (None, "float32", "bfloat16", "q8", "q4")
 _CHOICES = "None (the param's dtype), 'float32', 'bfloat16', 'q8' or 'q4'"
@@ -50,12 +50,16 @@ def low_bit_constant(kind: str, value: float, signed: bool) -> tuple[int, float]
     return code << 4 | code, float(absmax[0])
 
 
-def rounding(stochastic_rounding: bool, seed: int, completed: int) -> dict[str, Any]:
+def rounding(stochastic_rounding: bool, seed: int, completed: int, group: int,
+             first: int = 0) -> dict[str, Any]:
     """The rounding keywords of the step function call for the update that
-    follows ``completed`` ones. The seed moves with every update because the
-    random bits hash (seed, step) and some steps pass no step (rmsprop,
-    adadelta, sgd): a fixed seed would round every update alike. Round to
-    nearest even, the step functions' default, needs no keywords."""
+    follows ``completed`` ones, over the params of param group ``group``
+    from its ``first`` (in lrfast.torch, of those with a gradient). The
+    random bits hash (seed, step, the position in the call): the seed is
+    :func:`lrfast.precision.mix_seed` of all three, so that every call of
+    every update draws its own bits (positions restart at 0 in each call,
+    and some steps pass no step). Round to nearest even, the step
+    functions' default, needs no keywords."""
     if not stochastic_rounding:
         return {}
-    return {"stochastic_rounding": True, "seed": (seed + completed) % 2**64}
+    return {"stochastic_rounding": True, "seed": mix_seed(seed, completed, group, first)}

@@ -22,12 +22,14 @@ decoupled weight decay; otherwise it keeps moving such params).
 
 from __future__ import annotations
 
-
+import math
 from dataclasses import dataclass
 from typing import Mapping, MutableMapping, Sequence
 
 from . import _hparams, steps_lr_free
-from ._kernel import Kernel, Slot, Update
+from ._backend import checks_only
+from ._kernel import Kernel, Slot, Update, naming_group
+from .clip import global_norm
 from .reference_lr_free import prodigy_d_update, prodigy_dlr
 
 SHARED = ("betas", "beta3", "d0", "d_coef", "growth_rate", "decouple", "use_bias_correction")
@@ -86,14 +88,46 @@ class ProdigyKernel(Kernel):
                                      decouple=shared["decouple"], maximize=own["maximize"],
                                      grad_scale=grad_scale, **rounding)
 
+    def preflight(self, groups: Sequence[Mapping], updates: Sequence[Update],
+                  grad_scale: float = 1.0, *, first_checks_itself: bool = True) -> None:
+        """The checks of every call :meth:`run` makes after the first one
+        (the first reduction, which checks before it writes): the other
+        reductions and every update pass, which follows the reductions' writes."""
+        active = [(update, piece) for update in updates if update.lr > 0
+                  for piece in update.pieces]
+        shared = updates[0].hparams
+        d = shared["d"]
+        first = first_checks_itself
+        with checks_only():
+            for update, piece in active:
+                with naming_group(groups, update.group):
+                    if not first:
+                        self._reduce(piece.params, piece.grads, piece.states["ss"],
+                                     piece.states["p0s"], shared, update.hparams, d=d,
+                                     dlr=0.0, grad_scale=grad_scale)
+                    self._update(piece.params, piece.grads, piece.states, shared,
+                                 update.hparams, d=d, d_new=d, dlr=0.0,
+                                 grad_scale=grad_scale, rounding=piece.rounding)
+                first = False
+
     def run(self, groups: Sequence[MutableMapping], updates: Sequence[Update],
-            grad_scale: float = 1.0) -> None:
+            grad_scale: float = 1.0, grad_norm: float | None = None) -> None:
+        """One step; first, the gradients must be finite (``grad_norm``: their
+        global norm, if the caller has it): one inf or NaN would make
+        ``d_numerator``, hence ``d`` and every later step, NaN for good."""
+        active = [update for update in updates if update.lr > 0]
+        norms = [grad_norm] if grad_norm is not None else [
+            global_norm(piece.grads) for update in active for piece in update.pieces]
+        if not all(math.isfinite(norm * grad_scale) for norm in norms):
+            raise ValueError("the gradients hold an inf or NaN: Prodigy's estimate d would "
+                             "become NaN for good, so nothing was changed (skip such steps, "
+                             "e.g. with skip_nonfinite=True in lrfast.optim or a "
+                             "torch.amp.GradScaler)")
         shared = updates[0].hparams
         lr = max(update.lr for update in updates)
         d = shared["d"]
         dlr = prodigy_dlr(d=d, lr=lr, step=shared["k"] + 1, betas=shared["betas"],
                           use_bias_correction=shared["use_bias_correction"])
-        active = [update for update in updates if update.lr > 0]
         dot = s_abs = 0.0
         for update in active:
             for piece in update.pieces:
@@ -102,6 +136,9 @@ class ProdigyKernel(Kernel):
                                     grad_scale=grad_scale)
                 dot, s_abs = dot + part[0], s_abs + part[1]
                 piece.done(False)
+        if not (math.isfinite(dot) and math.isfinite(s_abs)):  # the grads are finite
+            raise ValueError("Prodigy's sums over the params are not finite: a param or its "
+                             "start copy p0 holds an inf or NaN (d was not changed)")
         new = prodigy_d_update(dot, s_abs, d=d, d0=shared["d0"], d_max=shared["d_max"],
                                d_numerator=shared["d_numerator"], dlr=dlr,
                                betas=shared["betas"], beta3=shared["beta3"],

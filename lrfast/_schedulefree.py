@@ -14,13 +14,14 @@ whose params have no gradient (as the package does).
 
 from __future__ import annotations
 
+import math
 import numbers
 from dataclasses import dataclass
 from typing import Callable, Mapping, MutableMapping, Sequence
 
 from . import _hparams, steps_lr_free
 from ._kernel import Kernel, Slot, Update
-from .reference_lr_free import ScheduleFreeScalars
+from .reference_lr_free import ScheduleFreeScalars, ScheduleFreeStepScalars
 
 # the group keys of the schedule's options and state, not step-function keywords
 SCHEDULE = ("warmup_steps", "r", "weight_lr_power", "k", "lr_max", "weight_sum", "train_mode")
@@ -55,6 +56,26 @@ class ScheduleFreeKernel(Kernel):
         scalars.weight_sum = _hparams.non_negative("weight_sum", hparams["weight_sum"])
         return scalars
 
+    def advance(self, hparams: Mapping, lr) -> tuple[ScheduleFreeScalars,
+                                                     ScheduleFreeStepScalars]:
+        """The group's schedule after this step, and this step's scalars; a
+        ValueError if its averaging weight is no finite float."""
+        scalars = self.scalars(hparams, lr)
+        try:
+            now = scalars.next()
+            # the weight of this step, which a positive lr_max must keep above 0
+            weight = scalars.k**scalars.r * scalars.lr_max**scalars.weight_lr_power
+            fits = math.isfinite(scalars.weight_sum) and (weight > 0 or scalars.lr_max <= 0)
+        except (OverflowError, ZeroDivisionError):  # of (k + 1)**r or lr_max**weight_lr_power
+            fits = False
+        if not fits:
+            raise ValueError(
+                f"lr={lr!r}, r={hparams['r']!r} and weight_lr_power="
+                f"{hparams['weight_lr_power']!r} give step {hparams['k'] + 1} an averaging "
+                "weight (k + 1)**r * lr_max**weight_lr_power (or a sum of them) that overflows "
+                "or underflows float64")
+        return scalars, now
+
     def _call(self, piece_arrays, hparams: Mapping, scalars, grad_scale, rounding) -> None:
         params, grads, states = piece_arrays
         keywords = {key: v for key, v in hparams.items() if key not in SCHEDULE}
@@ -67,7 +88,7 @@ class ScheduleFreeKernel(Kernel):
         over no tensors."""
         _hparams.flag("train_mode", hparams["train_mode"])
         self._call(([], [], {name: [] for name in self.states}), hparams,
-                   self.scalars(hparams, lr).next(), 1.0, {})
+                   self.advance(hparams, lr)[1], 1.0, {})
 
     def check(self, groups: Sequence[Mapping], updates: Sequence[Update], *,
               first_checks_itself: bool = False) -> None:
@@ -80,15 +101,19 @@ class ScheduleFreeKernel(Kernel):
             self.validate(update.hparams, update.lr)
 
     def run(self, groups: Sequence[MutableMapping], updates: Sequence[Update],
-            grad_scale: float = 1.0) -> None:
+            grad_scale: float = 1.0, grad_norm: float | None = None) -> None:
         for update in updates:
-            scalars = self.scalars(update.hparams, update.lr)
-            now = scalars.next()
-            update.group.update(k=scalars.k, lr_max=scalars.lr_max,
-                                weight_sum=scalars.weight_sum, scheduled_lr=now.lr)
+            scalars, now = self.advance(update.hparams, update.lr)
             for piece in update.pieces:
                 self._call(piece[:3], update.hparams, now, grad_scale, piece.rounding)
                 piece.done(True)
+            # after the first call, which checks its arrays before it writes
+            update.group.update(k=scalars.k, lr_max=scalars.lr_max,
+                                weight_sum=scalars.weight_sum, scheduled_lr=now.lr)
+
+    def _apply(self, update: Update, piece, grad_scale: float) -> None:
+        self._call(piece[:3], update.hparams, self.advance(update.hparams, update.lr)[1],
+                   grad_scale, piece.rounding)
 
 
 _HYPER = ("weight_decay", "maximize") + SCHEDULE

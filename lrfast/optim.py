@@ -67,8 +67,10 @@ Options every class takes (keyword-only):
 ``stochastic_rounding``, ``seed``
     Round bfloat16/float16 parameter writes stochastically (float32 and
     float64 parameters ignore it). The update after ``step_count`` others
-    passes ``seed=(seed + step_count) % 2**64`` to the step functions, so a
-    run is reproducible from its seed and each update draws fresh bits.
+    passes ``seed=lrfast.precision.mix_seed(seed, step_count, group_index, 0)``
+    to group ``group_index``'s step function, so a run is reproducible from
+    its seed, every param of every group draws its own bits at every update,
+    and no (seed, update) pair draws another's.
 
 Parameters may be float32, float64, bfloat16 (``ml_dtypes.bfloat16``) or
 float16 arrays, and gradients of their dtype (or float32 for 16-bit ones).
@@ -90,6 +92,12 @@ over ``path`` once complete, so a failed or concurrent save never leaves a
 damaged checkpoint. A malformed checkpoint raises ValueError naming the field
 and changes nothing; ``load`` reads a state array only after its header
 matched the shape and dtype the parameter's state must have.
+
+Threads: one optimizer's ``step``, ``state_dict``, ``load_state_dict``,
+``save`` and ``load`` hold its lock (a ``threading.RLock``), so calls from
+several threads run one after the other: a ``save`` while another thread
+steps writes the state before or after that step, never a mix, and two
+threads stepping n times each make 2n steps. Optimizers do not share locks.
 """
 
 from __future__ import annotations
@@ -100,7 +108,9 @@ import math
 import numbers
 import os
 import secrets
+import threading
 import zipfile
+from functools import wraps
 from typing import IO, Any, Callable, Mapping, Union
 
 import numpy as np
@@ -171,6 +181,15 @@ KERNELS = {
 # ------------------------------------------------------------ the optimizer
 
 
+def exclusive(method):
+    """``method`` run holding its optimizer's lock (``self._lock``)."""
+    @wraps(method)
+    def locked(self, *args, **kwargs):
+        with self._lock:
+            return method(self, *args, **kwargs)
+    return locked
+
+
 class Optimizer:
     """Base class: parameter groups, schedules, clipping, skipping, checkpoints.
 
@@ -193,6 +212,7 @@ class Optimizer:
                  grad_scale: float = 1.0, skip_nonfinite: bool = False,
                  state_dtype: str | None = None, stochastic_rounding: bool = False,
                  seed: int = 0):
+        self._lock = threading.RLock()
         self.defaults = defaults
         self._set_options(_options(max_grad_norm=max_grad_norm, clip_value=clip_value,
                                    grad_scale=grad_scale, skip_nonfinite=skip_nonfinite,
@@ -213,6 +233,18 @@ class Optimizer:
         self.state: list[dict[str, list[State]]] = [{} for _ in self.param_groups]
         for index, group in enumerate(self.param_groups):  # all but copies of the params
             self._states(index, group, self.kernel.hparams(group), first_step=False)
+
+    @property
+    def lock(self) -> threading.RLock:
+        """The lock that ``step``, ``state_dict``, ``load_state_dict``, ``save`` and ``load`` hold."""
+        return self._lock
+
+    def __getstate__(self) -> dict:  # copy and pickle without the lock
+        return {key: value for key, value in self.__dict__.items() if key != "_lock"}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.RLock()
 
     # -- hyperparameters and rates
 
@@ -289,6 +321,7 @@ class Optimizer:
         return _StateLayout(param, name, None if slot.param_dtype else state_dtype,
                             slot.shape(param.shape, hparams))
 
+    @exclusive
     def step(self, grads) -> bool:
         """Applies one update to every parameter; returns False for a skipped step.
 
@@ -306,27 +339,35 @@ class Optimizer:
         self.kernel.check(self.param_groups, updates)
         _core.check((params, grads), ("params", "grads"), self.clip_value is not None)
 
-        scale = self.grad_scale
+        scale, scaled_norm = self.grad_scale, None
         if self.max_grad_norm is not None or self.skip_nonfinite:
             norm = global_norm(grads)
-            self.last_grad_norm = scaled_norm = norm * self.grad_scale
+            scaled_norm = norm * self.grad_scale
             if self.max_grad_norm is not None:
                 scale *= clip_coefficient(scaled_norm, self.max_grad_norm)
             if self.skip_nonfinite and not self._scaled_grads_finite(grads, norm, scale):
+                self.last_grad_norm = scaled_norm
                 self.skipped_steps += 1
                 return False
-        if self.clip_value is not None:
-            clip_grad_value(grads, self.clip_value / self.grad_scale)
+            if not math.isfinite(scaled_norm):
+                raise ValueError(f"the gradients' global norm is {scaled_norm}: max_grad_norm "
+                                 "cannot clip an inf or NaN (skip_nonfinite=True skips such "
+                                 "steps); nothing was changed")
 
         start = 0
-        rounding = _lowp.rounding(self.stochastic_rounding, self.seed, self.step_count)
         for index, update in enumerate(updates):
             params = update.group["params"]
             states = self._states(index, update.group, update.hparams)
+            rounding = _lowp.rounding(self.stochastic_rounding, self.seed, self.step_count,
+                                      index)
             update.pieces.append(Piece(params, grads[start:start + len(params)], states,
                                        self.step_count + 1, rounding, _written))
             start += len(params)
-        self.kernel.run(self.param_groups, updates, grad_scale=scale)
+        self.kernel.preflight(self.param_groups, updates, scale)
+        if self.clip_value is not None:
+            clip_grad_value(grads, self.clip_value / self.grad_scale)
+        self.kernel.run(self.param_groups, updates, grad_scale=scale, grad_norm=scaled_norm)
+        self.last_grad_norm = scaled_norm
         self.step_count += 1
         return True
 
@@ -354,6 +395,7 @@ class Optimizer:
 
     # -- checkpoints
 
+    @exclusive
     def state_dict(self) -> dict[str, Any]:
         """A snapshot of everything but the parameters: plain data and copied
         arrays (and copied :class:`lrfast.Q8State` / :class:`lrfast.Q4State`
@@ -375,6 +417,7 @@ class Optimizer:
                        for name, arrays in state.items()} for state in self.state],
         }
 
+    @exclusive
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
         """Restores :meth:`state_dict` output, hyperparameters and schedules included.
 
@@ -460,6 +503,7 @@ class Optimizer:
                            for j, (a, p) in enumerate(zip(arrays, params))]
         return state
 
+    @exclusive
     def save(self, path: str | os.PathLike) -> None:
         """Writes the state dict to ``path`` as an ``.npz`` file (arrays as
         members, the rest as JSON in ``meta``) through a temporary file of its
@@ -475,6 +519,7 @@ class Optimizer:
         _write_atomically(os.fspath(path),
                           lambda f: np.savez(f, meta=np.array(json.dumps(sd)), **arrays))
 
+    @exclusive
     def load(self, path: str | os.PathLike) -> None:
         """Restores a checkpoint written by :meth:`save`. A file that is not
         one (truncated, foreign, malformed) raises ValueError and changes
@@ -544,7 +589,7 @@ def _options(*, max_grad_norm, clip_value, grad_scale, skip_nonfinite, state_dty
              stochastic_rounding, seed) -> dict:
     if max_grad_norm is not None and clip_value is not None:
         raise ValueError("choose max_grad_norm or clip_value, not both")
-    grad_scale = _hparams.finite("grad_scale", grad_scale)
+    grad_scale = _hparams.gradient_factor(grad_scale)
     if grad_scale <= 0:
         raise ValueError(f"grad_scale must be > 0, got {grad_scale}")
     _hparams.flag("skip_nonfinite", skip_nonfinite)
@@ -893,10 +938,12 @@ class _ScheduleFree(Optimizer):
 
     kernel: _schedulefree.ScheduleFreeKernel
 
+    @exclusive
     def train(self) -> None:
         """Params to y, where the gradients are taken."""
         _schedulefree.switch(self.kernel, self.param_groups, True, self._with_z)
 
+    @exclusive
     def eval(self) -> None:
         """Params to x, the average, to evaluate and to save."""
         _schedulefree.switch(self.kernel, self.param_groups, False, self._with_z)

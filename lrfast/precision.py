@@ -39,7 +39,7 @@ __all__ = [
     "BLOCK", "Q8_MIN_SIZE", "Q8State", "create_dynamic_map", "quantize_blockwise",
     "dequantize_blockwise", "Q4_BLOCK", "Q4State", "create_q4_map", "quantize_blockwise_q4",
     "dequantize_blockwise_q4", "zeros_state", "bfloat16", "is_16bit", "round_nearest",
-    "random_bits", "round_stochastic",
+    "random_bits", "round_stochastic", "mix_seed",
 ]
 
 BLOCK = 256
@@ -572,6 +572,7 @@ def round_nearest(x, dtype):
 
 
 _M32 = 0xFFFFFFFF
+_M64 = 2**64 - 1
 _KEY_INIT = 0x243F6A88
 _WEYL = 0x9E3779B9
 
@@ -594,6 +595,32 @@ def _word(value, name):
     if not 0 <= value < 2**64:
         raise ValueError(f"{name}: expected 0 <= {name} < 2**64, got {value}")
     return int(value)
+
+
+def _splitmix64(x: int) -> int:
+    """SplitMix64's output function of ``x`` plus its increment (Steele, Lea
+    and Flood 2014): a bijection of 64-bit ints."""
+    x = (x + 0x9E3779B97F4A7C15) & _M64
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _M64
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _M64
+    return x ^ (x >> 31)
+
+
+def mix_seed(seed: int, *counters: int) -> int:
+    """A call's ``seed`` for stochastic rounding, hashed from a run's seed and
+    counters (the update's number, the call's param group, ...): ``x =
+    S(seed)``, then ``x = S(x ^ c)`` for each counter ``c``, with ``S``
+    SplitMix64's bijection, all mod 2**64.
+
+    A caller that steps with several calls, or with a step function that
+    takes no ``step``, passes ``seed=mix_seed(run_seed, update, ...)``, as
+    lrfast's optimizer classes do. Adding the counters (``run_seed + update``)
+    would not do: seed s at update k + 1 would draw seed s + 1's bits at
+    update k. Distinct counters give distinct seeds for one run seed."""
+    x = _splitmix64(_word(seed, "seed"))
+    for c in counters:
+        x = _splitmix64(x ^ _word(c, "counter"))
+    return x
 
 
 def call_key(seed: int, step: int) -> np.uint32:

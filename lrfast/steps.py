@@ -23,8 +23,11 @@ hashed from (``seed``, ``step``, the element's position in the call's params
 laid end to end), so that the result does not depend on the thread count or
 the ISA. A step function without a ``step`` argument (and ``sgd_step`` with
 ``step=None``) hashes with step 0: a caller that varies nothing gets the same
-random bits at every call, so vary ``seed`` per call, as lrfast's optimizer
-classes do (``seed = (seed + number_of_steps_taken) % 2**64``). Hyperparameters
+random bits at every call, so vary ``seed`` per call by hashing, as lrfast's
+optimizer classes do: ``seed=lrfast.precision.mix_seed(run_seed, update,
+call)`` (not ``run_seed + update``, which would give seed s at update k + 1
+the bits of seed s + 1 at update k), with a distinct ``call`` for each call
+of one update (positions restart at 0 in every call). Hyperparameters
 are keyword-only; ``step`` is the 1-based index of the update being applied.
 ``grad_scale`` multiplies the gradient inside the kernel (an unscale factor or
 a clip coefficient) and the gradients themselves are never written. Invalid

@@ -51,10 +51,13 @@ per param group, like torch's options):
     into ``AdamW``/``Adam`` with ``state_dtype="q4"`` (see ``load_state_dict``).
 ``stochastic_rounding``, ``seed``
     Round 16-bit parameter writes stochastically. The update after ``k``
-    others passes ``seed=(seed + k) % 2**64`` to the step function, ``k``
+    others passes ``seed=lrfast.precision.mix_seed(seed, k, i, j)`` to the
+    call over group ``i``'s params from its ``j``-th with a gradient, ``k``
     being ``state[p]["step"]`` (SGD, which keeps no step, keeps one too when
-    ``stochastic_rounding`` is on), so a run resumed from a checkpoint draws
-    the same bits as one that went straight through.
+    ``stochastic_rounding`` is on): every param of every group draws its own
+    bits at every update, no (seed, update) pair draws another's, and a run
+    resumed from a checkpoint draws the same bits as one that went straight
+    through.
 
 ``torch.save(optimizer.state_dict())`` and ``load_state_dict`` round-trip all
 of it bit for bit: torch.optim casts every floating-point state to its
@@ -76,6 +79,13 @@ itself is always updated in place), and a state tensor that is not contiguous,
 as ``load_state_dict`` may bring from a torch state dict, is replaced in the
 state dict by a contiguous copy once, before the first step that uses it.
 
+Threads: one optimizer's ``step``, ``state_dict``, ``load_state_dict`` (and
+schedule-free's ``train``/``eval``) hold its lock, so calls from several
+threads run one after the other: two threads stepping n times each make 2n
+steps. ``state_dict()`` returns the state tensors themselves, as torch's
+does: to save while another thread steps, hold the lock over both, ``with
+optimizer.lock: torch.save(optimizer.state_dict(), path)``.
+
 As torch.optim's in-place updates do, a step moves the autograd version
 counter of every tensor it writes (parameters, states and step counts), so a
 ``backward()`` through a graph that saved the old values raises instead of
@@ -95,13 +105,14 @@ from __future__ import annotations
 
 import math
 import operator
+import threading
 from itertools import chain, groupby
 
 import torch
 
 from . import _hparams, _lowp, _prodigy, _schedulefree, cuda
 from ._kernel import Kernel, Piece, Slot, Update
-from .optim import KERNELS
+from .optim import KERNELS, exclusive
 from .precision import (Q4_BLOCK, SIGNED_STATES, Q4State, Q8State, bfloat16, create_q4_map,
                         low_bit_shapes, quantize_low_bit)
 
@@ -282,21 +293,35 @@ def _from_torchao(state: dict) -> dict:
     return out
 
 
-def _check_state(p: torch.Tensor, state, key: str, where: str, shape, param_dtype: bool) -> None:
+def _check_state(p: torch.Tensor, state, name: str, where: str, shape,
+                 param_dtype: bool) -> None:
     """A clear error, before any write, for a state (e.g. from a state dict)
-    that does not fit its parameter (``shape``: the state's; ``param_dtype``:
-    the state must have the parameter's dtype)."""
+    that does not fit its parameter (``name``: the step function's name of
+    the state; ``shape``: the state's; ``param_dtype``: the state must have
+    the parameter's dtype)."""
+    key = _STATE_KEYS[name]
     if _is_low_bit(state, key):
         q4 = f"{key}_shape" in state
-        if q4 and tuple(state[f"{key}_shape"]) != tuple(shape):
-            raise ValueError(f"{where}: q4 state {key!r} has {key}_shape "
-                             f"{state[f'{key}_shape']!r}; its parameter needs {tuple(shape)}")
-        codes_shape, absmax_shape = low_bit_shapes("q4" if q4 else "q8", shape)
+        kind = "q4" if q4 else "q8"
+        entries = [f"{key}_codes", f"{key}_absmax", f"{key}_signed"] + [f"{key}_shape"] * q4
+        missing = [entry for entry in entries if entry not in state]
+        if missing:
+            raise ValueError(f"{where}: {kind} state {key!r} lacks {missing}; it is kept as "
+                             f"{entries}")
+        stored = state.get(f"{key}_shape")
+        if q4 and not (isinstance(stored, (tuple, list)) and tuple(stored) == tuple(shape)):
+            raise ValueError(f"{where}: q4 state {key!r} has {key}_shape {stored!r}; its "
+                             f"parameter needs {tuple(shape)}")
+        signed = state[f"{key}_signed"]
+        if not isinstance(signed, bool):
+            raise ValueError(f"{where}: {kind} state {key!r} needs a bool {key}_signed, got "
+                             f"a {type(signed).__name__}")
+        if not signed and name in SIGNED_STATES:
+            raise ValueError(f"{where}: {kind} state {key!r} has {key}_signed=False, but "
+                             f"{key} can be negative: it needs the signed map")
+        codes_shape, absmax_shape = low_bit_shapes(kind, shape)
         want = {f"{key}_codes": (torch.uint8, codes_shape),
                 f"{key}_absmax": (torch.float32, absmax_shape)}
-        if not isinstance(state.get(f"{key}_signed"), bool):
-            raise ValueError(f"{where}: {'q4' if q4 else 'q8'} state {key!r} needs a bool "
-                             f"{key}_signed, got {state.get(f'{key}_signed')!r}")
     else:
         want = {key: (p.dtype if param_dtype else None, shape)}
     for entry, (dtype, shape) in want.items():
@@ -338,9 +363,10 @@ class _Call:
     the same number of completed updates (all of them, unless some missed
     updates), as views made once."""
 
-    def __init__(self, opt, params, index, device, completed, names, counts_steps):
+    def __init__(self, opt, params, group_index, index, device, completed, names, counts_steps):
         # positions in the group's list of parameters with gradients; None: all
         self.index = None if len(index) == len(params) else index
+        self.stream = (group_index, index[0])  # where its random bits come from
         on_host = device.type == "cpu"
         self.views = _host_views if on_host else _device_views
         self.grad_views = _host_grad_views if on_host else _device_grad_views
@@ -364,7 +390,7 @@ class _Call:
         """This call's arrays for a step with the group's ``grads``."""
         if self.index is not None:
             grads = [grads[i] for i in self.index]
-        rounding = _lowp.rounding(stochastic_rounding, seed, self.completed)
+        rounding = _lowp.rounding(stochastic_rounding, seed, self.completed, *self.stream)
         return Piece(self.params, self.grad_views(grads), self.states, self.completed + 1,
                      rounding, self.done)
 
@@ -385,6 +411,9 @@ class _Plan:
         self.group, self.state, self.kernel, self.names = group, opt.state, kernel, names
         self.params = params
         self.pointers = [p.data_ptr() for p in params]
+        # a param reshaped in place keeps its pointer; Prodigy's slice_p sizes its states
+        self.shapes = [p.shape for p in params]
+        self.slice_p = group.get("slice_p")
         self.counts_steps = opt._counts_steps(group)
         calls: dict[tuple, list[int]] = {}
         for i, p in enumerate(params):
@@ -392,7 +421,7 @@ class _Plan:
             _check_param(p, where)
             completed = opt._init_state(p, group, kernel, names, where)
             calls.setdefault((p.device, completed), []).append(i)
-        self.calls = [_Call(opt, params, i, device, completed, names, self.counts_steps)
+        self.calls = [_Call(opt, params, index, i, device, completed, names, self.counts_steps)
                       for (device, completed), i in calls.items()]
 
     def fits(self, opt, group, kernel, names, params) -> bool:
@@ -400,7 +429,9 @@ class _Plan:
                 and names == self.names and opt._counts_steps(group) == self.counts_steps
                 and len(params) == len(self.params)
                 and all(map(operator.is_, params, self.params))
-                and list(map(torch.Tensor.data_ptr, params)) == self.pointers)
+                and list(map(torch.Tensor.data_ptr, params)) == self.pointers
+                and [p.shape for p in params] == self.shapes
+                and group.get("slice_p") == self.slice_p)
 
 
 class _Optimizer(torch.optim.Optimizer):
@@ -413,6 +444,7 @@ class _Optimizer(torch.optim.Optimizer):
         defaults.update(state_dtype=state_dtype, stochastic_rounding=stochastic_rounding, seed=seed)
         _check_supported(defaults)
         self._kernel(defaults).check_group(defaults, _plain(defaults["lr"]), _plain)
+        self._lock = threading.RLock()
         super().__init__(params, defaults)
         self._plans: dict[int, _Plan] = {}
 
@@ -421,11 +453,24 @@ class _Optimizer(torch.optim.Optimizer):
 
     def __setstate__(self, state):  # also the end of load_state_dict
         super().__setstate__(state)
+        if not hasattr(self, "_lock"):  # unpickled: torch pickles no lock
+            self._lock = threading.RLock()
         for group in self.param_groups:
             for key, value in self.defaults.items():
                 group.setdefault(key, value)
         self._plans = {}
 
+    @property
+    def lock(self) -> threading.RLock:
+        """The lock that ``step``, ``state_dict`` and ``load_state_dict`` hold."""
+        return self._lock
+
+    @exclusive
+    def state_dict(self):
+        """torch.optim's (the state tensors themselves, not copies)."""
+        return super().state_dict()
+
+    @exclusive
     def load_state_dict(self, state_dict) -> None:
         """torch.optim's, but each state tensor keeps the dtype it has in
         ``state_dict``: torch casts every floating-point one to its
@@ -479,7 +524,7 @@ class _Optimizer(torch.optim.Optimizer):
                 if isinstance(t, torch.Tensor) and (not t.is_contiguous() or t.is_neg()):
                     # e.g. loaded from a torch state dict: written in place from now on
                     state[entry] = t.resolve_neg().contiguous()
-            _check_state(p, state, key, where, shape, slot.param_dtype)
+            _check_state(p, state, name, where, shape, slot.param_dtype)
         return completed
 
     def step(self, closure=None):
@@ -489,6 +534,11 @@ class _Optimizer(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        with self._lock:
+            self._step()
+        return loss
+
+    def _step(self) -> None:
         # Every group is checked before the first write, so an error leaves
         # them all as they were (as a step function does for its list).
         todo = []
@@ -518,9 +568,10 @@ class _Optimizer(torch.optim.Optimizer):
             grads = _contiguous([p.grad for p in params])
             rounding = (bool(group["stochastic_rounding"]), int(group["seed"]))
             update.pieces = [call.piece(grads, *rounding) for call in plan.calls]
+        for n, (kernel, updates) in enumerate(batches):
+            kernel.preflight(self.param_groups, updates, first_checks_itself=n == 0)
         for kernel, updates in batches:
             kernel.run(self.param_groups, updates)
-        return loss
 
 
 class SGD(_Optimizer):
@@ -657,10 +708,12 @@ class _ScheduleFree(_Optimizer):
     kernel: _schedulefree.ScheduleFreeKernel
     _keeps_step = False  # schedulefree counts steps per group, in "k"
 
+    @exclusive
     def train(self) -> None:
         """Params to y, where the gradients are taken."""
         self._switch(True)
 
+    @exclusive
     def eval(self) -> None:
         """Params to x, the average, to evaluate and to save."""
         self._switch(False)

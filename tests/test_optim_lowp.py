@@ -17,7 +17,8 @@ ml_dtypes = pytest.importorskip("ml_dtypes")
 import lrfast  # noqa: E402
 import lrfast.optim  # noqa: E402
 from lrfast import reference  # noqa: E402
-from lrfast.precision import Q4State, Q8State, unpack_nibbles, zeros_state  # noqa: E402
+from lrfast.precision import (Q4State, Q8State, mix_seed, unpack_nibbles,  # noqa: E402
+                              zeros_state)
 from lrfast.schedules import cosine_decay  # noqa: E402
 from lowp_states import assert_same_state, bits, fill_state  # noqa: E402
 
@@ -180,9 +181,9 @@ def run_sr(name, seed, steps=3, **kw):
 
 
 @pytest.mark.parametrize("name", OPTIMIZERS)
-def test_stochastic_rounding_passes_seed_plus_steps_taken(name):
-    """The update after k others passes seed=(seed + k) % 2**64 to the step
-    function (the seed wraps), for every optimizer alike."""
+def test_stochastic_rounding_passes_the_mixed_seed(name):
+    """The update after k others passes seed=mix_seed(seed, k, 0, 0) to the
+    step function of group 0, for every optimizer alike."""
     hp, fn = OPTIMIZERS[name]
     seed = 2**64 - 2
     params, by_hand = make_params(), make_params()
@@ -191,7 +192,7 @@ def test_stochastic_rounding_passes_seed_plus_steps_taken(name):
     for step in range(1, STEPS + 1):
         opt.step(grads_for(params, step))
         call(getattr(lrfast, fn), opt, by_hand, grads_for(by_hand, step), states, step,
-             stochastic_rounding=True, seed=(seed + step - 1) % 2**64)
+             stochastic_rounding=True, seed=mix_seed(seed, step - 1, 0, 0))
     for j, (p, q) in enumerate(zip(params, by_hand)):
         assert_same_state(p, q, f"params[{j}]")
     assert_same_states(opt.state[0], states)

@@ -20,7 +20,8 @@ ml_dtypes = pytest.importorskip("ml_dtypes")
 import lrfast  # noqa: E402
 import lrfast.torch  # noqa: E402
 from lrfast import reference  # noqa: E402
-from lrfast.precision import Q4State, Q8State, unpack_nibbles, zeros_state  # noqa: E402
+from lrfast.precision import (Q4State, Q8State, mix_seed, unpack_nibbles,  # noqa: E402
+                              zeros_state)
 from lowp_states import assert_same_state, bits, fill_state  # noqa: E402
 
 BF16 = np.dtype(ml_dtypes.bfloat16)
@@ -126,7 +127,7 @@ def check_against_steps(name, state_dtype, stochastic_rounding=False, seed=0):
     for step in range(1, STEPS + 1):
         set_grads(model, step)
         grads = [numpy(p.grad) for p in model.parameters()]
-        rounding = ({"stochastic_rounding": True, "seed": (seed + step - 1) % 2**64}
+        rounding = ({"stochastic_rounding": True, "seed": mix_seed(seed, step - 1, 0, 0)}
                     if stochastic_rounding else {})
         call(getattr(lrfast, fn), name, params, grads, by_hand, step, **rounding)
         ref_params = [numpy(p) for p in model.parameters()]
@@ -160,7 +161,7 @@ def test_matches_step_functions_and_reference(name, state_dtype):
 
 
 @pytest.mark.parametrize("name", OPTIMIZERS)
-def test_stochastic_rounding_passes_seed_plus_steps_taken(name):
+def test_stochastic_rounding_passes_the_mixed_seed(name):
     check_against_steps(name, None, stochastic_rounding=True, seed=2**64 - 2)
 
 

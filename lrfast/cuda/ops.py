@@ -70,6 +70,11 @@ schedulefree_lerp = _step("schedulefree_lerp",
 prodigy = _step("prodigy", "lrfast.prodigy_update")
 
 
+def check(arrays: tuple, names: tuple, slice_p: int) -> None:
+    """The checks of a step's call (``slice_p`` >= 1: Prodigy's reduction), without a launch."""
+    layout.prepare(arrays, names, grads_writeable=False, slice_p=slice_p or None)
+
+
 def prodigy_reduce(arrays: tuple, names: tuple, hparams: dict) -> tuple[float, float]:
     """Prodigy's reduction pass over (params, grads, ss, p0s) on the device:
     updates s and returns (dot, s_abs); see lrfast.prodigy_reduce."""
