@@ -103,6 +103,11 @@ class Kernel:
         self.step(params, grads, *(states.get(name) for name in self.states), lr=lr,
                   grad_scale=grad_scale, **hparams)
 
+    def joining(self, group: dict, groups: Sequence[Mapping]) -> dict:
+        """A group added to ``groups`` after construction (add_param_group),
+        with what it must share with them (Prodigy's estimate)."""
+        return group
+
     def validate(self, hparams: Mapping, lr) -> None:
         """Checks the hyperparameters the way a step would, by a step over no tensors."""
         self([], [], {name: [] for name in self.states}, hparams, lr=lr, step=1)

@@ -6,6 +6,10 @@ rounding keywords of a step. The numbers themselves are :mod:`lrfast.precision`'
 
 from __future__ import annotations
 
+import os
+import sys
+import warnings
+from types import FrameType
 from typing import Any
 
 import numpy as np
@@ -18,17 +22,48 @@ _CHOICES = "None (the param's dtype), 'float32', 'bfloat16', 'q8' or 'q4'"
 
 
 def check_state_dtype(value: Any) -> str | None:
-    if value is not None and not isinstance(value, str):
-        raise TypeError(f"state_dtype must be {_CHOICES}, got a {type(value).__name__}")
-    if value not in STATE_DTYPES:
+    """``state_dtype`` as one of STATE_DTYPES' names; a NumPy, ml_dtypes or
+    torch dtype (``np.float32``, ``ml_dtypes.bfloat16``, ``torch.bfloat16``)
+    stands for its name."""
+    if value is None or isinstance(value, str) and value in STATE_DTYPES:
+        return value
+    if isinstance(value, str):
         raise ValueError(f"state_dtype must be {_CHOICES}, got {value!r}")
-    return value
+    if type(value).__module__ == "torch" and str(value).startswith("torch."):
+        name = str(value)[len("torch."):]  # a torch.dtype, named without importing torch
+    else:
+        try:
+            name = np.dtype(value).name
+        except TypeError:
+            raise TypeError(f"state_dtype must be {_CHOICES} or a dtype, got a "
+                            f"{type(value).__name__}") from None
+    if name not in STATE_DTYPES:
+        raise ValueError(f"state_dtype must be {_CHOICES}, got the dtype {name}")
+    return name
 
 
 def check_stochastic_rounding(value: Any) -> bool:
     if not isinstance(value, (bool, np.bool_)):
         raise TypeError(f"stochastic_rounding must be a bool, got a {type(value).__name__}")
     return bool(value)
+
+
+def warn_nothing_to_round(stochastic_rounding: bool, params) -> None:
+    """Says that stochastic rounding, asked for, has nothing to round; the
+    warning names the first caller outside lrfast and torch."""
+    if stochastic_rounding and params and not any(p.dtype.itemsize == 2 for p in params):
+        dtypes = ", ".join(sorted({str(p.dtype) for p in params}))
+        torch_file = getattr(sys.modules.get("torch"), "__file__", None)
+        libraries = (_HERE,) + ((os.path.dirname(torch_file),) if torch_file else ())
+        level = 2  # the caller
+        frame: FrameType | None = sys._getframe(1)
+        while frame is not None and frame.f_code.co_filename.startswith(libraries):
+            level, frame = level + 1, frame.f_back
+        warnings.warn(f"stochastic_rounding=True rounds bfloat16 and float16 params; these are "
+                      f"{dtypes}, so it changes nothing", stacklevel=level)
+
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def low_bit(state_dtype: str | None, size: int) -> str | None:

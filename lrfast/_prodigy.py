@@ -39,6 +39,11 @@ ESTIMATE = ("d", "d_max", "d_numerator", "k")
 
 @dataclass(frozen=True)
 class ProdigyKernel(Kernel):
+    def joining(self, group: dict, groups: Sequence[Mapping]) -> dict:
+        """The estimate is shared: a new group takes the others' (prodigyopt
+        reads it from the first group only)."""
+        return {**{key: groups[0][key] for key in ESTIMATE}, **group}
+
     def validate(self, hparams: Mapping, lr) -> None:
         """Checks a group's options and estimate, by both passes over no tensors."""
         _hparams.non_negative("lr", lr)

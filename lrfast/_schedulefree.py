@@ -83,6 +83,11 @@ class ScheduleFreeKernel(Kernel):
                   ckp1=scalars.ckp1, step=scalars.step, grad_scale=grad_scale, **keywords,
                   **rounding)
 
+    def joining(self, group: dict, groups: Sequence[Mapping]) -> dict:
+        """A new group's params have no z yet (x = y = z): it joins in the
+        others' mode."""
+        return {"train_mode": groups[0]["train_mode"], **group}
+
     def validate(self, hparams: Mapping, lr) -> None:
         """Checks a group and the scalars its next step would take, by a step
         over no tensors."""

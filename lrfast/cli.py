@@ -11,6 +11,8 @@ import argparse
 import importlib
 import sys
 
+from . import __version__
+from ._core import cpu_isa
 from .cli_args import Parser
 
 # sub-command -> module holding register(subparsers)
@@ -28,6 +30,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Fused optimizer steps at memory speed, and learning-rate tools. "
                     "'lrfast COMMAND --help' describes a command.",
     )
+    parser.add_argument("--version", action="version",
+                        version=f"lrfast {__version__} ({cpu_isa()} kernels)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for module in _COMMANDS.values():
         importlib.import_module(module).register(sub)

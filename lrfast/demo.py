@@ -353,7 +353,8 @@ def run(args: argparse.Namespace) -> int:
     # The matrices are tiny: BLAS threads only add synchronisation, and on a
     # busy 2-core machine they made a 539 x 64 product 10-100 times slower.
     with threadpool_limits(limits=1, user_api="blas"), \
-            tqdm.tqdm(total=runs, desc="training", unit="run", file=sys.stderr) as bar:
+            tqdm.tqdm(total=runs, desc="training", unit="run", file=sys.stderr,
+                      disable=not sys.stderr.isatty()) as bar:  # no bars in logs
         for kind, title in OPTIMIZERS.items():
             finders, rows, restored = compare(data, kind, seeds, steps, progress=bar)
             rates = ", ".join(f"{finder.suggest():.2g}" for finder in finders)

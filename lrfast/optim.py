@@ -230,6 +230,7 @@ class Optimizer:
         if len({id(p) for p in params}) != len(params):
             raise ValueError("a parameter appears more than once")
         _core.check((params,), ("params",), False)  # float dtypes, C-contiguous, writeable
+        _lowp.warn_nothing_to_round(stochastic_rounding, params)
         self.state: list[dict[str, list[State]]] = [{} for _ in self.param_groups]
         for index, group in enumerate(self.param_groups):  # all but copies of the params
             self._states(index, group, self.kernel.hparams(group), first_step=False)
@@ -238,6 +239,38 @@ class Optimizer:
     def lock(self) -> threading.RLock:
         """The lock that ``step``, ``state_dict``, ``load_state_dict``, ``save`` and ``load`` hold."""
         return self._lock
+
+    def __repr__(self) -> str:
+        lines = [f"{type(self).__name__} ("]
+        for index, group in enumerate(self.param_groups):
+            lines.append(f"Parameter Group {index}")
+            lines += [f"    {key}: {value!r}" for key, value in sorted(group.items())
+                      if key != "params"]
+        options = ", ".join(f"{key}={getattr(self, key)!r}" for key in _OPTIONS)
+        return "\n".join(lines + [f"Options: {options}", ")"])
+
+    @exclusive
+    def add_param_group(self, param_group: Mapping) -> None:
+        """Adds a group (a dict with ``"params"`` and any hyperparameters; the
+        rest from the constructor's), as torch.optim's does: its gradients
+        come after the others' in ``step(grads)``. Checked like the
+        constructor's groups, its states made at once; a parameter already in
+        the optimizer is refused."""
+        if not isinstance(param_group, Mapping) or "params" not in param_group:
+            raise TypeError("param_group must be a dict holding 'params'")
+        index = len(self.param_groups)
+        group = self._new_group(self.kernel.joining(dict(param_group), self.param_groups), index)
+        seen = {id(p) for g in self.param_groups for p in g["params"]}
+        for p in group["params"]:
+            if id(p) in seen:
+                raise ValueError(f"param group {index}: a parameter appears more than once in "
+                                 "the optimizer")
+            seen.add(id(p))
+        _core.check((group["params"],), ("params",), False)
+        _lowp.warn_nothing_to_round(self.stochastic_rounding, group["params"])
+        self.param_groups.append(group)
+        self.state.append({})
+        self._states(index, group, self.kernel.hparams(group), first_step=False)
 
     def __getstate__(self) -> dict:  # copy and pickle without the lock
         return {key: value for key, value in self.__dict__.items() if key != "_lock"}
@@ -265,8 +298,7 @@ class Optimizer:
         return group
 
     def _check_group(self, group: Mapping) -> None:
-        lr = group["lr"]
-        self.kernel.check_group(group, lr(0) if isinstance(lr, Schedule) else lr)
+        self.kernel.check_group(group, rate_at(group["lr"], 0))
 
     def _set_options(self, options: Mapping) -> None:
         self.max_grad_norm = options["max_grad_norm"]
@@ -278,8 +310,7 @@ class Optimizer:
         self.seed = options["seed"]
 
     def _rate(self, group: Mapping) -> float:
-        lr = group["lr"]
-        rate = lr(self.step_count) if isinstance(lr, Schedule) else lr
+        rate = rate_at(group["lr"], self.step_count)
         return rate if self.plateau is None else self.plateau.rate(rate)
 
     @property
@@ -481,7 +512,16 @@ class Optimizer:
         if set(saved) != set(self.defaults):
             raise ValueError(f"has hyperparameters {sorted(map(str, saved))}, expected "
                              f"{sorted(self.defaults)}")
-        loaded = {"params": group["params"], **{key: _decode(v) for key, v in saved.items()}}
+        loaded = {"params": group["params"]}
+        for key, value in saved.items():
+            if value != _CALLABLE:
+                loaded[key] = _decode(value)
+            elif callable(group[key]) and not isinstance(group[key], Schedule):
+                loaded[key] = group[key]
+            else:
+                raise ValueError(f"{key} was a plain callable, which a checkpoint does not "
+                                 f"hold: give the optimizer that callable as {key} before "
+                                 "loading")
         self._check_group(loaded)
         return loaded
 
@@ -819,9 +859,31 @@ def _is_meta(path: str) -> Callable:
 
 # hyperparameters as JSON: a schedule as its to_dict(), NumPy scalars as Python
 # numbers; tuples become lists, which _decode turns back into tuples
+def rate_at(lr, t: int):
+    """The rate of ``lr`` (a number, a schedule or any callable ``lr(t)``, as
+    optax takes) at ``t`` completed updates; a callable's 0-d array result
+    (NumPy, JAX, torch) as a float."""
+    if not callable(lr):
+        return lr
+    value = lr(t)
+    if isinstance(value, numbers.Real):
+        return value
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise TypeError(f"lr({t}) must return a real number, got a "
+                        f"{type(value).__name__}") from None
+
+
+# A plain callable rate in a checkpoint: code, not data (load keeps the optimizer's own).
+_CALLABLE = {"type": "callable"}
+
+
 def _encode(value):
     if isinstance(value, Schedule):
         return value.to_dict()
+    if callable(value):
+        return dict(_CALLABLE)
     if isinstance(value, (tuple, list)):
         return [_encode(v) for v in value]
     return value.item() if isinstance(value, np.generic) else value
@@ -913,7 +975,7 @@ class Adadelta(Optimizer):
 
 
 def _initial_rate(lr) -> float:
-    return lr(0) if isinstance(lr, Schedule) else lr
+    return rate_at(lr, 0)
 
 
 class Lion(Optimizer):

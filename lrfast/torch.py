@@ -143,7 +143,7 @@ def _check_supported(group) -> None:
     for flag in ("capturable", "differentiable"):
         if group.get(flag):
             raise ValueError(f"lrfast.torch optimizers do not support {flag}=True")
-    _lowp.check_state_dtype(group["state_dtype"])
+    group["state_dtype"] = _lowp.check_state_dtype(group["state_dtype"])
     _lowp.check_stochastic_rounding(group["stochastic_rounding"])
     _hparams.random_seed(group["seed"])
 
@@ -459,6 +459,24 @@ class _Optimizer(torch.optim.Optimizer):
             for key, value in self.defaults.items():
                 group.setdefault(key, value)
         self._plans = {}
+
+    @exclusive
+    def add_param_group(self, param_group) -> None:
+        """torch.optim's, the group checked at once (its options and
+        hyperparameters, as the constructor checks them), and sharing what it
+        must with the other groups (Prodigy's estimate)."""
+        if self.param_groups:
+            param_group = self._kernel({**self.defaults, **param_group}).joining(
+                dict(param_group), self.param_groups)
+        super().add_param_group(param_group)
+        group = self.param_groups[-1]
+        try:
+            _check_supported(group)
+            self._kernel(group).check_group(group, _plain(group["lr"]), _plain)
+        except (TypeError, ValueError):
+            self.param_groups.pop()
+            raise
+        _lowp.warn_nothing_to_round(group["stochastic_rounding"], group["params"])
 
     @property
     def lock(self) -> threading.RLock:

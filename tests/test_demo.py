@@ -143,7 +143,9 @@ def test_demo_without_plots_writes_nothing(tmp_path, capsys):
 
     out_dir = tmp_path / "figures"
     assert main(["demo", "--quick", "--seeds", "1", "--no-plots", "--out", str(out_dir)]) == 0
-    assert "rate / schedule" in capsys.readouterr().out
+    captured = capsys.readouterr()
+    assert "rate / schedule" in captured.out
+    assert "\r" not in captured.err and "training" not in captured.err  # no bar off a terminal
     assert not out_dir.exists()
 
 
