@@ -9,6 +9,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -39,6 +40,9 @@ struct Collected {
     MixedBatch<float> mixed32;
     MixedBatch<double> mixed64;
     std::vector<py::object> keep;
+    // Where each tensor went, in call order: its batch (f32, f64, mixed32,
+    // mixed64) and its index there.
+    std::vector<std::pair<int, std::size_t>> order;
 };
 
 bool is_16bit(Storage s) { return s == Storage::bf16 || s == Storage::f16; }
@@ -454,10 +458,19 @@ Collected collect(const py::tuple& arrays, const py::tuple& names, int first_slo
             batch.offsets.push_back(batch.offsets.back() + x.size);
         };
         auto push_mixed = [&](auto& batch) { batch.push(x, low_bit); };
-        if (all_f32) push(out.f32);
-        else if (all_f64) push(out.f64);
-        else if (param == Storage::f64) push_mixed(out.mixed64);
-        else push_mixed(out.mixed32);
+        if (all_f32) {
+            out.order.emplace_back(0, out.f32.grads.size());
+            push(out.f32);
+        } else if (all_f64) {
+            out.order.emplace_back(1, out.f64.grads.size());
+            push(out.f64);
+        } else if (param == Storage::f64) {
+            out.order.emplace_back(3, out.mixed64.tensors.size());
+            push_mixed(out.mixed64);
+        } else {
+            out.order.emplace_back(2, out.mixed32.tensors.size());
+            push_mixed(out.mixed32);
+        }
     }
 
     // Overlapping arrays would be read after another array's write: refuse
@@ -504,10 +517,8 @@ struct UpdateKernels {
 };
 
 template <class P>
-void update(UpdateKernels<P> fn, const py::tuple& arrays, const py::tuple& names,
-            const py::dict& hp) {
+void run_collected(UpdateKernels<P> fn, const py::dict& hp, const Collected& c) {
     const P params = params_from<P>(hp);
-    Collected c = collect(arrays, names, kParams, false);
     without_gil([&] {
         const KernelTable& k = kernels();
         if (!c.f32.params.empty()) run_update(k.f32.*fn.f32, params, c.f32);
@@ -516,6 +527,94 @@ void update(UpdateKernels<P> fn, const py::tuple& arrays, const py::tuple& names
         if (!c.mixed64.tensors.empty()) run_update(k.mixed64.*fn.mixed64, params, c.mixed64);
     });
 }
+
+template <class P>
+void update(UpdateKernels<P> fn, const py::tuple& arrays, const py::tuple& names,
+            const py::dict& hp) {
+    params_from<P>(hp);  // checks the dict before the arrays, as run_collected would
+    run_collected(fn, hp, collect(arrays, names, kParams, false));
+}
+
+using Runner = void (*)(const py::dict& hp, const Collected& c);
+
+// The update kernels by name (optimizers.def), for prepared calls.
+Runner runner_of(const std::string& kernel) {
+#define LRFAST_OPTIMIZER(name, P, nstates)                                                 \
+    if (kernel == #name)                                                                   \
+        return [](const py::dict& hp, const Collected& c) {                               \
+            run_collected<P>({&TypedKernels<float>::name, &TypedKernels<double>::name,      \
+                              &MixedKernels<float>::name, &MixedKernels<double>::name},    \
+                             hp, c);                                                      \
+        };
+#include "lrfast/optimizers.def"
+#undef LRFAST_OPTIMIZER
+    throw py::value_error("no update kernel named '" + kernel + "'");
+}
+
+// An update whose params and states were checked and collected once
+// (lrfast.torch keeps one per call of a param group while the group stays
+// the same): each run takes only the gradients, as the data pointers of
+// C-contiguous arrays of their params' dtypes and shapes. That is the
+// caller's promise (torch gives a .grad its param's dtype, shape and device;
+// the adapter checks contiguity); a gradient overlapping its own param is
+// refused. Not for concurrent runs: the optimizer's lock serialises them.
+class Prepared {
+   public:
+    Prepared(const std::string& kernel, const py::tuple& arrays, const py::tuple& names)
+        : run_(runner_of(kernel)) {
+        if (arrays.size() < 2 || !arrays[kGrads].is_none())
+            throw py::value_error("prepare takes (params, None, states...): the grads come with each run");
+        c_ = collect(arrays, names, kParams, false);
+        for (const auto& [batch, j] : c_.order) {
+            auto span = [](const void* p, std::int64_t n, Storage s) {
+                return std::pair{reinterpret_cast<std::uintptr_t>(p),
+                                 std::uintptr_t(n) * std::uintptr_t(storage_bytes(s))};
+            };
+            auto mixed = [&](const MixedTensor& x) {
+                return span(x.x[kParams].data, x.size, x.x[kParams].storage);
+            };
+            switch (batch) {
+                case 0: params_.push_back(span(c_.f32.params[j], c_.f32.offsets[j + 1] - c_.f32.offsets[j], Storage::f32)); break;
+                case 1: params_.push_back(span(c_.f64.params[j], c_.f64.offsets[j + 1] - c_.f64.offsets[j], Storage::f64)); break;
+                case 2: params_.push_back(mixed(c_.mixed32.tensors[j])); break;
+                default: params_.push_back(mixed(c_.mixed64.tensors[j])); break;
+            }
+        }
+    }
+
+    void run(const py::dict& hp, const py::list& grads) {
+        const std::size_t n = c_.order.size();
+        if (std::size_t(PyList_GET_SIZE(grads.ptr())) != n)
+            throw py::value_error("got " + std::to_string(PyList_GET_SIZE(grads.ptr())) +
+                                  " gradient pointers for " + std::to_string(n) + " tensors");
+        for (std::size_t t = 0; t < n; ++t) {
+            void* g = PyLong_AsVoidPtr(PyList_GET_ITEM(grads.ptr(), t));
+            if (g == nullptr && PyErr_Occurred()) throw py::error_already_set();
+            const std::uintptr_t at = reinterpret_cast<std::uintptr_t>(g);
+            const auto [lo, bytes] = params_[t];
+            if (bytes != 0 && at < lo + bytes && lo < at + bytes)
+                throw py::value_error("grads[" + std::to_string(t) + "] overlaps its param");
+            const auto [batch, j] = c_.order[t];
+            switch (batch) {
+                case 0: c_.f32.grads[j] = static_cast<const float*>(g); break;
+                case 1: c_.f64.grads[j] = static_cast<const double*>(g); break;
+                case 2: grad_operand(c_.mixed32.tensors[j], g); break;
+                default: grad_operand(c_.mixed64.tensors[j], g); break;
+            }
+        }
+        run_(hp, c_);
+    }
+
+   private:
+    // A mixed tensor's grad has its param's storage (torch's rule for .grad).
+    static void grad_operand(MixedTensor& x, void* g) {
+        x.x[kGrads] = Operand{g, x.x[kParams].storage, nullptr};
+    }
+
+    Runner run_;
+    Collected c_;
+    std::vector<std::pair<std::uintptr_t, std::uintptr_t>> params_;  // each param's start and bytes
+};
 
 // Prodigy's reduction: the sums of each group of tensors present, added in
 // this fixed order.
@@ -620,6 +719,17 @@ PYBIND11_MODULE(_core, m) {
         "One fused " #name " step over (params, grads, states...); see lrfast." #name "_step.");
 #include "lrfast/optimizers.def"
 #undef LRFAST_OPTIMIZER
+    m.def(
+        "prepare",
+        [](const std::string& kernel, const py::tuple& arrays, const py::tuple& names) {
+            auto call = std::make_shared<Prepared>(kernel, arrays, names);
+            return py::cpp_function(
+                [call](const py::dict& hp, const py::list& grads) { call->run(hp, grads); },
+                py::arg("hparams"), py::arg("grads"));
+        },
+        py::arg("kernel"), py::arg("arrays"), py::arg("names"),
+        "Collects an update kernel's (params, None, states...) once; returns\n"
+        "run(hparams, grads), which steps with the grads given as data pointers.");
     m.def(
         "prodigy_reduce",
         [](const py::tuple& arrays, const py::tuple& names, const py::dict& hp) {

@@ -40,6 +40,7 @@ def for_arrays(first_list):
 
 
 _checking = contextvars.ContextVar("lrfast_checks_only", default=False)
+_prepared = contextvars.ContextVar("lrfast_prepared", default=None)
 
 
 @contextlib.contextmanager
@@ -52,6 +53,19 @@ def checks_only():
         _checking.reset(token)
 
 
+@contextlib.contextmanager
+def through(call):
+    """Within it (``call`` not None), :func:`run` hands each call to
+    ``call(kernel, hparams, seqs, names, check_only)`` instead of a back end:
+    lrfast.torch's prepared calls, which collected their params and states
+    once and take only the gradients."""
+    token = _prepared.set(call)
+    try:
+        yield
+    finally:
+        _prepared.reset(token)
+
+
 def run(kernel: str, hparams: dict, arrays: dict, required: tuple[str, ...]):
     """Calls `kernel` on `arrays` (argument name -> one array, a sequence, or
     None for a state the options leave unused); `required` names the arguments
@@ -62,13 +76,20 @@ def run(kernel: str, hparams: dict, arrays: dict, required: tuple[str, ...]):
         if value is None and name in required:
             raise ValueError(f"{name} is required with these options")
         seqs.append(tensors(name, value))
+    prepared = _prepared.get() or direct
+    return prepared(kernel, hparams, tuple(seqs), tuple(arrays), _checking.get())
+
+
+def direct(kernel: str, hparams: dict, seqs: tuple, names: tuple, check_only: bool):
+    """Runs `kernel` on the back end of `seqs`' arrays (with `check_only`,
+    runs its checks only)."""
     backend = for_arrays(seqs[0])
-    if not _checking.get():
-        return getattr(backend, kernel)(tuple(seqs), tuple(arrays), hparams)
+    if not check_only:
+        return getattr(backend, kernel)(seqs, names, hparams)
     # Prodigy's reduction takes states of the slice param.ravel()[::slice_p]
     slice_p = int(hparams["slice_p"]) if kernel == "prodigy_reduce" else 0
     if backend is _core:
-        _core.check(tuple(seqs), tuple(arrays), False, True, slice_p)
+        _core.check(seqs, names, False, True, slice_p)
     else:
-        backend.check(tuple(seqs), tuple(arrays), slice_p)
+        backend.check(seqs, names, slice_p)
     return (0.0, 0.0) if kernel == "prodigy_reduce" else None

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Mapping, MutableMapping, NamedTuple, Sequence
 
 from . import _hparams
-from ._backend import checks_only
+from ._backend import checks_only, through
 
 
 @dataclass(frozen=True)
@@ -61,6 +61,7 @@ class Piece(NamedTuple):
     step: int
     rounding: Mapping
     done: Callable[[bool], None]
+    via: Callable | None = None  # what runs the call instead of a back end (_backend.through)
 
 
 @dataclass
@@ -148,8 +149,9 @@ class Kernel:
                 piece.done(True)
 
     def _apply(self, update: Update, piece: Piece, grad_scale: float) -> None:
-        self(piece.params, piece.grads, piece.states, {**update.hparams, **piece.rounding},
-             lr=update.lr, step=piece.step, grad_scale=grad_scale)
+        with through(piece.via):
+            self(piece.params, piece.grads, piece.states, {**update.hparams, **piece.rounding},
+                 lr=update.lr, step=piece.step, grad_scale=grad_scale)
 
     def preflight(self, groups: Sequence[Mapping], updates: Sequence[Update],
                   grad_scale: float = 1.0, *, first_checks_itself: bool = True) -> None:

@@ -106,11 +106,13 @@ from __future__ import annotations
 import math
 import operator
 import threading
+from typing import Callable
 from itertools import chain, groupby
 
 import torch
 
-from . import _hparams, _lowp, _prodigy, _schedulefree, cuda
+from . import _core, _hparams, _lowp, _prodigy, _schedulefree, cuda
+from ._backend import direct
 from ._kernel import Kernel, Piece, Slot, Update
 from .optim import KERNELS, exclusive
 from .precision import (Q4_BLOCK, SIGNED_STATES, Q4State, Q8State, bfloat16, create_q4_map,
@@ -160,13 +162,14 @@ def _host_view(t: torch.Tensor):
 
 def _contiguous(grads: list) -> list:
     """The gradients, with a contiguous copy of each one that is not
-    (transposed, expanded): the kernels read C-contiguous memory."""
-    if all(map(torch.Tensor.is_contiguous, grads)):
+    (transposed, expanded) or has its negative bit set: the kernels read
+    plain C-contiguous memory."""
+    if all(map(torch.Tensor.is_contiguous, grads)) and not any(map(torch.Tensor.is_neg, grads)):
         return grads
     for g in grads:  # a sparse gradient is never contiguous
         if g.layout != torch.strided:
             raise RuntimeError("lrfast.torch optimizers do not support sparse gradients")
-    return [g.contiguous() for g in grads]
+    return [g.resolve_neg().contiguous() for g in grads]
 
 
 def _host_views(tensors) -> list:
@@ -174,13 +177,6 @@ def _host_views(tensors) -> list:
         return list(map(torch.Tensor.numpy, tensors))
     except (RuntimeError, TypeError):  # requires grad, or bfloat16
         return list(map(_host_view, tensors))
-
-
-def _host_grad_views(grads) -> list:
-    try:  # the fast path, at every step
-        return list(map(torch.Tensor.numpy, grads))
-    except (RuntimeError, TypeError):  # requires grad, a negative-bit view (read a
-        return [_host_view(g.resolve_neg()) for g in grads]  # resolved copy), or bfloat16
 
 
 def _device_views(tensors) -> list:
@@ -369,7 +365,10 @@ class _Call:
         self.stream = (group_index, index[0])  # where its random bits come from
         on_host = device.type == "cpu"
         self.views = _host_views if on_host else _device_views
-        self.grad_views = _host_grad_views if on_host else _device_grad_views
+        # on the host the grads go as tensors to prepared calls (see run), on CUDA as views
+        self.grad_views = list if on_host else _device_grad_views
+        self.via = self.run if on_host else None
+        self.prepared: dict[tuple, Callable] = {}
         state_view = _host_view if on_host else _device_state
         params = [params[i] for i in index]
         states = [opt.state[p] for p in params]
@@ -392,7 +391,21 @@ class _Call:
             grads = [grads[i] for i in self.index]
         rounding = _lowp.rounding(stochastic_rounding, seed, self.completed, *self.stream)
         return Piece(self.params, self.grad_views(grads), self.states, self.completed + 1,
-                     rounding, self.done)
+                     rounding, self.done, self.via)
+
+    def run(self, kernel: str, hparams: dict, seqs: tuple, names: tuple, check_only: bool):
+        """A host call of a step function (see lrfast._backend.through): its
+        params and states, this call's views, are collected once
+        (_core.prepare); each step then passes the grads' data pointers,
+        no NumPy views. Prodigy's reduction takes the plain path."""
+        if kernel == "prodigy_reduce":
+            return direct(kernel, hparams, seqs, names, check_only)
+        prepared = self.prepared.get((kernel, names))
+        if prepared is None:  # checks the params and states
+            prepared = self.prepared[kernel, names] = _core.prepare(
+                kernel, (seqs[0], None) + seqs[2:], names)
+        if not check_only:
+            prepared(hparams, list(map(torch.Tensor.data_ptr, seqs[1])))
 
     def done(self, advance: bool) -> None:
         # the kernel wrote through views autograd does not see: tell it, as
