@@ -379,7 +379,34 @@ def _host_arrays(state):
     return to_host(state.codes), to_host(state.absmax)
 
 
-class Q8State:
+def _check_signed(value):
+    """A low-bit state's ``signed``, which the kernels read as a C++ bool:
+    a bool or ``np.bool_`` only (a 2 or 0.3 would pass as True)."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"signed: expected a bool, got {value!r} ({type(value).__name__})")
+    return bool(value)
+
+
+class _LowBitState:
+    """What Q8State and Q4State share: ``signed``, checked whenever it is set."""
+
+    __slots__ = ("codes", "absmax", "_signed")
+
+    @property
+    def signed(self):
+        """Which map the codes index; ``False`` is for states that are never
+        negative. A bool or ``np.bool_``, nothing else."""
+        return self._signed
+
+    @signed.setter
+    def signed(self, value):
+        self._signed = _check_signed(value)
+
+    def __repr__(self):
+        return f"{type(self).__name__}(shape={self.shape}, signed={self.signed})"
+
+
+class Q8State(_LowBitState):
     """An optimizer state held in 8 bits (see :func:`quantize_blockwise`).
 
     ``codes``: uint8, the param's shape, C-contiguous, writeable. ``absmax``:
@@ -388,10 +415,10 @@ class Q8State:
     ``__cuda_array_interface__``: Numba device arrays, torch CUDA tensors) for
     device params. ``signed``: which dynamic map the codes index; ``False`` is
     for states that are never negative. Steps update ``codes`` and ``absmax``
-    in place.
+    in place. Pickles with every protocol, through this constructor.
     """
 
-    __slots__ = ("codes", "absmax", "signed")
+    __slots__ = ()
 
     def __init__(self, codes, absmax, signed=True):
         shape, absmax_shape = _state_arrays(codes, absmax)
@@ -399,9 +426,11 @@ class Q8State:
         if len(absmax_shape) != 1 or absmax_shape[0] != blocks:
             raise ValueError(f"absmax: expected {blocks} values (one per block of "
                              f"{BLOCK} codes), got shape {tuple(absmax_shape)}")
-        if not isinstance(signed, (bool, np.bool_)):
-            raise TypeError(f"signed: expected a bool, got {type(signed).__name__}")
-        self.codes, self.absmax, self.signed = codes, absmax, bool(signed)
+        self.signed = signed
+        self.codes, self.absmax = codes, absmax
+
+    def __reduce__(self):  # slots without a __dict__: protocols 0 and 1 need this
+        return Q8State, (self.codes, self.absmax, self.signed)
 
     @property
     def shape(self):
@@ -421,11 +450,8 @@ class Q8State:
         """A Q8State over copies of the arrays."""
         return Q8State(self.codes.copy(), self.absmax.copy(), self.signed)
 
-    def __repr__(self):
-        return f"Q8State(shape={self.shape}, signed={self.signed})"
 
-
-class Q4State:
+class Q4State(_LowBitState):
     """An optimizer state held in 4 bits (see :func:`quantize_blockwise_q4`),
     in torchao's layout.
 
@@ -435,9 +461,10 @@ class Q4State:
     shape. Both arrays NumPy arrays, or both CUDA device arrays for device
     params. ``signed``: which map the codes index; ``False`` is for states that
     are never negative. Steps update ``codes`` and ``absmax`` in place.
+    Pickles with every protocol, through this constructor.
     """
 
-    __slots__ = ("codes", "absmax", "signed", "_shape")
+    __slots__ = ("_shape",)
 
     def __init__(self, codes, absmax, shape, signed=True):
         if not isinstance(shape, (tuple, list)) or not all(
@@ -453,9 +480,11 @@ class Q4State:
         if tuple(absmax_shape) != (blocks,):
             raise ValueError(f"absmax: expected {blocks} values (one per block of "
                              f"{Q4_BLOCK} elements), got shape {tuple(absmax_shape)}")
-        if not isinstance(signed, (bool, np.bool_)):
-            raise TypeError(f"signed: expected a bool, got {type(signed).__name__}")
-        self.codes, self.absmax, self.signed = codes, absmax, bool(signed)
+        self.signed = signed
+        self.codes, self.absmax = codes, absmax
+
+    def __reduce__(self):  # slots without a __dict__: protocols 0 and 1 need this
+        return Q4State, (self.codes, self.absmax, self._shape, self.signed)
 
     @property
     def shape(self):
@@ -474,9 +503,6 @@ class Q4State:
     def copy(self):
         """A Q4State over copies of the arrays."""
         return Q4State(self.codes.copy(), self.absmax.copy(), self._shape, self.signed)
-
-    def __repr__(self):
-        return f"Q4State(shape={self.shape}, signed={self.signed})"
 
 
 def bfloat16():
@@ -525,8 +551,7 @@ def zeros_state(param, dtype=None, *, signed=True):
     if not (param_dtype in (np.float32, np.float64) or is_16bit(param_dtype)):
         raise TypeError(f"param: dtype {param_dtype} is not supported "
                         "(float32, float64, bfloat16 or float16)")
-    if not isinstance(signed, (bool, np.bool_)):
-        raise TypeError(f"signed: expected a bool, got {type(signed).__name__}")
+    signed = _check_signed(signed)
     choices = "None, 'float32', 'bfloat16', 'float16', 'float64', 'q8' or 'q4'"
     if dtype is None:
         dtype = param_dtype.name
