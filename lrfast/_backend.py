@@ -4,13 +4,20 @@ Both back ends expose the same functions as ``lrfast._core``: one per kernel
 in optimizers.def taking ``(arrays, names, hparams)``, and ``global_norm``,
 ``clip_grad_norm``, ``clip_grad_value``. The array checks, and the refusal of
 host and device arrays mixed in one call, happen inside the back end.
+
+The CUDA back end (and numba-cuda) is imported at the first device array and
+kept. This module also tells :mod:`lrfast.precision`, which imports no back
+end, how to read and make the arrays that are not NumPy's (:class:`OtherArrays`).
 """
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
-from . import _core, cuda
+from . import _core, precision
+from ._device import is_device_array, is_torch_tensor
 
 
 def tensors(name: str, value):
@@ -24,10 +31,18 @@ def tensors(name: str, value):
     return (value,)
 
 
+@functools.cache
+def cuda_backend():
+    """:func:`lrfast.cuda.backend`, imported once (an ImportError is not kept)."""
+    from . import cuda
+
+    return cuda.backend()
+
+
 def for_arrays(first_list):
     """The back end for a call whose first argument is `first_list`."""
-    if first_list and type(first_list[0]) is not np.ndarray and cuda.is_device_array(first_list[0]):
-        return cuda.backend()  # numba-cuda is imported only now
+    if first_list and type(first_list[0]) is not np.ndarray and is_device_array(first_list[0]):
+        return cuda_backend()
     return _core
 
 
@@ -42,3 +57,47 @@ def run(kernel: str, hparams: dict, arrays: dict, required: tuple[str, ...]):
             raise ValueError(f"{name} is required with these options")
         seqs.append(tensors(name, value))
     return getattr(for_arrays(seqs[0]), kernel)(tuple(seqs), tuple(arrays), hparams)
+
+
+def _device_arrays():
+    """:mod:`lrfast.cuda.devicearrays`, once the CUDA back end imports (with
+    its message when numba-cuda is missing)."""
+    cuda_backend()
+    from .cuda import devicearrays
+
+    return devicearrays
+
+
+class OtherArrays:
+    """The arrays that are not NumPy's, as :func:`lrfast.precision.register_arrays`
+    asks: CUDA device arrays, which the CUDA back end reads and makes (torch
+    makes the states of a torch param)."""
+
+    def owns(self, x) -> bool:
+        return is_device_array(x)
+
+    def describe(self, x, label: str):
+        return _device_arrays().describe(x, label)
+
+    def to_host(self, x) -> np.ndarray:
+        return _device_arrays().to_host(x)
+
+    def allocators(self, param):
+        if is_torch_tensor(param):
+            return _torch_allocators(param)
+        arrays = _device_arrays()
+        shape, dtype, _, _ = arrays.describe(param, "param")
+        return dtype.name, shape, arrays.full
+
+
+def _torch_allocators(param):
+    """A torch param's states are tensors on its device."""
+    import torch
+
+    def full(shape, value, dtype):
+        return torch.full(shape, value, dtype=getattr(torch, dtype.name), device=param.device)
+
+    return str(param.dtype).removeprefix("torch."), tuple(param.shape), full
+
+
+precision.register_arrays(OtherArrays())

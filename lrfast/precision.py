@@ -330,25 +330,44 @@ def dequantize_blockwise(codes, absmax, signed=True):
     return (_MAPS[bool(signed)][flat] * scale).reshape(codes.shape)
 
 
-def _is_device_array(x):
-    from .cuda import is_device_array
+# -- arrays that are not NumPy's
+#
+# The formats are specified on NumPy arrays, and this module imports nothing
+# of lrfast's. The state classes and zeros_state also take CUDA device arrays,
+# which only the layers above know how to read and make: lrfast._backend,
+# loaded with lrfast, registers a handler for them, and the CUDA back end
+# stays unimported until a device array comes.
 
-    return not isinstance(x, np.ndarray) and is_device_array(x)
+_ARRAY_HANDLERS: list = []
+
+
+def register_arrays(handler):
+    """Lets the state classes and zeros_state take the arrays ``handler``
+    knows. It has ``owns(x)`` (whether ``x`` is one of them; imports
+    nothing), ``describe(x, label)`` (``(shape, dtype, c_contiguous,
+    writeable)`` of a low-bit state's codes or absmax, or a TypeError/
+    ValueError naming ``label``), ``to_host(x)`` (a NumPy copy) and
+    ``allocators(param)``: ``(dtype name, shape, full)``, where
+    ``full(shape, value, dtype)`` makes an array beside ``param``."""
+    _ARRAY_HANDLERS.append(handler)
+
+
+def _handler(x, label, expected):
+    for handler in _ARRAY_HANDLERS:
+        if handler.owns(x):
+            return handler
+    raise TypeError(f"{label}: expected {expected}, got {type(x).__name__}")
 
 
 def _writeable_c_array(x, name, dtype):
-    """Checks a Q8State part: a NumPy array, or a CUDA device array (read
-    from its interface, without touching its memory)."""
+    """Checks a low-bit state's part: a NumPy array, or an array a handler
+    describes (a CUDA device array, read without touching its memory)."""
     if isinstance(x, np.ndarray):
         shape, got = x.shape, x.dtype
         contiguous, writeable = x.flags.c_contiguous, x.flags.writeable
-    elif _is_device_array(x):
-        from .cuda.devicearrays import describe
-
-        shape, got, contiguous, writeable = describe(x, name)
     else:
-        raise TypeError(f"{name}: expected a NumPy array or a CUDA device array, "
-                        f"got {type(x).__name__}")
+        handler = _handler(x, name, "a NumPy array or a CUDA device array")
+        shape, got, contiguous, writeable = handler.describe(x, name)
     if got != dtype:
         raise TypeError(f"{name}: expected dtype {np.dtype(dtype).name}, got {got}")
     if not contiguous:
@@ -374,9 +393,8 @@ def _host_arrays(state):
     device arrays)."""
     if isinstance(state.codes, np.ndarray):
         return state.codes, state.absmax
-    from .cuda.devicearrays import to_host
-
-    return to_host(state.codes), to_host(state.absmax)
+    handler = _handler(state.codes, "codes", "a NumPy array or a CUDA device array")
+    return handler.to_host(state.codes), handler.to_host(state.absmax)
 
 
 def _check_signed(value):
@@ -534,27 +552,17 @@ def zeros_state(param, dtype=None, *, signed=True):
     are never negative (second moments, Adagrad sums, Adadelta accumulators).
     """
     if isinstance(param, np.ndarray):
-        param_dtype, shape = param.dtype, param.shape
-
-        def full(shape, value, dtype):
-            return np.full(shape, value, dtype=dtype)
-    elif _is_device_array(param):
-        from .cuda import devicearrays
-
-        param_dtype, shape = devicearrays.dtype_and_shape(param)
-
-        def full(shape, value, dtype):
-            return devicearrays.full(param, shape, value, dtype)
+        param_dtype, shape, full = param.dtype.name, param.shape, np.full
     else:
-        raise TypeError("param: expected a NumPy array or a CUDA device array, "
-                        f"got {type(param).__name__}")
-    if not (param_dtype in (np.float32, np.float64) or is_16bit(param_dtype)):
+        expected = "a NumPy array or a CUDA device array"
+        param_dtype, shape, full = _handler(param, "param", expected).allocators(param)
+    if param_dtype not in ("float32", "float64", "bfloat16", "float16"):
         raise TypeError(f"param: dtype {param_dtype} is not supported "
                         "(float32, float64, bfloat16 or float16)")
     signed = _check_signed(signed)
     choices = "None, 'float32', 'bfloat16', 'float16', 'float64', 'q8' or 'q4'"
     if dtype is None:
-        dtype = param_dtype.name
+        dtype = param_dtype
     if not isinstance(dtype, str):
         raise TypeError(f"dtype: expected {choices}, got {dtype!r}")
     size = int(np.prod(shape))

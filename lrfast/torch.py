@@ -99,7 +99,7 @@ from itertools import chain, groupby
 
 import torch
 
-from . import _hparams, _lowp, _prodigy, _schedulefree, cuda
+from . import _backend, _hparams, _lowp, _prodigy, _schedulefree
 from ._kernel import Kernel, Piece, Slot, Update
 from .optim import KERNELS
 from .precision import (Q4_BLOCK, SIGNED_STATES, Q4State, Q8State, bfloat16, create_q4_map,
@@ -326,7 +326,7 @@ def _check_param(p: torch.Tensor, where: str) -> None:
                          "contiguous tensors")
     if p.device.type == "cuda":
         try:
-            cuda.backend()  # imports numba-cuda
+            _backend.cuda_backend()  # imports numba-cuda
         except ImportError as exc:
             raise ImportError(f"{where} is on {p.device}: {exc}") from exc
     elif p.device.type != "cpu":
