@@ -70,13 +70,17 @@ def _device_arrays():
 
 class OtherArrays:
     """The arrays that are not NumPy's, as :func:`lrfast.precision.register_arrays`
-    asks: CUDA device arrays, which the CUDA back end reads and makes (torch
-    makes the states of a torch param)."""
+    asks: CUDA device arrays, which the CUDA back end reads and makes, and torch
+    tensors, whose states torch makes."""
 
     def owns(self, x) -> bool:
-        return is_device_array(x)
+        return is_device_array(x) or is_torch_tensor(x)
 
     def describe(self, x, label: str):
+        if not is_device_array(x):
+            raise TypeError(f"{label}: expected a NumPy array or a CUDA device array, got a "
+                            f"torch tensor on {x.device} (a low-bit state on the host holds "
+                            "NumPy arrays, as zeros_state makes it)")
         return _device_arrays().describe(x, label)
 
     def to_host(self, x) -> np.ndarray:
@@ -87,17 +91,23 @@ class OtherArrays:
             return _torch_allocators(param)
         arrays = _device_arrays()
         shape, dtype, _, _ = arrays.describe(param, "param")
-        return dtype.name, shape, arrays.full
+        return dtype.name, shape, arrays.full, arrays.full
 
 
 def _torch_allocators(param):
-    """A torch param's states are tensors on its device."""
+    """A torch param's states are tensors on its device, except the parts of
+    a low-bit state on the host: NumPy arrays, which the C++ path reads."""
     import torch
+
+    if param.device.type not in ("cpu", "cuda"):
+        raise TypeError(f"param: a torch tensor on {param.device}; lrfast runs on CPU and "
+                        "CUDA tensors")
 
     def full(shape, value, dtype):
         return torch.full(shape, value, dtype=getattr(torch, dtype.name), device=param.device)
 
-    return str(param.dtype).removeprefix("torch."), tuple(param.shape), full
+    low_bit = full if param.device.type == "cuda" else np.full
+    return str(param.dtype).removeprefix("torch."), tuple(param.shape), full, low_bit
 
 
 precision.register_arrays(OtherArrays())

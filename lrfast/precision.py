@@ -333,10 +333,10 @@ def dequantize_blockwise(codes, absmax, signed=True):
 # -- arrays that are not NumPy's
 #
 # The formats are specified on NumPy arrays, and this module imports nothing
-# of lrfast's. The state classes and zeros_state also take CUDA device arrays,
-# which only the layers above know how to read and make: lrfast._backend,
-# loaded with lrfast, registers a handler for them, and the CUDA back end
-# stays unimported until a device array comes.
+# of lrfast's. The state classes and zeros_state also take CUDA device arrays
+# (zeros_state torch tensors too), which only the layers above know how to
+# read and make: lrfast._backend, loaded with lrfast, registers a handler for
+# them, and the CUDA back end stays unimported until a device array comes.
 
 _ARRAY_HANDLERS: list = []
 
@@ -347,8 +347,9 @@ def register_arrays(handler):
     nothing), ``describe(x, label)`` (``(shape, dtype, c_contiguous,
     writeable)`` of a low-bit state's codes or absmax, or a TypeError/
     ValueError naming ``label``), ``to_host(x)`` (a NumPy copy) and
-    ``allocators(param)``: ``(dtype name, shape, full)``, where
-    ``full(shape, value, dtype)`` makes an array beside ``param``."""
+    ``allocators(param)``: ``(dtype name, shape, full, full_low_bit)``, where
+    ``full(shape, value, dtype)`` makes a float state beside ``param`` and
+    ``full_low_bit`` the codes and absmax of a low-bit one."""
     _ARRAY_HANDLERS.append(handler)
 
 
@@ -538,9 +539,11 @@ def is_16bit(dtype):
 
 
 def zeros_state(param, dtype=None, *, signed=True):
-    """A zero optimizer state for ``param`` (a NumPy array, or a CUDA device
-    array: then the state is on the device too, torch tensors for a torch
-    param, else Numba device arrays, bfloat16 ones as
+    """A zero optimizer state for ``param``: a NumPy array; a CPU torch
+    tensor (float states are then torch tensors beside it, low-bit ones hold
+    NumPy arrays, which is what the step functions take next to torch
+    params); or a CUDA device array (the state is on the device too: torch
+    tensors for a torch param, else Numba device arrays, bfloat16 ones as
     :class:`lrfast.cuda.devicearrays.BFloat16Array`).
 
     ``dtype``: ``None`` (the param's dtype), ``"float32"``, ``"bfloat16"``,
@@ -552,10 +555,10 @@ def zeros_state(param, dtype=None, *, signed=True):
     are never negative (second moments, Adagrad sums, Adadelta accumulators).
     """
     if isinstance(param, np.ndarray):
-        param_dtype, shape, full = param.dtype.name, param.shape, np.full
+        param_dtype, shape, full, full_low_bit = param.dtype.name, param.shape, np.full, np.full
     else:
-        expected = "a NumPy array or a CUDA device array"
-        param_dtype, shape, full = _handler(param, "param", expected).allocators(param)
+        handler = _handler(param, "param", "a NumPy array, a CUDA device array or a torch tensor")
+        param_dtype, shape, full, full_low_bit = handler.allocators(param)
     if param_dtype not in ("float32", "float64", "bfloat16", "float16"):
         raise TypeError(f"param: dtype {param_dtype} is not supported "
                         "(float32, float64, bfloat16 or float16)")
@@ -569,14 +572,15 @@ def zeros_state(param, dtype=None, *, signed=True):
     if dtype == "q8":
         if size < Q8_MIN_SIZE:
             return full(shape, 0, np.dtype(np.float32))
-        codes = full(shape, 127 if signed else 0, np.dtype(np.uint8))
-        return Q8State(codes, full((_blocks(size),), 0, np.dtype(np.float32)), signed)
+        codes = full_low_bit(shape, 127 if signed else 0, np.dtype(np.uint8))
+        return Q8State(codes, full_low_bit((_blocks(size),), 0, np.dtype(np.float32)), signed)
     if dtype == "q4":
         if size < Q8_MIN_SIZE:
             return full(shape, 0, np.dtype(np.float32))
         codes_shape, absmax_shape = low_bit_shapes("q4", shape)
-        codes = full(codes_shape, 0x77 if signed else 0, np.dtype(np.uint8))
-        return Q4State(codes, full(absmax_shape, 0, np.dtype(np.float32)), shape, signed)
+        codes = full_low_bit(codes_shape, 0x77 if signed else 0, np.dtype(np.uint8))
+        absmax = full_low_bit(absmax_shape, 0, np.dtype(np.float32))
+        return Q4State(codes, absmax, shape, signed)
     if dtype == "float32":
         return full(shape, 0, np.dtype(np.float32))
     if dtype == "bfloat16":
