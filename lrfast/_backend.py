@@ -5,6 +5,10 @@ in optimizers.def taking ``(arrays, names, hparams)``, and ``global_norm``,
 ``clip_grad_norm``, ``clip_grad_value``. The array checks, and the refusal of
 host and device arrays mixed in one call, happen inside the back end.
 
+The CUDA back end (and numba-cuda) is imported at the first device array and
+kept. This module also tells :mod:`lrfast.precision`, which imports no back
+end, how to read and make the arrays that are not NumPy's (:class:`OtherArrays`).
+
 Inside :func:`checks_only` a step function validates everything it would
 validate (hyperparameters, then the arrays, through the back end's
 ``check``) and returns without running: the optimizer classes check every
@@ -15,10 +19,12 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import functools
 
 import numpy as np
 
-from . import _core, cuda
+from . import _core, precision
+from ._device import is_device_array, is_torch_tensor
 
 
 def tensors(name: str, value):
@@ -32,10 +38,18 @@ def tensors(name: str, value):
     return (value,)
 
 
+@functools.cache
+def cuda_backend():
+    """:func:`lrfast.cuda.backend`, imported once (an ImportError is not kept)."""
+    from . import cuda
+
+    return cuda.backend()
+
+
 def for_arrays(first_list):
     """The back end for a call whose first argument is `first_list`."""
-    if first_list and type(first_list[0]) is not np.ndarray and cuda.is_device_array(first_list[0]):
-        return cuda.backend()  # numba-cuda is imported only now
+    if first_list and type(first_list[0]) is not np.ndarray and is_device_array(first_list[0]):
+        return cuda_backend()
     return _core
 
 
@@ -93,3 +107,57 @@ def direct(kernel: str, hparams: dict, seqs: tuple, names: tuple, check_only: bo
     else:
         backend.check(seqs, names, slice_p)
     return (0.0, 0.0) if kernel == "prodigy_reduce" else None
+
+
+def _device_arrays():
+    """:mod:`lrfast.cuda.devicearrays`, once the CUDA back end imports (with
+    its message when numba-cuda is missing)."""
+    cuda_backend()
+    from .cuda import devicearrays
+
+    return devicearrays
+
+
+class OtherArrays:
+    """The arrays that are not NumPy's, as :func:`lrfast.precision.register_arrays`
+    asks: CUDA device arrays, which the CUDA back end reads and makes, and torch
+    tensors, whose states torch makes."""
+
+    def owns(self, x) -> bool:
+        return is_device_array(x) or is_torch_tensor(x)
+
+    def describe(self, x, label: str):
+        if not is_device_array(x):
+            raise TypeError(f"{label}: expected a NumPy array or a CUDA device array, got a "
+                            f"torch tensor on {x.device} (a low-bit state on the host holds "
+                            "NumPy arrays, as zeros_state makes it)")
+        return _device_arrays().describe(x, label)
+
+    def to_host(self, x) -> np.ndarray:
+        return _device_arrays().to_host(x)
+
+    def allocators(self, param):
+        if is_torch_tensor(param):
+            return _torch_allocators(param)
+        arrays = _device_arrays()
+        shape, dtype, _, _ = arrays.describe(param, "param")
+        return dtype.name, shape, arrays.full, arrays.full
+
+
+def _torch_allocators(param):
+    """A torch param's states are tensors on its device, except the parts of
+    a low-bit state on the host: NumPy arrays, which the C++ path reads."""
+    import torch
+
+    if param.device.type not in ("cpu", "cuda"):
+        raise TypeError(f"param: a torch tensor on {param.device}; lrfast runs on CPU and "
+                        "CUDA tensors")
+
+    def full(shape, value, dtype):
+        return torch.full(shape, value, dtype=getattr(torch, dtype.name), device=param.device)
+
+    low_bit = full if param.device.type == "cuda" else np.full
+    return str(param.dtype).removeprefix("torch."), tuple(param.shape), full, low_bit
+
+
+precision.register_arrays(OtherArrays())

@@ -330,25 +330,45 @@ def dequantize_blockwise(codes, absmax, signed=True):
     return (_MAPS[bool(signed)][flat] * scale).reshape(codes.shape)
 
 
-def _is_device_array(x):
-    from .cuda import is_device_array
+# -- arrays that are not NumPy's
+#
+# The formats are specified on NumPy arrays, and this module imports nothing
+# of lrfast's. The state classes and zeros_state also take CUDA device arrays
+# (zeros_state torch tensors too), which only the layers above know how to
+# read and make: lrfast._backend, loaded with lrfast, registers a handler for
+# them, and the CUDA back end stays unimported until a device array comes.
 
-    return not isinstance(x, np.ndarray) and is_device_array(x)
+_ARRAY_HANDLERS: list = []
+
+
+def register_arrays(handler):
+    """Lets the state classes and zeros_state take the arrays ``handler``
+    knows. It has ``owns(x)`` (whether ``x`` is one of them; imports
+    nothing), ``describe(x, label)`` (``(shape, dtype, c_contiguous,
+    writeable)`` of a low-bit state's codes or absmax, or a TypeError/
+    ValueError naming ``label``), ``to_host(x)`` (a NumPy copy) and
+    ``allocators(param)``: ``(dtype name, shape, full, full_low_bit)``, where
+    ``full(shape, value, dtype)`` makes a float state beside ``param`` and
+    ``full_low_bit`` the codes and absmax of a low-bit one."""
+    _ARRAY_HANDLERS.append(handler)
+
+
+def _handler(x, label, expected):
+    for handler in _ARRAY_HANDLERS:
+        if handler.owns(x):
+            return handler
+    raise TypeError(f"{label}: expected {expected}, got {type(x).__name__}")
 
 
 def _writeable_c_array(x, name, dtype):
-    """Checks a Q8State part: a NumPy array, or a CUDA device array (read
-    from its interface, without touching its memory)."""
+    """Checks a low-bit state's part: a NumPy array, or an array a handler
+    describes (a CUDA device array, read without touching its memory)."""
     if isinstance(x, np.ndarray):
         shape, got = x.shape, x.dtype
         contiguous, writeable = x.flags.c_contiguous, x.flags.writeable
-    elif _is_device_array(x):
-        from .cuda.devicearrays import describe
-
-        shape, got, contiguous, writeable = describe(x, name)
     else:
-        raise TypeError(f"{name}: expected a NumPy array or a CUDA device array, "
-                        f"got {type(x).__name__}")
+        handler = _handler(x, name, "a NumPy array or a CUDA device array")
+        shape, got, contiguous, writeable = handler.describe(x, name)
     if got != dtype:
         raise TypeError(f"{name}: expected dtype {np.dtype(dtype).name}, got {got}")
     if not contiguous:
@@ -374,12 +394,38 @@ def _host_arrays(state):
     device arrays)."""
     if isinstance(state.codes, np.ndarray):
         return state.codes, state.absmax
-    from .cuda.devicearrays import to_host
+    handler = _handler(state.codes, "codes", "a NumPy array or a CUDA device array")
+    return handler.to_host(state.codes), handler.to_host(state.absmax)
 
-    return to_host(state.codes), to_host(state.absmax)
+
+def _check_signed(value):
+    """A low-bit state's ``signed``, which the kernels read as a C++ bool:
+    a bool or ``np.bool_`` only (a 2 or 0.3 would pass as True)."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"signed: expected a bool, got {value!r} ({type(value).__name__})")
+    return bool(value)
 
 
-class Q8State:
+class _LowBitState:
+    """What Q8State and Q4State share: ``signed``, checked whenever it is set."""
+
+    __slots__ = ("codes", "absmax", "_signed")
+
+    @property
+    def signed(self):
+        """Which map the codes index; ``False`` is for states that are never
+        negative. A bool or ``np.bool_``, nothing else."""
+        return self._signed
+
+    @signed.setter
+    def signed(self, value):
+        self._signed = _check_signed(value)
+
+    def __repr__(self):
+        return f"{type(self).__name__}(shape={self.shape}, signed={self.signed})"
+
+
+class Q8State(_LowBitState):
     """An optimizer state held in 8 bits (see :func:`quantize_blockwise`).
 
     ``codes``: uint8, the param's shape, C-contiguous, writeable. ``absmax``:
@@ -388,10 +434,10 @@ class Q8State:
     ``__cuda_array_interface__``: Numba device arrays, torch CUDA tensors) for
     device params. ``signed``: which dynamic map the codes index; ``False`` is
     for states that are never negative. Steps update ``codes`` and ``absmax``
-    in place.
+    in place. Pickles with every protocol, through this constructor.
     """
 
-    __slots__ = ("codes", "absmax", "signed")
+    __slots__ = ()
 
     def __init__(self, codes, absmax, signed=True):
         shape, absmax_shape = _state_arrays(codes, absmax)
@@ -399,9 +445,11 @@ class Q8State:
         if len(absmax_shape) != 1 or absmax_shape[0] != blocks:
             raise ValueError(f"absmax: expected {blocks} values (one per block of "
                              f"{BLOCK} codes), got shape {tuple(absmax_shape)}")
-        if not isinstance(signed, (bool, np.bool_)):
-            raise TypeError(f"signed: expected a bool, got {type(signed).__name__}")
-        self.codes, self.absmax, self.signed = codes, absmax, bool(signed)
+        self.signed = signed
+        self.codes, self.absmax = codes, absmax
+
+    def __reduce__(self):  # slots without a __dict__: protocols 0 and 1 need this
+        return Q8State, (self.codes, self.absmax, self.signed)
 
     @property
     def shape(self):
@@ -421,11 +469,8 @@ class Q8State:
         """A Q8State over copies of the arrays."""
         return Q8State(self.codes.copy(), self.absmax.copy(), self.signed)
 
-    def __repr__(self):
-        return f"Q8State(shape={self.shape}, signed={self.signed})"
 
-
-class Q4State:
+class Q4State(_LowBitState):
     """An optimizer state held in 4 bits (see :func:`quantize_blockwise_q4`),
     in torchao's layout.
 
@@ -435,9 +480,10 @@ class Q4State:
     shape. Both arrays NumPy arrays, or both CUDA device arrays for device
     params. ``signed``: which map the codes index; ``False`` is for states that
     are never negative. Steps update ``codes`` and ``absmax`` in place.
+    Pickles with every protocol, through this constructor.
     """
 
-    __slots__ = ("codes", "absmax", "signed", "_shape")
+    __slots__ = ("_shape",)
 
     def __init__(self, codes, absmax, shape, signed=True):
         if not isinstance(shape, (tuple, list)) or not all(
@@ -453,9 +499,11 @@ class Q4State:
         if tuple(absmax_shape) != (blocks,):
             raise ValueError(f"absmax: expected {blocks} values (one per block of "
                              f"{Q4_BLOCK} elements), got shape {tuple(absmax_shape)}")
-        if not isinstance(signed, (bool, np.bool_)):
-            raise TypeError(f"signed: expected a bool, got {type(signed).__name__}")
-        self.codes, self.absmax, self.signed = codes, absmax, bool(signed)
+        self.signed = signed
+        self.codes, self.absmax = codes, absmax
+
+    def __reduce__(self):  # slots without a __dict__: protocols 0 and 1 need this
+        return Q4State, (self.codes, self.absmax, self._shape, self.signed)
 
     @property
     def shape(self):
@@ -475,9 +523,6 @@ class Q4State:
         """A Q4State over copies of the arrays."""
         return Q4State(self.codes.copy(), self.absmax.copy(), self._shape, self.signed)
 
-    def __repr__(self):
-        return f"Q4State(shape={self.shape}, signed={self.signed})"
-
 
 def bfloat16():
     """``ml_dtypes.bfloat16``, imported on first use."""
@@ -494,9 +539,11 @@ def is_16bit(dtype):
 
 
 def zeros_state(param, dtype=None, *, signed=True):
-    """A zero optimizer state for ``param`` (a NumPy array, or a CUDA device
-    array: then the state is on the device too, torch tensors for a torch
-    param, else Numba device arrays, bfloat16 ones as
+    """A zero optimizer state for ``param``: a NumPy array; a CPU torch
+    tensor (float states are then torch tensors beside it, low-bit ones hold
+    NumPy arrays, which is what the step functions take next to torch
+    params); or a CUDA device array (the state is on the device too: torch
+    tensors for a torch param, else Numba device arrays, bfloat16 ones as
     :class:`lrfast.cuda.devicearrays.BFloat16Array`).
 
     ``dtype``: ``None`` (the param's dtype), ``"float32"``, ``"bfloat16"``,
@@ -508,42 +555,32 @@ def zeros_state(param, dtype=None, *, signed=True):
     are never negative (second moments, Adagrad sums, Adadelta accumulators).
     """
     if isinstance(param, np.ndarray):
-        param_dtype, shape = param.dtype, param.shape
-
-        def full(shape, value, dtype):
-            return np.full(shape, value, dtype=dtype)
-    elif _is_device_array(param):
-        from .cuda import devicearrays
-
-        param_dtype, shape = devicearrays.dtype_and_shape(param)
-
-        def full(shape, value, dtype):
-            return devicearrays.full(param, shape, value, dtype)
+        param_dtype, shape, full, full_low_bit = param.dtype.name, param.shape, np.full, np.full
     else:
-        raise TypeError("param: expected a NumPy array or a CUDA device array, "
-                        f"got {type(param).__name__}")
-    if not (param_dtype in (np.float32, np.float64) or is_16bit(param_dtype)):
+        handler = _handler(param, "param", "a NumPy array, a CUDA device array or a torch tensor")
+        param_dtype, shape, full, full_low_bit = handler.allocators(param)
+    if param_dtype not in ("float32", "float64", "bfloat16", "float16"):
         raise TypeError(f"param: dtype {param_dtype} is not supported "
                         "(float32, float64, bfloat16 or float16)")
-    if not isinstance(signed, (bool, np.bool_)):
-        raise TypeError(f"signed: expected a bool, got {type(signed).__name__}")
+    signed = _check_signed(signed)
     choices = "None, 'float32', 'bfloat16', 'float16', 'float64', 'q8' or 'q4'"
     if dtype is None:
-        dtype = param_dtype.name
+        dtype = param_dtype
     if not isinstance(dtype, str):
         raise TypeError(f"dtype: expected {choices}, got {dtype!r}")
     size = int(np.prod(shape))
     if dtype == "q8":
         if size < Q8_MIN_SIZE:
             return full(shape, 0, np.dtype(np.float32))
-        codes = full(shape, 127 if signed else 0, np.dtype(np.uint8))
-        return Q8State(codes, full((_blocks(size),), 0, np.dtype(np.float32)), signed)
+        codes = full_low_bit(shape, 127 if signed else 0, np.dtype(np.uint8))
+        return Q8State(codes, full_low_bit((_blocks(size),), 0, np.dtype(np.float32)), signed)
     if dtype == "q4":
         if size < Q8_MIN_SIZE:
             return full(shape, 0, np.dtype(np.float32))
         codes_shape, absmax_shape = low_bit_shapes("q4", shape)
-        codes = full(codes_shape, 0x77 if signed else 0, np.dtype(np.uint8))
-        return Q4State(codes, full(absmax_shape, 0, np.dtype(np.float32)), shape, signed)
+        codes = full_low_bit(codes_shape, 0x77 if signed else 0, np.dtype(np.uint8))
+        absmax = full_low_bit(absmax_shape, 0, np.dtype(np.float32))
+        return Q4State(codes, absmax, shape, signed)
     if dtype == "float32":
         return full(shape, 0, np.dtype(np.float32))
     if dtype == "bfloat16":

@@ -111,8 +111,7 @@ from itertools import chain, groupby
 
 import torch
 
-from . import _core, _hparams, _lowp, _prodigy, _schedulefree, cuda
-from ._backend import direct
+from . import _backend, _core, _hparams, _lowp, _prodigy, _schedulefree
 from ._kernel import Kernel, Piece, Slot, Update
 from .optim import KERNELS, exclusive
 from .precision import (Q4_BLOCK, SIGNED_STATES, Q4State, Q8State, bfloat16, create_q4_map,
@@ -347,7 +346,7 @@ def _check_param(p: torch.Tensor, where: str) -> None:
                          "contiguous tensors")
     if p.device.type == "cuda":
         try:
-            cuda.backend()  # imports numba-cuda
+            _backend.cuda_backend()  # imports numba-cuda
         except ImportError as exc:
             raise ImportError(f"{where} is on {p.device}: {exc}") from exc
     elif p.device.type != "cpu":
@@ -399,7 +398,7 @@ class _Call:
         (_core.prepare); each step then passes the grads' data pointers,
         no NumPy views. Prodigy's reduction takes the plain path."""
         if kernel == "prodigy_reduce":
-            return direct(kernel, hparams, seqs, names, check_only)
+            return _backend.direct(kernel, hparams, seqs, names, check_only)
         prepared = self.prepared.get((kernel, names))
         if prepared is None:  # checks the params and states
             prepared = self.prepared[kernel, names] = _core.prepare(

@@ -40,6 +40,8 @@ of options and dtype). Arrays must live on the current CUDA device.
 
 from __future__ import annotations
 
+from .._device import is_device_array
+
 __all__ = ["backend", "is_device_array", "launch_count", "tables_built"]
 
 
@@ -54,19 +56,6 @@ def backend():
     except ImportError as e:
         raise ImportError("device arrays need numba-cuda: pip install 'lrfast[cuda]'") from e
     return ops
-
-
-def is_torch_tensor(obj) -> bool:
-    return type(obj).__module__.startswith("torch") and hasattr(obj, "detach")
-
-
-def is_device_array(obj) -> bool:
-    """Whether `obj` is a CUDA device array. A torch CUDA tensor counts even
-    when it requires grad, where torch refuses ``__cuda_array_interface__``
-    (with a RuntimeError, which ``hasattr`` does not catch). Imports nothing."""
-    if is_torch_tensor(obj):
-        return obj.device.type == "cuda"
-    return hasattr(obj, "__cuda_array_interface__")
 
 
 def launch_count() -> int:

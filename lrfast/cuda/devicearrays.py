@@ -1,6 +1,7 @@
 """Device arrays of the dtypes ``__cuda_array_interface__`` cannot name, and
-the host-side helpers :mod:`lrfast.precision` uses for device params and
-q8 and q4 states.
+the host-side helpers through which :mod:`lrfast._backend` lets
+:mod:`lrfast.precision` take device params and q8 and q4 states (the spec
+imports nothing of the back end's).
 
 bfloat16 has no typestr in the interface (NumPy has no bfloat16; torch
 refuses to export one). lrfast reads a bfloat16 device array as its storage,
@@ -20,9 +21,11 @@ from __future__ import annotations
 import numpy as np
 
 from .. import precision
-from . import is_torch_tensor, layout
+from .._device import is_torch_tensor
+from . import launch, layout
+from .interfaces import DTYPE_KEY, HostView, dtype_of
 
-__all__ = ["BFloat16Array", "describe", "dtype_and_shape", "full", "to_host"]
+__all__ = ["BFloat16Array", "describe", "full", "to_host"]
 
 
 class BFloat16Array:
@@ -38,7 +41,7 @@ class BFloat16Array:
 
     @property
     def __cuda_array_interface__(self):
-        return {**self.storage.__cuda_array_interface__, layout.DTYPE_KEY: "bfloat16"}
+        return {**self.storage.__cuda_array_interface__, DTYPE_KEY: "bfloat16"}
 
     @property
     def shape(self):
@@ -60,8 +63,8 @@ def describe(x, label: str):
     """``(shape, dtype, c_contiguous, writeable)`` of device array `x`, from
     its interface (``label`` names it in errors); reads no device memory."""
     interface = layout._interface(x, label)
-    view = np.asarray(layout.HostView(interface))
-    return view.shape, layout.dtype_of(interface), view.flags.c_contiguous, view.flags.writeable
+    view = np.asarray(HostView(interface))
+    return view.shape, dtype_of(interface), view.flags.c_contiguous, view.flags.writeable
 
 
 def to_host(x) -> np.ndarray:
@@ -71,35 +74,19 @@ def to_host(x) -> np.ndarray:
     if hasattr(x, "copy_to_host"):
         return x.copy_to_host()
     interface = layout._interface(x)
-    if layout.launch.SIMULATED:  # simulated device memory is host memory
-        return np.asarray(layout.HostView(interface)).copy()
+    if launch.SIMULATED:  # simulated device memory is host memory
+        return np.asarray(HostView(interface)).copy()
     from numba import cuda
 
     return cuda.from_cuda_array_interface(interface, owner=x).copy_to_host()
 
 
-def dtype_and_shape(param) -> tuple[np.dtype, tuple]:
-    """The NumPy dtype (ml_dtypes' bfloat16 for bfloat16) and shape of device
-    array `param`."""
-    if is_torch_tensor(param):
-        name = str(param.dtype).removeprefix("torch.")
-        dtype = precision.bfloat16() if name == "bfloat16" else np.dtype(name)
-        return dtype, tuple(param.shape)
-    shape, dtype, _, _ = describe(param, "param")
-    return dtype, shape
-
-
-def full(param, shape: tuple, value: int, dtype: np.dtype):
-    """A new device array of `shape` and `dtype`, every element `value`, on
-    `param`'s device: a torch tensor for a torch param, else a Numba device
-    array (a :class:`BFloat16Array` for bfloat16)."""
-    if is_torch_tensor(param):
-        import torch
-
-        return torch.full(shape, value, dtype=getattr(torch, dtype.name), device=param.device)
+def full(shape: tuple, value: int, dtype: np.dtype):
+    """A new Numba device array (a :class:`BFloat16Array` for bfloat16) of
+    `shape` and `dtype`, every element `value`, on the current device."""
     bfloat16 = dtype == precision.bfloat16()
     values = np.full(shape, value, dtype=np.uint16 if bfloat16 else dtype)
-    if layout.launch.SIMULATED:
+    if launch.SIMULATED:
         array = SimulatedArray(values)
     else:
         from numba import cuda

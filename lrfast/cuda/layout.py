@@ -53,13 +53,11 @@ import numpy as np
 from numba import cuda
 
 from .. import _core, precision
-from . import is_torch_tensor, launch, lowp_layout
+from .._device import is_torch_tensor
+from . import launch, lowp_layout
+from .interfaces import DTYPE_KEY, HostView, LowBitInterface, device_view, dtype_of
 
 CACHED_LAYOUTS = 32  # a loop alternates between a few: step, norm, clip
-
-# The interface key that says an array of 16-bit words holds bfloat16 (see
-# lrfast.cuda.devicearrays): the one element type the interface cannot name.
-DTYPE_KEY = "lrfast_dtype"
 
 # Array types whose interface cannot change while the object lives (and that
 # can be weakly referenced). Numba's DeviceNDArray sets its pointer, shape,
@@ -71,17 +69,6 @@ if not launch.SIMULATED:
     from numba.cuda.cudadrv.devicearray import DeviceNDArray
 
     FIXED_TYPES.add(DeviceNDArray)
-
-
-class HostView:
-    """A host stand-in for a device array: ``__array_interface__`` with the
-    device pointer, for checks that use addresses and sizes only."""
-
-    def __init__(self, interface: dict):
-        self.__array_interface__ = {
-            "shape": tuple(interface["shape"]), "typestr": interface["typestr"],
-            "data": tuple(interface["data"]), "strides": interface.get("strides"),
-            "version": 3}
 
 
 @dataclass
@@ -289,19 +276,6 @@ def _stream(params):
     return launch.stream_of(_interface(first))
 
 
-@dataclass(frozen=True)
-class LowBitInterface:
-    """What a call reads of a Q8State (``bits`` 8) or Q4State (``bits`` 4):
-    its parts' interfaces, its map, and the shape of the param it was made
-    for (a Q4State's attribute; a Q8State's codes have it)."""
-
-    codes: dict
-    absmax: dict
-    signed: bool
-    bits: int
-    shape: tuple
-
-
 def _read(obj, label: str, first: str):
     """`obj`'s interface, or a LowBitInterface for a Q8State or Q4State."""
     if type(obj) in (precision.Q8State, precision.Q4State):
@@ -342,13 +316,6 @@ def _fields(interface) -> tuple:
     return (tuple(interface["data"]), tuple(interface["shape"]),
             None if strides is None else tuple(strides), interface["typestr"],
             interface.get(DTYPE_KEY))
-
-
-def dtype_of(interface: dict) -> np.dtype:
-    """The element type of an interface: its typestr's, or bfloat16 if tagged."""
-    if interface.get(DTYPE_KEY) == "bfloat16":
-        return precision.bfloat16()
-    return np.dtype(interface["typestr"])
 
 
 def storage(dtype: np.dtype) -> np.dtype:
@@ -394,13 +361,3 @@ def _group(dtype: np.dtype, tensors: list[int], interfaces, names) -> Group | No
     launch.counters["tables"] += 1
     return Group(dtype, device_view(base, (end - base) // size, storage(dtype)),
                  cuda.to_device(table), len(table))
-
-
-def device_view(address: int, n: int, dtype: np.dtype):
-    """A 1-D device array of `n` elements of `dtype` at `address` that owns
-    nothing: the caller's arrays keep the memory alive during a call."""
-    interface = {"shape": (n,), "typestr": dtype.str, "data": (address, False),
-                 "strides": None, "version": 3}
-    if launch.SIMULATED:  # simulated device memory is host memory: wrap a NumPy view
-        return cuda.devicearray.FakeCUDAArray(np.asarray(HostView(interface)))
-    return cuda.from_cuda_array_interface(interface, owner=None, sync=False)

@@ -37,7 +37,8 @@ import numpy as np
 from numba import cuda
 
 from .. import precision
-from . import launch, layout
+from . import launch
+from .interfaces import DTYPE_KEY, HostView, LowBitInterface, device_view, dtype_of
 
 LENGTH, POSITION, PARAM, GRAD, STATE, ABSMAX = 0, 1, 2, 3, 4, 7
 WIDTH = 10
@@ -60,14 +61,13 @@ def involved(interfaces) -> bool:
     """Whether a call's interfaces hold a 16-bit float or a q8 or q4 state."""
     for seq in interfaces:
         for i in seq or ():
-            if (type(i) is layout.LowBitInterface or i["typestr"] == "<f2"
-                    or layout.DTYPE_KEY in i):
+            if type(i) is LowBitInterface or i["typestr"] == "<f2" or DTYPE_KEY in i:
                 return True
     return False
 
 
 def _host_view(interface: dict) -> np.ndarray:
-    return np.asarray(layout.HostView(interface))
+    return np.asarray(HostView(interface))
 
 
 def check(interfaces, names: tuple, grads_writeable: bool, slice_p: int | None = None) -> None:
@@ -99,12 +99,12 @@ def check(interfaces, names: tuple, grads_writeable: bool, slice_p: int | None =
             label, x = f"{name}[{t}]", seq[t]
             is_grad = grads_alone or s == 1
             written = not is_grad or grads_writeable
-            if type(x) is layout.LowBitInterface:
+            if type(x) is LowBitInterface:
                 if param is None or is_grad:
                     raise TypeError(f"{label} is a q{x.bits} state; {name} must be arrays")
                 _check_low_bit(x, name, label, _state_of(param, slice_p), generic)
                 continue
-            view, dtype = _host_view(x), layout.dtype_of(x)
+            view, dtype = _host_view(x), dtype_of(x)
             if dtype.name not in _FLOAT_NAMES or not dtype.isnative:
                 raise TypeError(f"{label} has dtype {dtype}; expected float32, float64, "
                                 "bfloat16 or float16")
@@ -153,7 +153,7 @@ def _check_low_bit(x, name: str, label: str, param: tuple, generic) -> None:
         codes_shape, block = ((size + 1) // 2,), precision.Q4_BLOCK
     for part, interface, dtype, shape in (("codes", x.codes, np.uint8, codes_shape),
                                           ("absmax", x.absmax, np.float32, (-(-size // block),))):
-        view, got = _host_view(interface), layout.dtype_of(interface)
+        view, got = _host_view(interface), dtype_of(interface)
         if got != dtype:
             raise TypeError(f"{label}.{part} has dtype {got}; expected {np.dtype(dtype)}")
         if view.shape != shape:
@@ -197,11 +197,11 @@ class LowpGroup:
 def _kind(interface) -> int:
     if interface is None:
         return NONE
-    if type(interface) is layout.LowBitInterface:
+    if type(interface) is LowBitInterface:
         if interface.bits == 8:
             return Q8_SIGNED if interface.signed else Q8_UNSIGNED
         return Q4_SIGNED if interface.signed else Q4_UNSIGNED
-    return _KIND_OF_NAME[layout.dtype_of(interface).name]
+    return _KIND_OF_NAME[dtype_of(interface).name]
 
 
 # The views holding a slot's arrays, by kind: a q8 or q4 state's codes, then absmax.
@@ -210,7 +210,7 @@ _VIEWS_OF_KIND = {NONE: (), F32: (SINGLES,), F64: (DOUBLES,), F16: (WORDS,), BF1
 
 
 def _arrays(interface) -> tuple:
-    if type(interface) is layout.LowBitInterface:
+    if type(interface) is LowBitInterface:
         return (interface.codes, interface.absmax)
     return (interface,)
 
@@ -284,8 +284,8 @@ def _group(kinds, tensors, interfaces, names, sizes, positions, slice_p) -> Lowp
                 table[:, column] = first + stride * start
     launch.counters["tables"] += 1
     views = tuple(_dummy(dtype) if base[v] is None else
-                  layout.device_view(base[v], (end[v] - base[v]) // np.dtype(dtype).itemsize,
-                                     np.dtype(dtype))
+                  device_view(base[v], (end[v] - base[v]) // np.dtype(dtype).itemsize,
+                              np.dtype(dtype))
                   for v, dtype in enumerate(_VIEW_DTYPES))
     arithmetic = np.dtype(np.float64 if kinds[0] == F64 else np.float32)
     return LowpGroup(kinds, arithmetic, views, cuda.to_device(table), len(table))
