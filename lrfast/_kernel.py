@@ -53,7 +53,9 @@ class Piece(NamedTuple):
     their grads and states (name -> list). ``step`` is the 1-based number of
     this update for them, ``rounding`` the stochastic-rounding keywords;
     ``done(advance)`` follows every pass that wrote, ``advance`` True when the
-    update is complete (the params' step counts move)."""
+    update is complete (the params' step counts move); ``via``, if not None,
+    runs the base kernels' calls instead of a back end (lrfast.torch's
+    prepared host calls, see lrfast._backend.through)."""
 
     params: Sequence
     grads: Sequence

@@ -93,8 +93,11 @@ running with the new ones. It costs no pass over the data.
 
 Why a step costs little Python: the NumPy views of a group's parameters and
 states, and its step counters, are made once and reused while the group has
-the same parameters with gradients, the same storages (data pointers are
-checked every step) and the same state; ``load_state_dict`` starts afresh.
+the same parameters with gradients, the same storages and shapes (checked
+every step) and the same state; ``load_state_dict`` starts afresh. On the
+CPU the C++ core checks and collects those views once, too (``_core.prepare``):
+a step then hands it only the gradients' data pointers, which torch gives
+their parameters' dtype, shape and device (their contiguity is checked).
 Replace state tensors only through ``load_state_dict``. The ``"step"``
 tensors of the parameters updated by one call are views into one tensor, so
 a single add advances them all (torch's foreach and fused paths spend ~3 µs
