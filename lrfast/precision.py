@@ -201,6 +201,21 @@ def create_dynamic_map(signed=True):
 SIGNED_STATES = frozenset({"momentum_buffers", "exp_avgs", "grad_avgs",
                            "zs", "ss", "p0s"})  # schedule-free's z, Prodigy's s and p0
 
+# The state slots that hold the weights themselves: schedule-free's z, which
+# the param follows. An update moves them by amounts far below a q8 or q4
+# code, or half a bfloat16 ulp of a float32 weight, so they keep a dtype that
+# holds their param's values (holds_param).
+WEIGHT_STATES = frozenset({"zs"})
+
+
+def holds_param(dtype, param_dtype):
+    """Whether a state of ``dtype`` holds every value of a param of
+    ``param_dtype`` (both dtype names, e.g. ``"bfloat16"``; ``"q8"`` and
+    ``"q4"`` hold none): the param's own dtype, float64, or float32 for a
+    16-bit param (float64 states are for float64 params only)."""
+    return (dtype in (param_dtype, "float64")
+            or (dtype == "float32" and param_dtype in ("bfloat16", "float16")))
+
 
 def _blocks(n, block=BLOCK):
     return -(-n // block)
