@@ -6,7 +6,8 @@ This module is the specification the kernels follow bit for bit; the steps of
 **16-bit floats.** NumPy's bfloat16 is ``ml_dtypes.bfloat16``, imported only
 when a bfloat16 array is asked for. Stores round to nearest even
 (:func:`round_nearest`), or stochastically (:func:`round_stochastic`) with
-random bits from the counter-based hash :func:`random_bits`.
+random bits from the counter-based hash :func:`random_bits`: 16-bit params,
+and the 16-bit states that hold weights (schedule-free's z, ``WEIGHT_STATES``).
 
 **q8 states.** Block-wise dynamic quantization (Dettmers et al., "8-bit
 Optimizers via Block-wise Quantization"): a tensor, in C order, is cut into
@@ -203,8 +204,9 @@ SIGNED_STATES = frozenset({"momentum_buffers", "exp_avgs", "grad_avgs",
 
 # The state slots that hold the weights themselves: schedule-free's z, which
 # the param follows. An update moves them by amounts far below a q8 or q4
-# code, or half a bfloat16 ulp of a float32 weight, so they keep a dtype that
-# holds their param's values (holds_param).
+# code, or half a bfloat16 ulp of a float32 weight, so a step refuses a z
+# that cannot hold its param's values (holds_param), and a 16-bit z rounds
+# stochastically like its param, with random bits of its own (WEIGHT_STREAM).
 WEIGHT_STATES = frozenset({"zs"})
 
 
@@ -589,6 +591,8 @@ def round_nearest(x, dtype):
 _M32 = 0xFFFFFFFF
 _KEY_INIT = 0x243F6A88
 _WEYL = 0x9E3779B9
+WEIGHT_STREAM = 2**63
+"""Where the random bits of a state that holds weights start (:func:`random_bits`)."""
 
 
 def _lowbias32(x):
@@ -636,6 +640,14 @@ def random_bits(seed, step, start, count):
 
     ``key`` changes only every 2**32 positions, so a kernel computes it once
     per run of positions; per element it costs one multiply-add and one ``H``.
+
+    A 16-bit state that holds weights (schedule-free's z, see
+    ``WEIGHT_STATES``), rounded stochastically in the same call, draws
+    ``R(WEIGHT_STREAM + i)`` for its element at position ``i``: positions
+    no param reaches (they are below 2**63, so ``hi(i) < 2**31``), so its
+    bits are independent of every param's. As ``hi(2**63 + i) = hi(i) ^
+    0x80000000``, that is the rule above with the call's key XORed with
+    ``0x80000000`` (the kernels' ``sr_key ^ 0x80000000``).
     """
     key = call_key(_word(seed, "seed"), _word(step, "step"))
     positions = np.arange(start, start + count, dtype=np.uint64)

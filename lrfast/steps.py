@@ -21,8 +21,9 @@ written rounds to nearest even, except 16-bit params with
 ``stochastic_rounding=True``: they round stochastically, with random bits
 hashed from (``seed``, ``step``, the element's position in the call's params
 laid end to end), so that the result does not depend on the thread count or
-the ISA. A step function without a ``step`` argument (and ``sgd_step`` with
-``step=None``) hashes with step 0: a caller that varies nothing gets the same
+the ISA (and so does a 16-bit schedule-free ``z``, which holds weights, with
+bits of its own). A step function without a ``step`` argument (and
+``sgd_step`` with ``step=None``) hashes with step 0: a caller that varies nothing gets the same
 random bits at every call, so vary ``seed`` per call, as lrfast's optimizer
 classes do (``seed = (seed + number_of_steps_taken) % 2**64``). Hyperparameters
 are keyword-only; ``step`` is the 1-based index of the update being applied.

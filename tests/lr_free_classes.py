@@ -137,6 +137,9 @@ LOWP_STEPS = 10
 Z_CASES = [(name, state_dtype) for name in ("ScheduleFreeSGD", "ScheduleFreeAdamW")
            for state_dtype in ("q8", "q4", "bfloat16")]
 Z_SIZE, Z_LR, Z_STEPS = 4096, 1e-6, 200
+# bfloat16 params with stochastic rounding: updates of 1/32 of an ulp at 1.5,
+# which rounding to nearest loses.
+SR_SIZE, SR_LR, SR_STEPS, SR_START = 8192, 2.0**-12, 64, 1.5
 
 
 def z_start(seed=0):
@@ -165,6 +168,15 @@ def narrow(values, kind):
 def widened(state):
     """A z of :func:`narrow` as float32 values."""
     return state.astype(np.float32) if isinstance(state, np.ndarray) else state.dequantize()
+
+
+def assert_z_follows_in_expectation(sr, nearest, exact):
+    """z after SR_STEPS steps from SR_START: bfloat16 with stochastic
+    rounding (``sr``) and to nearest (``nearest``), float64 (``exact``)."""
+    assert np.all(nearest == SR_START)  # every update lost: the issue
+    moved, want = sr.mean() - SR_START, exact.mean() - SR_START
+    assert want < -SR_STEPS * SR_LR * 0.99
+    assert abs(moved / want - 1) < 0.05, (moved, want)
 
 
 def assert_low_precision_stays_close(train):

@@ -11,8 +11,9 @@ import pytest
 
 import lrfast.optim
 from lr_free_classes import (
-    CASES, GROUP_KEYS, IDS, LOWP_SHAPES, LOWP_STATES, LOWP_STEPS, STEPS, Z_CASES, Z_LR, Z_SIZE,
-    Z_STEPS, assert_first_step_moved_by_the_update, assert_low_precision_stays_close,
+    CASES, GROUP_KEYS, IDS, LOWP_SHAPES, LOWP_STATES, LOWP_STEPS, SR_LR, SR_SIZE, SR_START,
+    SR_STEPS, STEPS, Z_CASES, Z_LR, Z_SIZE, Z_STEPS, assert_first_step_moved_by_the_update,
+    assert_low_precision_stays_close, assert_z_follows_in_expectation,
     assert_z_moved_by_every_update, close, close_keys, gradients, initial_params, narrow,
     side_by_side, widened, z_start,
 )
@@ -208,6 +209,22 @@ def test_z_keeps_the_precision_of_float32_params(name, state_dtype):
     if name == "ScheduleFreeAdamW":  # the state_dtype is the moments'
         moments = opt.state[0]["exp_avg_sqs"][0]
         assert {"q8": Q8State, "q4": Q4State}.get(state_dtype, np.ndarray) is type(moments)
+
+
+@pytest.mark.parametrize("name", ["ScheduleFreeSGD", "ScheduleFreeAdamW"])
+def test_a_bfloat16_z_follows_the_exact_trajectory_in_expectation(name):
+    bf16 = pytest.importorskip("ml_dtypes").bfloat16
+
+    def z_after(dtype, **options):
+        params = [np.full(SR_SIZE, SR_START, dtype)]
+        opt = getattr(lrfast.optim, name)(params, lr=SR_LR, **options)
+        opt.train()
+        for _ in range(SR_STEPS):
+            opt.step([np.ones(SR_SIZE, dtype)])
+        return opt.state[0]["zs"][0].astype(np.float64)
+
+    assert_z_follows_in_expectation(z_after(bf16, stochastic_rounding=True, seed=1),
+                                    z_after(bf16), z_after(np.float64))
 
 
 def schedulefree_adamw(params, state_dtype):

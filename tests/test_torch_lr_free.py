@@ -16,8 +16,9 @@ torch = pytest.importorskip("torch")
 
 import lrfast.torch  # noqa: E402
 from lr_free_classes import (  # noqa: E402
-    CASES, GROUP_KEYS, IDS, LOWP_SHAPES, LOWP_STATES, LOWP_STEPS, STEPS, Z_CASES, Z_LR, Z_SIZE,
-    Z_STEPS, assert_first_step_moved_by_the_update, assert_low_precision_stays_close,
+    CASES, GROUP_KEYS, IDS, LOWP_SHAPES, LOWP_STATES, LOWP_STEPS, SR_LR, SR_SIZE, SR_START,
+    SR_STEPS, STEPS, Z_CASES, Z_LR, Z_SIZE, Z_STEPS, assert_first_step_moved_by_the_update,
+    assert_low_precision_stays_close, assert_z_follows_in_expectation,
     assert_z_moved_by_every_update, close, close_keys, gradients, initial_params, narrow,
     side_by_side, widened, z_start,
 )
@@ -287,6 +288,21 @@ def test_z_keeps_the_precision_of_float32_params(name, state_dtype):
     if name == "ScheduleFreeAdamW":  # the state_dtype is the moments'
         low_bit = "exp_avg_sq_codes" in opt.state[p]
         assert low_bit == (state_dtype != "bfloat16")
+
+
+@pytest.mark.parametrize("name", ["ScheduleFreeSGD", "ScheduleFreeAdamW"])
+def test_a_bfloat16_z_follows_the_exact_trajectory_in_expectation(name):
+    def z_after(dtype, **options):
+        p = torch.full((SR_SIZE,), SR_START, dtype=dtype, requires_grad=True)
+        opt = getattr(lrfast.torch, name)([p], lr=SR_LR, **options)
+        opt.train()
+        p.grad = torch.ones_like(p)
+        for _ in range(SR_STEPS):
+            opt.step()
+        return opt.state[p]["z"].double().numpy()
+
+    assert_z_follows_in_expectation(z_after(torch.bfloat16, stochastic_rounding=True, seed=1),
+                                    z_after(torch.bfloat16), z_after(torch.float64))
 
 
 def old_z_entries(z: torch.Tensor, kind: str) -> dict:
