@@ -223,6 +223,26 @@ bool signed_slot(const std::string& name) {
            name == "zs" || name == "ss" || name == "p0s";
 }
 
+// The slot that holds weights, schedule-free's z (lrfast.precision.WEIGHT_STATES):
+// an update moves it by far less than a q8 or q4 code, or half a bfloat16 ulp
+// of a float32 weight, so it must hold its param's values.
+bool weight_slot(const py::handle& name) { return py::str(name).equal(py::str("zs")); }
+
+// Whether `state` holds every value of a `param` param (lrfast.precision.holds_param).
+bool holds_param(Storage state, Storage param) {
+    return state == param || state == Storage::f64 || (state == Storage::f32 && is_16bit(param));
+}
+
+// The error for a weight state `label`, which `what` (is a q8 state, has dtype
+// bfloat16), that cannot hold the values of params[t], of `param`.
+py::value_error narrow_weights(const std::string& label, const std::string& what,
+                               const py::tuple& names, std::size_t t, Storage param) {
+    return py::value_error(label + " " + what + ", which cannot hold the values of " +
+                           where(names, 0, t) + " (" + storage_name(param) +
+                           "): z holds the weights, so it must be " + storage_name(param) +
+                           (is_16bit(param) ? " or float32" : ""));
+}
+
 // A byte range one array of a call covers, for the overlap check.
 struct Span {
     std::uintptr_t lo, hi;
@@ -336,6 +356,8 @@ Collected collect(const py::tuple& arrays, const py::tuple& names, int first_slo
     std::vector<Span> spans;
     spans.reserve(n * std::size_t(n_args));
     const auto& npy = py::detail::npy_api::get();
+    std::vector<bool> weights(static_cast<std::size_t>(n_args));
+    for (int i = 0; i < n_args; ++i) weights[std::size_t(i)] = weight_slot(names[i]);
 
     // The NumPy fields are read through pybind11's proxies rather than
     // py::array calls: this loop runs for every array of every call, and a
@@ -375,6 +397,9 @@ Collected collect(const py::tuple& arrays, const py::tuple& names, int first_slo
                 if (!sixteen_bit)
                     throw py::type_error(label() + " is a q" + std::to_string(bits) +
                                          " state; expected a float32 or float64 array");
+                if (weights[std::size_t(i)])
+                    throw narrow_weights(label(), "is a q" + std::to_string(bits) + " state",
+                                         names, t, param);
                 x.x[slot] = low_bit_operand(item, bits, label(),
                                             py::str(names[i]).cast<std::string>(), state_shape,
                                             names, i, t, spans, out.keep);
@@ -423,6 +448,8 @@ Collected collect(const py::tuple& arrays, const py::tuple& names, int first_slo
                     storage_name(param) +
                     (is_16bit(param) ? " (a grad has its param's dtype, or float32)"
                                      : " (no implicit conversion)"));
+            } else if (slot > kGrads && weights[std::size_t(i)] && !holds_param(storage, param)) {
+                throw narrow_weights(label(), "has dtype " + std::string(dtype()), names, t, param);
             } else if (slot > kGrads && storage != param && storage != Storage::f32 &&
                        storage != Storage::bf16) {
                 throw py::type_error(label() + " has dtype " + dtype() + "; a state of a " +

@@ -19,6 +19,7 @@ from typing import Callable, Mapping, MutableMapping, NamedTuple, Sequence
 
 from . import _hparams
 from ._backend import checks_only, through
+from .precision import holds_param
 
 
 @dataclass(frozen=True)
@@ -29,6 +30,16 @@ class Slot:
     copies_param: bool = False  # starts as the param's values, taken at its first step
     sliced: bool = False  # 1-D: the flattened param's elements [::slice_p]
     param_dtype: bool = False  # the param's dtype whatever the state_dtype
+    # holds the weights (schedule-free's z): the state_dtype where it holds the
+    # param's values (float32 for a 16-bit param), else the param's dtype
+    weights: bool = False
+
+    def state_dtype(self, state_dtype: str | None, param_dtype: str) -> str | None:
+        """The state_dtype of this state of a param of dtype ``param_dtype``
+        (a name) under the optimizer's ``state_dtype`` (None: the param's)."""
+        if self.param_dtype or (self.weights and not holds_param(state_dtype, param_dtype)):
+            return None
+        return state_dtype
 
     def shape(self, shape: tuple[int, ...], hparams: Mapping) -> tuple[int, ...]:
         """The state's shape for a param of ``shape``."""

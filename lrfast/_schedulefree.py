@@ -8,8 +8,11 @@ warmed-up rate, for logging) and ``train_mode``. A group starts in eval mode
 which refuses to run while a group is in eval mode. The param holds ``y``
 (where gradients are taken) in train mode and ``x`` (the average, to evaluate
 and to save) in eval mode; a param's ``z`` is made, as a copy of it, at its
-first step. Every group advances its scalars at every step, also a group
-whose params have no gradient (as the package does).
+first step. ``z`` holds the weights, so it keeps the param's precision: it
+takes the ``state_dtype`` only where that holds the param's values (float32
+for a 16-bit param), else the param's dtype (``state_dtype`` then applies to
+AdamW's ``exp_avg_sqs`` alone). Every group advances its scalars at every
+step, also a group whose params have no gradient (as the package does).
 """
 
 from __future__ import annotations
@@ -122,7 +125,7 @@ class ScheduleFreeKernel(Kernel):
 
 
 _HYPER = ("weight_decay", "maximize") + SCHEDULE
-_Z = {"zs": Slot(copies_param=True)}
+_Z = {"zs": Slot(copies_param=True, weights=True)}
 
 SGD = ScheduleFreeKernel(steps_lr_free.schedulefree_sgd_step, ("zs",), ("momentum",) + _HYPER,
                          lambda hp: ("zs",), slots=_Z)

@@ -94,7 +94,8 @@ class Problem:
     """Params, grads and zeroed states of one optimizer over one layout; the
     states have `state_dtype` (default: the params' dtype; "q8", "q4": 8- and
     4-bit states from lrfast.zeros_state, float32 for tensors under 4096
-    elements)."""
+    elements), but for schedule-free's z, which keeps the params' dtype where
+    `state_dtype` cannot hold their values."""
 
     def __init__(self, name: str, shapes, dtype, state_dtype=None):
         self.name, self.shapes, self.dtype = name, shapes, numpy_dtype(str(dtype))
@@ -111,6 +112,10 @@ class Problem:
                             for p in self.params] for state in self.state_names]
         else:
             self.states = [[np.zeros(s, self.state_dtype) for s in shapes] for _ in self.state_names]
+        for k, state in enumerate(self.state_names):  # schedule-free's z: as the classes make it
+            if state in precision.WEIGHT_STATES and not precision.holds_param(
+                    self.low_bit or self.state_dtype.name, self.dtype.name):
+                self.states[k] = [np.zeros(s, self.dtype) for s in shapes]
         if "p0s" in self.state_names:  # Prodigy's starting point: the params, in their dtype
             self.states[self.state_names.index("p0s")] = [p.copy() for p in self.params]
         self.elements = sum(math.prod(s) for s in shapes)

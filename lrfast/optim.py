@@ -63,7 +63,9 @@ Options every class takes (keyword-only):
     ``"q4"`` (a :class:`lrfast.Q4State`, torchao's 4-bit layout); parameters
     under 4096 elements keep float32 states, see :func:`lrfast.zeros_state`.
     Momentum buffers, first moments and RMSprop's grad averages take the
-    signed map, the never-negative states the unsigned one.
+    signed map, the never-negative states the unsigned one. Schedule-free's
+    ``zs`` (the weights) and Prodigy's ``p0s`` keep the parameter's dtype
+    (``zs`` float32 too, where ``state_dtype="float32"`` for 16-bit ones).
 ``stochastic_rounding``, ``seed``
     Round bfloat16/float16 parameter writes stochastically (float32 and
     float64 parameters ignore it). The update after ``step_count`` others
@@ -103,6 +105,7 @@ threads stepping n times each make 2n steps. Optimizers do not share locks.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import math
 import numbers
@@ -349,8 +352,28 @@ class Optimizer:
     def _layout(self, param: np.ndarray, name: str, state_dtype: str | None,
                 hparams: Mapping) -> _StateLayout:
         slot = self.kernel.slot(name)
-        return _StateLayout(param, name, None if slot.param_dtype else state_dtype,
+        return _StateLayout(param, name, slot.state_dtype(state_dtype, param.dtype.name),
                             slot.shape(param.shape, hparams))
+
+    def _checkpoint_state(self, read: Callable[[_StateLayout], State], param: np.ndarray,
+                          name: str, state_dtype: str | None, hparams: Mapping) -> State:
+        """``read(layout)``, the state ``name`` of ``param`` from a checkpoint
+        (checked against ``layout``, the one its state must have). A state
+        that holds weights (schedule-free's z), which lrfast kept in the
+        ``state_dtype`` before it kept the param's precision (a q8 state,
+        bfloat16 for a float32 param), is read as such and converted."""
+        slot, layout = self.kernel.slot(name), self._layout(param, name, state_dtype, hparams)
+        try:
+            return read(layout)
+        except ValueError as exc:
+            if not slot.weights or slot.state_dtype(state_dtype, param.dtype.name) == state_dtype:
+                raise
+            error = exc
+        try:
+            old = read(_StateLayout(param, name, state_dtype, slot.shape(param.shape, hparams)))
+        except ValueError:
+            raise error from None  # neither layout: the error of the one it must have
+        return layout.new(old.dequantize() if isinstance(old, (Q8State, Q4State)) else old)
 
     @exclusive
     def step(self, grads) -> bool:
@@ -538,8 +561,9 @@ class Optimizer:
                 raise ValueError(f"{name} must be a list of {len(params)} arrays, one per "
                                  f"parameter, got {got}")
             hparams = self.kernel.hparams(group)
-            state[name] = [_checked_copy(f"{name}[{j}]", a,
-                                         self._layout(p, name, state_dtype, hparams))
+            state[name] = [self._checkpoint_state(
+                               functools.partial(_checked_copy, f"{name}[{j}]", a), p, name,
+                               state_dtype, hparams)
                            for j, (a, p) in enumerate(zip(arrays, params))]
         return state
 
@@ -603,8 +627,10 @@ class Optimizer:
                                  f"got {count!r}")
             if name not in self.kernel.states:
                 raise ValueError(f"unknown state {name!r}")
-            state[name] = [_read_state(archive, f"state/{index}/{name}/{j}", path,
-                                       f"{name}[{j}]", self._layout(p, name, state_dtype, hparams))
+            state[name] = [self._checkpoint_state(
+                               functools.partial(_read_state, archive, f"state/{index}/{name}/{j}",
+                                                 path, f"{name}[{j}]"), p, name, state_dtype,
+                               hparams)
                            for j, p in zip(range(count), params)]
         return state
 
@@ -1017,9 +1043,13 @@ class _ScheduleFree(Optimizer):
 
 class ScheduleFreeSGD(_ScheduleFree):
     """Schedule-free SGD (schedulefree's ``SGDScheduleFree``); state ``zs``,
-    made at the first step. Group keys besides the options: ``k``,
-    ``lr_max``, ``weight_sum``, ``scheduled_lr``, ``train_mode`` (starting
-    False: call ``train()`` first). See :func:`lrfast.schedulefree_sgd_step`."""
+    made at the first step in the parameter's dtype (float32 where
+    ``state_dtype="float32"`` for a 16-bit parameter): ``z`` holds the
+    weights, which a q8, q4 or 16-bit state of a float32 parameter cannot
+    (a checkpoint with one, as earlier versions wrote, loads converted).
+    Group keys besides the options: ``k``, ``lr_max``, ``weight_sum``,
+    ``scheduled_lr``, ``train_mode`` (starting False: call ``train()``
+    first). See :func:`lrfast.schedulefree_sgd_step`."""
 
     kernel = _schedulefree.SGD
 
@@ -1033,7 +1063,8 @@ class ScheduleFreeSGD(_ScheduleFree):
 
 class ScheduleFreeAdamW(_ScheduleFree):
     """Schedule-free AdamW (schedulefree's ``AdamWScheduleFree``); states
-    ``zs`` (made at the first step) and ``exp_avg_sqs``. Group keys as
+    ``zs`` (made at the first step, stored as :class:`ScheduleFreeSGD`'s)
+    and ``exp_avg_sqs`` (of the ``state_dtype``). Group keys as
     :class:`ScheduleFreeSGD`'s. See :func:`lrfast.schedulefree_adamw_step`."""
 
     kernel = _schedulefree.ADAMW

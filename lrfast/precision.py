@@ -6,7 +6,8 @@ This module is the specification the kernels follow bit for bit; the steps of
 **16-bit floats.** NumPy's bfloat16 is ``ml_dtypes.bfloat16``, imported only
 when a bfloat16 array is asked for. Stores round to nearest even
 (:func:`round_nearest`), or stochastically (:func:`round_stochastic`) with
-random bits from the counter-based hash :func:`random_bits`.
+random bits from the counter-based hash :func:`random_bits`: 16-bit params,
+and the 16-bit states that hold weights (schedule-free's z, ``WEIGHT_STATES``).
 
 **q8 states.** Block-wise dynamic quantization (Dettmers et al., "8-bit
 Optimizers via Block-wise Quantization"): a tensor, in C order, is cut into
@@ -200,6 +201,22 @@ def create_dynamic_map(signed=True):
 # unsigned map, which spends all 256 codes on values >= 0.
 SIGNED_STATES = frozenset({"momentum_buffers", "exp_avgs", "grad_avgs",
                            "zs", "ss", "p0s"})  # schedule-free's z, Prodigy's s and p0
+
+# The state slots that hold the weights themselves: schedule-free's z, which
+# the param follows. An update moves them by amounts far below a q8 or q4
+# code, or half a bfloat16 ulp of a float32 weight, so a step refuses a z
+# that cannot hold its param's values (holds_param), and a 16-bit z rounds
+# stochastically like its param, with random bits of its own (WEIGHT_STREAM).
+WEIGHT_STATES = frozenset({"zs"})
+
+
+def holds_param(dtype, param_dtype):
+    """Whether a state of ``dtype`` holds every value of a param of
+    ``param_dtype`` (both dtype names, e.g. ``"bfloat16"``; ``"q8"`` and
+    ``"q4"`` hold none): the param's own dtype, float64, or float32 for a
+    16-bit param (float64 states are for float64 params only)."""
+    return (dtype in (param_dtype, "float64")
+            or (dtype == "float32" and param_dtype in ("bfloat16", "float16")))
 
 
 def _blocks(n, block=BLOCK):
@@ -612,6 +629,8 @@ _M32 = 0xFFFFFFFF
 _M64 = 2**64 - 1
 _KEY_INIT = 0x243F6A88
 _WEYL = 0x9E3779B9
+WEIGHT_STREAM = 2**63
+"""Where the random bits of a state that holds weights start (:func:`random_bits`)."""
 
 
 def _lowbias32(x):
@@ -685,6 +704,14 @@ def random_bits(seed, step, start, count):
 
     ``key`` changes only every 2**32 positions, so a kernel computes it once
     per run of positions; per element it costs one multiply-add and one ``H``.
+
+    A 16-bit state that holds weights (schedule-free's z, see
+    ``WEIGHT_STATES``), rounded stochastically in the same call, draws
+    ``R(WEIGHT_STREAM + i)`` for its element at position ``i``: positions
+    no param reaches (they are below 2**63, so ``hi(i) < 2**31``), so its
+    bits are independent of every param's. As ``hi(2**63 + i) = hi(i) ^
+    0x80000000``, that is the rule above with the call's key XORed with
+    ``0x80000000`` (the kernels' ``sr_key ^ 0x80000000``).
     """
     key = call_key(_word(seed, "seed"), _word(step, "step"))
     positions = np.arange(start, start + count, dtype=np.uint64)

@@ -1,8 +1,8 @@
 """How the NumPy references read and write their arrays: one tensor at a
 time, arithmetic in float32 (float64 for float64 params), each store rounded
-to nearest even or re-quantized (a q8 state), 16-bit params rounded
-stochastically when asked. Shared by :mod:`lrfast.reference` and
-:mod:`lrfast.reference_lr_free`.
+to nearest even or re-quantized (a q8 state), 16-bit params (and 16-bit
+states that hold weights) rounded stochastically when asked. Shared by
+:mod:`lrfast.reference` and :mod:`lrfast.reference_lr_free`.
 """
 
 from __future__ import annotations
@@ -53,11 +53,14 @@ def store(x, value):
 
 
 class ParamStore:
-    """Stores the new params of one call, counting their elements' positions."""
+    """Stores the new params of one call, counting their elements' positions;
+    from ``first=WEIGHT_STREAM``, the new values of a state that holds
+    weights (schedule-free's z), which round as the params do, with random
+    bits of their own (see :func:`lrfast.precision.random_bits`)."""
 
-    def __init__(self, stochastic_rounding, seed, step):
+    def __init__(self, stochastic_rounding, seed, step, first=0):
         self.stochastic_rounding, self.seed, self.step = stochastic_rounding, seed, step or 0
-        self.position = 0
+        self.position = first
 
     def __call__(self, p, value):
         if self.stochastic_rounding and p.dtype.itemsize == 2:

@@ -15,6 +15,8 @@ arithmetic dtype where they meet an array. Low precision as in
 states, ``stochastic_rounding`` and ``seed``): each array is loaded in the
 arithmetic dtype (float32 for 16-bit params), updated by the formulas below,
 and stored rounded; a step without a ``step`` argument hashes with step 0.
+Schedule-free's ``z`` holds the weights: the param's dtype, or float32, and a
+16-bit ``z`` rounds stochastically as its param does, with bits of its own.
 Prodigy's ``|s|`` sums the new ``s`` before it is rounded or quantized. The
 gradient as the update sees it is, for each tensor::
 
@@ -57,7 +59,13 @@ anything:
   directly: ``ckp1`` outside ``[0, 1]``, ``step < 1``;
 - states of other shapes than the params' (Prodigy's ``s`` and ``p0``: the
   size of ``param.ravel()[::slice_p]``, ``ceil(param.size / slice_p)``), dtypes
-  as for the other steps.
+  as for the other steps;
+- a schedule-free ``z`` that cannot hold its param's values (a ValueError
+  naming ``zs``): ``z`` holds the weights, and an update moves it by far less
+  than a q8 or q4 code or half a bfloat16 ulp of a float32 weight, so it
+  must have the param's dtype, or float32 for a 16-bit param (not q8, q4, a
+  16-bit ``z`` of a float32 or float64 param, a float32 ``z`` of a float64
+  param, nor a bfloat16 ``z`` of a float16 param).
 """
 
 from __future__ import annotations
@@ -67,6 +75,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from .precision import WEIGHT_STREAM
 from .reference_arrays import ParamStore, arithmetic_dtype, check_signed, each, load, store
 
 __all__ = [
@@ -187,9 +196,15 @@ def schedulefree_sgd_step(params, grads, zs, *, lr, ckp1, step=None, momentum=0.
     ``z`` starts as a copy of the param, made by the class at the param's first
     step. One pass: reads grad, y, z; writes y, z. ``step`` only feeds the
     stochastic-rounding hash.
+
+    ``z`` holds the weights: it has the param's dtype, or float32 for a
+    16-bit param. With ``stochastic_rounding`` a 16-bit ``z`` rounds
+    stochastically too, with the random bits of positions ``WEIGHT_STREAM +
+    i`` (:func:`lrfast.precision.random_bits`), independent of the param's.
     """
     check_signed(zs, "zs")
     store_param = ParamStore(stochastic_rounding, seed, step)
+    store_z = ParamStore(stochastic_rounding, seed, step, WEIGHT_STREAM)
     for y, g, z in each(params, grads, zs):
         t = arithmetic_dtype(y).type
         Y, Z = _loaded(t, y, z)
@@ -198,7 +213,7 @@ def schedulefree_sgd_step(params, grads, zs, *, lr, ckp1, step=None, momentum=0.
             d = d + t(weight_decay) * Y
         Y = _lerp(Y, Z, ckp1, t)
         Y += t(lr * (momentum * (1 - ckp1) - 1)) * d
-        store(z, Z + t(-lr) * d)
+        store_z(z, Z + t(-lr) * d)
         store_param(y, Y)
 
 
@@ -219,9 +234,12 @@ def schedulefree_adamw_step(params, grads, zs, exp_avg_sqs, *, lr, ckp1, step,
     The weight decay is taken at ``y`` and is not seen by ``v``; there is no
     first moment (``beta1`` only sets the interpolation), and no bias
     correction but ``v``'s. One pass: reads grad, y, z, v; writes y, z, v.
+    ``z`` is stored as in :func:`schedulefree_sgd_step`; ``v`` may be of
+    any state dtype.
     """
     check_signed(zs, "zs")
     store_param = ParamStore(stochastic_rounding, seed, step)
+    store_z = ParamStore(stochastic_rounding, seed, step, WEIGHT_STREAM)
     beta1, beta2 = betas
     bias_correction2 = 1 - beta2**step
     for y, g, z, v in each(params, grads, zs, exp_avg_sqs):
@@ -235,7 +253,7 @@ def schedulefree_adamw_step(params, grads, zs, exp_avg_sqs, *, lr, ckp1, step,
         Y = _lerp(Y, Z, ckp1, t)
         Y += t(lr * (beta1 * (1 - ckp1) - 1)) * u
         store(v, V)
-        store(z, Z + t(-lr) * u)
+        store_z(z, Z + t(-lr) * u)
         store_param(y, Y)
 
 

@@ -21,13 +21,14 @@ written rounds to nearest even, except 16-bit params with
 ``stochastic_rounding=True``: they round stochastically, with random bits
 hashed from (``seed``, ``step``, the element's position in the call's params
 laid end to end), so that the result does not depend on the thread count or
-the ISA. A step function without a ``step`` argument (and ``sgd_step`` with
-``step=None``) hashes with step 0: a caller that varies nothing gets the same
-random bits at every call, so vary ``seed`` per call by hashing, as lrfast's
-optimizer classes do: ``seed=lrfast.precision.mix_seed(run_seed, update,
-call)`` (not ``run_seed + update``, which would give seed s at update k + 1
-the bits of seed s + 1 at update k), with a distinct ``call`` for each call
-of one update (positions restart at 0 in every call). Hyperparameters
+the ISA (and so does a 16-bit schedule-free ``z``, which holds weights, with
+bits of its own). A step function without a ``step`` argument (and
+``sgd_step`` with ``step=None``) hashes with step 0: a caller that varies
+nothing gets the same random bits at every call, so vary ``seed`` per call by
+hashing, as lrfast's optimizer classes do: ``seed=lrfast.precision.mix_seed(
+run_seed, update, call)`` (not ``run_seed + update``, which would give seed s
+at update k + 1 the bits of seed s + 1 at update k), with a distinct ``call``
+for each call of one update (positions restart at 0 in every call). Hyperparameters
 are keyword-only; ``step`` is the 1-based index of the update being applied.
 ``grad_scale`` multiplies the gradient inside the kernel (an unscale factor or
 a clip coefficient) and the gradients themselves are never written. Invalid

@@ -76,9 +76,15 @@ def schedulefree_sgd_step(params: Tensors, grads: Tensors, zs: States, *, lr: Re
         z = z - lr * g
 
     ``ckp1`` in [0, 1], ``momentum`` in (0, 1). State: ``zs`` (``z``: one
-    array per param, its shape, a copy of the param before the first step):
-    float32, the param's dtype, bfloat16 or a signed q8 or q4 state. ``step`` (>= 1)
-    only feeds the stochastic-rounding hash (step 0 when None).
+    array per param, its shape, a copy of the param before the first step).
+    ``z`` holds the weights, so it keeps the param's precision: it has the
+    param's dtype, or float32 for a 16-bit param; a q8 or q4 state, a 16-bit
+    ``z`` of a float32 or float64 param, a float32 one of a float64 param or
+    a bfloat16 one of a float16 param is refused (ValueError naming ``zs``).
+    With ``stochastic_rounding=True`` a 16-bit ``z`` rounds stochastically
+    like its param, with random bits of its own (see
+    :func:`lrfast.precision.random_bits`). ``step`` (>= 1) only feeds the
+    stochastic-rounding hash (step 0 when None).
 
     >>> import numpy as np, lrfast
     >>> p = np.array([1.0, -2.0], np.float32)
@@ -118,9 +124,10 @@ def schedulefree_adamw_step(params: Tensors, grads: Tensors, zs: States, exp_avg
 
     ``beta1`` in (0, 1) (only the interpolation: there is no first moment).
     State (one array per param, its shape): ``zs`` (``z``, a copy of the
-    param before the first step; float32, the param's dtype, bfloat16 or a
-    signed q8 or q4 state) and ``exp_avg_sqs`` (``v``, zeros; also an unsigned q8 or q4
-    state).
+    param before the first step; the param's dtype or float32, rounded as in
+    :func:`schedulefree_sgd_step`) and ``exp_avg_sqs`` (``v``, zeros;
+    float32, the param's dtype, bfloat16 or a q8 or q4 state, signed or
+    not).
 
     >>> import numpy as np, lrfast
     >>> p = np.array([1.0, -2.0], np.float32)
@@ -154,7 +161,8 @@ def schedulefree_to_eval(params: Tensors, zs: States, *, beta1: Real) -> None:
 
     ``beta1`` (SGD's ``momentum``) in (0, 1). Arithmetic in float32 (float64
     for float64 params); 16-bit params round to nearest even. Only for params
-    that have a ``z``, in train mode.
+    that have a ``z`` (of the dtypes :func:`schedulefree_sgd_step` takes), in
+    train mode.
 
     >>> import numpy as np, lrfast
     >>> p, z = np.array([1.0, 2.0], np.float32), np.array([0.0, 4.0], np.float32)

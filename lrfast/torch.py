@@ -36,7 +36,9 @@ per param group, like torch's options):
 ``state_dtype``
     ``None`` (the parameter's dtype, as torch), ``"float32"``, ``"bfloat16"``,
     ``"q8"`` or ``"q4"``: the dtype of the states a parameter gets at its
-    first step.
+    first step; but schedule-free's ``"z"`` (the weights) and Prodigy's
+    ``"p0"`` keep the parameter's dtype (``"z"`` float32 too, where
+    ``"float32"`` for a 16-bit parameter).
     Float states keep torch's keys. A q8 state (parameters of 4096 elements
     or more; smaller ones get float32, see :func:`lrfast.zeros_state`) is
     kept as three entries of ``state[p]``, e.g. for ``exp_avg``:
@@ -118,7 +120,7 @@ from . import _backend, _core, _hparams, _lowp, _prodigy, _schedulefree
 from ._kernel import Kernel, Piece, Slot, Update
 from .optim import KERNELS, exclusive
 from .precision import (Q4_BLOCK, SIGNED_STATES, Q4State, Q8State, bfloat16, create_q4_map,
-                        low_bit_shapes, quantize_low_bit)
+                        holds_param, low_bit_shapes, quantize_low_bit)
 
 __all__ = ["SGD", "Adam", "AdamW", "RMSprop", "Adagrad", "Adadelta", "Lion", "ScheduleFreeSGD",
            "ScheduleFreeAdamW", "Prodigy"]
@@ -236,12 +238,21 @@ def _state_view(state, key: str, view):
     return view(state[key])
 
 
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def _float_dtype(p: torch.Tensor, state_dtype) -> torch.dtype:
+    """The dtype of a float state of ``p`` under ``state_dtype``."""
+    return {None: p.dtype, "bfloat16": torch.bfloat16}.get(state_dtype, torch.float32)
+
+
 def _new_state(p: torch.Tensor, name: str, state_dtype, slot: Slot, hparams, start) -> dict:
     """The entries of a new state of ``p``, in the shape ``slot`` gives it:
     ``start`` everywhere, or a copy of (a slice of) ``p`` if the slot says so."""
     key = _STATE_KEYS[name]
     shape = slot.shape(tuple(p.shape), hparams)
-    state_dtype = None if slot.param_dtype else state_dtype
+    state_dtype = slot.state_dtype(state_dtype, _dtype_name(p.dtype))
     values = None
     if slot.copies_param:
         values = p.detach().flatten()[::int(hparams["slice_p"])] if slot.sliced else p.detach()
@@ -261,10 +272,28 @@ def _new_state(p: torch.Tensor, name: str, state_dtype, slot: Slot, hparams, sta
         if kind == "q4":
             entries[f"{key}_shape"] = tuple(shape)
         return entries
-    dtype = {None: p.dtype, "bfloat16": torch.bfloat16}.get(state_dtype, torch.float32)
+    dtype = _float_dtype(p, state_dtype)
     if values is not None:
         return {key: values.to(dtype=dtype, copy=True).reshape(shape)}
     return {key: torch.full(shape, start, dtype=dtype, device=p.device)}
+
+
+def _to_param_precision(p: torch.Tensor, state: dict, key: str, dtype: torch.dtype) -> None:
+    """Converts ``p``'s state ``key``, which holds weights (schedule-free's
+    z), to ``dtype`` if it cannot hold ``p``'s values: a q8 or q4 state, or
+    bfloat16 for a float32 parameter, as lrfast kept it (in the
+    ``state_dtype``) before it kept the parameter's precision."""
+    if _is_low_bit(state, key):
+        values = torch.from_numpy(_state_view(state, key, lambda t: _host_view(t.cpu()))
+                                  .dequantize())
+        for part in ("codes", "absmax", "signed", "shape"):
+            state.pop(f"{key}_{part}", None)
+    elif isinstance(state.get(key), torch.Tensor) and not holds_param(
+            _dtype_name(state[key].dtype), _dtype_name(p.dtype)):
+        values = state[key]
+    else:
+        return
+    state[key] = values.to(device=p.device, dtype=dtype).reshape(p.shape)
 
 
 def _from_torchao(state: dict) -> dict:
@@ -512,7 +541,10 @@ class _Optimizer(torch.optim.Optimizer):
         ``Adam4bit``: tensor subclasses with ``codes``, ``scale``, ``qmap``)
         become lrfast q4 entries holding the same codes and scales, so they
         dequantize to torchao's values exactly; the next step re-quantizes
-        them by lrfast's rule."""
+        them by lrfast's rule. A schedule-free ``"z"`` that cannot hold its
+        parameter's values (q8 or bfloat16 for a float32 parameter, as lrfast
+        kept it in the ``state_dtype`` before) becomes the dtype a new one
+        would have."""
         state_dict = dict(state_dict, state={
             k: _from_torchao(v) if isinstance(v, dict) else v
             for k, v in state_dict["state"].items()})
@@ -525,6 +557,12 @@ class _Optimizer(torch.optim.Optimizer):
                 if (key != "step" and isinstance(value, torch.Tensor)
                         and value.dtype != state[key].dtype):
                     state[key] = value.to(device=p.device)
+        for group in self.param_groups:
+            for name, slot in self._kernel(group).slots.items():
+                for p in group["params"] if slot.weights else ():
+                    dtype = _float_dtype(p, slot.state_dtype(group["state_dtype"],
+                                                             _dtype_name(p.dtype)))
+                    _to_param_precision(p, self.state[p], _STATE_KEYS[name], dtype)
 
     def _counts_steps(self, group) -> bool:
         """Whether the group's states keep torch's ``"step"``: all but SGD's,
@@ -774,8 +812,12 @@ class _ScheduleFree(_Optimizer):
 
 class ScheduleFreeSGD(_ScheduleFree):
     """schedulefree.SGDScheduleFree running :func:`lrfast.schedulefree_sgd_step`:
-    state ``"z"``; group keys ``k``, ``lr_max``, ``weight_sum``,
-    ``scheduled_lr``, ``train_mode`` (False at the start: call ``train()``)."""
+    state ``"z"``, in the parameter's dtype (float32 where
+    ``state_dtype="float32"`` for a 16-bit parameter): it holds the weights,
+    which a q8, q4 or 16-bit state of a float32 parameter cannot (a state
+    dict with one, as earlier versions wrote, loads converted); group keys
+    ``k``, ``lr_max``, ``weight_sum``, ``scheduled_lr``, ``train_mode``
+    (False at the start: call ``train()``)."""
 
     kernel = _schedulefree.SGD
 
@@ -792,8 +834,9 @@ class ScheduleFreeSGD(_ScheduleFree):
 
 class ScheduleFreeAdamW(_ScheduleFree):
     """schedulefree.AdamWScheduleFree running
-    :func:`lrfast.schedulefree_adamw_step`: states ``"z"`` and
-    ``"exp_avg_sq"``; group keys as :class:`ScheduleFreeSGD`'s."""
+    :func:`lrfast.schedulefree_adamw_step`: states ``"z"`` (stored as
+    :class:`ScheduleFreeSGD`'s) and ``"exp_avg_sq"`` (of the
+    ``state_dtype``); group keys as :class:`ScheduleFreeSGD`'s."""
 
     kernel = _schedulefree.ADAMW
 

@@ -22,6 +22,8 @@ from typing import Callable
 
 import numpy as np
 
+from lrfast import precision
+
 
 def _grid(**axes):
     """Every combination of the given axes, as a tuple of keyword dicts."""
@@ -140,6 +142,17 @@ def make_problem(case: Case, hp: dict, shapes, dtype, seed=0):
     params = [rng.standard_normal(s).astype(dtype) for s in shapes]
     states = {name: [np.zeros(s, dtype) for s in shapes] for name in case.states_for(hp)}
     return params, states
+
+
+def holding_kind(name: str, param_dtype, kind):
+    """`kind` (a dtype, "q8" or "q4") for state `name` of a param of
+    `param_dtype`; but the param's dtype for a schedule-free z that `kind`
+    cannot hold (a step refuses it: tests/test_lr_free_kernels.py)."""
+    kind_name = kind if isinstance(kind, str) else np.dtype(kind).name
+    if name in precision.WEIGHT_STATES and not precision.holds_param(
+            kind_name, np.dtype(param_dtype).name):
+        return np.dtype(param_dtype)
+    return kind
 
 
 def gradients(shapes, dtype, step, seed=0):

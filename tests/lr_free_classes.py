@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import pytest
 
+from lrfast.precision import Q4State, Q8State, quantize_low_bit
+
 SHAPES = [(3, 5), (7,), (17,)]  # the first two in group 0, the last in group 1
 STEPS = 8
 SWITCH_AT = 3  # schedule-free: eval() and train() after this many steps
@@ -120,12 +122,61 @@ def close_keys(ours: dict, theirs: dict, keys, dtype, what):
 # bfloat16 or q8 states (the 4100-element tensor gets a Q8State) against float32
 LOWP = [("Lion", dict(lr=1e-3)), ("ScheduleFreeSGD", dict(lr=0.1)),
         ("ScheduleFreeAdamW", dict(lr=0.01)), ("Prodigy", {})]
-# (name, kw, state_dtype) of the low-precision runs. Not schedule-free in q4:
-# its z holds the weights, which 4 bits cannot (issue 19 has z refuse it).
-LOWP_STATES = [(name, kw, state_dtype) for name, kw in LOWP for state_dtype in ("bfloat16", "q8", "q4")
-               if not (state_dtype == "q4" and name.startswith("ScheduleFree"))]
+# (name, kw, state_dtype) of the low-precision runs (schedule-free's z keeps
+# the params' dtype: the state_dtype is its exp_avg_sqs')
+LOWP_STATES = [(name, kw, state_dtype) for name, kw in LOWP
+               for state_dtype in ("bfloat16", "q8", "q4")]
 LOWP_SHAPES = [(4100,), (7,)]
 LOWP_STEPS = 10
+
+# Issue 19: schedule-free's z holds the weights. With z in a q8 state, an
+# update of 1e-6 moved float32 params by up to 0.027 and 200 of them by 0.33
+# on average; with z in bfloat16, by up to 0.008, and then not at all.
+# (name, state_dtype) of those runs: Z_STEPS updates of Z_LR * 1 (AdamW's
+# normalized update of a constant gradient is 1 too) of Z_SIZE params.
+Z_CASES = [(name, state_dtype) for name in ("ScheduleFreeSGD", "ScheduleFreeAdamW")
+           for state_dtype in ("q8", "q4", "bfloat16")]
+Z_SIZE, Z_LR, Z_STEPS = 4096, 1e-6, 200
+# bfloat16 params with stochastic rounding: updates of 1/32 of an ulp at 1.5,
+# which rounding to nearest loses.
+SR_SIZE, SR_LR, SR_STEPS, SR_START = 8192, 2.0**-12, 64, 1.5
+
+
+def z_start(seed=0):
+    """Z_SIZE float32 params in [-1, 1] (ulps of 2**-24 to 2**-23)."""
+    return np.random.default_rng(seed).uniform(-1, 1, Z_SIZE).astype(np.float32)
+
+
+def assert_first_step_moved_by_the_update(moved):
+    np.testing.assert_allclose(moved, -Z_LR, atol=2.5e-7)  # within two float32 ulps
+
+
+def assert_z_moved_by_every_update(moved):
+    """How z moved over Z_STEPS steps (float32 rounding: about 1 %)."""
+    np.testing.assert_allclose(moved, -Z_STEPS * Z_LR, rtol=0.05)
+
+
+def narrow(values, kind):
+    """float32 ``values`` as lrfast kept a z of ``state_dtype=kind`` before
+    issue 19: a signed q8 or q4 state, or a bfloat16 array."""
+    if kind == "bfloat16":
+        return values.astype(pytest.importorskip("ml_dtypes").bfloat16)
+    codes, absmax = quantize_low_bit(kind, values)
+    return Q8State(codes, absmax) if kind == "q8" else Q4State(codes, absmax, values.shape)
+
+
+def widened(state):
+    """A z of :func:`narrow` as float32 values."""
+    return state.astype(np.float32) if isinstance(state, np.ndarray) else state.dequantize()
+
+
+def assert_z_follows_in_expectation(sr, nearest, exact):
+    """z after SR_STEPS steps from SR_START: bfloat16 with stochastic
+    rounding (``sr``) and to nearest (``nearest``), float64 (``exact``)."""
+    assert np.all(nearest == SR_START)  # every update lost: the issue
+    moved, want = sr.mean() - SR_START, exact.mean() - SR_START
+    assert want < -SR_STEPS * SR_LR * 0.99
+    assert abs(moved / want - 1) < 0.05, (moved, want)
 
 
 def assert_low_precision_stays_close(train):

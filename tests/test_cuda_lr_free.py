@@ -24,7 +24,7 @@ import lrfast  # noqa: E402
 import lrfast.cuda  # noqa: E402
 from lrfast import reference  # noqa: E402
 from lrfast.cuda import launch  # noqa: E402
-from lrfast.precision import (Q4State, Q8State, quantize_blockwise,  # noqa: E402
+from lrfast.precision import (Q4State, Q8State, holds_param, quantize_blockwise,  # noqa: E402
                               quantize_blockwise_q4)
 
 SIMULATED = launch.SIMULATED
@@ -133,9 +133,13 @@ ZS_LIKE_PARAMS = {"zs"}  # states that start near the param (the others at zero)
 
 def make_states(name, params, kinds):
     """The optimizer's states of `kinds`: z away from the param (as after some
-    steps: a z equal to y would hide the interpolation), the others zeros."""
-    return {s: [state_like((p * 0.5 + 0.25).astype(p.dtype) if s in ZS_LIKE_PARAMS
-                           else np.zeros_like(p), kind)
+    steps: a z equal to y would hide the interpolation) and in the param's
+    dtype where `kind` cannot hold it, the others zeros."""
+    def z_kind(p, kind):
+        return kind if kind == "param" or holds_param(kind, p.dtype.name) else "param"
+
+    return {s: [state_like((p * 0.5 + 0.25).astype(p.dtype), z_kind(p, kind))
+                if s in ZS_LIKE_PARAMS else state_like(np.zeros_like(p), kind)
                 for p, kind in zip(params, kinds)] for s in OPTIMIZERS[name][0]}
 
 
@@ -265,19 +269,38 @@ def test_low_precision_matches_reference(name, dtype, state_kind):
 
 @pytest.mark.parametrize("name", list(OPTIMIZERS))
 def test_stochastic_rounding_matches_reference(name):
-    shapes = [(5,), (40,), (9,)]
-    params = make_params(shapes, [BF16, F16, np.float32])
-    states = make_states(name, params, ["float32", "bfloat16", "param"])
+    # The 16-bit zs (of the bfloat16 and float16 params) round stochastically
+    # too, with bits of their own (issue 19); float32 zs of 16-bit params do not.
+    shapes = [(5,), (40,), (9,), (33,), (17,)]
+    params = make_params(shapes, [BF16, F16, np.float32, BF16, F16])
+    states = make_states(name, params, ["float32", "bfloat16", "param", "param", "float32"])
     hp = dict(OPTIMIZERS[name][2][-1], stochastic_rounding=True, seed=11)
     assert_all_same(*run_both(name, params, states, hp, steps=3))
 
 
-@pytest.mark.parametrize("kind", ["q8", "q4"])
-def test_eval_switch_with_low_precision_and_low_bit_zs(kind):
-    shapes = [(300,), (7,), (20,)]
-    params = make_params(shapes, [BF16, F16, np.float64])
-    zs = [state_like(p.astype(np.float32) + 0.5, z_kind)
-          for p, z_kind in zip(params, [kind, "bfloat16", "float32"])]
+@pytest.mark.parametrize("dtype", [BF16, F16], ids=["bfloat16", "float16"])
+def test_a_16_bit_z_rounds_stochastically_with_bits_of_its_own(dtype):
+    # y and z both go from 1.5 to half an ulp below: each rounds down at about
+    # half the elements, and they part at about half (rounding to nearest
+    # keeps z at 1.5; the param's bits would keep z equal to y).
+    p = np.full(300, 1.5, dtype)
+    z, g = p.copy(), np.full(p.shape, np.finfo(dtype).eps / 2, np.float32)
+    d_p, d_z = device(p), device(z)
+    kw = dict(lr=1.0, ckp1=1.0, momentum=0.5, step=1, stochastic_rounding=True, seed=0)
+    lrfast.schedulefree_sgd_step(d_p, device(g), d_z, **kw)
+    reference.schedulefree_sgd_step(p, g, z, **kw)
+    got = {"params": [host(d_p)], "zs": [host(d_z)]}
+    assert_all_same(got, {"params": [p], "zs": [z]})
+    y, z = got["params"][0], got["zs"][0]
+    for share in (np.mean(y != 1.5), np.mean(z != 1.5), np.mean(y != z)):
+        assert 0.35 < share < 0.65, share
+
+
+def test_eval_switch_with_low_precision_zs():
+    shapes = [(300,), (7,), (20,), (9,)]
+    params = make_params(shapes, [BF16, F16, np.float64, BF16])
+    zs = [state_like((p.astype(np.float32) + 0.5).astype(p.dtype), z_kind)
+          for p, z_kind in zip(params, ["float32", "param", "param", "param"])]
     d_params, d_zs = [device(p) for p in params], [device(z) for z in zs]
     lrfast.schedulefree_to_eval(d_params, d_zs, beta1=0.9)
     reference.schedulefree_to_eval(params, zs, beta1=0.9)
@@ -532,6 +555,15 @@ BAD_CALLS = {  # host arrays -> a bad call; the same call with device arrays
         [on(_ones(4))], [on(_ones(4))], [on(_ones(4)), on(_ones(4))], lr=0.1, ckp1=0.5),
     "lion state dtype": lambda on: lrfast.lion_step([on(_ones(4))], [on(_ones(4))],
                                                     [on(_ones(4, np.float64))]),
+    # issue 19: a z that cannot hold its param, by the 16-bit path and the plain one
+    "bfloat16 z": lambda on: lrfast.schedulefree_sgd_step(
+        [on(_ones(4)), on(_ones(3))], [on(_ones(4)), on(_ones(3))],
+        [on(_ones(4)), on(_ones(3, BF16))], lr=0.1, ckp1=0.5),
+    "float32 z of a float64 param": lambda on: lrfast.schedulefree_to_eval(
+        [on(_ones(4, np.float64))], [on(_ones(4))], beta1=0.9),
+    "bfloat16 z of a float16 param": lambda on: lrfast.schedulefree_adamw_step(
+        [on(_ones(4, F16))], [on(_ones(4))], [on(_ones(4, BF16))], [on(_ones(4))], lr=0.1,
+        ckp1=0.5, step=1),
     "bfloat16 slice length": lambda on: _prodigy_reduce(
         [on(_ones(7, BF16))], [on(_ones(7))], [on(_ones(3, BF16))], [on(_ones(4, BF16))]),
 }
@@ -565,23 +597,29 @@ def test_prodigy_checks_are_cached_per_slice():
         _prodigy_reduce([device(params[0])], [device(grads[0])], run.ss, run.p0s, slice_p=1)
 
 
-UNSIGNED_ZS = {
-    "q8": lambda: Q8State(to_device(np.zeros(300, np.uint8)), to_device(np.zeros(2, np.float32)),
-                          False),
-    "q4": lambda: Q4State(to_device(np.zeros(150, np.uint8)), to_device(np.zeros(3, np.float32)),
-                          (300,), False),
+LOW_BIT_ZS = {
+    "q8": lambda signed: Q8State(to_device(np.zeros(300, np.uint8)),
+                                 to_device(np.zeros(2, np.float32)), signed),
+    "q4": lambda signed: Q4State(to_device(np.zeros(150, np.uint8)),
+                                 to_device(np.zeros(3, np.float32)), (300,), signed),
 }
 
 
-@pytest.mark.parametrize("kind", list(UNSIGNED_ZS))
+@pytest.mark.parametrize("signed", [True, False])
+@pytest.mark.parametrize("kind", list(LOW_BIT_ZS))
 @pytest.mark.parametrize("name, call", [
-    ("step", lambda z: lrfast.schedulefree_sgd_step(
-        device(np.ones(300, BF16)), device(np.ones(300, BF16)), z, lr=0.1, ckp1=0.5)),
-    ("eval", lambda z: lrfast.schedulefree_to_eval(device(np.ones(300, BF16)), z, beta1=0.9)),
+    ("step", lambda p, z: lrfast.schedulefree_sgd_step(p, device(np.ones(300, BF16)), z, lr=0.1,
+                                                       ckp1=0.5)),
+    ("eval", lambda p, z: lrfast.schedulefree_to_eval(p, z, beta1=0.9)),
 ])
-def test_unsigned_low_bit_zs_are_refused(name, call, kind):
-    with pytest.raises(ValueError, match=rf"zs\[0\]: an unsigned {kind} state"):
-        call(UNSIGNED_ZS[kind]())
+def test_low_bit_zs_are_refused_before_writing(name, call, kind, signed):
+    # z holds the weights (issue 19); the C++ path's message
+    p = device(np.ones(300, BF16))
+    with pytest.raises(ValueError, match=rf"^zs\[0\] is a {kind} state, which cannot hold the "
+                                         r"values of params\[0\] \(bfloat16\): z holds the "
+                                         r"weights, so it must be bfloat16 or float32$"):
+        call(p, LOW_BIT_ZS[kind](signed))
+    np.testing.assert_array_equal(host(p).astype(np.float32), np.ones(300, np.float32))
 
 
 def test_a_host_state_in_a_device_call_is_refused_before_writing():

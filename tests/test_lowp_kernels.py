@@ -21,7 +21,7 @@ ml_dtypes = pytest.importorskip("ml_dtypes")
 
 import lrfast  # noqa: E402
 from lrfast import reference  # noqa: E402
-from cases import CASE_BY_NAME, CASES, call_step  # noqa: E402
+from cases import CASE_BY_NAME, CASES, call_step, holding_kind  # noqa: E402
 
 BF16 = np.dtype(ml_dtypes.bfloat16)
 F16 = np.dtype(np.float16)
@@ -53,10 +53,12 @@ def grads_for(params, step, grad_dtypes, seed=0):
 
 
 def make(case, hp, shapes, param_dtypes, state_dtypes, seed=0):
-    """Params of the given dtypes and zeroed states (state_dtypes[t] per tensor)."""
+    """Params of the given dtypes and zeroed states (state_dtypes[t] per
+    tensor, but a schedule-free z that cannot hold its param: its dtype)."""
     rng = np.random.default_rng(seed)
     params = [rng.standard_normal(s).astype(dt) for s, dt in zip(shapes, param_dtypes)]
-    states = {name: [np.zeros(s, dt) for s, dt in zip(shapes, state_dtypes)]
+    states = {name: [np.zeros(s, holding_kind(name, p.dtype, dt))
+                     for s, p, dt in zip(shapes, params, state_dtypes)]
               for name in case.states_for(hp)}
     return params, states
 

@@ -1,6 +1,7 @@
 """What the rows of tests/cases.py cannot drive: Prodigy's reduction pass (and
 the two passes together over 10 steps), the schedule-free eval()/train()
-switch, which takes no gradients, and the argument checks of the four
+switch, which takes no gradients, schedule-free's z in 16 bits under
+stochastic rounding (every ISA), and the argument checks of the four
 optimizers' step functions (lion, schedule-free, Prodigy).
 
 Prodigy's sums run in float64 in another order than the reference's (NumPy's
@@ -17,8 +18,9 @@ import pytest
 
 import lrfast
 from lrfast import reference
-from lrfast.precision import Q8State, quantize_blockwise, zeros_state
+from lrfast.precision import Q4State, Q8State, quantize_low_bit, zeros_state
 from cases import SIZES, gradients
+from isa_run import saved_arrays
 
 ml_dtypes = pytest.importorskip("ml_dtypes")
 BF16 = np.dtype(ml_dtypes.bfloat16)
@@ -176,23 +178,106 @@ def test_eval_and_train_switches_match_the_reference(dtype, beta1):
             assert_bits(got[k], want[k], what)
 
 
-@pytest.mark.parametrize("z_kind", ["bfloat16", "float32", "q8"])
+@pytest.mark.parametrize("z_kind", ["bfloat16", "float32"])
 def test_eval_and_train_of_bfloat16_params_match_the_reference(z_kind):
     rng = np.random.default_rng(1)
     shapes = [(5000,), (17,), (0,)]
     params = [rng.standard_normal(s).astype(BF16) for s in shapes]
-    zs = []
-    for p in params:
-        z = zeros_state(p, z_kind)
-        if isinstance(z, Q8State):
-            z.codes[...], z.absmax[...] = quantize_blockwise(
-                rng.standard_normal(p.shape).astype(np.float32), True)
-        else:
-            z[...] = rng.standard_normal(p.shape)
-        zs.append(z)
+    zs = [rng.standard_normal(s).astype(z_kind) for s in shapes]
     got, want = lerp_both(params, zs, 0.9)
     for k, what in enumerate(("x", "y", "z")):
         assert_bits(got[k], want[k], what)
+
+
+# ------------------------------------------------------------ schedule-free's z in 16 bits
+
+# Lists crossing the tiles (512) and the driver's blocks (32768) at odd
+# offsets; z in the param's dtype, or float32 (which holds it).
+Z_SHAPES = [(7,), (513,), (3, 5), (40000,), (0,), (1000,)]
+Z_STEPS = 3
+
+
+def schedulefree_run(impl, name, param, z_dtypes, seed=9):
+    """Z_STEPS stochastically rounded schedule-free steps of `impl` on
+    params of dtype `param` (float32 grads) and zs of `z_dtypes` (None: the
+    param's); returns params, zs and (AdamW) vs."""
+    rng = np.random.default_rng(4)
+    params = [rng.standard_normal(s).astype(param) for s in Z_SHAPES]
+    zs = [(p.astype(np.float32) + 0.5).astype(d or param) for p, d in zip(params, z_dtypes)]
+    vs = [np.zeros(s, np.float32) for s in Z_SHAPES]
+    scalars = lrfast.ScheduleFreeScalars(0.05, warmup_steps=2)
+    for step in range(1, Z_STEPS + 1):
+        grads = gradients(Z_SHAPES, np.float32, step)
+        lr, ckp1, k = scalars.next()
+        options = dict(lr=lr, ckp1=ckp1, step=k, weight_decay=0.01, stochastic_rounding=True,
+                       seed=seed)
+        if name == "sgd":
+            impl.schedulefree_sgd_step(params, grads, zs, **options)
+        else:
+            impl.schedulefree_adamw_step(params, grads, zs, vs, **options)
+    return params + zs + (vs if name == "adamw" else [])
+
+
+Z_RUNS = [(name, param, z_dtypes) for name in ("sgd", "adamw") for param in (BF16, np.float16)
+          for z_dtypes in ([None] * 6, [None, np.float32, None, None, np.float32, None])]
+
+
+@pytest.mark.parametrize("name, param, z_dtypes", Z_RUNS)
+def test_16_bit_zs_round_stochastically_as_the_reference(name, param, z_dtypes):
+    # A 16-bit z rounds with the bits of positions 2**63 + i, the param with
+    # those of i: the kernel's bits are the reference's (issue 19).
+    got = schedulefree_run(lrfast, name, param, z_dtypes)
+    assert_bits(got, schedulefree_run(reference, name, param, z_dtypes), f"{name} {param}")
+
+
+def tie_run(impl, param):
+    """y and z of an SGD step that takes both from 1.5 to half an ulp below."""
+    p = np.full(20000, 1.5, param)
+    z, g = p.copy(), np.full(p.shape, np.finfo(param).eps / 2, np.float32)
+    impl.schedulefree_sgd_step(p, g, z, lr=1.0, ckp1=1.0, momentum=0.5, step=1,
+                               stochastic_rounding=True, seed=0)
+    return [p, z]
+
+
+def assert_tie_rounded_with_bits_of_their_own(y, z):
+    # Each rounds down at about half the elements, and with bits of their
+    # own they part at about half (rounding to nearest keeps z at 1.5, and
+    # the param's bits would keep z equal to y).
+    for share in (np.mean(y != 1.5), np.mean(z != 1.5), np.mean(y != z)):
+        assert 0.45 < share < 0.55, share
+
+
+@pytest.mark.parametrize("param", [BF16, np.float16], ids=["bf16", "f16"])
+def test_a_16_bit_z_rounds_stochastically_with_bits_of_its_own(param):
+    got = tie_run(lrfast, param)
+    assert_bits(got, tie_run(reference, param), "the reference")
+    assert_tie_rounded_with_bits_of_their_own(*got)
+
+
+def z_workload(impl):
+    return ([a for name, param, z_dtypes in Z_RUNS
+             for a in schedulefree_run(impl, name, param, z_dtypes)]
+            + [a for param in (BF16, np.float16) for a in tie_run(impl, param)])
+
+
+Z_ISA_WORKLOAD = """
+import sys
+import numpy as np
+import test_lr_free_kernels as t
+import lrfast
+np.savez(sys.argv[1], *[a.view(np.uint8) for a in t.z_workload(lrfast)])
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("isa", ["baseline", "avx2", "avx512"])
+def test_16_bit_zs_match_the_reference_on_every_isa(isa, tmp_path):
+    want = z_workload(reference)
+    got = [a.view(b.dtype).reshape(b.shape)
+           for a, b in zip(saved_arrays(Z_ISA_WORKLOAD, isa, tmp_path), want, strict=True)]
+    assert_bits(got, want, f"LRFAST_CPU_ISA={isa}")
+    for ties in (got[-4:-2], got[-2:]):
+        assert_tie_rounded_with_bits_of_their_own(*ties)
 
 
 # ------------------------------------------------------------ argument checks
@@ -255,6 +340,52 @@ def test_schedulefree_adamw_refuses(kw, match):
     p, g, z, v = arrays()
     refused(ValueError, match, lrfast.schedulefree_adamw_step, p, g, z, v,
             **{**SF_ADAMW, **kw})
+
+
+# (param dtype, z kind) of every z that cannot hold its param's values
+NARROW_ZS = [(np.float32, "q8"), (np.float32, "q4"), (np.float32, BF16), (np.float32, np.float16),
+             (np.float64, np.float32), (np.float64, BF16), (np.float64, "q8"), (BF16, "q8"),
+             (BF16, "q4"), (np.float16, BF16), (np.float16, "q4")]
+Z_CALLS = {
+    "sgd": lambda p, g, z, v: lrfast.schedulefree_sgd_step(p, g, z, lr=0.1, ckp1=0.5),
+    "adamw": lambda p, g, z, v: lrfast.schedulefree_adamw_step(p, g, z, v, lr=0.1, ckp1=0.5,
+                                                               step=1),
+    "to_eval": lambda p, g, z, v: lrfast.schedulefree_to_eval(p, z, beta1=0.9),
+    "to_train": lambda p, g, z, v: lrfast.schedulefree_to_train(p, z, beta1=0.9),
+}
+
+
+def narrow_z(param, kind):
+    """A signed q8 or q4 state, or an array of dtype `kind`, holding `param`."""
+    if not isinstance(kind, str):
+        return param.astype(kind)
+    codes, absmax = quantize_low_bit(kind, param.astype(np.float32))
+    return Q8State(codes, absmax) if kind == "q8" else Q4State(codes, absmax, param.shape)
+
+
+def raw(states):
+    """Copies of the bytes of arrays and low-bit states."""
+    return [np.array(a).view(np.uint8) for x in states
+            for a in ((x.codes, x.absmax) if isinstance(x, (Q8State, Q4State)) else (x,))]
+
+
+@pytest.mark.parametrize("call", list(Z_CALLS))
+@pytest.mark.parametrize("param, kind", NARROW_ZS)
+def test_a_z_that_cannot_hold_its_param_is_refused_before_any_write(param, kind, call):
+    # Issue 19: z holds the weights; a q8 z moved float32 params by 0.027 on
+    # an update of 1e-6, a bfloat16 one froze. The second tensor's z is
+    # refused, and the first tensor, whose z is fine, is not written either.
+    rng = np.random.default_rng(5)
+    params = [rng.standard_normal(4096).astype(param) for _ in range(2)]
+    grads = [np.ones(4096, np.float64 if param == np.float64 else np.float32)] * 2
+    zs = [params[0] + 1, narrow_z(params[1] + 1, kind)]
+    vs = [np.zeros(4096, np.float32) for _ in range(2)]
+    before = raw(params + zs + vs)
+    with pytest.raises(ValueError, match=r"^zs\[1\] (is a q[48] state|has dtype \w+), which "
+                                         r"cannot hold the values of params\[1\] \(\w+\): z "
+                                         r"holds the weights, so it must be \w+( or float32)?$"):
+        Z_CALLS[call](params, grads, zs, vs)
+    assert_bits(raw(params + zs + vs), before, "written")
 
 
 @pytest.mark.parametrize("beta1", [0.0, 1.0, -0.5])

@@ -11,9 +11,13 @@ import pytest
 
 import lrfast.optim
 from lr_free_classes import (
-    CASES, GROUP_KEYS, IDS, LOWP_SHAPES, LOWP_STATES, LOWP_STEPS, STEPS, assert_low_precision_stays_close,
-    close, close_keys, gradients, initial_params, side_by_side,
+    CASES, GROUP_KEYS, IDS, LOWP_SHAPES, LOWP_STATES, LOWP_STEPS, SR_LR, SR_SIZE, SR_START,
+    SR_STEPS, STEPS, Z_CASES, Z_LR, Z_SIZE, Z_STEPS, assert_first_step_moved_by_the_update,
+    assert_low_precision_stays_close, assert_z_follows_in_expectation,
+    assert_z_moved_by_every_update, close, close_keys, gradients, initial_params, narrow,
+    side_by_side, widened, z_start,
 )
+from lrfast.precision import Q4State, Q8State
 
 torch = pytest.importorskip("torch")
 
@@ -184,3 +188,108 @@ def test_bfloat16_params_with_stochastic_rounding_and_low_precision_states(name,
         return [p.astype(np.float32) for p in params]
 
     assert_low_precision_stays_close(train)
+
+
+# -- issue 19: schedule-free's z keeps the params' precision
+
+@pytest.mark.parametrize(("name", "state_dtype"), Z_CASES)
+def test_z_keeps_the_precision_of_float32_params(name, state_dtype):
+    params = [z_start()]
+    start = params[0].copy()
+    opt = getattr(lrfast.optim, name)(params, lr=Z_LR, state_dtype=state_dtype)
+    opt.train()
+    grads = [np.ones(Z_SIZE, np.float32)]
+    opt.step(grads)
+    assert_first_step_moved_by_the_update(params[0] - start)
+    for _ in range(Z_STEPS - 1):
+        opt.step(grads)
+    z = opt.state[0]["zs"][0]
+    assert isinstance(z, np.ndarray) and z.dtype == np.float32
+    assert_z_moved_by_every_update(z - start)
+    if name == "ScheduleFreeAdamW":  # the state_dtype is the moments'
+        moments = opt.state[0]["exp_avg_sqs"][0]
+        assert {"q8": Q8State, "q4": Q4State}.get(state_dtype, np.ndarray) is type(moments)
+
+
+@pytest.mark.parametrize("name", ["ScheduleFreeSGD", "ScheduleFreeAdamW"])
+def test_a_bfloat16_z_follows_the_exact_trajectory_in_expectation(name):
+    bf16 = pytest.importorskip("ml_dtypes").bfloat16
+
+    def z_after(dtype, **options):
+        params = [np.full(SR_SIZE, SR_START, dtype)]
+        opt = getattr(lrfast.optim, name)(params, lr=SR_LR, **options)
+        opt.train()
+        for _ in range(SR_STEPS):
+            opt.step([np.ones(SR_SIZE, dtype)])
+        return opt.state[0]["zs"][0].astype(np.float64)
+
+    assert_z_follows_in_expectation(z_after(bf16, stochastic_rounding=True, seed=1),
+                                    z_after(bf16), z_after(np.float64))
+
+
+def schedulefree_adamw(params, state_dtype):
+    opt = lrfast.optim.ScheduleFreeAdamW(params, lr=1e-3, state_dtype=state_dtype)
+    opt.train()
+    return opt
+
+
+def trained(state_dtype):
+    params = [z_start()]
+    opt = schedulefree_adamw(params, state_dtype)
+    for step in range(2):
+        opt.step(gradients(params, step))
+    return opt
+
+
+def restored(opt, state_dtype, how, tmp_path):
+    """A ScheduleFreeAdamW on copies of ``opt``'s params, loaded from its
+    state dict or its file."""
+    again = schedulefree_adamw([p.copy() for p in opt.param_groups[0]["params"]], state_dtype)
+    if how == "file":
+        opt.save(tmp_path / "ckpt.npz")
+        again.load(tmp_path / "ckpt.npz")
+    else:
+        again.load_state_dict(opt.state_dict())
+    return again
+
+
+def assert_continue_alike(opt, again):
+    params, copies = opt.param_groups[0]["params"], again.param_groups[0]["params"]
+    for step in range(2, 4):
+        opt.step(gradients(params, step))
+        again.step(gradients(copies, step))
+    np.testing.assert_array_equal(params[0], copies[0])
+    np.testing.assert_array_equal(again.state[0]["zs"][0], opt.state[0]["zs"][0])
+
+
+@pytest.mark.parametrize("how", ["state_dict", "file"])
+@pytest.mark.parametrize("state_dtype", ["q8", "q4", "bfloat16"])
+def test_a_checkpoint_with_a_narrow_z_loads_in_the_params_precision(state_dtype, how, tmp_path):
+    # z as lrfast kept it before issue 19, in the state_dtype
+    opt = trained(state_dtype)
+    old = opt.state[0]["zs"][0] = narrow(opt.state[0]["zs"][0], state_dtype)
+    again = restored(opt, state_dtype, how, tmp_path)
+    z = again.state[0]["zs"][0]
+    assert isinstance(z, np.ndarray) and z.dtype == np.float32
+    np.testing.assert_array_equal(z, widened(old))
+    opt.state[0]["zs"][0] = widened(old)
+    assert_continue_alike(opt, again)
+
+
+def test_a_checkpoint_z_of_another_dtype_is_still_refused():
+    opt = trained("q8")
+    sd = opt.state_dict()
+    zs = sd["state"][0]["zs"]
+    zs[0] = zs[0].astype(np.float16)  # neither a z of now nor of before
+    again = schedulefree_adamw([z_start()], "q8")
+    with pytest.raises(ValueError, match=r"state\[0\]: zs\[0\] must be an array of shape "
+                                         r"\(4096,\) and dtype float32"):
+        again.load_state_dict(sd)
+    assert "zs" not in again.state[0]  # nothing loaded
+
+
+@pytest.mark.parametrize("how", ["state_dict", "file"])
+@pytest.mark.parametrize("state_dtype", ["q8", "bfloat16"])
+def test_checkpoints_with_narrow_moments_continue_bit_identically(state_dtype, how, tmp_path):
+    opt = trained(state_dtype)
+    assert_continue_alike(opt, restored(opt, state_dtype, how, tmp_path))

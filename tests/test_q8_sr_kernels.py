@@ -3,7 +3,8 @@
 The oracle: widen every array to float32 (q8 and q4 states dequantized by
 lrfast.precision), run lrfast's own float32 kernel on the copies, then store
 as lrfast.precision does: params round to nearest even (or stochastically, with
-precision.random_bits and precision.round_stochastic) and low-bit states are
+precision.random_bits and precision.round_stochastic; so do 16-bit weight
+states, schedule-free's z, with the bits of their own stream) and low-bit states are
 re-quantized with precision.quantize_blockwise / quantize_blockwise_q4. The kernels must give exactly
 those bits. lrfast.reference, an independent implementation whose float32
 arithmetic may differ in the last bit, must agree step by step within an ulp
@@ -18,7 +19,7 @@ ml_dtypes = pytest.importorskip("ml_dtypes")
 import lrfast  # noqa: E402
 from lrfast import precision, reference  # noqa: E402
 from lrfast.precision import Q4State, Q8State  # noqa: E402
-from cases import CASES, call_step  # noqa: E402
+from cases import CASES, call_step, holding_kind  # noqa: E402
 from isa_run import saved_arrays  # noqa: E402
 
 BF16 = np.dtype(ml_dtypes.bfloat16)
@@ -48,15 +49,17 @@ ZEROS = {"q8": q8_zeros, "q4": q4_zeros}
 
 def make(case, hp, shapes, param_dtypes, kinds, unsigned=True, seed=0):
     """Params and zero states; kinds[t] is "q8", "q4" or a state dtype for
-    tensor t. Low-bit states are unsigned where the slot allows it and
+    tensor t (but for a schedule-free z that it cannot hold: the param's
+    dtype). Low-bit states are unsigned where the slot allows it and
     `unsigned` is set."""
     rng = np.random.default_rng(seed)
     params = [rng.standard_normal(s).astype(dt) for s, dt in zip(shapes, param_dtypes)]
     states = {}
     for name in case.states_for(hp):
         signed = name in SIGNED_SLOTS or not unsigned
-        states[name] = [ZEROS[k](s, signed) if k in ZEROS else np.zeros(s, k)
-                        for s, k in zip(shapes, kinds)]
+        held = [holding_kind(name, p.dtype, k) for p, k in zip(params, kinds)]
+        states[name] = [ZEROS[k](s, signed) if isinstance(k, str) else np.zeros(s, k)
+                        for s, k in zip(shapes, held)]
     return params, states
 
 
@@ -70,25 +73,31 @@ def widen(x):
 
 
 def oracle_step(case, hp, params, grads, states, step, sr_seed=None):
-    """The oracle, in place; with sr_seed, 16-bit params round stochastically."""
+    """The oracle, in place; with sr_seed, 16-bit params and weight states
+    (schedule-free's z, from position WEIGHT_STREAM) round stochastically."""
     wide_p = [p.astype(F32) for p in params]
     wide_g = [g.astype(F32) for g in grads]
     wide_s = {k: [widen(s) for s in v] for k, v in states.items()}
     call_step(getattr(lrfast, case.step_fn), case, hp, wide_p, wide_g, wide_s, step)
-    position = 0
-    for p, w in zip(params, wide_p):
-        if sr_seed is not None and p.dtype.itemsize == 2:
-            bits = precision.random_bits(sr_seed, step if case.takes_step else 0, position, p.size)
-            p[...] = precision.round_stochastic(w, p.dtype, bits)
+    positions = np.cumsum([0] + [p.size for p in params])
+
+    def store(x, w, position):
+        if sr_seed is not None and x.dtype.itemsize == 2:
+            bits = precision.random_bits(sr_seed, step if case.takes_step else 0, position, x.size)
+            x[...] = precision.round_stochastic(w, x.dtype, bits)
         else:
-            p[...] = precision.round_nearest(w, p.dtype)
-        position += p.size
+            x[...] = precision.round_nearest(w, x.dtype)
+
+    for p, w, position in zip(params, wide_p, positions):
+        store(p, w, int(position))
     for k, v in states.items():
-        for s, w in zip(v, wide_s[k]):
+        for s, w, position in zip(v, wide_s[k], positions):
             if isinstance(s, Q8State):
                 s.codes[...], s.absmax[...] = precision.quantize_blockwise(w, s.signed)
             elif isinstance(s, Q4State):
                 s.codes[...], s.absmax[...] = precision.quantize_blockwise_q4(w, s.signed)
+            elif k in precision.WEIGHT_STATES:
+                store(s, w, precision.WEIGHT_STREAM + int(position))
             else:
                 s[...] = precision.round_nearest(w, s.dtype)
 
@@ -189,6 +198,14 @@ def ulps(a, b):
     return np.abs(ordered(a) - ordered(b))
 
 
+def assert_close_to_reference(case, param, a, b, what):
+    if param == F32:  # cancellation near 0 may cost more than an ulp there
+        rtol, atol = case.tol[np.float32]
+        np.testing.assert_allclose(a, b, rtol=rtol, atol=atol, err_msg=what)
+    else:
+        assert ulps(a, b).max(initial=0) <= 1, what
+
+
 @pytest.mark.parametrize("kind", ["q8", "q4"])
 @pytest.mark.parametrize("param", [F32, BF16], ids=["f32", "bf16"])
 def test_low_bit_steps_agree_with_the_reference_within_an_ulp_and_a_code(case, hp, param, kind):
@@ -205,13 +222,12 @@ def test_low_bit_steps_agree_with_the_reference_within_an_ulp_and_a_code(case, h
         call_step(getattr(lrfast, case.step_fn), case, hp, params, grads, states, step)
         call_step(getattr(reference, case.step_fn), case, hp, ref_p, grads, ref_s, step)
         for a, b in zip(params, ref_p):
-            if param == F32:  # cancellation near 0 may cost more than an ulp there
-                rtol, atol = case.tol[np.float32]
-                np.testing.assert_allclose(a, b, rtol=rtol, atol=atol)
-            else:
-                assert ulps(a, b).max(initial=0) <= 1, f"{case.name} {hp} step {step}"
+            assert_close_to_reference(case, param, a, b, f"{case.name} {hp} step {step}")
         for k in states:
             for a, b in zip(states[k], ref_s[k]):
+                if not isinstance(b, LOW_BIT):  # schedule-free's z, in the param's dtype
+                    assert_close_to_reference(case, param, a, b, f"{case.name} {hp} {k}")
+                    continue
                 off = np.abs(codes_of(a).astype(int) - codes_of(b).astype(int))
                 assert off.max(initial=0) <= 1, f"{case.name} {hp} {k} step {step}"
                 codes += off.size

@@ -16,9 +16,13 @@ torch = pytest.importorskip("torch")
 
 import lrfast.torch  # noqa: E402
 from lr_free_classes import (  # noqa: E402
-    CASES, GROUP_KEYS, IDS, LOWP_SHAPES, LOWP_STATES, LOWP_STEPS, STEPS, assert_low_precision_stays_close,
-    close, close_keys, gradients, initial_params, side_by_side,
+    CASES, GROUP_KEYS, IDS, LOWP_SHAPES, LOWP_STATES, LOWP_STEPS, SR_LR, SR_SIZE, SR_START,
+    SR_STEPS, STEPS, Z_CASES, Z_LR, Z_SIZE, Z_STEPS, assert_first_step_moved_by_the_update,
+    assert_low_precision_stays_close, assert_z_follows_in_expectation,
+    assert_z_moved_by_every_update, close, close_keys, gradients, initial_params, narrow,
+    side_by_side, widened, z_start,
 )
+from lrfast.precision import Q4State  # noqa: E402
 
 
 def tensors(arrays):
@@ -263,3 +267,76 @@ def test_bfloat16_params_with_stochastic_rounding_and_low_precision_states(name,
         return [p.detach().float().numpy() for p in params]
 
     assert_low_precision_stays_close(train)
+
+
+# -- issue 19: schedule-free's z keeps the params' precision
+
+@pytest.mark.parametrize(("name", "state_dtype"), Z_CASES)
+def test_z_keeps_the_precision_of_float32_params(name, state_dtype):
+    start = z_start()
+    p = torch.tensor(start, requires_grad=True)
+    opt = getattr(lrfast.torch, name)([p], lr=Z_LR, state_dtype=state_dtype)
+    opt.train()
+    p.grad = torch.ones(Z_SIZE)
+    opt.step()
+    assert_first_step_moved_by_the_update(p.detach().numpy() - start)
+    for _ in range(Z_STEPS - 1):
+        opt.step()
+    z = opt.state[p]["z"]
+    assert z.dtype == torch.float32 and "z_codes" not in opt.state[p]
+    assert_z_moved_by_every_update(z.numpy() - start)
+    if name == "ScheduleFreeAdamW":  # the state_dtype is the moments'
+        low_bit = "exp_avg_sq_codes" in opt.state[p]
+        assert low_bit == (state_dtype != "bfloat16")
+
+
+@pytest.mark.parametrize("name", ["ScheduleFreeSGD", "ScheduleFreeAdamW"])
+def test_a_bfloat16_z_follows_the_exact_trajectory_in_expectation(name):
+    def z_after(dtype, **options):
+        p = torch.full((SR_SIZE,), SR_START, dtype=dtype, requires_grad=True)
+        opt = getattr(lrfast.torch, name)([p], lr=SR_LR, **options)
+        opt.train()
+        p.grad = torch.ones_like(p)
+        for _ in range(SR_STEPS):
+            opt.step()
+        return opt.state[p]["z"].double().numpy()
+
+    assert_z_follows_in_expectation(z_after(torch.bfloat16, stochastic_rounding=True, seed=1),
+                                    z_after(torch.bfloat16), z_after(torch.float64))
+
+
+def old_z_entries(z: torch.Tensor, kind: str) -> dict:
+    """A float32 z as lrfast kept it in a state_dtype of ``kind`` before issue 19."""
+    old = narrow(z.numpy(), kind)
+    if kind == "bfloat16":
+        return {"z": z.to(torch.bfloat16)}
+    entries = {"z_codes": torch.from_numpy(old.codes), "z_absmax": torch.from_numpy(old.absmax),
+               "z_signed": True}
+    if isinstance(old, Q4State):
+        entries["z_shape"] = old.shape
+    return entries
+
+
+@pytest.mark.parametrize("state_dtype", ["q8", "q4", "bfloat16"])
+def test_a_state_dict_with_a_narrow_z_loads_in_the_params_precision(state_dtype):
+    p = torch.tensor(z_start(), requires_grad=True)
+    opt = lrfast.torch.ScheduleFreeAdamW([p], lr=1e-3, state_dtype=state_dtype)
+    opt.train()
+    for step in range(2):
+        set_grads([p], step)
+        opt.step()
+    z = opt.state[p].pop("z")
+    opt.state[p].update(old_z_entries(z, state_dtype))
+    buffer = io.BytesIO()
+    torch.save(opt.state_dict(), buffer)
+    buffer.seek(0)
+    q = torch.tensor(p.detach().numpy(), requires_grad=True)
+    again = lrfast.torch.ScheduleFreeAdamW([q], lr=1e-3, state_dtype=state_dtype)
+    again.load_state_dict(torch.load(buffer))
+    state = again.state[q]
+    assert state["z"].dtype == torch.float32 and not any(k.startswith("z_") for k in state)
+    np.testing.assert_array_equal(state["z"].numpy(), widened(narrow(z.numpy(), state_dtype)))
+    assert ("exp_avg_sq_codes" in state) == (state_dtype != "bfloat16")  # the moments' dtype
+    set_grads([q], 2)
+    again.step()
+    assert state["z"].dtype == torch.float32

@@ -38,6 +38,11 @@ inline void random_bits(std::uint32_t seed_key, std::int64_t position, std::int6
     }
 }
 
+// A state that holds weights (schedule-free's z) draws R(2^63 + i) for its
+// element at position i, apart from every param's bits: positions stay below
+// 2^63, so hi(2^63 + i) = hi(i) ^ 2^31, and its key is the call's XOR this.
+constexpr std::uint32_t kWeightStream = 0x80000000u;
+
 inline std::uint32_t bits_of(float f) {
     std::uint32_t u;
     __builtin_memcpy(&u, &f, sizeof u);

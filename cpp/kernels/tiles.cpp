@@ -9,7 +9,8 @@
 // the T kernel on widened copies, each written array rounded to its storage.
 // q8 and q4 states are dequantized and re-quantized the same way (tiles hold
 // whole 256-blocks), and with stochastic_rounding a 16-bit param rounds with the
-// random bits of its elements' call positions.
+// random bits of its elements' call positions, a 16-bit state that holds
+// weights (schedule-free's z) with those of its own stream (kWeightStream).
 #include "convert.hpp"
 #include "rounding.hpp"
 
@@ -31,6 +32,17 @@ constexpr unsigned read_only_states = 0;
 template <>
 constexpr unsigned read_only_states<ScheduleFreeLerpParams> = 1;
 
+// The state slots that hold weights, a bit each as above: schedule-free's z,
+// which rounds stochastically as its param does.
+template <class P>
+constexpr unsigned weight_states = 0;
+template <>
+constexpr unsigned weight_states<ScheduleFreeSgdParams> = 1;
+template <>
+constexpr unsigned weight_states<ScheduleFreeAdamwParams> = 1;
+
+static bool is_16bit(Storage s) { return s == Storage::bf16 || s == Storage::f16; }
+
 static bool all_bf16(const Operand* x) {
     for (int k = 0; k < kOperands; ++k)
         if (x[k].data != nullptr && x[k].storage != Storage::bf16) return false;
@@ -41,9 +53,10 @@ template <class T, class P>
 static void tiled(UpdateFn<P, T> update, const P& hp, const MixedTensor& tensor,
                   std::int64_t lo, std::int64_t n) {
     const Operand* x = tensor.x;
-    // Stochastic rounding applies to 16-bit params (arithmetic in float).
-    const bool stochastic = std::is_same_v<T, float> && hp.stochastic_rounding != 0 &&
-                            (x[0].storage == Storage::bf16 || x[0].storage == Storage::f16);
+    // Stochastic rounding applies to 16-bit params and weight states
+    // (arithmetic in float); `stochastic` says whether the param rounds so.
+    const bool rounds = std::is_same_v<T, float> && hp.stochastic_rounding != 0;
+    const bool stochastic = rounds && is_16bit(x[0].storage);
     if constexpr (std::is_same_v<T, float> && bf16_kernel<P> != nullptr) {
         if (!stochastic && all_bf16(x)) {
             Bf16* s[3];
@@ -71,18 +84,21 @@ static void tiled(UpdateFn<P, T> update, const P& hp, const MixedTensor& tensor,
             }
         }
         update(hp, v[0], v[1], v + 2, m);
-        int k = 0;
-        if constexpr (std::is_same_v<T, float>) {
-            if (stochastic) {
-                narrow_stochastic(buffer[0], x[0], lo + at, m, seed_key,
-                                  tensor.position + lo + at, random);
-                k = 1;
+        for (int k = 0; k < kOperands; ++k) {
+            const bool state = k > kGrad;
+            if (k == kGrad || (state && (read_only_states<P> >> (k - 2)) & 1) || v[k] != buffer[k])
+                continue;
+            const bool weights = state && (weight_states<P> >> (k - 2)) & 1;
+            if constexpr (std::is_same_v<T, float>) {
+                if (rounds && (k == 0 || weights) && is_16bit(x[k].storage)) {
+                    narrow_stochastic(buffer[k], x[k], lo + at, m,
+                                      weights ? seed_key ^ kWeightStream : seed_key,
+                                      tensor.position + lo + at, random);
+                    continue;
+                }
             }
+            narrow(buffer[k], x[k], lo + at, m);
         }
-        for (; k < kOperands; ++k)
-            if (k != kGrad && !(k > kGrad && (read_only_states<P> >> (k - 2)) & 1) &&
-                v[k] == buffer[k])
-                narrow(buffer[k], x[k], lo + at, m);
     }
 }
 

@@ -12,7 +12,9 @@ so the kernel has no dtype branches. Per element, as lrfast.reference:
 2. the body, in reference order (:meth:`.optimizers.Optimizer.plan`);
 3. store the param (round to nearest even, or stochastically for a 16-bit
    param with ``R(position)`` of the call's key) and the float/16-bit states
-   (round to nearest even); the q8/q4 states' new values go to shared memory.
+   (round to nearest even; a 16-bit state that holds weights, schedule-free's
+   z, like the param, with the key of its own stream, ``key ^ 0x80000000``);
+   the q8/q4 states' new values go to shared memory.
 
 With q8 or q4 states a CUDA block walks its piece one q8 block (256
 elements) at a time: its threads update the block's elements, reduce each
@@ -53,7 +55,8 @@ def run(optimizer, hp: dict, groups, stream) -> None:
     key = np.uint64(int(hp.get("sr_key", 0)) if stochastic else 0)
     for g in groups:
         sr = stochastic and g.kinds[0] in (F16, BF16)
-        kernel = _kernel(optimizer.body, flags, states, stores, g.kinds, g.arithmetic.name, sr)
+        kernel = _kernel(optimizer.body, flags, states, stores, optimizer.weights, g.kinds,
+                         g.arithmetic.name, sr)
         launch.launch(kernel, g.n_pieces, stream, *g.views, g.table,
                       tuple(g.arithmetic.type(s) for s in scalars), key, _tables())
 
@@ -100,10 +103,16 @@ def _loader(kind: int, slot: int, arithmetic):
     return cuda.jit(device=True)(load)
 
 
-def _storer(kind: int, slot: int, stochastic: bool = False):
+# A state that holds weights draws R(2**63 + i): the call's key with its top
+# bit flipped (lrfast.precision.random_bits).
+WEIGHT_STREAM_KEY = np.uint64(0x80000000)
+
+
+def _storer(kind: int, slot: int, stochastic: bool = False, stream=np.uint64(0)):
     """``store(v, row, i, x, key)``: rounds `x` to nearest even into slot
-    `slot`, or stochastically with the call's `key` (16-bit params). A q8 or
-    q4 slot stores nothing here (see _quantizer)."""
+    `slot`, or stochastically with the call's `key` XOR `stream` (16-bit
+    params, and weight states with WEIGHT_STREAM_KEY). A q8 or q4 slot stores
+    nothing here (see _quantizer)."""
     column = PARAM + slot
     if kind == F32:
         def store(v, row, i, x, key):
@@ -113,14 +122,14 @@ def _storer(kind: int, slot: int, stochastic: bool = False):
             v[DOUBLES][row[column] + i] = x
     elif kind == F16 and stochastic:
         def store(v, row, i, x, key):
-            r = lowp.random_word(key, row[POSITION] + i)
+            r = lowp.random_word(key ^ stream, row[POSITION] + i)
             v[WORDS][row[column] + i] = lowp.sr_f16(float32(x), r)
     elif kind == F16:
         def store(v, row, i, x, key):
             v[HALVES][row[column] + i] = float16(x)
     elif kind == BF16 and stochastic:
         def store(v, row, i, x, key):
-            r = lowp.random_word(key, row[POSITION] + i)
+            r = lowp.random_word(key ^ stream, row[POSITION] + i)
             v[WORDS][row[column] + i] = lowp.sr_bf16(float32(x), r)
     elif kind == BF16:  # float64 goes through float32: two roundings, as the spec says
         def store(v, row, i, x, key):
@@ -225,7 +234,7 @@ def reduce_peaks(peaks, t):
 # -- the kernel ------------------------------------------------------------------------
 
 @functools.cache
-def _kernel(body_of, flags: tuple, states: tuple, stores: tuple, kinds: tuple,
+def _kernel(body_of, flags: tuple, states: tuple, stores: tuple, weights: tuple, kinds: tuple,
             arithmetic: str, stochastic: bool):
     arith = float64 if arithmetic == "float64" else float32
     body = body_of(*flags)
@@ -236,7 +245,8 @@ def _kernel(body_of, flags: tuple, states: tuple, stores: tuple, kinds: tuple,
     load_p, load_g = _loader(kinds[0], 0, arith), _loader(kinds[1], 1, arith)
     load0, load1, load2 = (_loader(kind, 2 + s, arith) for s, kind in enumerate(state_kinds))
     store_p = _storer(kinds[0], 0, stochastic)
-    store0, store1, store2 = (_storer(kind, 2 + s) for s, kind in enumerate(store_kinds))
+    store0, store1, store2 = (_storer(kind, 2 + s, stochastic and weight, WEIGHT_STREAM_KEY)
+                              for s, (kind, weight) in enumerate(zip(store_kinds, weights)))
     low0, low1, low2 = (kind in LOW_BIT_KINDS for kind in store_kinds)
     quantize0, quantize1, quantize2 = (
         _quantizer(s, kind) if kind in LOW_BIT_KINDS else _no_quantize

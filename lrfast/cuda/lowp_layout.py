@@ -8,7 +8,8 @@ float32 for a 16-bit param; a state is float32, bfloat16, the param's dtype,
 a Q8State (codes uint8 of the param's shape, absmax float32 of one value
 per 256 codes) or a Q4State (made for the param's shape; codes uint8 of
 ``ceil(size / 2)`` bytes, absmax float32 of one value per 128 elements),
-signed in the slots whose values can be negative.
+signed in the slots whose values can be negative; a state that holds weights
+(schedule-free's z) holds its param's values (``precision.holds_param``).
 :func:`check` applies them and the C++ path's generic checks (list lengths,
 shapes, contiguity, writeability, overlap) with the same messages, on host
 views of the interfaces: no device memory is read.
@@ -102,6 +103,8 @@ def check(interfaces, names: tuple, grads_writeable: bool, slice_p: int | None =
             if type(x) is LowBitInterface:
                 if param is None or is_grad:
                     raise TypeError(f"{label} is a q{x.bits} state; {name} must be arrays")
+                if name in precision.WEIGHT_STATES:
+                    raise _narrow_weights(label, f"is a q{x.bits} state", param)
                 _check_low_bit(x, name, label, _state_of(param, slice_p), generic)
                 continue
             view, dtype = _host_view(x), dtype_of(x)
@@ -116,6 +119,9 @@ def check(interfaces, names: tuple, grads_writeable: bool, slice_p: int | None =
                 if is_grad and not (dtype == p_dtype or widened):
                     raise TypeError(f"{label} has dtype {dtype} but {p_label} has {p_dtype} "
                                     "(a grad has its param's dtype, or float32 for a 16-bit param)")
+                if (name in precision.WEIGHT_STATES
+                        and not precision.holds_param(dtype.name, p_dtype.name)):
+                    raise _narrow_weights(label, f"has dtype {dtype}", param)
                 if not is_grad and dtype not in (p_dtype, np.float32, precision.bfloat16()):
                     raise TypeError(f"{label} has dtype {dtype} but {p_label} has {p_dtype} "
                                     "(a state is float32, bfloat16, the param's dtype or q8)")
@@ -125,6 +131,15 @@ def check(interfaces, names: tuple, grads_writeable: bool, slice_p: int | None =
                                      f"{shape}")
             generic(view, label, written)
     _check_overlap(spans)
+
+
+def _narrow_weights(label: str, what: str, param: tuple) -> ValueError:
+    """The C++ path's error for a weight state `label` (schedule-free's z),
+    which `what`, that cannot hold the values of `param`."""
+    p_dtype, _, p_label = param
+    also = " or float32" if p_dtype.itemsize == 2 else ""
+    return ValueError(f"{label} {what}, which cannot hold the values of {p_label} ({p_dtype}): "
+                      f"z holds the weights, so it must be {p_dtype}{also}")
 
 
 def _state_of(param: tuple, slice_p: int | None) -> tuple:

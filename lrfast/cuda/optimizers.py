@@ -63,6 +63,9 @@ class Optimizer:
     exact: Callable[[dict], tuple] | None = None
     grad: bool = True                 # whether the body reads a gradient (the lerp does not)
     read_only: tuple = (False, False, False)  # state slots loaded but never stored
+    # state slots that hold weights (schedule-free's z): 16-bit ones round
+    # stochastically as the param does, with bits of their own
+    weights: tuple = (False, False, False)
 
     def stores(self, hp: dict) -> tuple:
         """Which of the three state slots are written back."""

@@ -160,14 +160,16 @@ OPTIMIZERS = {
         flags=lambda hp: (hp["weight_decay"] != 0, _from_end(hp["ckp1"])),
         scalars=lambda hp: (hp["grad_scale"],) + _schedulefree_scalars(hp, hp["momentum"]),
         body=_schedulefree_sgd,
-        states=lambda hp: (True, False, False)),
+        states=lambda hp: (True, False, False),
+        weights=(True, False, False)),
     "schedulefree_adamw": Optimizer(
         flags=lambda hp: (hp["weight_decay"] != 0, _from_end(hp["ckp1"])),
         scalars=lambda hp: (hp["grad_scale"], hp["beta2"], 1.0 - hp["beta2"],
                             hp["bias_correction2"], hp["eps"])
         + _schedulefree_scalars(hp, hp["beta1"]),
         body=_schedulefree_adamw,
-        states=lambda hp: (True, True, False)),
+        states=lambda hp: (True, True, False),
+        weights=(True, False, False)),
     "schedulefree_lerp": Optimizer(
         flags=lambda hp: (_from_end(hp["weight"]),),
         scalars=lambda hp: (hp["weight"], 1.0 - hp["weight"]),
