@@ -50,7 +50,10 @@ per param group, like torch's options):
     ``"exp_avg_shape"`` (the state's shape). The steps read them through
     :class:`lrfast.Q8State` / :class:`lrfast.Q4State` objects over the
     tensors' memory. A torchao ``AdamW4bit``/``Adam4bit`` state dict loads
-    into ``AdamW``/``Adam`` with ``state_dtype="q4"`` (see ``load_state_dict``).
+    into ``AdamW``/``Adam`` with ``state_dtype="q4"``, a bitsandbytes
+    ``AdamW8bit``/``Adam8bit`` one with ``state_dtype="q8"`` (see
+    ``load_state_dict``); :func:`to_float_state_dict` turns a state dict with
+    low-bit states into one that ``torch.optim`` loads.
 ``stochastic_rounding``, ``seed``
     Round 16-bit parameter writes stochastically. The update after ``k``
     others passes ``seed=lrfast.precision.mix_seed(seed, k, i, j)`` to the
@@ -65,7 +68,8 @@ per param group, like torch's options):
 of it bit for bit: torch.optim casts every floating-point state to its
 parameter's dtype on loading, lrfast's classes keep the dtypes the state dict
 holds (float32 states of a bfloat16 model, q8 codes and absmax). A state dict
-with q8 states does not load into ``torch.optim`` classes.
+with q8 states does not load into ``torch.optim`` classes; its
+:func:`to_float_state_dict` does.
 
 ``foreach`` and ``fused`` are accepted and ignored (there is one
 implementation); ``capturable=True``, ``differentiable=True`` (at construction
@@ -116,14 +120,15 @@ from itertools import chain, groupby
 
 import torch
 
-from . import _backend, _core, _hparams, _lowp, _prodigy, _schedulefree
+from . import _backend, _core, _hparams, _interop, _lowp, _prodigy, _schedulefree
+from ._interop import to_float_state_dict
 from ._kernel import Kernel, Piece, Slot, Update
 from .optim import KERNELS, exclusive
 from .precision import (Q4_BLOCK, SIGNED_STATES, Q4State, Q8State, bfloat16, create_q4_map,
                         holds_param, low_bit_shapes, quantize_low_bit)
 
 __all__ = ["SGD", "Adam", "AdamW", "RMSprop", "Adagrad", "Adadelta", "Lion", "ScheduleFreeSGD",
-           "ScheduleFreeAdamW", "Prodigy"]
+           "ScheduleFreeAdamW", "Prodigy", "to_float_state_dict"]
 
 # the step functions' state arguments -> torch.optim's state keys
 _STATE_KEYS = {
@@ -544,7 +549,17 @@ class _Optimizer(torch.optim.Optimizer):
         them by lrfast's rule. A schedule-free ``"z"`` that cannot hold its
         parameter's values (q8 or bfloat16 for a float32 parameter, as lrfast
         kept it in the ``state_dtype`` before) becomes the dtype a new one
-        would have."""
+        would have. bitsandbytes' ``Adam8bit``/``AdamW8bit`` state dicts
+        (``state1``/``state2`` with ``absmax1``/``2`` and ``qmap1``/``2``)
+        load into ``Adam``/``AdamW`` the same way, as q8 ``exp_avg`` and
+        ``exp_avg_sq`` holding its codes and absmax (float32 states where it
+        kept 32-bit ones), with ``decoupled_weight_decay=True``, as
+        bitsandbytes' Adam decays; other classes refuse them."""
+        if _interop.is_bitsandbytes(state_dict):
+            if not isinstance(self, Adam):
+                raise ValueError(f"a bitsandbytes state dict loads into lrfast.torch.Adam or "
+                                 f"AdamW (from Adam8bit/AdamW8bit), not {type(self).__name__}")
+            state_dict = _interop.from_bitsandbytes(state_dict)
         state_dict = dict(state_dict, state={
             k: _from_torchao(v) if isinstance(v, dict) else v
             for k, v in state_dict["state"].items()})
