@@ -17,7 +17,6 @@ param group's call that way before the first one writes.
 
 from __future__ import annotations
 
-import contextlib
 import contextvars
 import functools
 
@@ -57,27 +56,31 @@ _checking = contextvars.ContextVar("lrfast_checks_only", default=False)
 _prepared = contextvars.ContextVar("lrfast_prepared", default=None)
 
 
-@contextlib.contextmanager
-def checks_only():
+class _Setting:
+    """A context variable set to a value within a ``with`` block (a class,
+    not a generator: it runs in every step of lrfast.torch)."""
+
+    def __init__(self, var: contextvars.ContextVar, value):
+        self.var, self.value = var, value
+
+    def __enter__(self) -> None:
+        self.token = self.var.set(self.value)
+
+    def __exit__(self, *exc) -> None:
+        self.var.reset(self.token)
+
+
+def checks_only() -> _Setting:
     """Within it, :func:`run` checks its call and runs nothing (a reduction returns zeros)."""
-    token = _checking.set(True)
-    try:
-        yield
-    finally:
-        _checking.reset(token)
+    return _Setting(_checking, True)
 
 
-@contextlib.contextmanager
-def through(call):
+def through(call) -> _Setting:
     """Within it (``call`` not None), :func:`run` hands each call to
     ``call(kernel, hparams, seqs, names, check_only)`` instead of a back end:
     lrfast.torch's prepared calls, which collected their params and states
     once and take only the gradients."""
-    token = _prepared.set(call)
-    try:
-        yield
-    finally:
-        _prepared.reset(token)
+    return _Setting(_prepared, call)
 
 
 def run(kernel: str, hparams: dict, arrays: dict, required: tuple[str, ...]):
