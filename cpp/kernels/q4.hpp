@@ -56,9 +56,10 @@ inline void dequantize_q4(const Operand& x, std::int64_t lo, std::int64_t n, T* 
     }
 }
 
-// out[i] = the code of v[i] / scale for i < m: the number of thresholds <= n
-// (torchao's rounding, see lrfast/q8_tables.hpp), 15 for NaN. Comparisons
-// only, so every ISA gives the same codes.
+// out[i] = the code of n = v[i] / scale for i < m: the number of thresholds
+// <= n (torchao's rounding, see lrfast/q8_tables.hpp), so +inf takes 15 and
+// -inf 0; a NaN n is taken as 0, the code of 0. Comparisons only, so every
+// ISA gives the same codes.
 inline void q4_codes(const Q4Table& table, const float* __restrict v, float scale,
                      std::uint8_t* __restrict out, std::int64_t m) {
     std::int64_t i = 0;
@@ -67,28 +68,28 @@ inline void q4_codes(const Q4Table& table, const float* __restrict v, float scal
     for (int k = 0; k < 15; ++k) t[k] = _mm256_set1_ps(table.threshold[k]);
     const __m256 s = _mm256_set1_ps(scale);
     for (; i + 8 <= m; i += 8) {
-        const __m256 n = _mm256_div_ps(_mm256_loadu_ps(v + i), s);
+        __m256 n = _mm256_div_ps(_mm256_loadu_ps(v + i), s);
+        n = _mm256_andnot_ps(_mm256_cmp_ps(n, n, _CMP_UNORD_Q), n);  // NaN -> 0
         __m256i c = _mm256_setzero_si256();
         for (int k = 0; k < 15; ++k)  // a true compare is -1
             c = _mm256_sub_epi32(c, _mm256_castps_si256(_mm256_cmp_ps(n, t[k], _CMP_GE_OQ)));
-        c = _mm256_blendv_epi8(c, _mm256_set1_epi32(15),
-                               _mm256_castps_si256(_mm256_cmp_ps(n, n, _CMP_UNORD_Q)));
         const __m128i words = _mm_packus_epi32(_mm256_castsi256_si128(c), _mm256_extracti128_si256(c, 1));
         _mm_storel_epi64(reinterpret_cast<__m128i*>(out + i), _mm_packus_epi16(words, words));
     }
 #endif
     for (; i < m; ++i) {
-        const float n = v[i] / scale;
+        const float q = v[i] / scale;
+        const float n = q == q ? q : 0.0f;
         unsigned c = 0;
         for (int k = 0; k < 15; ++k) c += n >= table.threshold[k] ? 1u : 0u;
-        out[i] = std::uint8_t(n != n ? 15u : c);
+        out[i] = std::uint8_t(c);
     }
 }
 
 // Elements [lo, lo + n) of q4 state x = in[0..n), quantized block by block:
 // each block's absmax is its block_scale (q8.hpp) with the map's low end, and
-// each v / absmax gets its code (q4_codes); an all-zero block keeps absmax 0
-// and the code of 0 (7 signed, 0 unsigned). The codes are packed two a byte,
+// each v / absmax gets its code (q4_codes); a block without a finite
+// non-zero value keeps absmax 0 and the code of 0 (7 signed, 0 unsigned). The codes are packed two a byte,
 // the low nibble past an odd end 0. T = double rounds to float first.
 template <class T>
 inline void quantize_q4(const T* __restrict in, const Operand& x, std::int64_t lo, std::int64_t n) {
