@@ -90,22 +90,21 @@ inline void dequantize(const Operand& x, std::int64_t lo, std::int64_t n, T* __r
 // The code of a normalised value n = v / absmax, in [-1, 1] or, for a
 // non-finite v, +-inf or NaN: the number of the map's midpoints below n (ties
 // to the lower code), so +inf takes the top code and -inf the bottom one; a
-// NaN n is taken as 0, the code of 0. code_of is the rule; look_up runs it on
-// 16 (AVX-512) or 8 (AVX2) lanes with the same integer steps, so every ISA
-// gives the same codes.
+// NaN takes the code of 0 (127 signed, 0 unsigned). code_of is the rule;
+// look_up runs it on 16 (AVX-512) or 8 (AVX2) lanes with the same integer
+// steps, so every ISA gives the same codes.
 //
 // The cells of Q8Table count the midpoints >= 0 below a key k >= 0 (the
-// float32 bits of |n|, clamped to 1.0). The unsigned map's midpoints are all
-// >= 0: code = count, and a negative n, below them all, takes 0. The signed
-// map is symmetric (map[k] == -map[254 - k] for k < 255, so midpoint k is
-// minus midpoint 253 - k): n >= 0 has the 127 negative midpoints below it,
-// code = 127 + count; n = -a < 0 has below it the negative midpoints whose
-// mirrors are > a, code = 127 - (the positive midpoints <= a, bar the top
-// one, which has no mirror), counted as those < k + 1 (the next float up)
-// with k + 1 clamped to the top midpoint.
+// float32 bits of |n|, clamped to 1.0; a NaN's key is 1.0's, its code fixed
+// at the end). The unsigned map's midpoints are all >= 0: code = count, and a
+// negative n, below them all, takes 0. The signed map is symmetric (map[k] ==
+// -map[254 - k] for k < 255, so midpoint k is minus midpoint 253 - k): n >= 0
+// has the 127 negative midpoints below it, code = 127 + count; n = -a < 0 has
+// below it the negative midpoints whose mirrors are > a, code = 127 - (the
+// positive midpoints <= a, bar the top one, which has no mirror), counted as
+// those < k + 1 (the next float up) with k + 1 clamped to the top midpoint.
 template <bool SIGNED>
 inline std::uint32_t code_of(const Q8Table& table, float n) {
-    if (n != n) n = 0.0f;
     std::uint32_t u;
     __builtin_memcpy(&u, &n, sizeof u);
     std::uint32_t key = (u & 0x7fffffffu) < kQ8One ? u & 0x7fffffffu : kQ8One;
@@ -114,7 +113,8 @@ inline std::uint32_t code_of(const Q8Table& table, float n) {
     key = key > kQ8CellFloor ? key : kQ8CellFloor;
     const std::uint32_t cell = table.cell[(key - kQ8CellFloor) >> kQ8CellShift];
     const std::uint32_t count = (cell >> 24) + ((key & 0xffffu) > (cell & 0xffffu) ? 1u : 0u);
-    return SIGNED ? (negative ? 127 - count : 127 + count) : (negative ? 0 : count);
+    const std::uint32_t code = SIGNED ? (negative ? 127 - count : 127 + count) : (negative ? 0 : count);
+    return n != n ? (SIGNED ? 127u : 0u) : code;
 }
 
 // out[i] = code_of(v[i] / top) for i < m (IEEE division, as the spec's).
@@ -130,10 +130,9 @@ inline void look_up(const Q8Table& table, const float* __restrict v, float top,
     const __m512i floor = _mm512_set1_epi32(int(kQ8CellFloor));
     const __m512i top_mid = _mm512_set1_epi32(int(table.top_midpoint));
     const __m512i low = _mm512_set1_epi32(0xffff), unit = _mm512_set1_epi32(1);
-    const __m512i zero_code = _mm512_set1_epi32(127);
+    const __m512i zero_code = _mm512_set1_epi32(SIGNED ? 127 : 0);
     for (; i + 16 <= m; i += 16) {
-        __m512 n = _mm512_div_ps(_mm512_loadu_ps(v + i), scale);
-        n = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(n, n, _CMP_ORD_Q), n);  // NaN -> 0
+        const __m512 n = _mm512_div_ps(_mm512_loadu_ps(v + i), scale);
         const __m512i u = _mm512_castps_si512(n);
         const __mmask16 negative = _mm512_movepi32_mask(u);
         __m512i key = _mm512_min_epu32(_mm512_and_si512(u, abs_mask), one);
@@ -152,6 +151,7 @@ inline void look_up(const Q8Table& table, const float* __restrict v, float top,
             code = _mm512_mask_sub_epi32(_mm512_add_epi32(zero_code, count), negative, zero_code, count);
         else
             code = _mm512_maskz_mov_epi32(_knot_mask16(negative), count);
+        code = _mm512_mask_mov_epi32(code, _mm512_cmp_ps_mask(n, n, _CMP_UNORD_Q), zero_code);
         _mm_storeu_si128(reinterpret_cast<__m128i*>(out + i), _mm512_cvtepi32_epi8(code));
     }
 #elif defined(__AVX2__)
@@ -162,10 +162,9 @@ inline void look_up(const Q8Table& table, const float* __restrict v, float top,
     const __m256i floor = _mm256_set1_epi32(int(kQ8CellFloor));
     const __m256i top_mid = _mm256_set1_epi32(int(table.top_midpoint));
     const __m256i low = _mm256_set1_epi32(0xffff), unit = _mm256_set1_epi32(1);
-    const __m256i zero_code = _mm256_set1_epi32(127);
+    const __m256i zero_code = _mm256_set1_epi32(SIGNED ? 127 : 0);
     for (; i + 8 <= m; i += 8) {
-        __m256 n = _mm256_div_ps(_mm256_loadu_ps(v + i), scale);
-        n = _mm256_andnot_ps(_mm256_cmp_ps(n, n, _CMP_UNORD_Q), n);  // NaN -> 0
+        const __m256 n = _mm256_div_ps(_mm256_loadu_ps(v + i), scale);
         const __m256i u = _mm256_castps_si256(n);
         const __m256i negative = _mm256_srai_epi32(u, 31);
         __m256i key = _mm256_min_epu32(_mm256_and_si256(u, abs_mask), one);
@@ -183,6 +182,7 @@ inline void look_up(const Q8Table& table, const float* __restrict v, float top,
             code = _mm256_add_epi32(zero_code, _mm256_sub_epi32(_mm256_xor_si256(count, negative), negative));
         else
             code = _mm256_andnot_si256(negative, count);
+        code = _mm256_blendv_epi8(code, zero_code, _mm256_castps_si256(_mm256_cmp_ps(n, n, _CMP_UNORD_Q)));
         const __m128i words = _mm_packus_epi32(_mm256_castsi256_si128(code),
                                                _mm256_extracti128_si256(code, 1));
         _mm_storel_epi64(reinterpret_cast<__m128i*>(out + i), _mm_packus_epi16(words, words));
