@@ -24,6 +24,9 @@ average fed a negative constant settles far too small; with this scale the
 extreme is stored exactly (or, for 0.7 % of float32 values, one ulp off the
 first time and exactly from then on), whatever its sign. Blocks whose extreme
 is positive, and every block of the unsigned map, get bitsandbytes' codes.
+A non-finite value reaches only its own element: the scale comes from the
+block's finite values, and a NaN or an inf takes a code of its own (see
+:func:`quantize_blockwise`).
 
 **q4 states.** torchao's 4-bit optimizer-state layout (Li et al., "Memory
 Efficient Optimizers with 4-bit States"; torchao's ``OptimState4bit``): blocks
@@ -247,11 +250,11 @@ def quantize_blockwise(x, signed=True):
     ``x`` is read in C order and cut into blocks of 256 (the last may be
     shorter). For each block, in float32::
 
-        e      = the block's extreme: its value of largest |x|, the negative
-                 one where -a and a tie
-        absmax = |e| / 0.99296874 if signed and e < 0, else |e|
-                                               (IEEE division; NaN if the block holds a NaN)
-        n      = x / absmax                    (IEEE division; n = 0 where absmax == 0)
+        e      = the block's extreme: its finite value of largest |x|, the
+                 negative one where -a and a tie (0 if it has no finite value)
+        absmax = |e| / 0.99296874 if signed and e < 0, else |e|   (IEEE division)
+        n      = x / absmax                    (IEEE division; n = 0 where absmax == 0
+                                                or x is NaN)
         code   = the number of midpoints m[k] with m[k] < n
 
     where ``m[k]`` (k = 0..254) is the midpoint of map values k and k + 1,
@@ -261,8 +264,15 @@ def quantize_blockwise(x, signed=True):
     ``-map[0]``), so the extreme takes that end's code (0 or 255) and comes back
     as itself (see the module docstring); on a tie both -a and a come back
     exactly (codes 0 and 254). An all-zero block has absmax 0 and every code the
-    code of 0. A NaN ``n`` takes code 255. With ``signed=False`` a negative ``n``
-    takes code 0.
+    code of 0. With ``signed=False`` a negative ``n`` takes code 0.
+
+    Non-finite values: NaN and +-inf never reach the scale, so a block's absmax
+    and its other codes are those it would have without them (and stay
+    finite). Such an element's own code: +inf takes code 255 (it comes back as
+    ``absmax``), -inf code 0 (``-0.99296874 * absmax``; unsigned, 0, as any
+    negative ``n``), NaN the code of 0 (127 signed, 0 unsigned: it comes back
+    as 0). In a block without a finite non-zero value every element takes the
+    code of 0.
 
     Returns ``codes`` (uint8, the shape of ``x``) and ``absmax`` (float32,
     ``ceil(x.size / 256)`` values).
@@ -276,20 +286,22 @@ def quantize_blockwise(x, signed=True):
 def _normalized_blocks(flat, block, low_end):
     """``(n, scale)`` of float32 values cut into blocks: each block's scale
     |extreme| / |the map's end on the extreme's side| (``low_end``: the map's
-    first value, or None for an unsigned map, whose scale is |extreme|), and
-    every value divided by it (0 where the scale is 0), zero-padded to whole
-    blocks, flat."""
+    first value, or None for an unsigned map, whose scale is |extreme|), the
+    extreme taken over the block's finite values, and every value divided by
+    it (0 where the scale is 0 and for NaN), zero-padded to whole blocks, flat."""
     nblocks = -(-flat.size // block)
     padded = np.zeros(nblocks * block, dtype=np.float32)
     padded[:flat.size] = flat
     blocks = padded.reshape(nblocks, block)
-    absmax = np.max(np.abs(blocks), axis=1, initial=np.float32(0))
+    finite = np.where(np.isfinite(blocks), blocks, np.float32(0))  # NaN and inf: no part in the scale
+    absmax = np.max(np.abs(finite), axis=1, initial=np.float32(0))
     if low_end is not None:  # the extreme's side: negative where -absmax is in the block
-        negative = np.any(blocks == -absmax[:, None], axis=1) & (absmax > 0)
+        negative = np.any(finite == -absmax[:, None], axis=1) & (absmax > 0)
         absmax = np.where(negative, absmax / -low_end, absmax).astype(np.float32)
     with np.errstate(invalid="ignore", divide="ignore"):
         n = blocks / absmax[:, None]
     n[absmax == 0] = 0
+    n[np.isnan(n)] = 0  # a NaN (the scale is finite and not 0): the code of 0
     return n.reshape(-1), absmax
 
 
@@ -300,12 +312,19 @@ def quantize_blockwise_q4(x, signed=True):
     last may be shorter). Each block's ``absmax`` is its scale, by the rule of
     :func:`quantize_blockwise` with this map's low end (-0.8875 signed; an
     unsigned block's scale is max |x|), and each ``n = x / absmax`` (IEEE
-    division, 0 where absmax is 0) takes the nearest code of
+    division, 0 where absmax is 0 or x is NaN) takes the nearest code of
     :func:`create_q4_map` by torchao's rule: the code c with map[c] <= n <
     map[c + 1], one up when float32(n - map[c]) >= float32(map[c + 1] -
-    map[c]) * 0.5 (ties go up); below map[0], code 0; NaN, code 15. Where a
-    block's extreme is positive (and above 1e-12, torchao's least scale) the
-    codes are torchao's ``quantize_4bit_with_qmap``'s.
+    map[c]) * 0.5 (ties go up); below map[0], code 0. Where a block's extreme
+    is positive (and above 1e-12, torchao's least scale) the codes are
+    torchao's ``quantize_4bit_with_qmap``'s.
+
+    Non-finite values, as in :func:`quantize_blockwise`: they never reach the
+    scale (taken from the block's finite values), and +inf takes code 15 (it
+    comes back as ``absmax``), -inf code 0 (``-0.8875 * absmax`` signed,
+    ``absmax / 16`` unsigned), NaN the code of the map's value nearest 0 (7
+    signed: 0; 0 unsigned: ``absmax / 16``, the unsigned map having no 0). In
+    a block without a finite non-zero value every element takes the code of 0.
 
     Returns ``codes``: uint8, ``ceil(x.size / 2)`` bytes, element 2i in the
     high nibble of byte i and element 2i + 1 in its low one (0 past an odd

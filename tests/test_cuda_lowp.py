@@ -452,7 +452,7 @@ def test_random_words_match_random_bits():
 
 def test_q4_quantization_matches_the_spec_on_edge_blocks():
     # The step kernels' q4 pieces (extreme, scale, code) on blocks the steps
-    # rarely make: ties of -a and a, a negative extreme, zeros, NaN, inf,
+    # rarely make: ties of -a and a, a negative extreme, zeros, NaN, +-inf,
     # every threshold and its neighbours, one code short of a byte.
     from lrfast import precision
     from lrfast.cuda import lowp
@@ -463,8 +463,8 @@ def test_q4_quantization_matches_the_spec_on_edge_blocks():
         first = b * Q4_BLOCK
         if first < x.size:
             m = min(Q4_BLOCK, x.size - first)
-            e = x[first]
-            for j in range(1, m):
+            e = np.float32(0)
+            for j in range(m):
                 e = lowp.extreme(e, x[first + j])
             at = lowp.Q4_SIGNED_THRESHOLDS if signed else lowp.Q4_UNSIGNED_THRESHOLDS
             scale = lowp.block_scale(e, lowp.Q4_SIGNED_END if signed else np.float32(0))
@@ -480,6 +480,7 @@ def test_q4_quantization_matches_the_spec_on_edge_blocks():
         blocks = [rng.standard_normal(128), np.r_[2.0, -2.0, rng.uniform(-1, 1, 126)],
                   np.r_[-3.0, rng.uniform(-1, 1, 127)], np.zeros(128),
                   np.r_[np.nan, rng.standard_normal(127)], np.r_[np.inf, rng.standard_normal(127)],
+                  np.r_[rng.standard_normal(126), -np.inf, np.nan], np.r_[np.nan, np.inf, np.zeros(126)],
                   np.r_[1.0, edges, np.nextafter(edges, 2), np.nextafter(edges, -2),
                         np.zeros(83)],
                   rng.standard_normal(77)]

@@ -56,11 +56,12 @@ inline void dequantize_q4(const Operand& x, std::int64_t lo, std::int64_t n, T* 
     }
 }
 
-// out[i] = the code of v[i] / scale for i < m: the number of thresholds <= n
-// (torchao's rounding, see lrfast/q8_tables.hpp), 15 for NaN. Comparisons
-// only, so every ISA gives the same codes.
+// out[i] = the code of n = v[i] / scale for i < m: the number of thresholds
+// <= n (torchao's rounding, see lrfast/q8_tables.hpp), so +inf takes 15 and
+// -inf 0; a NaN takes `zero_code`, the code of 0. Comparisons only, so every
+// ISA gives the same codes.
 inline void q4_codes(const Q4Table& table, const float* __restrict v, float scale,
-                     std::uint8_t* __restrict out, std::int64_t m) {
+                     std::uint8_t zero_code, std::uint8_t* __restrict out, std::int64_t m) {
     std::int64_t i = 0;
 #if defined(__AVX2__)
     __m256 t[15];
@@ -71,7 +72,7 @@ inline void q4_codes(const Q4Table& table, const float* __restrict v, float scal
         __m256i c = _mm256_setzero_si256();
         for (int k = 0; k < 15; ++k)  // a true compare is -1
             c = _mm256_sub_epi32(c, _mm256_castps_si256(_mm256_cmp_ps(n, t[k], _CMP_GE_OQ)));
-        c = _mm256_blendv_epi8(c, _mm256_set1_epi32(15),
+        c = _mm256_blendv_epi8(c, _mm256_set1_epi32(zero_code),
                                _mm256_castps_si256(_mm256_cmp_ps(n, n, _CMP_UNORD_Q)));
         const __m128i words = _mm_packus_epi32(_mm256_castsi256_si128(c), _mm256_extracti128_si256(c, 1));
         _mm_storel_epi64(reinterpret_cast<__m128i*>(out + i), _mm_packus_epi16(words, words));
@@ -81,19 +82,21 @@ inline void q4_codes(const Q4Table& table, const float* __restrict v, float scal
         const float n = v[i] / scale;
         unsigned c = 0;
         for (int k = 0; k < 15; ++k) c += n >= table.threshold[k] ? 1u : 0u;
-        out[i] = std::uint8_t(n != n ? 15u : c);
+        out[i] = n != n ? zero_code : std::uint8_t(c);
     }
 }
 
 // Elements [lo, lo + n) of q4 state x = in[0..n), quantized block by block:
 // each block's absmax is its block_scale (q8.hpp) with the map's low end, and
-// each v / absmax gets its code (q4_codes); an all-zero block keeps absmax 0
-// and the code of 0 (7 signed, 0 unsigned). The codes are packed two a byte,
-// the low nibble past an odd end 0. T = double rounds to float first.
+// each v / absmax gets its code (q4_codes); a block without a finite non-zero
+// value keeps absmax 0, and it and a NaN the code of 0 (7 signed, 0
+// unsigned). The codes are packed two a byte, the low nibble past an odd end
+// 0. T = double rounds to float first.
 template <class T>
 inline void quantize_q4(const T* __restrict in, const Operand& x, std::int64_t lo, std::int64_t n) {
     const Q4Table& table = q4_table(x);
     const bool is_signed = x.storage == Storage::q4_signed;
+    const std::uint8_t zero_code = is_signed ? 7 : 0;
     std::uint8_t* __restrict bytes = static_cast<std::uint8_t*>(x.data) + lo / 2;
     float* absmax = x.absmax + lo / kQ4Block;
     alignas(64) std::uint8_t code[kQ4Block];
@@ -103,9 +106,9 @@ inline void quantize_q4(const T* __restrict in, const Operand& x, std::int64_t l
         const float scale = block_scale(v, m, is_signed ? -table.map[0] : 0.0f, zero);
         absmax[b] = scale;
         if (zero) {
-            for (std::int64_t i = 0; i < m; ++i) code[i] = is_signed ? 7 : 0;
+            for (std::int64_t i = 0; i < m; ++i) code[i] = zero_code;
         } else {
-            q4_codes(table, v, scale, code, m);
+            q4_codes(table, v, scale, zero_code, code, m);
         }
         std::uint8_t* __restrict out = bytes + first / 2;
         for (std::int64_t i = 0; i < m / 2; ++i) out[i] = std::uint8_t(code[2 * i] << 4 | code[2 * i + 1]);

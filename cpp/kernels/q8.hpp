@@ -87,10 +87,12 @@ inline void dequantize(const Operand& x, std::int64_t lo, std::int64_t n, T* __r
     }
 }
 
-// The code of a normalised value n = v / absmax, in [-1, 1] or NaN: the
-// number of the map's midpoints below n (ties to the lower code), 255 for NaN.
-// code_of is the rule; look_up runs it on 16 (AVX-512) or 8 (AVX2) lanes with
-// the same integer steps, so every ISA gives the same codes.
+// The code of a normalised value n = v / absmax, in [-1, 1] or, for a
+// non-finite v, +-inf or NaN: the number of the map's midpoints below n (ties
+// to the lower code), so +inf takes the top code and -inf the bottom one; a
+// NaN takes the code of 0 (127 signed, 0 unsigned). code_of is the rule;
+// look_up runs it on 16 (AVX-512) or 8 (AVX2) lanes with the same integer
+// steps, so every ISA gives the same codes.
 //
 // The cells of Q8Table count the midpoints >= 0 below a key k >= 0 (the
 // float32 bits of |n|, clamped to 1.0; a NaN's key is 1.0's, its code fixed
@@ -112,7 +114,7 @@ inline std::uint32_t code_of(const Q8Table& table, float n) {
     const std::uint32_t cell = table.cell[(key - kQ8CellFloor) >> kQ8CellShift];
     const std::uint32_t count = (cell >> 24) + ((key & 0xffffu) > (cell & 0xffffu) ? 1u : 0u);
     const std::uint32_t code = SIGNED ? (negative ? 127 - count : 127 + count) : (negative ? 0 : count);
-    return n != n ? 255u : code;
+    return n != n ? (SIGNED ? 127u : 0u) : code;
 }
 
 // out[i] = code_of(v[i] / top) for i < m (IEEE division, as the spec's).
@@ -128,7 +130,7 @@ inline void look_up(const Q8Table& table, const float* __restrict v, float top,
     const __m512i floor = _mm512_set1_epi32(int(kQ8CellFloor));
     const __m512i top_mid = _mm512_set1_epi32(int(table.top_midpoint));
     const __m512i low = _mm512_set1_epi32(0xffff), unit = _mm512_set1_epi32(1);
-    const __m512i zero_code = _mm512_set1_epi32(127), nan_code = _mm512_set1_epi32(255);
+    const __m512i zero_code = _mm512_set1_epi32(SIGNED ? 127 : 0);
     for (; i + 16 <= m; i += 16) {
         const __m512 n = _mm512_div_ps(_mm512_loadu_ps(v + i), scale);
         const __m512i u = _mm512_castps_si512(n);
@@ -149,7 +151,7 @@ inline void look_up(const Q8Table& table, const float* __restrict v, float top,
             code = _mm512_mask_sub_epi32(_mm512_add_epi32(zero_code, count), negative, zero_code, count);
         else
             code = _mm512_maskz_mov_epi32(_knot_mask16(negative), count);
-        code = _mm512_mask_mov_epi32(code, _mm512_cmp_ps_mask(n, n, _CMP_UNORD_Q), nan_code);
+        code = _mm512_mask_mov_epi32(code, _mm512_cmp_ps_mask(n, n, _CMP_UNORD_Q), zero_code);
         _mm_storeu_si128(reinterpret_cast<__m128i*>(out + i), _mm512_cvtepi32_epi8(code));
     }
 #elif defined(__AVX2__)
@@ -160,7 +162,7 @@ inline void look_up(const Q8Table& table, const float* __restrict v, float top,
     const __m256i floor = _mm256_set1_epi32(int(kQ8CellFloor));
     const __m256i top_mid = _mm256_set1_epi32(int(table.top_midpoint));
     const __m256i low = _mm256_set1_epi32(0xffff), unit = _mm256_set1_epi32(1);
-    const __m256i zero_code = _mm256_set1_epi32(127), nan_code = _mm256_set1_epi32(255);
+    const __m256i zero_code = _mm256_set1_epi32(SIGNED ? 127 : 0);
     for (; i + 8 <= m; i += 8) {
         const __m256 n = _mm256_div_ps(_mm256_loadu_ps(v + i), scale);
         const __m256i u = _mm256_castps_si256(n);
@@ -180,7 +182,7 @@ inline void look_up(const Q8Table& table, const float* __restrict v, float top,
             code = _mm256_add_epi32(zero_code, _mm256_sub_epi32(_mm256_xor_si256(count, negative), negative));
         else
             code = _mm256_andnot_si256(negative, count);
-        code = _mm256_blendv_epi8(code, nan_code, _mm256_castps_si256(_mm256_cmp_ps(n, n, _CMP_UNORD_Q)));
+        code = _mm256_blendv_epi8(code, zero_code, _mm256_castps_si256(_mm256_cmp_ps(n, n, _CMP_UNORD_Q)));
         const __m128i words = _mm_packus_epi32(_mm256_castsi256_si128(code),
                                                _mm256_extracti128_si256(code, 1));
         _mm_storel_epi64(reinterpret_cast<__m128i*>(out + i), _mm_packus_epi16(words, words));
@@ -190,25 +192,29 @@ inline void look_up(const Q8Table& table, const float* __restrict v, float top,
 }
 
 // The scale of a block of m values (lrfast.precision._normalized_blocks):
-// its extreme e is the value of largest |v| (the negative one on a tie; NaN
-// if the block holds a NaN), its scale |e| / |the map's end on e's side|.
+// its extreme e is the finite value of largest |v| (the negative one on a
+// tie; 0 if none), its scale |e| / |the map's end on e's side|.
 // `low_end` is the magnitude of a signed map's first value (q8 0.99296874, q4
 // 0.8875; the top end is 1.0), 0 for an unsigned map, whose scale is |e|.
-// Sets `zero` for an all-zero block (scale 0).
+// Sets `zero` for a block without a finite non-zero value (scale 0).
 //
 // The extreme is found on keys (|v|'s bits << 1 | the sign bit): for floats
-// their integer order is that of |v|, the sign breaking ties, and NaNs lie
-// above inf; a plain loop that vectorises.
+// their integer order is that of |v|, the sign breaking ties. Offset by
+// 2^24, the keys of infs and NaNs (from inf's, 0xff000000, up) wrap around
+// below every finite value's, so the largest offset key is the finite
+// extreme's, and below 2^24 where there is none: a non-finite value never
+// reaches the scale, for one add in a plain loop that vectorises.
 inline float block_scale(const float* __restrict v, std::int64_t m, float low_end, bool& zero) {
-    std::uint32_t top_key = 0;
+    constexpr std::uint32_t offset = 0x01000000u;
+    std::uint32_t top_offset = 0;
     for (std::int64_t i = 0; i < m; ++i) {
         std::uint32_t u;
         __builtin_memcpy(&u, v + i, sizeof u);
-        const std::uint32_t key = u << 1 | u >> 31;
-        top_key = key > top_key ? key : top_key;
+        const std::uint32_t key = (u << 1 | u >> 31) + offset;
+        top_offset = key > top_offset ? key : top_offset;
     }
-    std::uint32_t top_bits = top_key >> 1;
-    if (top_bits > 0x7f800000u) top_bits = 0x7fc00000u;  // a NaN: the block's scale is NaN
+    const std::uint32_t top_key = top_offset < offset ? 0 : top_offset - offset;
+    const std::uint32_t top_bits = top_key >> 1;
     float top;
     __builtin_memcpy(&top, &top_bits, sizeof top);
     zero = top_bits == 0;
@@ -235,9 +241,9 @@ inline void for_each_block(const T* __restrict in, std::int64_t n, F f) {
 
 // Elements [lo, lo + n) of q8 state x = in[0..n), quantized block by block
 // (lrfast.precision.quantize_blockwise): each block's absmax is its
-// block_scale, and each v / absmax gets its code (code_of). An all-zero block
-// keeps absmax 0 and the code of 0. T = double rounds to float first. The
-// division is done in look_up, from L1.
+// block_scale, and each v / absmax gets its code (code_of). A block without a
+// finite non-zero value keeps absmax 0 and the code of 0. T = double rounds to
+// float first. The division is done in look_up, from L1.
 template <class T>
 inline void quantize(const T* __restrict in, const Operand& x, std::int64_t lo, std::int64_t n) {
     const Q8Table& table = q8_table(x);

@@ -16,7 +16,10 @@ as Numba CUDA device functions, bit for bit.
 - q4: a code is the number of the map's 15 float32 thresholds at or below
   ``x / absmax`` (torchao's rounding: up when the residual is at least half
   the gap), by the same search over 15 values.
-- Both take a block's scale from its extreme (:func:`block_scale`).
+- Both take a block's scale from its extreme (:func:`block_scale`), the
+  finite value of largest magnitude (:func:`extreme`): a NaN or an inf never
+  reaches the scale; +inf takes the top code, -inf the bottom one, NaN the
+  code of 0.
 
 Float bits: the simulator runs kernels as Python, where NumPy's scalar
 ``view`` reinterprets; on a GPU libdevice's ``__float_as_int`` and
@@ -150,10 +153,9 @@ def random_word(key, position):
 @cuda.jit(device=True)
 def q8_code(x, absmax, midpoints):
     """The code of float32 ``x`` in a block of ``absmax``: the number of the
-    255 ``midpoints`` below ``x / absmax`` (0 when absmax is 0; NaN: 255)."""
-    n = x / absmax if absmax != 0 else float32(0.0)
-    if n != n:
-        return uint16(255)
+    255 ``midpoints`` below ``x / absmax`` (taken as 0 when absmax is 0 or x
+    is NaN)."""
+    n = x / absmax if absmax != 0 and x == x else float32(0.0)
     code = 0
     step = 128
     while step > 0:  # the midpoints are sorted: at most 255 below n
@@ -167,10 +169,8 @@ def q8_code(x, absmax, midpoints):
 def q4_code(x, absmax, tables, thresholds):
     """The code of float32 ``x`` in a q4 block of ``absmax``: the number of
     the 15 thresholds at ``tables[thresholds:]`` that are <= ``x / absmax``
-    (0 when absmax is 0; NaN: 15)."""
-    n = x / absmax if absmax != 0 else float32(0.0)
-    if n != n:
-        return uint16(15)
+    (taken as 0 when absmax is 0 or x is NaN)."""
+    n = x / absmax if absmax != 0 and x == x else float32(0.0)
     code = 0
     step = 8
     while step > 0:  # the thresholds are sorted: at most 15 at or below n
@@ -186,12 +186,15 @@ def q4_code(x, absmax, tables, thresholds):
 Q8_SIGNED_END = np.float32(-precision._MAPS[True][0])
 Q4_SIGNED_END = np.float32(-precision._Q4_MAPS[True][0])
 
+INF = np.float32(np.inf)
+
 
 @cuda.jit(device=True)
 def extreme(a, b):
-    """Of a and b, the one of larger magnitude (the negative one on a tie);
-    a NaN wins, as in np.max."""
-    return b if abs(b) > abs(a) or (abs(b) == abs(a) and b < a) or b != b else a
+    """Of the running extreme `a` (finite: it starts at 0) and a value `b`,
+    the one of larger magnitude (the negative one on a tie); a NaN or an inf
+    `b` is skipped, so no non-finite value reaches a block's scale."""
+    return b if abs(b) < INF and (abs(b) > abs(a) or (abs(b) == abs(a) and b < a)) else a
 
 
 @cuda.jit(device=True)

@@ -18,8 +18,8 @@ so the kernel has no dtype branches. Per element, as lrfast.reference:
 
 With q8 or q4 states a CUDA block walks its piece one q8 block (256
 elements) at a time: its threads update the block's elements, reduce each
-quantized slot's new extremes (the value of largest magnitude; a NaN wins,
-as in np.max): one per q4 block (two per walk) when the kernel has a q4
+quantized slot's new extremes (the finite value of largest magnitude: a NaN
+or an inf never reaches a scale): one per q4 block (two per walk) when the kernel has a q4
 slot, else one, of which a q8 slot takes the extreme of all. Then they
 quantize the values from shared memory with the scales these give and write
 the codes and the scales (``absmax``). A q4 byte holds two elements' codes,
