@@ -7,8 +7,8 @@ test) on scikit-learn's digits, trained by AdamW (weight decay 1e-2, betas
 * float32 params: ``torch.optim.AdamW`` (float32 states, the reference),
   ``lrfast.torch.AdamW(state_dtype=...)`` for the other state dtypes;
 * bfloat16 params (the model in ``torch.bfloat16``): ``lrfast.torch.AdamW(
-  state_dtype=..., stochastic_rounding=True)``, float32 states meaning
-  ``state_dtype="float32"``;
+  state_dtype=..., stochastic_rounding=True)`` (``bf16+SR``; ``bf16+RN`` rounds to
+  nearest), float32 states meaning ``state_dtype="float32"``;
 * beside them ``bitsandbytes.optim.AdamW8bit`` on the CPU (its defaults: 8-bit
   states for tensors of 4096 elements or more, blocks of 256; on bfloat16
   params it rounds the update to nearest).
@@ -16,7 +16,7 @@ test) on scikit-learn's digits, trained by AdamW (weight decay 1e-2, betas
 Per seed every run has the same data split (``load_digits(seed=0)``), the same
 initial weights (``MLP(seed=seed)`` of ``lrfast.examples.digits_mlp``) and the
 same minibatch order. Reported: validation loss (mean over seeds and range) and
-accuracy after ``--epochs`` epochs.
+accuracy after ``--epochs`` epochs; ``--json`` writes every run's.
 
     python benchmarks/quality_digits.py --lrs 1e-3,3e-3,9e-3 --seeds 5 --epochs 20
 
@@ -37,13 +37,14 @@ import torch
 
 import lrfast
 import lrfast.torch
-from lrfast import precision
+from lrfast import precision, run_record
 from lrfast.examples.digits_mlp import MLP, load_digits
 
 SIZES = (64, 256, 256, 10)
 BATCH = 64
 WEIGHT_DECAY = 1e-2
-PARAM_DTYPES = {"float32": torch.float32, "bf16+SR": torch.bfloat16}
+# bf16+SR: stochastic rounding of the param writes; bf16+RN: round to nearest
+PARAM_DTYPES = {"float32": torch.float32, "bf16+SR": torch.bfloat16, "bf16+RN": torch.bfloat16}
 # state column -> lrfast.torch's state_dtype (q4: pending lrfast support)
 STATE_DTYPES = {"float32": "float32", "q8": "q8", "q4": "q4"}
 
@@ -72,7 +73,7 @@ def make_optimizer(state: str, param_dtype: str, params, lr: float, seed: int):
         return torch.optim.AdamW(params, lr=lr, weight_decay=WEIGHT_DECAY)
     return lrfast.torch.AdamW(params, lr=lr, weight_decay=WEIGHT_DECAY,
                               state_dtype=STATE_DTYPES[state],
-                              stochastic_rounding=param_dtype != "float32", seed=seed)
+                              stochastic_rounding=param_dtype == "bf16+SR", seed=seed)
 
 
 def train(lr: float, seed: int, epochs: int, param_dtype: str, state: str):
@@ -199,20 +200,28 @@ def summarize(results: list[tuple[float, float]]) -> str:
             f"{100 * accs.mean():.1f}%")
 
 
-def main(argv=None) -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--lrs", default="1e-3,3e-3,9e-3")
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--epochs", type=int, default=20)
-    parser.add_argument("--params", default="float32,bf16+SR")
+    parser.add_argument("--params", default="float32,bf16+SR",
+                        help=f"rows, of: {', '.join(PARAM_DTYPES)}")
     parser.add_argument("--states", default="float32,q8,q4,bnb8",
                         help="columns: float32, q8, q4, bnb8 (bitsandbytes' AdamW8bit); "
                              "a state lrfast lacks is shown as 'not yet'")
     parser.add_argument("--diagnose", action="store_true",
                         help="float32 params, q8 AdamW in NumPy with each of QUANTIZERS")
-    args = parser.parse_args(argv)
+    parser.add_argument("--json", metavar="PATH",
+                        help="also write every run's validation loss and accuracy as JSON")
+    return parser
+
+
+def main(argv=None) -> None:
+    args = build_parser().parse_args(argv)
     torch.set_num_threads(1)
     lrfast.set_num_threads(1)
+    info = run_record.machine()
     lrs = [float(x) for x in args.lrs.split(",")]
     seeds = range(args.seeds)
     if args.diagnose:
@@ -231,6 +240,7 @@ def main(argv=None) -> None:
     print("| lr | params | " + " | ".join(states) + " |")
     print("|---|---|" + "---|" * len(states))
     start = time.perf_counter()
+    results = []
     for lr in lrs:
         for param_dtype in param_dtypes:
             cells = []
@@ -240,8 +250,13 @@ def main(argv=None) -> None:
                     continue
                 runs = [train(lr, s, args.epochs, param_dtype, state)[:2] for s in seeds]
                 cells.append(summarize(runs))
+                results.append(dict(lr=lr, params=param_dtype, states=state,
+                                    val_losses=[r[0] for r in runs],
+                                    val_accuracies=[r[1] for r in runs]))
             print(f"| {lr:g} | {param_dtype} | " + " | ".join(cells) + " |", flush=True)
     print(f"\n{time.perf_counter() - start:.0f} s")
+    if args.json:
+        run_record.write(args.json, info, args, runs=results)
 
 
 if __name__ == "__main__":

@@ -17,16 +17,14 @@ from __future__ import annotations
 import argparse
 import functools
 import importlib
-import json
 import math
-import os
-import platform
 import statistics
 import time
 
 import numpy as np
 
-from . import _core, bench_table, cli_args, clip, precision, reference, steps, steps_lr_free
+from . import (_core, bench_table, cli_args, clip, precision, reference, run_record, steps,
+               steps_lr_free)
 from .bench_configs import CONFIGS, PRODIGY_D, layouts, rival
 from .reference_lr_free import prodigy_d_update
 from .progress import Progress
@@ -39,6 +37,10 @@ TORCH_FUSED = {"SGD", "Adam", "AdamW", "Adagrad"}  # the rest run with foreach=T
 # Adam<bits>bit and AdamW<bits>bit.
 LOW_BIT = {"q8": {"bnb": "bitsandbytes.optim", "ao": "torchao.optim"},
            "q4": {"ao": "torchao.optim"}}
+# A multiple of every low-bit block size (torchao's: 256 in 8 bits, 128 in 4;
+# lrfast's and bitsandbytes' 256): the default sizes of the low-bit runs.
+LOW_BIT_MULTIPLE = 256
+DEFAULT_SIZES = "1e3,1e5,1e6,5e7"
 
 
 def timeit(fns: dict, budget: float = 0.3, before=None, report=None) -> dict:
@@ -277,6 +279,7 @@ def _row(optimizer, layout, problem, t, traffic, torch_impl) -> dict:
     step, probe = t["lrfast"], t.get("probe")
     return dict(optimizer=optimizer, dtype=problem.label, layout=layout,
                 tensors=len(problem.shapes), elements=problem.elements, time_s=step,
+                bytes_per_element=traffic / problem.elements,
                 gelem_s=problem.elements / step / 1e9, gbytes_s=traffic / step / 1e9,
                 bandwidth_gbs=None if probe is None else problem.bytes / probe / 1e9,
                 pct_of_bandwidth=None if probe is None else 100 * probe / step,
@@ -305,18 +308,6 @@ def torch_busy():
     return busy
 
 
-def machine() -> dict:
-    model = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            model = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return dict(cpu=model, cores=os.cpu_count(), isa=_core.cpu_isa(),
-                threads=_core.get_num_threads(), numpy=np.__version__,
-                python=platform.python_version())
-
-
 def _optimizers(text: str) -> list[str]:
     """The --optimizers type: comma-separated names from CONFIGS."""
     names = [n.strip() for n in text.split(",") if n.strip()]
@@ -333,8 +324,13 @@ def register(subparsers) -> None:
     p = subparsers.add_parser(
         "bench", help="time the fused steps against memory bandwidth, NumPy and torch",
         description=__doc__.split("\n\n")[0])
-    p.add_argument("--sizes", type=cli_args.sizes, default="1e3,1e5,1e6,5e7",
-                   help="single-tensor sizes in elements, comma-separated (default: %(default)s)")
+    low_bit_sizes = ",".join(map(str, default_sizes("q8")))
+    p.add_argument("--sizes", type=cli_args.sizes,
+                   help=f"single-tensor sizes in elements, comma-separated (default: "
+                        f"{DEFAULT_SIZES}; with --state-dtype q8 or q4 each rounded to the "
+                        f"nearest multiple of {LOW_BIT_MULTIPLE}, {low_bit_sizes}, as torchao "
+                        f"keeps float32 states for a tensor whose size is not a multiple of "
+                        f"its blocks)")
     p.add_argument("--optimizers", type=_optimizers, default=",".join(CONFIGS),
                    help="comma-separated subset of: %(default)s")
     p.add_argument("--dtype", choices=("float32", "float64", "bfloat16", "float16"),
@@ -358,6 +354,16 @@ def register(subparsers) -> None:
     p.set_defaults(func=run)
 
 
+def default_sizes(state_dtype: str) -> list[int]:
+    """The --sizes default for --state-dtype `state_dtype`: DEFAULT_SIZES, each
+    rounded to the nearest multiple of LOW_BIT_MULTIPLE for the low-bit states,
+    so that every library's 8- or 4-bit optimizer keeps low-bit states."""
+    sizes = cli_args.sizes(DEFAULT_SIZES)
+    if state_dtype not in LOW_BIT:
+        return sizes
+    return [LOW_BIT_MULTIPLE * max(1, round(n / LOW_BIT_MULTIPLE)) for n in sizes]
+
+
 def plan(sizes: list[int], names: list[str], lists: bool) -> list[tuple[str, list, str]]:
     """(layout label, shapes, optimizer) of every row but the clip row."""
     return [(label, shapes, name) for label, shapes in layouts(sizes, lists) for name in names
@@ -367,7 +373,8 @@ def plan(sizes: list[int], names: list[str], lists: bool) -> list[tuple[str, lis
 
 def run(args) -> int:
     names = args.optimizers
-    if not plan(args.sizes, names, not args.no_lists) and (args.no_lists or "adamw" not in names):
+    sizes = default_sizes(args.state_dtype) if args.sizes is None else args.sizes
+    if not plan(sizes, names, not args.no_lists) and (args.no_lists or "adamw" not in names):
         return cli_args.error("lrfast bench", "nothing to measure: give --sizes, or drop "
                               "--no-lists and include adam or adamw", code=2)
     sixteen_bit = args.dtype in ("bfloat16", "float16") or args.state_dtype == "bfloat16"
@@ -389,14 +396,16 @@ def run(args) -> int:
             return cli_args.error("lrfast bench", "--device cuda found no usable CUDA GPU and driver")
         from .cuda import bench as cuda_bench
 
-        rows = cuda_bench.run(args.sizes, names, args.dtype, lists=not args.no_lists)
+        rows = cuda_bench.run(sizes, names, args.dtype, lists=not args.no_lists)
         print(bench_table.legend("cuda"), bench_table.format_table(rows), sep="\n\n")
-        return _dump(args, rows, {"device": "cuda"})
+        gpu = cuda.get_current_device().name  # bytes in older numba-cuda
+        return _dump(args, rows, {**run_record.machine(), "device": "cuda",
+                                  "gpu": gpu.decode() if isinstance(gpu, bytes) else gpu})
     if args.threads:
         _core.set_num_threads(args.threads)
     with_torch = not args.no_torch and torch_available()
     busy = torch_busy() if args.torch_busy and with_torch else None
-    info = machine()
+    info = run_record.machine()
     print(f"lrfast bench: {info['cpu']}, {info['cores']} CPUs, ISA {info['isa']}, "
           f"{info['threads']} threads, {args.dtype}"
           f"{'' if args.state_dtype == 'param' else f' with {args.state_dtype} states'}; torch: "
@@ -404,14 +413,14 @@ def run(args) -> int:
           f"{', busy before each step' if busy else ''}\n", flush=True)
     print(bench_table.legend("cpu"), bench_table.header(), sep="\n\n", flush=True)
     try:
-        rows = _measure_rows(args, with_torch, busy)
+        rows = _measure_rows(args, sizes, with_torch, busy)
     except MemoryError:
         return cli_args.error("lrfast bench", "not enough memory for the arrays of a row; "
                               "try smaller --sizes")
     return _dump(args, rows, info)
 
 
-def _measure_rows(args, with_torch: bool, busy) -> list[dict]:
+def _measure_rows(args, sizes: list[int], with_torch: bool, busy) -> list[dict]:
     """Measures and prints the rows one by one; on a terminal, stderr shows
     which row is running and how far it got."""
     state_dtype = None if args.state_dtype == "param" else args.state_dtype
@@ -421,7 +430,7 @@ def _measure_rows(args, with_torch: bool, busy) -> list[dict]:
     jobs = [(f"{name} {label}", functools.partial(measure, name, label, shapes, args.dtype,
                                                    with_reference, with_torch, busy,
                                                    state_dtype=state_dtype))
-            for label, shapes, name in plan(args.sizes, args.optimizers, not args.no_lists)]
+            for label, shapes, name in plan(sizes, args.optimizers, not args.no_lists)]
     if not args.no_lists and "adamw" in args.optimizers:
         jobs.append(("clip+adamw transformer-146", functools.partial(
             clip_row, args.dtype, with_torch, state_dtype=state_dtype)))
@@ -442,8 +451,7 @@ def _measure_rows(args, with_torch: bool, busy) -> list[dict]:
 def _dump(args, rows, info) -> int:
     if args.json:
         try:
-            with open(args.json, "w") as f:
-                json.dump({"machine": info, "rows": rows}, f, indent=1)
+            run_record.write(args.json, info, args, rows=rows)
         except OSError as exc:
             return cli_args.error("lrfast bench", f"cannot write {args.json}: {exc.strerror}")
     return 0

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import cli_args
+from . import cli_args, run_record
 
 # Half-decades from 1e-4 to 1.
 GRID = tuple(10 ** (k / 2) for k in range(-8, 1))
@@ -211,6 +211,20 @@ def verdict(rows: list[Row]) -> str:
     return "\n".join(lines)
 
 
+def summary(finders: list, rows: list[Row]) -> dict[str, Any]:
+    """A table as data: the suggestion of each seed's range test, the best grid
+    row's label, and per row its validation loss and accuracy (mean and std over
+    seeds) and how many seeds diverged."""
+    def stats(row: Row) -> dict[str, Any]:
+        (loss, loss_sd), (acc, acc_sd) = row.mean_std("val_loss"), row.mean_std("val_accuracy")
+        return dict(label=row.label, group=row.group, rate=row.rate, val_loss=loss,
+                    val_loss_std=loss_sd, val_accuracy=acc, val_accuracy_std=acc_sd,
+                    diverged=sum(run.diverged for run in row.runs))
+
+    return dict(suggested=[finder.suggest() for finder in finders],
+                best=best_fixed(rows).label, rows=[stats(row) for row in rows])
+
+
 def plot_range_tests(finders: list, title: str, path: Path) -> None:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -312,6 +326,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--no-plots", action="store_true", help="do not draw the PNGs")
     parser.add_argument("--quick", action="store_true",
                         help=f"a tiny budget ({QUICK_STEPS} steps) to check that everything runs")
+    parser.add_argument("--json", metavar="PATH", type=cli_args.output_file,
+                        help="also write the tables as JSON (means and stds over seeds)")
     parser.set_defaults(func=run)
 
 
@@ -348,7 +364,9 @@ def run(args: argparse.Namespace) -> int:
           f"MLP 64-64-64-10; batches of {BATCH_SIZE}; {steps} steps "
           f"({steps / steps_per_epoch:.3g} epochs); seeds {seeds}")
     runs = len(seeds) * sum(rows_per_seed(kind) for kind in OPTIMIZERS)
+    info = run_record.machine()
     figures: list[Path] = []
+    tables = {}
     started = time.perf_counter()
     # The matrices are tiny: BLAS threads only add synchronisation, and on a
     # busy 2-core machine they made a 539 x 64 product 10-100 times slower.
@@ -363,6 +381,7 @@ def run(args: argparse.Namespace) -> int:
                   f" model restored after the test: {'yes' if restored else 'NO'})")
             print(format_table(rows))
             print(verdict(rows))
+            tables[kind] = summary(finders, rows)
             if not args.no_plots:
                 figures += [out / f"range_test_{kind}.png", out / f"curves_{kind}.png"]
                 plot_range_tests(finders, title, figures[-2])
@@ -370,4 +389,11 @@ def run(args: argparse.Namespace) -> int:
     print(f"\ntotal wall time {time.perf_counter() - started:.1f} s")
     if figures:
         print(f"figures: {', '.join(str(path) for path in figures)}")
+    if args.json:
+        try:
+            run_record.write(args.json, info, args, steps=steps,
+                             steps_per_epoch=steps_per_epoch, default_epochs=DEFAULT_EPOCHS,
+                             batch_size=BATCH_SIZE, train_images=len(data.y_train), tables=tables)
+        except OSError as exc:
+            return cli_args.error("lrfast demo", f"cannot write {args.json}: {exc.strerror}")
     return 0

@@ -130,3 +130,36 @@ def test_low_bit_states_are_told_from_float_ones():
     assert bench._has_low_bit_states(opt({"exp_avg": torch.zeros(300).as_subclass(Subclass)}))
     assert not bench._has_low_bit_states(opt({"exp_avg": torch.zeros(300),
                                             "absmax": torch.zeros(2, dtype=torch.uint8)}))
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")
+@pytest.mark.parametrize("kind", ["q8", "q4"])
+def test_low_bit_default_sizes_give_torchao_low_bit_states(kind):
+    """torchao keeps float32 states for a tensor whose size is not a multiple of
+    its block: the low-bit runs' default sizes are, so its rows time 8 or 4 bits."""
+    pytest.importorskip("torchao.optim")
+    sizes = bench.default_sizes(kind)
+    assert len(sizes) == len(bench.default_sizes("param"))
+    assert all(n % bench.LOW_BIT_MULTIPLE == 0 for n in sizes)
+
+    def torchao_keeps_low_bit_states(n):
+        problem = bench.Problem("adamw", [(n,)], "float32", kind)
+        (_, cls), = [r for r in problem.low_bit_rivals() if r[0].startswith("ao-")]
+        opt = problem.torch_optimizer(cls)[0]
+        opt.step()
+        return bench._has_low_bit_states(opt)
+
+    # the smallest default with low-bit states (below 4096 elements every library
+    # keeps float32 states); torchao compiles its step per size, so one is enough
+    assert torchao_keeps_low_bit_states(min(n for n in sizes if n >= 4096))
+    assert not torchao_keeps_low_bit_states(100_000)  # 1e5 as it was
+
+
+def test_bench_json_records_the_machine_and_the_options(tmp_path):
+    out = tmp_path / "bench.json"
+    assert main(["bench", "--sizes", "1000", "--optimizers", "sgd", "--no-lists", "--no-torch",
+                 "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert {"cpu", "cores", "isa", "threads", "date", "libraries"} <= set(result["machine"])
+    assert result["options"]["sizes"] == [1000] and result["options"]["json"] == str(out)
+    assert result["rows"][0]["bytes_per_element"] == 20  # SGD with momentum in float32

@@ -209,3 +209,23 @@ def test_default_suggestion_matches_best_grid_rate():
             best = best_fixed(rows).mean_std("val_loss")[0]
             suggested = next(row for row in rows if row.group == "suggested").mean_std("val_loss")[0]
             assert suggested <= 1.1 * best, (kind, suggested, best)
+
+
+def test_demo_json_holds_the_tables_and_the_default_budget(tmp_path):
+    pytest.importorskip("sklearn")
+    pytest.importorskip("tqdm")
+    import json
+
+    from lrfast.cli import main
+    from lrfast.demo import BATCH_SIZE, DEFAULT_EPOCHS
+
+    out = tmp_path / "demo.json"
+    assert main(["demo", "--quick", "--seeds", "1", "--no-plots", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["steps"] == 30 and result["default_epochs"] == DEFAULT_EPOCHS
+    assert result["steps_per_epoch"] == result["train_images"] // BATCH_SIZE
+    assert result["options"]["quick"] and result["machine"]["isa"]
+    for kind, table in result["tables"].items():
+        labels = [row["label"] for row in table["rows"]]
+        assert table["best"] in labels and len(table["suggested"]) == 1
+        assert ("Prodigy, lr 1" in labels) == (kind == "adam")
