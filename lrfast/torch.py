@@ -727,6 +727,7 @@ class Lion(_Optimizer):
                  decoupled_weight_decay=False, *, maximize=False,
                  state_dtype: str | None = None, stochastic_rounding: bool = False,
                  seed: int = 0):
+        _hparams.positive("lr", _plain(lr))  # lion-pytorch's assert; a step takes 0
         super().__init__(params, dict(lr=lr, betas=betas, weight_decay=weight_decay,
                                       decoupled_weight_decay=decoupled_weight_decay,
                                       init_lr=_plain(lr), maximize=maximize),
