@@ -756,7 +756,9 @@ class _ScheduleFree(_Optimizer):
         moved = []
 
         def pairs(index, group):
-            params = [p for p in group["params"] if _has_state(self.state[p], "z")]
+            # .get: a state made here, empty, would tell torch.distributed.checkpoint's
+            # get/set_optimizer_state_dict that this optimizer has stepped
+            params = [p for p in group["params"] if _has_state(self.state.get(p, {}), "z")]
             moved.extend(params)
             batches = []
             for device in dict.fromkeys(p.device for p in params):

@@ -174,6 +174,15 @@ def test_lion_steps_at_rate_0_as_lion_pytorch():
     close_all(params, theirs, np.float64, "lr 0")
 
 
+def test_train_before_the_first_step_makes_no_states():
+    """An empty state would tell torch.distributed.checkpoint's
+    get/set_optimizer_state_dict that the optimizer has stepped, and they
+    would not make its states before loading them."""
+    opt = lrfast.torch.ScheduleFreeAdamW(tensors(initial_params(np.float32)))
+    opt.train()
+    assert not opt.state
+
+
 def test_lion_ignores_use_triton():
     params = tensors(initial_params(np.float64))
     a = lrfast.torch.Lion(params[:1], lr=1e-2, use_triton=True)
