@@ -247,7 +247,7 @@ def norm_type(value) -> float:
 # combine these fields, in double, once per call, as the reference does).
 
 def lion(*, lr, betas, weight_decay, maximize, grad_scale, stochastic_rounding=False, seed=0):
-    lr = positive("lr", lr)
+    lr = non_negative("lr", lr)
     beta1, beta2 = beta_pair(betas)
     return dict(lr=lr, beta1=beta1, beta2=beta2,
                 weight_decay=non_negative("weight_decay", weight_decay),

@@ -66,7 +66,10 @@ class Piece(NamedTuple):
     ``done(advance)`` follows every pass that wrote, ``advance`` True when the
     update is complete (the params' step counts move); ``via``, if not None,
     runs the base kernels' calls instead of a back end (lrfast.torch's
-    prepared host calls, see lrfast._backend.through)."""
+    prepared host calls, see lrfast._backend.through); ``across``, if not
+    None, sums floats over the ranks holding the other shards of these
+    arrays (lrfast.torch's DTensors): what turns a reduction over the arrays
+    into one over the whole tensors."""
 
     params: Sequence
     grads: Sequence
@@ -75,6 +78,7 @@ class Piece(NamedTuple):
     rounding: Mapping
     done: Callable[[bool], None]
     via: Callable | None = None  # what runs the call instead of a back end (_backend.through)
+    across: Callable[[Sequence[float]], list[float]] | None = None  # sums over the ranks
 
 
 @dataclass

@@ -86,15 +86,18 @@ def low_bit_constant(kind: str, value: float, signed: bool) -> tuple[int, float]
 
 
 def rounding(stochastic_rounding: bool, seed: int, completed: int, group: int,
-             first: int = 0) -> dict[str, Any]:
+             first: int = 0, *shard: int) -> dict[str, Any]:
     """The rounding keywords of the step function call for the update that
     follows ``completed`` ones, over the params of param group ``group``
     from its ``first`` (in lrfast.torch, of those with a gradient). The
     random bits hash (seed, step, the position in the call): the seed is
     :func:`lrfast.precision.mix_seed` of all three, so that every call of
     every update draws its own bits (positions restart at 0 in each call,
-    and some steps pass no step). Round to nearest even, the step
-    functions' default, needs no keywords."""
+    and some steps pass no step). ``shard``: which shard of its params the
+    call updates (lrfast.torch's DTensors: this rank's coordinates along the
+    mesh dimensions they are sharded along), so that each shard draws its own
+    bits. Round to nearest even, the step functions' default, needs no
+    keywords."""
     if not stochastic_rounding:
         return {}
-    return {"stochastic_rounding": True, "seed": mix_seed(seed, completed, group, first)}
+    return {"stochastic_rounding": True, "seed": mix_seed(seed, completed, group, first, *shard)}

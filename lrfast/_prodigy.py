@@ -11,6 +11,12 @@ written to every group with ``k + 1``; the update pass
 here the update pass runs at ``dlr = 0``, which moves the moments and leaves
 the params, and ``d``, ``k`` and the params' step counts stay.
 
+Sharded params (lrfast.torch's DTensors, e.g. FSDP2's): each rank's pieces
+hold its shards, whose sums (``dot``, ``s_abs``, and whether the gradients
+are finite) are all-reduced over the ranks holding the other shards
+(``Piece.across``) before ``d`` moves, so every rank computes the ``d`` of
+the whole params.
+
 The keys prodigyopt reads from the first group only (``betas``, ``beta3``,
 ``d0``, ``d_coef``, ``growth_rate``, ``decouple``, ``use_bias_correction``)
 must be the same in every group (a ValueError otherwise, where prodigyopt
@@ -28,7 +34,7 @@ from typing import Mapping, MutableMapping, Sequence
 
 from . import _hparams, steps_lr_free
 from ._backend import checks_only
-from ._kernel import Kernel, Slot, Update, naming_group
+from ._kernel import Kernel, Piece, Slot, Update, naming_group
 from .clip import global_norm
 from .reference_lr_free import prodigy_d_update, prodigy_dlr
 
@@ -121,9 +127,10 @@ class ProdigyKernel(Kernel):
         global norm, if the caller has it): one inf or NaN would make
         ``d_numerator``, hence ``d`` and every later step, NaN for good."""
         active = [update for update in updates if update.lr > 0]
-        norms = [grad_norm] if grad_norm is not None else [
-            global_norm(piece.grads) for update in active for piece in update.pieces]
-        if not all(math.isfinite(norm * grad_scale) for norm in norms):
+        # a list, not all(...) of a generator: every piece's all-reduce runs on every rank
+        finite = [math.isfinite(grad_norm * grad_scale)] if grad_norm is not None else [
+            _finite(piece, grad_scale) for update in active for piece in update.pieces]
+        if not all(finite):
             raise ValueError("the gradients hold an inf or NaN: Prodigy's estimate d would "
                              "become NaN for good, so nothing was changed (skip such steps, "
                              "e.g. with skip_nonfinite=True in lrfast.optim or a "
@@ -139,6 +146,8 @@ class ProdigyKernel(Kernel):
                 part = self._reduce(piece.params, piece.grads, piece.states["ss"],
                                     piece.states["p0s"], shared, update.hparams, d=d, dlr=dlr,
                                     grad_scale=grad_scale)
+                if piece.across is not None:  # shards: the sums over the whole params
+                    part = piece.across(part)
                 dot, s_abs = dot + part[0], s_abs + part[1]
                 piece.done(False)
         if not (math.isfinite(dot) and math.isfinite(s_abs)):  # the grads are finite
@@ -161,6 +170,15 @@ class ProdigyKernel(Kernel):
                                  update.hparams, d=d, d_new=d_new, dlr=dlr,
                                  grad_scale=grad_scale, rounding=piece.rounding)
                 piece.done(advance)  # a group at rate 0 counts the step, as prodigyopt
+
+
+def _finite(piece: Piece, grad_scale: float) -> bool:
+    """Whether the piece's gradients are finite, on every rank that holds a
+    shard of them (each rank then raises, or none does)."""
+    bad = not math.isfinite(global_norm(piece.grads) * grad_scale)
+    if piece.across is not None:
+        bad = piece.across([bad])[0] > 0
+    return not bad
 
 
 def _uses(hparams: Mapping) -> tuple[str, ...]:

@@ -1014,6 +1014,7 @@ class Lion(Optimizer):
 
     def __init__(self, params, lr=1e-4, betas=(0.9, 0.99), weight_decay=0.0, *,
                  decoupled_weight_decay=False, maximize=False, **options):
+        _hparams.positive("lr", _initial_rate(lr))  # lion-pytorch's assert; a step takes 0
         super().__init__(params, dict(lr=lr, betas=betas, weight_decay=weight_decay,
                                       decoupled_weight_decay=decoupled_weight_decay,
                                       init_lr=_initial_rate(lr), maximize=maximize), **options)

@@ -43,8 +43,10 @@ anything:
 
 - a rate that is negative or not finite: ``lr``, ``weight_decay``, ``eps``,
   ``warmup_steps``, ``d0``, ``d_coef``, and ``growth_rate`` (which may be
-  ``inf``); ``lr == 0`` too for Lion and Prodigy (their packages assert
-  ``lr > 0``), ``eps == 0`` and ``d0 == 0`` too for Prodigy (as prodigyopt);
+  ``inf``); ``lr == 0`` too for Prodigy and for the Lion classes'
+  constructors (the packages assert ``lr > 0`` there; lion-pytorch's step, as
+  :func:`lion_step`, takes 0 and moves only the moment), ``eps == 0`` and
+  ``d0 == 0`` too for Prodigy (as prodigyopt);
   ``grad_scale``, ``r`` and ``weight_lr_power`` not finite (the packages take
   any ``d_coef >= 0``, ``growth_rate`` below 1 and negative ``r``: so must we);
 - betas outside ``[0, 1)``: Lion's two (lion-pytorch lets 1 through),

@@ -38,7 +38,8 @@ def lion_step(params: Tensors, grads: Tensors, exp_avgs: States, *, lr: Real = 1
         param = param - lr * sign(c)
         m = beta2 * m + (1 - beta2) * g
 
-    with ``sign(0) = 0``. ``lr`` must be > 0. State: ``exp_avgs`` (``m``: one
+    with ``sign(0) = 0``. ``lr`` must be >= 0 (at 0 only ``m`` moves, as in
+    lion-pytorch's step; the classes' constructors refuse 0, as its does). State: ``exp_avgs`` (``m``: one
     array per param, its shape, zeros before the first step): float32, the
     param's dtype, bfloat16 or a signed q8 or q4 state. There is no step: with
     ``stochastic_rounding=True`` the hash uses step 0, so vary ``seed`` per

@@ -85,6 +85,25 @@ itself is always updated in place), and a state tensor that is not contiguous,
 as ``load_state_dict`` may bring from a torch state dict, is replaced in the
 state dict by a contiguous copy once, before the first step that uses it.
 
+Sharded parameters, FSDP2's (``torch.distributed.fsdp.fully_shard``) and any
+other DTensors: a step updates each rank's local shards (``to_local()``) in
+place, and their states are DTensors of the parameter's mesh and placements,
+so ``torch.distributed.checkpoint.state_dict``'s ``get_optimizer_state_dict``
+and ``set_optimizer_state_dict`` save and load them (and a state loaded
+through them is stepped in place). What spans a whole parameter is reduced
+over the ranks: Prodigy's sums (so ``d`` is the same on every rank, that of
+one process), the norms of :func:`lrfast.global_norm` and
+:func:`lrfast.clip_grad_norm` (as ``torch.nn.utils.clip_grad_norm_`` takes
+them), and, for stochastic rounding, each shard draws its own bits. Prodigy's
+``s`` and ``p0`` have the parameter's shape there (1-D elsewhere: a flattened
+shard of unevenly split rows is no shard of a 1-D DTensor), so
+``slice_p != 1`` is refused, as are q8 and q4 states (``state_dtype``), whose
+blocks would straddle the shards: ValueErrors at the first step, before
+anything is written. ``get/set_optimizer_state_dict`` step a fresh optimizer
+at ``lr=0`` to make its states: call a schedule-free optimizer's ``train()``
+first. Sharded steps run on the CPU (gloo); CUDA DTensors take the same
+path, untested.
+
 Threads: one optimizer's ``step``, ``state_dict``, ``load_state_dict`` (and
 schedule-free's ``train``/``eval``) hold its lock, so calls from several
 threads run one after the other: two threads stepping n times each make 2n
@@ -112,6 +131,7 @@ per parameter there on a CPU).
 
 from __future__ import annotations
 
+import functools
 import math
 import operator
 import threading
@@ -120,7 +140,7 @@ from itertools import chain, groupby, repeat
 
 import torch
 
-from . import _backend, _core, _hparams, _interop, _lowp, _prodigy, _schedulefree
+from . import _backend, _core, _dtensor, _hparams, _interop, _lowp, _prodigy, _schedulefree
 from ._interop import to_float_state_dict
 from ._kernel import Kernel, Piece, Slot, Update
 from .optim import KERNELS, exclusive
@@ -162,8 +182,8 @@ def _check_supported(group) -> None:
 def _host_view(t: torch.Tensor):
     """A NumPy array sharing the memory of the CPU tensor ``t`` (detached:
     it may require grad); for bfloat16, which NumPy lacks, an
-    ``ml_dtypes.bfloat16`` array over its bits."""
-    t = t.detach()
+    ``ml_dtypes.bfloat16`` array over its bits. Of a DTensor, its local shard's."""
+    t = _dtensor.local(t).detach()
     if t.dtype == torch.bfloat16:
         return t.view(torch.int16).numpy().view(bfloat16())
     return t.numpy()
@@ -199,8 +219,8 @@ def _host_views(tensors) -> list:
 
 def _device_views(tensors) -> list:
     """The params for the CUDA path, which reads ``__cuda_array_interface__``
-    (of a detached view where a tensor requires grad)."""
-    return list(tensors)
+    (of a detached view where a tensor requires grad); of a DTensor, its local shard."""
+    return list(map(_dtensor.local, tensors))
 
 
 def _device_grad_views(grads) -> list:
@@ -214,7 +234,9 @@ def _device_state(t: torch.Tensor):
     identity: for states, which only load_state_dict replaces (and which
     starts a new plan), that saves reading thousands of layouts per step.
     The array keeps its tensor alive. bfloat16 has no
-    ``__cuda_array_interface__``: such a state goes as the tensor itself."""
+    ``__cuda_array_interface__``: such a state goes as the tensor itself. Of
+    a DTensor, its local shard's."""
+    t = _dtensor.local(t)
     if t.dtype == torch.bfloat16:
         return t
     from numba import cuda as numba_cuda
@@ -265,11 +287,13 @@ def _new_state(p: torch.Tensor, name: str, state_dtype, slot: Slot, hparams, sta
     """The entries of a new state of ``p``, in the shape ``slot`` gives it:
     ``start`` everywhere, or a copy of (a slice of) ``p`` if the slot says so."""
     key = _STATE_KEYS[name]
-    shape = slot.shape(tuple(p.shape), hparams)
+    shape = _state_shape(p, slot, hparams)
     state_dtype = slot.state_dtype(state_dtype, _dtype_name(p.dtype))
     values = None
     if slot.copies_param:
-        values = p.detach().flatten()[::int(hparams["slice_p"])] if slot.sliced else p.detach()
+        values = p.detach()
+        if values.shape != shape:  # sliced: every slice_p-th element of the flattened param
+            values = values.flatten()[::int(hparams["slice_p"])]
     kind = _lowp.low_bit(state_dtype, math.prod(shape))
     if kind is not None:
         signed = name in SIGNED_STATES
@@ -289,6 +313,8 @@ def _new_state(p: torch.Tensor, name: str, state_dtype, slot: Slot, hparams, sta
     dtype = _float_dtype(p, state_dtype)
     if values is not None:
         return {key: values.to(dtype=dtype, copy=True).reshape(shape)}
+    if _dtensor.is_dtensor(p):  # a DTensor of the param's mesh and placements
+        return {key: torch.full_like(p, start, dtype=dtype)}
     return {key: torch.full(shape, start, dtype=dtype, device=p.device)}
 
 
@@ -308,6 +334,15 @@ def _to_param_precision(p: torch.Tensor, state: dict, key: str, dtype: torch.dty
     else:
         return
     state[key] = values.to(device=p.device, dtype=dtype).reshape(p.shape)
+
+
+def _state_shape(p: torch.Tensor, slot: Slot, hparams) -> tuple[int, ...]:
+    """The shape of a state of ``p`` in ``slot``. A DTensor's states all have
+    its shape, sharded as it is: Prodigy's s and p0 too (1-D elsewhere), as
+    the flattened shards of a param whose rows do not split evenly over the
+    ranks are not the shards of any 1-D DTensor (slice_p=1 only, see
+    _check_sharded)."""
+    return tuple(p.shape) if _dtensor.is_dtensor(p) else slot.shape(tuple(p.shape), hparams)
 
 
 def _from_torchao(state: dict) -> dict:
@@ -372,6 +407,9 @@ def _check_state(p: torch.Tensor, state, name: str, where: str, shape,
                    else f"a {type(t).__name__}")
             raise ValueError(f"{where}: state {entry!r} must be a tensor of shape "
                              f"{tuple(shape)} on {p.device}, got {got}")
+        why = _dtensor.mismatch(p, t)
+        if why:
+            raise ValueError(f"{where}: state {entry!r} {why}")
         allowed = (dtype,) if dtype else (torch.float32, p.dtype, torch.bfloat16)
         if t.dtype not in allowed:
             raise TypeError(f"{where}: state {entry!r} has dtype {t.dtype}; it must be "
@@ -379,7 +417,27 @@ def _check_state(p: torch.Tensor, state, name: str, where: str, shape,
                                f"dtype {p.dtype}"))
 
 
+def _check_sharded(p, state, group, kernel: Kernel, names, where: str) -> None:
+    """What a DTensor param (FSDP2's) cannot have, refused before its states are made."""
+    low_bit = [_STATE_KEYS[name] for name in names if _is_low_bit(state, _STATE_KEYS[name])]
+    if group["state_dtype"] in ("q8", "q4") or low_bit:
+        what = (f"state_dtype={group['state_dtype']!r}" if not low_bit
+                else f"its low-bit state {low_bit[0]!r}")
+        raise ValueError(f"{where} is a DTensor (sharded, e.g. by FSDP2's fully_shard): "
+                         f"{what} is not supported for DTensor parameters, whose local shards "
+                         "do not split into whole blocks of a q8 or q4 state; use "
+                         "state_dtype=None, 'float32' or 'bfloat16'")
+    sliced = [name for name in names if kernel.slot(name).sliced]
+    if sliced and _hparams.slice_step(group["slice_p"]) != 1:
+        raise ValueError(f"{where} is a DTensor (sharded, e.g. by FSDP2's fully_shard): "
+                         f"slice_p={group['slice_p']!r} is not supported for DTensor "
+                         "parameters, whose shards do not hold every slice_p-th element of "
+                         "the flattened parameter; use slice_p=1")
+
+
 def _check_param(p: torch.Tensor, where: str) -> None:
+    _dtensor.check_param(p, where)
+    p = _dtensor.local(p)  # what the kernels step
     if p.layout != torch.strided:
         raise TypeError(f"{where} is a {p.layout} tensor; lrfast updates dense tensors")
     if p.dtype not in (torch.float32, torch.float64, torch.bfloat16, torch.float16):
@@ -402,12 +460,19 @@ def _check_param(p: torch.Tensor, where: str) -> None:
 class _Call:
     """One step-function call: the parameters of a group on one device with
     the same number of completed updates (all of them, unless some missed
-    updates), as views made once."""
+    updates) and sharded alike over the ranks (``shards``, see
+    :func:`lrfast._dtensor.sharding`), as views made once (of the local
+    shards of DTensors; the ``flat`` states as 1-D views)."""
 
-    def __init__(self, opt, params, group_index, index, device, completed, names, counts_steps):
+    def __init__(self, opt, params, group_index, index, device, completed, shards, names, flat,
+                 counts_steps):
         # positions in the group's list of parameters with gradients; None: all
         self.index = None if len(index) == len(params) else index
-        self.stream = (group_index, index[0])  # where its random bits come from
+        # where its random bits come from; each shard of a param draws its own
+        self.stream = (group_index, index[0]) + _dtensor.shard_coordinate(shards)
+        # Prodigy's sums over the whole params: this rank's, then all-reduced
+        self.across = None if shards is None else functools.partial(_dtensor.all_reduce,
+                                                                     where=shards)
         on_host = device.type == "cpu"
         self.views = _host_views if on_host else _device_views
         # on the host the grads go as tensors to prepared calls (see run), on CUDA as views
@@ -415,14 +480,18 @@ class _Call:
         self.via = self.run if on_host else None
         self.prepared: dict[tuple, Callable] = {}
         state_view = _host_view if on_host else _device_state
+
+        def flat_view(t):  # Prodigy's s and p0, which a DTensor keeps in its param's shape
+            return state_view(_dtensor.local(t).view(-1))
+
         params = [params[i] for i in index]
         states = [opt.state[p] for p in params]
         keys = [_STATE_KEYS[name] for name in names]
         # what a step writes besides the step counts, whose own in-place add moves their version
         self.written = params + [t for key in keys for s in states for t in _state_tensors(s, key)]
         self.params = self.views(params)
-        self.states = {name: [_state_view(s, key, state_view) for s in states]
-                       for name, key in zip(names, keys)}
+        self.states = {name: [_state_view(s, key, flat_view if name in flat else state_view)
+                              for s in states] for name, key in zip(names, keys)}
         self.completed = completed
         self.counter = None
         if counts_steps:
@@ -436,7 +505,7 @@ class _Call:
             grads = [grads[i] for i in self.index]
         rounding = _lowp.rounding(stochastic_rounding, seed, self.completed, *self.stream)
         return Piece(self.params, self.grad_views(grads), self.states, self.completed + 1,
-                     rounding, self.done, self.via)
+                     rounding, self.done, self.via, self.across)
 
     def run(self, kernel: str, hparams: dict, seqs: tuple, names: tuple, check_only: bool):
         """A host call of a step function (see lrfast._backend.through): its
@@ -468,7 +537,8 @@ class _Plan:
     def __init__(self, opt, index, group, kernel, names, params):
         self.group, self.state, self.kernel, self.names = group, opt.state, kernel, names
         self.params = params
-        self.pointers = [p.data_ptr() for p in params]
+        self.distributed = _dtensor.any_dtensor(params)
+        self.pointers = _pointers(params, self.distributed)
         # a param reshaped in place keeps its pointer; Prodigy's slice_p sizes its states
         self.shapes = [p.shape for p in params]
         self.slice_p = group.get("slice_p")
@@ -478,18 +548,36 @@ class _Plan:
             where = f"param group {index}, parameter {i} (of those with a grad)"
             _check_param(p, where)
             completed = opt._init_state(p, group, kernel, names, where)
-            calls.setdefault((p.device, completed), []).append(i)
-        self.calls = [_Call(opt, params, index, i, device, completed, names, self.counts_steps)
-                      for (device, completed), i in calls.items()]
+            calls.setdefault((p.device, completed, _dtensor.sharding(p)), []).append(i)
+        flat = {name for name in names if kernel.slot(name).sliced}
+        self.calls = [_Call(opt, params, index, i, device, completed, shards, names, flat,
+                            self.counts_steps)
+                      for (device, completed, shards), i in calls.items()]
 
     def fits(self, opt, group, kernel, names, params) -> bool:
         return (group is self.group and opt.state is self.state and kernel is self.kernel
                 and names == self.names and opt._counts_steps(group) == self.counts_steps
                 and len(params) == len(self.params)
                 and all(map(operator.is_, params, self.params))
-                and list(map(torch.Tensor.data_ptr, params)) == self.pointers
+                and _pointers(params, self.distributed) == self.pointers
                 and [p.shape for p in params] == self.shapes
                 and group.get("slice_p") == self.slice_p)
+
+
+def _pointers(params, distributed: bool) -> list[int]:
+    # a DTensor's own data_ptr() is 0: its memory is its local shard's
+    return list(map(torch.Tensor.data_ptr, map(_dtensor.local, params) if distributed else params))
+
+
+def _local_grads(params: list, group_index: int) -> list:
+    """The local shards of the params' DTensor gradients, each checked to be
+    laid out over the ranks as its param is."""
+    for i, p in enumerate(params):
+        why = _dtensor.mismatch(p, p.grad)
+        if why:
+            raise ValueError(f"param group {group_index}, parameter {i} (of those with a "
+                             f"grad): its grad {why}")
+    return [_dtensor.local(p.grad) for p in params]
 
 
 class _Optimizer(torch.optim.Optimizer):
@@ -598,6 +686,8 @@ class _Optimizer(torch.optim.Optimizer):
         state_dtype) and checks the state it has; returns the number of
         updates ``p`` has had."""
         state = self.state[p]
+        if _dtensor.is_dtensor(p):
+            _check_sharded(p, state, group, kernel, names, where)
         if "step" in state or self._keeps_step:
             completed = int(state.get("step", 0))
         else:  # SGD counts nothing; only its first step differs (buffer = gradient)
@@ -607,7 +697,7 @@ class _Optimizer(torch.optim.Optimizer):
         hparams = kernel.hparams(group, _plain)
         for name in names:
             key, slot = _STATE_KEYS[name], kernel.slot(name)
-            shape = slot.shape(tuple(p.shape), hparams)
+            shape = _state_shape(p, slot, hparams)
             if not _has_state(state, key):
                 state.update(_new_state(p, name, group["state_dtype"], slot, hparams,
                                         slot.start_value(group, _plain)))
@@ -660,7 +750,7 @@ class _Optimizer(torch.optim.Optimizer):
             plan = self._plans.get(index)
             if plan is None or not plan.fits(self, group, kernel, names, params):
                 plan = self._plans[index] = _Plan(self, index, group, kernel, names, params)
-            grads = _contiguous(grads)
+            grads = _contiguous(_local_grads(params, index) if plan.distributed else grads)
             rounding = (bool(group["stochastic_rounding"]), int(group["seed"]))
             update.pieces = [call.piece(grads, *rounding) for call in plan.calls]
         for n, (kernel, updates) in enumerate(batches):
@@ -789,6 +879,7 @@ class Lion(_Optimizer):
                  decoupled_weight_decay=False, *, maximize=False,
                  state_dtype: str | None = None, stochastic_rounding: bool = False,
                  seed: int = 0):
+        _hparams.positive("lr", _plain(lr))  # lion-pytorch's assert; a step takes 0
         super().__init__(params, dict(lr=lr, betas=betas, weight_decay=weight_decay,
                                       decoupled_weight_decay=decoupled_weight_decay,
                                       init_lr=_plain(lr), maximize=maximize),
@@ -817,7 +908,9 @@ class _ScheduleFree(_Optimizer):
         moved = []
 
         def pairs(index, group):
-            params = [p for p in group["params"] if _has_state(self.state[p], "z")]
+            # .get: a state made here, empty, would tell torch.distributed.checkpoint's
+            # get/set_optimizer_state_dict that this optimizer has stepped
+            params = [p for p in group["params"] if _has_state(self.state.get(p, {}), "z")]
             moved.extend(params)
             batches = []
             for device in dict.fromkeys(p.device for p in params):
@@ -884,7 +977,10 @@ class Prodigy(_Optimizer):
     ``"exp_avg_sq"`` and ``"step"``; every group holds the estimate as
     prodigyopt does: ``d``, ``d_max``, ``d_numerator``, ``k``, and from the
     first step that moves it ``d_denom`` and ``d_hat``. ``fsdp_in_use=True``
-    (sharded parameters) is refused."""
+    (FSDP1's flat parameters) is refused; under FSDP2 (DTensor parameters)
+    the sums are all-reduced across the ranks without it, and ``s`` and
+    ``p0`` keep their parameter's shape and placements (``slice_p=1`` only;
+    see the module's docstring)."""
 
     kernel = KERNELS["prodigy"]
 
@@ -896,8 +992,9 @@ class Prodigy(_Optimizer):
                  seed: int = 0):
         _hparams.positive("lr", _plain(lr))
         if fsdp_in_use:
-            raise ValueError("lrfast.torch.Prodigy does not support fsdp_in_use=True (its d "
-                             "would need the sums of every shard)")
+            raise ValueError("lrfast.torch.Prodigy does not support fsdp_in_use=True (FSDP1's "
+                             "flat parameters); under FSDP2 (fully_shard), whose parameters "
+                             "are DTensors, it sums over every shard without it")
         super().__init__(params, dict(lr=lr, betas=betas, beta3=beta3, eps=eps,
                                       weight_decay=weight_decay, d0=d0, d_coef=d_coef,
                                       growth_rate=growth_rate,

@@ -2,14 +2,11 @@
 DDP and ZeroRedundancyOptimizer(optimizer_class=lrfast.torch.Adam) end with
 the parameters of a single-process run (float64, within 1e-10)."""
 
-import os
 import re
-import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from launch import run_script
 
 torch = pytest.importorskip("torch")
 dist = pytest.importorskip("torch.distributed")
@@ -25,19 +22,8 @@ pytestmark = [
 
 
 def test_zero_with_lrfast_matches_a_single_process():
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
-    # a session of its own, so that on a timeout the workers go down with it
-    proc = subprocess.Popen([sys.executable, str(EXAMPLE), "--steps", "8"], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
-    try:
-        out, _ = proc.communicate(timeout=TIMEOUT)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        out, _ = proc.communicate()
-        pytest.fail(f"the distributed example did not finish in {TIMEOUT} s:\n{out}")
-    assert proc.returncode == 0, out
+    returncode, out = run_script([str(EXAMPLE), "--steps", "8"], TIMEOUT)
+    assert returncode == 0, out
     owned = [int(n) for n in re.findall(r"rank \d: lrfast\.torch\.Adam updates (\d+) of", out)]
     total = int(re.search(r"of the (\d+) parameters", out).group(1))
     assert len(owned) == 2 and all(0 < n < total for n in owned) and sum(owned) == total, out

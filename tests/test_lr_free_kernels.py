@@ -297,9 +297,8 @@ def refused(error, match, fn, *arrays_, **kw):
 
 
 @pytest.mark.parametrize("kw, match", [
-    (dict(lr=-1e-4), r"lr must be a finite number > 0"),
-    (dict(lr=0.0), r"lr must be a finite number > 0"),
-    (dict(lr=math.inf), r"lr must be a finite number > 0"),
+    (dict(lr=-1e-4), r"lr must be a finite number >= 0"),
+    (dict(lr=math.inf), r"lr must be a finite number >= 0"),
     (dict(betas=(1.0, 0.99)), r"betas\[0\] must lie in \[0, 1\)"),
     (dict(betas=(0.9, -0.1)), r"betas\[1\] must lie in \[0, 1\)"),
     (dict(weight_decay=-0.1), r"weight_decay must be a finite number >= 0"),
@@ -308,6 +307,18 @@ def refused(error, match, fn, *arrays_, **kw):
 def test_lion_refuses(kw, match):
     p, g, m, _ = arrays()
     refused(ValueError, match, lrfast.lion_step, p, g, m, **kw)
+
+
+def test_lion_at_rate_0_moves_only_the_moment():
+    """As lion-pytorch's step (its constructor, and the classes', refuse 0):
+    torch.distributed.checkpoint steps a fresh optimizer at lr 0 to make its states."""
+    p, g, m, _ = arrays()
+    want = [x.copy() for x in (p, g, m)]
+    lrfast.lion_step(p, g, m, lr=0.0, weight_decay=0.5)
+    reference.lion_step(*want, lr=0.0, weight_decay=0.5)
+    np.testing.assert_array_equal(p, arrays()[0])
+    np.testing.assert_allclose(m, want[2], rtol=1e-6)
+    assert np.any(m != 0)
 
 
 SF_SGD = dict(lr=0.1, ckp1=0.5, step=1)

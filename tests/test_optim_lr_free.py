@@ -117,7 +117,11 @@ def test_bad_arguments_raise_clear_errors(name, kw, match):
         getattr(lrfast.optim, name)(initial_params(np.float32), **kw)
 
 
-@pytest.mark.parametrize(("name", "kw", "match"), BAD)
+# set later, Lion's lr=0 is taken (as lion-pytorch's step takes it)
+SET_LATER = [b for b in BAD if b[:2] != ("Lion", dict(lr=0.0))]
+
+
+@pytest.mark.parametrize(("name", "kw", "match"), SET_LATER)
 def test_bad_arguments_set_later_write_nothing(name, kw, match):
     params = initial_params(np.float32)
     opt = getattr(lrfast.optim, name)([{"params": params[:2]}, {"params": params[2:]}])
