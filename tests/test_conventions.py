@@ -109,9 +109,10 @@ def test_stochastic_rounding_of_float32_params_warns_at_the_callers_line():
         lo.Adam([np.ones(3, bfloat16())], stochastic_rounding=True)
 
 
-def test_version():
+def test_version(tmp_path):
+    # outside the checkout, whose source folder would hide an installed (non-editable) lrfast
     out = subprocess.run([sys.executable, "-m", "lrfast", "--version"], capture_output=True,
-                         text=True, timeout=60)
+                         text=True, timeout=60, cwd=tmp_path)
     assert out.returncode == 0 and out.stdout.strip().startswith(f"lrfast {lrfast.__version__}")
 
 
