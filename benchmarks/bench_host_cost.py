@@ -16,10 +16,10 @@ function and torch are timed on copies of the same params and grads.
 from __future__ import annotations
 
 import argparse
-import time
 
 import numpy as np
 import torch
+from bench_percore import best_seconds  # this folder is first on the path of a script
 
 import lrfast
 import lrfast.torch as lt
@@ -40,15 +40,8 @@ STEP_FUNCTIONS = {"sgd": "sgd_step", "adam": "adam_step", "adamw": "adamw_step",
 FUSED = ("sgd", "adam", "adamw", "adagrad")  # torch 2.13's fused CPU steps
 
 
-def best_ms(fn, rounds: int = 9, reps: int = 20) -> float:
-    fn()
-    best = float("inf")
-    for _ in range(rounds):
-        start = time.perf_counter()
-        for _ in range(reps):
-            fn()
-        best = min(best, (time.perf_counter() - start) / reps)
-    return best * 1e3
+def best_ms(fn) -> float:
+    return best_seconds(fn, rounds=9, reps=20) * 1e3
 
 
 def model_params(layout: str, dtype) -> list[torch.nn.Parameter]:

@@ -18,7 +18,8 @@ import lrfast
 STATE_DTYPES = ("float32", "bfloat16", "q8", "q4")
 
 
-def best_ns_per_element(fn, n, rounds=15, reps=100):
+def best_seconds(fn, rounds=15, reps=100):
+    """The best time of one ``fn()``, over ``rounds`` rounds of ``reps`` calls (after one warm-up)."""
     fn()
     best = float("inf")
     for _ in range(rounds):
@@ -26,7 +27,11 @@ def best_ns_per_element(fn, n, rounds=15, reps=100):
         for _ in range(reps):
             fn()
         best = min(best, (time.perf_counter() - start) / reps)
-    return best * 1e9 / n
+    return best
+
+
+def best_ns_per_element(fn, n, rounds=15, reps=100):
+    return best_seconds(fn, rounds, reps) * 1e9 / n
 
 
 def step_of(optimizer, p, g, state_dtype):

@@ -178,13 +178,21 @@ class Kernel:
         error in a later group's arrays (a state changed in place, a param
         reshaped) then comes before the first group is written, and names
         the group."""
-        pieces = [(update, piece) for update in updates for piece in update.pieces]
-        if first_checks_itself:
-            pieces = pieces[1:]
+        pieces = [(update, piece) for update in updates if self._steps(update)
+                  for piece in update.pieces]
         with checks_only():
-            for update, piece in pieces:
+            for n, (update, piece) in enumerate(pieces):
                 with naming_group(groups, update.group):
-                    self._apply(update, piece, grad_scale)
+                    self._check(update, piece, grad_scale, n == 0 and first_checks_itself)
+
+    def _steps(self, update: Update) -> bool:
+        """Whether :meth:`run` calls the step function on ``update``'s pieces."""
+        return True
+
+    def _check(self, update: Update, piece: Piece, grad_scale: float, first: bool) -> None:
+        """The checks of a piece's calls, but for what the ``first`` call checks itself."""
+        if not first:
+            self._apply(update, piece, grad_scale)
 
 
 @contextlib.contextmanager

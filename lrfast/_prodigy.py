@@ -33,8 +33,7 @@ from dataclasses import dataclass
 from typing import Mapping, MutableMapping, Sequence
 
 from . import _hparams, steps_lr_free
-from ._backend import checks_only
-from ._kernel import Kernel, Piece, Slot, Update, naming_group
+from ._kernel import Kernel, Piece, Slot, Update
 from .clip import global_norm
 from .reference_lr_free import prodigy_d_update, prodigy_dlr
 
@@ -99,34 +98,26 @@ class ProdigyKernel(Kernel):
                                      decouple=shared["decouple"], maximize=own["maximize"],
                                      grad_scale=grad_scale, **rounding)
 
-    def preflight(self, groups: Sequence[Mapping], updates: Sequence[Update],
-                  grad_scale: float = 1.0, *, first_checks_itself: bool = True) -> None:
-        """The checks of every call :meth:`run` makes after the first one
-        (the first reduction, which checks before it writes): the other
-        reductions and every update pass, which follows the reductions' writes."""
-        active = [(update, piece) for update in updates if update.lr > 0
-                  for piece in update.pieces]
-        shared = updates[0].hparams
-        d = shared["d"]
-        first = first_checks_itself
-        with checks_only():
-            for update, piece in active:
-                with naming_group(groups, update.group):
-                    if not first:
-                        self._reduce(piece.params, piece.grads, piece.states["ss"],
-                                     piece.states["p0s"], shared, update.hparams, d=d,
-                                     dlr=0.0, grad_scale=grad_scale)
-                    self._update(piece.params, piece.grads, piece.states, shared,
-                                 update.hparams, d=d, d_new=d, dlr=0.0,
-                                 grad_scale=grad_scale, rounding=piece.rounding)
-                first = False
+    def _steps(self, update: Update) -> bool:
+        return update.lr > 0  # a group at rate 0 is left as it is
+
+    def _check(self, update: Update, piece: Piece, grad_scale: float, first: bool) -> None:
+        """A piece's reduction (but the first, which checks before it
+        writes) and its update pass, which follows every reduction's writes.
+        The estimate is shared, so ``update``'s own keys hold it too."""
+        d = update.hparams["d"]
+        if not first:
+            self._reduce(piece.params, piece.grads, piece.states["ss"], piece.states["p0s"],
+                         update.hparams, update.hparams, d=d, dlr=0.0, grad_scale=grad_scale)
+        self._update(piece.params, piece.grads, piece.states, update.hparams, update.hparams,
+                     d=d, d_new=d, dlr=0.0, grad_scale=grad_scale, rounding=piece.rounding)
 
     def run(self, groups: Sequence[MutableMapping], updates: Sequence[Update],
             grad_scale: float = 1.0, grad_norm: float | None = None) -> None:
         """One step; first, the gradients must be finite (``grad_norm``: their
         global norm, if the caller has it): one inf or NaN would make
         ``d_numerator``, hence ``d`` and every later step, NaN for good."""
-        active = [update for update in updates if update.lr > 0]
+        active = [update for update in updates if self._steps(update)]
         # a list, not all(...) of a generator: every piece's all-reduce runs on every rank
         finite = [math.isfinite(grad_norm * grad_scale)] if grad_norm is not None else [
             _finite(piece, grad_scale) for update in active for piece in update.pieces]
@@ -165,7 +156,7 @@ class ProdigyKernel(Kernel):
             d_new, advance = new.d, True
         for update in updates:
             for piece in update.pieces:
-                if update.lr > 0:
+                if self._steps(update):
                     self._update(piece.params, piece.grads, piece.states, shared,
                                  update.hparams, d=d, d_new=d_new, dlr=dlr,
                                  grad_scale=grad_scale, rounding=piece.rounding)

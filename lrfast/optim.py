@@ -113,7 +113,6 @@ import os
 import secrets
 import threading
 import zipfile
-from functools import wraps
 from typing import IO, Any, Callable, Mapping, Union
 
 import numpy as np
@@ -186,7 +185,7 @@ KERNELS = {
 
 def exclusive(method):
     """``method`` run holding its optimizer's lock (``self._lock``)."""
-    @wraps(method)
+    @functools.wraps(method)
     def locked(self, *args, **kwargs):
         with self._lock:
             return method(self, *args, **kwargs)
@@ -1000,9 +999,6 @@ class Adadelta(Optimizer):
                                       maximize=maximize), **options)
 
 
-def _initial_rate(lr) -> float:
-    return rate_at(lr, 0)
-
 
 class Lion(Optimizer):
     """Lion (lion-pytorch's ``Lion``); state ``exp_avgs``. With
@@ -1014,10 +1010,10 @@ class Lion(Optimizer):
 
     def __init__(self, params, lr=1e-4, betas=(0.9, 0.99), weight_decay=0.0, *,
                  decoupled_weight_decay=False, maximize=False, **options):
-        _hparams.positive("lr", _initial_rate(lr))  # lion-pytorch's assert; a step takes 0
+        _hparams.positive("lr", rate_at(lr, 0))  # lion-pytorch's assert; a step takes 0
         super().__init__(params, dict(lr=lr, betas=betas, weight_decay=weight_decay,
                                       decoupled_weight_decay=decoupled_weight_decay,
-                                      init_lr=_initial_rate(lr), maximize=maximize), **options)
+                                      init_lr=rate_at(lr, 0), maximize=maximize), **options)
 
 
 class _ScheduleFree(Optimizer):
@@ -1093,7 +1089,7 @@ class Prodigy(Optimizer):
                  weight_decay=0.0, decouple=True, use_bias_correction=False,
                  safeguard_warmup=False, d0=1e-6, d_coef=1.0, growth_rate=math.inf, slice_p=1, *,
                  maximize=False, **options):
-        _hparams.positive("lr", _initial_rate(lr))
+        _hparams.positive("lr", rate_at(lr, 0))
         super().__init__(params, dict(lr=lr, betas=betas, beta3=beta3, eps=eps,
                                       weight_decay=weight_decay, decouple=decouple,
                                       use_bias_correction=use_bias_correction,

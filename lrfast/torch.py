@@ -135,8 +135,8 @@ import functools
 import math
 import operator
 import threading
-from typing import Callable
 from itertools import chain, groupby, repeat
+from typing import Callable
 
 import torch
 
@@ -569,15 +569,15 @@ def _pointers(params, distributed: bool) -> list[int]:
     return list(map(torch.Tensor.data_ptr, map(_dtensor.local, params) if distributed else params))
 
 
-def _local_grads(params: list, group_index: int) -> list:
+def _local_grads(params: list, grads: list, group_index: int) -> list:
     """The local shards of the params' DTensor gradients, each checked to be
     laid out over the ranks as its param is."""
-    for i, p in enumerate(params):
-        why = _dtensor.mismatch(p, p.grad)
+    for i, (p, g) in enumerate(zip(params, grads)):
+        why = _dtensor.mismatch(p, g)
         if why:
             raise ValueError(f"param group {group_index}, parameter {i} (of those with a "
                              f"grad): its grad {why}")
-    return [_dtensor.local(p.grad) for p in params]
+    return list(map(_dtensor.local, grads))
 
 
 class _Optimizer(torch.optim.Optimizer):
@@ -750,7 +750,7 @@ class _Optimizer(torch.optim.Optimizer):
             plan = self._plans.get(index)
             if plan is None or not plan.fits(self, group, kernel, names, params):
                 plan = self._plans[index] = _Plan(self, index, group, kernel, names, params)
-            grads = _contiguous(_local_grads(params, index) if plan.distributed else grads)
+            grads = _contiguous(_local_grads(params, grads, index) if plan.distributed else grads)
             rounding = (bool(group["stochastic_rounding"]), int(group["seed"]))
             update.pieces = [call.piece(grads, *rounding) for call in plan.calls]
         for n, (kernel, updates) in enumerate(batches):
