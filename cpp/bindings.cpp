@@ -597,12 +597,15 @@ class Prepared {
                 return std::pair{reinterpret_cast<std::uintptr_t>(p),
                                  std::uintptr_t(n) * std::uintptr_t(storage_bytes(s))};
             };
+            auto plain = [&, j = j](const auto& b, Storage s) {
+                return span(b.params[j], b.offsets[j + 1] - b.offsets[j], s);
+            };
             auto mixed = [&](const MixedTensor& x) {
                 return span(x.x[kParams].data, x.size, x.x[kParams].storage);
             };
             switch (batch) {
-                case 0: params_.push_back(span(c_.f32.params[j], c_.f32.offsets[j + 1] - c_.f32.offsets[j], Storage::f32)); break;
-                case 1: params_.push_back(span(c_.f64.params[j], c_.f64.offsets[j + 1] - c_.f64.offsets[j], Storage::f64)); break;
+                case 0: params_.push_back(plain(c_.f32, Storage::f32)); break;
+                case 1: params_.push_back(plain(c_.f64, Storage::f64)); break;
                 case 2: params_.push_back(mixed(c_.mixed32.tensors[j])); break;
                 default: params_.push_back(mixed(c_.mixed64.tensors[j])); break;
             }
