@@ -132,6 +132,7 @@ per parameter there on a CPU).
 from __future__ import annotations
 
 import functools
+import importlib
 import math
 import operator
 import threading
@@ -478,7 +479,7 @@ class _Call:
         # on the host the grads go as tensors to prepared calls (see run), on CUDA as views
         self.grad_views = list if on_host else _device_grad_views
         self.via = self.run if on_host else None
-        self.prepared: dict[tuple, Callable] = {}
+        self.prepared: dict[tuple, _core.Prepared] = {}
         state_view = _host_view if on_host else _device_state
 
         def flat_view(t):  # Prodigy's s and p0, which a DTensor keeps in its param's shape
@@ -489,6 +490,7 @@ class _Call:
         keys = [_STATE_KEYS[name] for name in names]
         # what a step writes besides the step counts, whose own in-place add moves their version
         self.written = params + [t for key in keys for s in states for t in _state_tensors(s, key)]
+        self.tensors = params
         self.params = self.views(params)
         self.states = {name: [_state_view(s, key, flat_view if name in flat else state_view)
                               for s in states] for name, key in zip(names, keys)}
@@ -520,6 +522,25 @@ class _Call:
                 kernel, (seqs[0], None) + seqs[2:], names)
         if not check_only:
             prepared(hparams, list(map(torch.Tensor.data_ptr, seqs[1])))
+
+    def watch(self, group_params: list, positions: list[int]) -> None:
+        """Lets this host call's prepared calls read the grads of
+        ``group_params`` themselves (``positions``: where this call's params
+        are in it): see _Optimizer._fast_step."""
+        dtypes, shapes = [p.dtype for p in self.tensors], [p.shape for p in self.tensors]
+        for prepared in self.prepared.values():
+            prepared.watch(group_params, positions, dtypes, shapes, torch.Tensor)
+
+    def capture(self, kernel: Kernel, hparams: dict, lr, stochastic_rounding, seed) -> list:
+        """The back-end calls a step of this call would make now, each as
+        (kernel name, argument names, the kernel's hparams): the step
+        function checked its hyperparameters and ran nothing."""
+        seen: list = []
+        rounding = _lowp.rounding(stochastic_rounding, seed, self.completed, *self.stream)
+        with _backend.through(lambda name, hp, seqs, names, check_only: seen.append((name, names, hp))):
+            kernel(self.params, self.params, self.states, {**hparams, **rounding}, lr=lr,
+                   step=self.completed + 1)
+        return seen
 
     def done(self, advance: bool) -> None:
         # the kernel wrote through views autograd does not see: tell it, as
@@ -569,6 +590,17 @@ def _pointers(params, distributed: bool) -> list[int]:
     return list(map(torch.Tensor.data_ptr, map(_dtensor.local, params) if distributed else params))
 
 
+def _check_grads(params: list, grads: list, group_index: int) -> None:
+    """Refuses a grad of another dtype or shape than its param's, which
+    torch's ``.grad`` setter refuses but ``.grad.data = ...`` and
+    ``.grad.resize_()`` do not (the kernels read a param's numel of it)."""
+    for i, (p, g) in enumerate(zip(params, grads)):
+        if g.dtype != p.dtype or g.shape != p.shape:
+            raise ValueError(f"param group {group_index}, parameter {i} (of those with a grad): "
+                             f"its grad has dtype {g.dtype} and shape {tuple(g.shape)}, its "
+                             f"param {p.dtype} and {tuple(p.shape)}")
+
+
 def _local_grads(params: list, grads: list, group_index: int) -> list:
     """The local shards of the params' DTensor gradients, each checked to be
     laid out over the ranks as its param is."""
@@ -578,6 +610,30 @@ def _local_grads(params: list, grads: list, group_index: int) -> list:
             raise ValueError(f"param group {group_index}, parameter {i} (of those with a "
                              f"grad): its grad {why}")
     return list(map(_dtensor.local, grads))
+
+
+def _hooked(step: Callable) -> Callable:
+    """``step`` with torch.optim's wrapper (the step hooks, and the
+    profiler's record of the step), whose record costs ~10 us a step when no
+    profiler listens: then, and without hooks, ``step`` runs on its own.
+    Marked ``hooked``, so torch.optim does not wrap it again."""
+    wrapped = torch.optim.Optimizer.profile_hook_step(step)
+    module = importlib.import_module("torch.optim.optimizer")  # torch.optim hides its name
+    hooks = [getattr(module, f"_global_optimizer_{when}_hooks", None) for when in ("pre", "post")]
+    if None in hooks:  # another torch: its wrapper as it is
+        return wrapped
+
+    @functools.wraps(step)
+    def wrapper(self, *args, **kwargs):
+        if (torch._C._autograd._profiler_enabled() or self._optimizer_step_pre_hooks
+                or self._optimizer_step_post_hooks or hooks[0] or hooks[1]):
+            return wrapped(self, *args, **kwargs)
+        out = step(self, *args, **kwargs)
+        self._optimizer_step_code()  # what torch.compile looks for
+        return out
+
+    wrapper.hooked = True  # type: ignore[attr-defined]
+    return wrapper
 
 
 class _Optimizer(torch.optim.Optimizer):
@@ -593,6 +649,7 @@ class _Optimizer(torch.optim.Optimizer):
         self._lock = threading.RLock()
         super().__init__(params, defaults)
         self._plans: dict[int, _Plan] = {}
+        self._fast: list | None = None  # see _fast_step
 
     def _kernel(self, group) -> Kernel:
         return self.kernel
@@ -605,6 +662,7 @@ class _Optimizer(torch.optim.Optimizer):
             for key, value in self.defaults.items():
                 group.setdefault(key, value)
         self._plans = {}
+        self._fast = None
 
     @exclusive
     def add_param_group(self, param_group) -> None:
@@ -712,6 +770,7 @@ class _Optimizer(torch.optim.Optimizer):
             _check_state(p, state, name, where, shape, slot.param_dtype)
         return completed
 
+    @_hooked
     def step(self, closure=None):
         """Performs one update (one fused call per param group); returns the
         closure's loss, if a closure was given."""
@@ -724,6 +783,65 @@ class _Optimizer(torch.optim.Optimizer):
         return loss
 
     def _step(self) -> None:
+        if self._fast_step():
+            return
+        self._fast = None
+        self._slow_step()
+        self._fast = self._fast_path()
+
+    def _fast_path(self) -> list | None:
+        """What :meth:`_fast_step` reads of each param group, after a step of
+        them all; None where a group takes more than one call, runs on CUDA or
+        on DTensors, or has a kernel that does more than one call a step (the
+        schedule-free ones, Prodigy)."""
+        entries = []
+        for index, group in enumerate(self.param_groups):
+            plan, kernel = self._plans.get(index), self._kernel(group)
+            if (plan is None or plan.group is not group or plan.distributed
+                    or len(plan.calls) != 1 or plan.calls[0].via is None
+                    or type(kernel).run is not Kernel.run or type(kernel)._apply is not Kernel._apply):
+                return None
+            ids = set(map(id, plan.params))
+            plan.calls[0].watch(group["params"],
+                                [i for i, p in enumerate(group["params"]) if id(p) in ids])
+            entries.append((group, kernel, plan.names, plan.counts_steps, plan.calls[0]))
+        return entries
+
+    def _fast_step(self) -> bool:
+        """A step of host params when nothing but their grads and the values
+        of the hyperparameters changed since the last one: the hyperparameters
+        checked and each call's back-end form computed by its step function
+        (capture), then every group's grads read and checked in C++ (take),
+        then the runs. False, with nothing written, where anything else
+        changed (or anything is wrong): the slow path then steps, or says what."""
+        if self._fast is None or len(self.param_groups) != len(self._fast):
+            return False
+        runs = []
+        try:
+            for group, (known, kernel, names, counts_steps, call) in zip(self.param_groups,
+                                                                        self._fast):
+                if (group is not known or self._kernel(group) is not kernel
+                        or self._counts_steps(group) != counts_steps):
+                    return False
+                _check_supported(group)
+                kernel.check_start_values(group, _plain)
+                hparams = kernel.hparams(group, _plain)
+                if kernel.uses(hparams) != names:
+                    return False
+                seen = call.capture(kernel, hparams, _plain(group["lr"]),
+                                    bool(group["stochastic_rounding"]), int(group["seed"]))
+                prepared = call.prepared.get(seen[0][:2]) if len(seen) == 1 else None
+                if prepared is None or not prepared.take(group["params"]):
+                    return False
+                runs.append((prepared, seen[0][2], call))
+        except (TypeError, ValueError):
+            return False
+        for prepared, hparams, call in runs:
+            prepared.run_taken(hparams)
+            call.done(True)
+        return True
+
+    def _slow_step(self) -> None:
         # Every group is checked before the first write, so an error leaves
         # them all as they were (as a step function does for its list).
         todo = []
@@ -750,6 +868,7 @@ class _Optimizer(torch.optim.Optimizer):
             plan = self._plans.get(index)
             if plan is None or not plan.fits(self, group, kernel, names, params):
                 plan = self._plans[index] = _Plan(self, index, group, kernel, names, params)
+            _check_grads(params, grads, index)
             grads = _contiguous(_local_grads(params, grads, index) if plan.distributed else grads)
             rounding = (bool(group["stochastic_rounding"]), int(group["seed"]))
             update.pieces = [call.piece(grads, *rounding) for call in plan.calls]
