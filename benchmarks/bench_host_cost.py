@@ -7,6 +7,9 @@ own step (fused where torch has one, else foreach), on two layouts:
 * a 64-256-256-10 MLP (6 params), float32 and bfloat16: the small-model case,
   where a step is nearly all host work.
 
+From its second step on, a class whose step is one call per param group
+(all but schedule-free and Prodigy) takes lrfast.torch's fast path.
+
     python benchmarks/bench_host_cost.py [--threads N] [--optimizers adamw,sgd,...]
 
 One thread by default for lrfast and torch, best of 9 rounds; the step
@@ -33,6 +36,9 @@ OPTIMIZERS = {
     "adagrad": (lt.Adagrad, dict(lr=1e-2), torch.optim.Adagrad, ("state_sums",)),
     "adadelta": (lt.Adadelta, dict(lr=1.0), torch.optim.Adadelta, ("square_avgs", "acc_deltas")),
     "lion": (lt.Lion, dict(lr=1e-4), None, ("exp_avgs",)),
+    # classes that run more than one call a step, or keep scalars across steps: the slow path
+    "schedulefree_adamw": (lt.ScheduleFreeAdamW, dict(lr=2.5e-3), None, ()),
+    "prodigy": (lt.Prodigy, dict(lr=1.0, growth_rate=1.02), None, ()),  # the same grads at every step
 }
 STEP_FUNCTIONS = {"sgd": "sgd_step", "adam": "adam_step", "adamw": "adamw_step",
                   "rmsprop": "rmsprop_step", "adagrad": "adagrad_step",
@@ -80,9 +86,11 @@ def row(name: str, layout: str, dtype) -> dict:
     cls, kw, torch_cls, _ = OPTIMIZERS[name]
     params = model_params(layout, dtype)
     ours = cls(params, **kw)
+    if hasattr(ours, "train"):  # schedule-free steps in train mode
+        ours.train()
     out = {"optimizer": name, "layout": layout, "dtype": str(dtype).removeprefix("torch."),
            "lrfast.torch ms": best_ms(ours.step)}
-    if dtype == torch.float32:
+    if dtype == torch.float32 and name in STEP_FUNCTIONS:
         out["step function ms"] = best_ms(step_function(name, clones(params), kw))
     if torch_cls is not None:
         how = {"fused": True} if name in FUSED else {"foreach": True}

@@ -158,43 +158,104 @@ struct StateShape {
     }
 };
 
+// torch's objects that the host path reads, looked up once torch is imported
+// (an object can be a torch tensor only then) and kept for the process's life.
+struct TorchTypes {
+    PyObject *tensor = nullptr, *parameter = nullptr, *strided = nullptr;
+    PyObject* dtypes[4] = {};  // float32, float64, float16, bfloat16
+};
+
+const TorchTypes* torch_types() {
+    static TorchTypes types;  // guarded by the GIL
+    if (types.tensor == nullptr) {
+        PyObject* torch = PyDict_GetItemString(PyImport_GetModuleDict(), "torch");  // borrowed
+        if (torch == nullptr) return nullptr;
+        const py::module_ t = py::reinterpret_borrow<py::module_>(torch);
+        if (!py::hasattr(t, "Tensor") || !py::hasattr(t, "nn")) return nullptr;  // mid-import
+        const char* names[4] = {"float32", "float64", "float16", "bfloat16"};
+        auto keep = [](py::object o) { return o.release().ptr(); };
+        for (int k = 0; k < 4; ++k) types.dtypes[k] = keep(t.attr(names[k]));
+        types.strided = keep(t.attr("strided"));
+        types.parameter = keep(t.attr("nn").attr("Parameter"));
+        types.tensor = keep(t.attr("Tensor"));
+    }
+    return &types;
+}
+
 bool is_torch_tensor(const py::handle& obj) {
-    const py::object module = py::type::of(obj).attr("__module__");
-    return py::str(module).cast<std::string>().rfind("torch", 0) == 0 &&
-           py::hasattr(obj, "numpy") && py::hasattr(obj, "detach");
+    const TorchTypes* torch = torch_types();
+    return torch != nullptr && PyObject_IsInstance(obj.ptr(), torch->tensor) == 1;
+}
+
+// A CPU torch tensor (a plain Tensor or Parameter) as a NumPy view of its
+// memory, built from its data pointer, shape and strides: ~10x cheaper than
+// torch's .detach().numpy(), which refuses the same tensors (negative or
+// conjugate bit, not strided). A bfloat16 tensor is viewed as int16 and
+// `forced` says bfloat16. Other dtypes give None (the caller's message).
+py::object torch_view(py::handle obj, const std::string& name, Storage& forced) {
+    const TorchTypes& torch = *torch_types();
+    if (obj.attr("layout").ptr() != torch.strided || obj.attr("is_neg")().cast<bool>() ||
+        obj.attr("is_conj")().cast<bool>())
+        throw py::type_error(name + " is a torch tensor that is not a plain strided one "
+                             "(sparse, or with its negative or conjugate bit set); resolve it "
+                             "first");
+    const PyObject* dtype = obj.attr("dtype").ptr();
+    int k = 0;
+    while (k < 4 && dtype != torch.dtypes[k]) ++k;
+    if (k == 4) return py::none();
+    if (k == 3) forced = Storage::bf16;
+    // by type number: a dtype made from a name parses it in Python (~5 us)
+    constexpr int kNpyHalf = 23;
+    const py::dtype dt = k == 0   ? py::dtype::of<float>()
+                         : k == 1 ? py::dtype::of<double>()
+                         : k == 2 ? py::dtype(kNpyHalf)
+                                  : py::dtype::of<std::int16_t>();
+    std::vector<py::ssize_t> shape, strides;
+    for (const py::handle n : obj.attr("shape")) shape.push_back(n.cast<py::ssize_t>());
+    for (const py::handle n : obj.attr("stride")().cast<py::tuple>())
+        strides.push_back(n.cast<py::ssize_t>() * dt.itemsize());
+    void* data = PyLong_AsVoidPtr(obj.attr("data_ptr")().ptr());
+    if (data == nullptr && PyErr_Occurred()) throw py::error_already_set();
+    return py::array(dt, shape, strides, data, obj);
 }
 
 // A NumPy view of `obj` that shares its memory: an ndarray itself, a view of a
-// buffer or an __array_interface__ exporter, or a CPU torch tensor's .numpy().
-// NumPy has no bfloat16 of its own, so a torch bfloat16 tensor is viewed as
-// int16 and `forced` says bfloat16. Anything that could only be converted by
-// copying is refused: the update would land in the copy.
+// buffer or an __array_interface__ exporter, or a CPU torch tensor's memory.
+// Anything that could only be converted by copying is refused: the update
+// would land in the copy.
 py::array as_array(py::handle obj, const py::tuple& names, int i, std::size_t t,
                    std::vector<py::object>& keep, Storage& forced) {
     if (py::isinstance<py::array>(obj)) return py::reinterpret_borrow<py::array>(obj);
     const std::string name = where(names, i, t);
-    if (py::hasattr(obj, "__cuda_array_interface__"))
-        throw py::type_error(name + " is a CUDA device array, but " +
-                             "the first params array is on the host: one call takes arrays "
-                             "on one device");
+    const std::string mixed = name + " is a CUDA device array, but the first params array is "
+                              "on the host: one call takes arrays on one device";
     py::object view;
-    if (PyObject_CheckBuffer(obj.ptr()) || py::hasattr(obj, "__array_interface__")) {
-        view = py::module_::import("numpy").attr("asarray")(obj);
-    } else if (is_torch_tensor(obj)) {
-        if (py::str(obj.attr("device").attr("type")).cast<std::string>() != "cpu")
+    // a torch tensor first: its __cuda_array_interface__ raises on the CPU, at ~5 us a tensor
+    if (is_torch_tensor(obj)) {
+        const std::string device = py::str(obj.attr("device").attr("type"));
+        if (device == "cuda") throw py::type_error(mixed);
+        if (device != "cpu")
             throw py::type_error(name + " is a torch tensor on " +
                                  py::str(obj.attr("device")).cast<std::string>() +
                                  "; the C++ path takes CPU tensors");
-        try {
-            py::object tensor = obj.attr("detach")();
-            if (py::str(obj.attr("dtype")).equal(py::str("torch.bfloat16"))) {
-                tensor = tensor.attr("view")(py::module_::import("torch").attr("int16"));
-                forced = Storage::bf16;
+        const TorchTypes& torch = *torch_types();
+        if (Py_TYPE(obj.ptr()) == reinterpret_cast<PyTypeObject*>(torch.tensor) ||
+            Py_TYPE(obj.ptr()) == reinterpret_cast<PyTypeObject*>(torch.parameter)) {
+            view = torch_view(obj, name, forced);
+        } else {
+            try {  // a subclass: torch says whether it has memory of its own
+                view = obj.attr("detach")().attr("numpy")();
+            } catch (py::error_already_set& e) {
+                throw py::type_error(name + ": " + e.what());
             }
-            view = tensor.attr("numpy")();
-        } catch (py::error_already_set& e) {  // a dtype NumPy lacks, such as bfloat16
-            throw py::type_error(name + ": " + e.what());
         }
+        if (view.is_none())
+            throw py::type_error(name + " must be a float32, float64, bfloat16 or float16 "
+                                 "tensor, got " + py::str(obj.attr("dtype")).cast<std::string>());
+    } else if (py::hasattr(obj, "__cuda_array_interface__")) {
+        throw py::type_error(mixed);
+    } else if (PyObject_CheckBuffer(obj.ptr()) || py::hasattr(obj, "__array_interface__")) {
+        view = py::module_::import("numpy").attr("asarray")(obj);
     } else {
         throw py::type_error(name + " must be a float32, float64, bfloat16 or float16 array "
                              "(NumPy array, buffer or CPU torch tensor), got " +

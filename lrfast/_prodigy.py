@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from typing import Mapping, MutableMapping, Sequence
 
 from . import _hparams, steps_lr_free
+from ._backend import through
 from ._kernel import Kernel, Piece, Slot, Update
 from .clip import global_norm
 from .reference_lr_free import prodigy_d_update, prodigy_dlr
@@ -90,13 +91,14 @@ class ProdigyKernel(Kernel):
                          maximize=own["maximize"], grad_scale=grad_scale)
 
     def _update(self, params, grads, states, shared, own, *, d, d_new, dlr, grad_scale,
-                rounding):
-        steps_lr_free.prodigy_update(params, grads, states.get("exp_avgs"),
-                                     states["exp_avg_sqs"], d=d, d_new=d_new, dlr=dlr,
-                                     betas=shared["betas"], eps=own["eps"],
-                                     weight_decay=own["weight_decay"],
-                                     decouple=shared["decouple"], maximize=own["maximize"],
-                                     grad_scale=grad_scale, **rounding)
+                rounding, via=None):
+        with through(via):  # lrfast.torch's prepared host calls (see Piece)
+            steps_lr_free.prodigy_update(params, grads, states.get("exp_avgs"),
+                                         states["exp_avg_sqs"], d=d, d_new=d_new, dlr=dlr,
+                                         betas=shared["betas"], eps=own["eps"],
+                                         weight_decay=own["weight_decay"],
+                                         decouple=shared["decouple"], maximize=own["maximize"],
+                                         grad_scale=grad_scale, **rounding)
 
     def _steps(self, update: Update) -> bool:
         return update.lr > 0  # a group at rate 0 is left as it is
@@ -110,7 +112,8 @@ class ProdigyKernel(Kernel):
             self._reduce(piece.params, piece.grads, piece.states["ss"], piece.states["p0s"],
                          update.hparams, update.hparams, d=d, dlr=0.0, grad_scale=grad_scale)
         self._update(piece.params, piece.grads, piece.states, update.hparams, update.hparams,
-                     d=d, d_new=d, dlr=0.0, grad_scale=grad_scale, rounding=piece.rounding)
+                     d=d, d_new=d, dlr=0.0, grad_scale=grad_scale, rounding=piece.rounding,
+                     via=piece.via)
 
     def run(self, groups: Sequence[MutableMapping], updates: Sequence[Update],
             grad_scale: float = 1.0, grad_norm: float | None = None) -> None:
@@ -159,7 +162,8 @@ class ProdigyKernel(Kernel):
                 if self._steps(update):
                     self._update(piece.params, piece.grads, piece.states, shared,
                                  update.hparams, d=d, d_new=d_new, dlr=dlr,
-                                 grad_scale=grad_scale, rounding=piece.rounding)
+                                 grad_scale=grad_scale, rounding=piece.rounding,
+                                 via=piece.via)
                 piece.done(advance)  # a group at rate 0 counts the step, as prodigyopt
 
 

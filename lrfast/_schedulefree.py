@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Callable, Mapping, MutableMapping, Sequence
 
 from . import _hparams, steps_lr_free
+from ._backend import through
 from ._kernel import Kernel, Slot, Update
 from .reference_lr_free import ScheduleFreeScalars, ScheduleFreeStepScalars
 
@@ -79,12 +80,14 @@ class ScheduleFreeKernel(Kernel):
                 "or underflows float64")
         return scalars, now
 
-    def _call(self, piece_arrays, hparams: Mapping, scalars, grad_scale, rounding) -> None:
+    def _call(self, piece_arrays, hparams: Mapping, scalars, grad_scale, rounding,
+              via=None) -> None:
         params, grads, states = piece_arrays
         keywords = {key: v for key, v in hparams.items() if key not in SCHEDULE}
-        self.step(params, grads, *(states[name] for name in self.states), lr=scalars.lr,
-                  ckp1=scalars.ckp1, step=scalars.step, grad_scale=grad_scale, **keywords,
-                  **rounding)
+        with through(via):  # lrfast.torch's prepared host calls (see Piece)
+            self.step(params, grads, *(states[name] for name in self.states), lr=scalars.lr,
+                      ckp1=scalars.ckp1, step=scalars.step, grad_scale=grad_scale, **keywords,
+                      **rounding)
 
     def joining(self, group: dict, groups: Sequence[Mapping]) -> dict:
         """A new group's params have no z yet (x = y = z): it joins in the
@@ -113,7 +116,7 @@ class ScheduleFreeKernel(Kernel):
         for update in updates:
             scalars, now = self.advance(update.hparams, update.lr)
             for piece in update.pieces:
-                self._call(piece[:3], update.hparams, now, grad_scale, piece.rounding)
+                self._call(piece[:3], update.hparams, now, grad_scale, piece.rounding, piece.via)
                 piece.done(True)
             # after the first call, which checks its arrays before it writes
             update.group.update(k=scalars.k, lr_max=scalars.lr_max,
@@ -121,7 +124,7 @@ class ScheduleFreeKernel(Kernel):
 
     def _apply(self, update: Update, piece, grad_scale: float) -> None:
         self._call(piece[:3], update.hparams, self.advance(update.hparams, update.lr)[1],
-                   grad_scale, piece.rounding)
+                   grad_scale, piece.rounding, piece.via)
 
 
 _HYPER = ("weight_decay", "maximize") + SCHEDULE
