@@ -171,3 +171,33 @@ def test_step_hooks_and_the_profiler_see_every_step():
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
         opt.step()
     assert any(e.name == "Optimizer.step#AdamW.step" for e in prof.events())
+
+
+# The step functions read a CPU torch tensor from its data pointer, shape and
+# strides (lrfast/_core's torch_view), refusing what torch's .numpy() refuses.
+
+def test_a_step_function_updates_offset_views_of_torch_tensors_in_place():
+    import numpy as np
+
+    import lrfast
+
+    base = torch.arange(40, dtype=torch.float32) / 7
+    p, g = base[3:20], torch.ones(17)
+    want = p.numpy().copy() - 0.1 * (g.numpy() + 0.01 * p.numpy())
+    lrfast.sgd_step(p, g, lr=0.1, weight_decay=0.01)
+    np.testing.assert_array_equal(p.numpy(), want)
+    assert torch.equal(base[:3], torch.arange(3, dtype=torch.float32) / 7)
+
+
+@pytest.mark.parametrize("make, error, match", [
+    (lambda: torch.zeros(4, 5).t(), ValueError, "contiguous"),
+    (lambda: torch._neg_view(torch.zeros(6)), TypeError, "negative"),
+    (lambda: torch.zeros(6, dtype=torch.int64), TypeError, "float32"),
+    (lambda: torch.zeros(6).to_sparse(), TypeError, "sparse"),
+])
+def test_torch_tensors_a_step_function_cannot_take_are_refused_by_name(make, error, match):
+    import lrfast
+
+    p = torch.zeros(make().shape)
+    with pytest.raises(error, match=match):
+        lrfast.sgd_step([torch.zeros(3), p], [torch.zeros(3), make()], lr=0.1)
