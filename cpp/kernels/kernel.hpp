@@ -54,10 +54,9 @@ inline void branch(F&& f, bool flag, Rest... rest) {
 #include "lrfast/optimizers.def"
 #undef LRFAST_OPTIMIZER
 
-// Adam/AdamW and SGD on a tensor whose arrays are all bfloat16 (cpp/kernels/adam.cpp, sgd.cpp).
+// Adam/AdamW on a tensor whose arrays are all bfloat16 (cpp/kernels/adam.cpp).
 struct Bf16;
 void adam_bf16(const AdamParams& hp, Bf16* p, const Bf16* g, Bf16* const* s, std::int64_t n);
-void sgd_bf16(const SgdParams& hp, Bf16* p, const Bf16* g, Bf16* const* s, std::int64_t n);
 
 // Prodigy's reduction (cpp/kernels/prodigy.cpp), on arrays of T and on mixed tensors.
 template <class T>

@@ -24,8 +24,6 @@ template <class P>
 constexpr UpdateFn<P, Bf16> bf16_kernel = nullptr;
 template <>
 constexpr UpdateFn<AdamParams, Bf16> bf16_kernel<AdamParams> = &adam_bf16;
-template <>
-constexpr UpdateFn<SgdParams, Bf16> bf16_kernel<SgdParams> = &sgd_bf16;
 
 // The state slots an update only reads, a bit each (slot k: bit k - 2), whose
 // buffers are not written back: schedule-free's eval()/train() reads z.
