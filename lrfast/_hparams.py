@@ -344,6 +344,13 @@ def nadam_mu(step, beta1, momentum_decay) -> float:
     return beta1 * (1.0 - 0.5 * (0.96 ** (step * momentum_decay)))
 
 
+def nadam_mu_product(previous, step, beta1, momentum_decay) -> float:
+    """NAdam's ``mu_product`` after ``step``: ``previous * mu_step`` in
+    float32, as torch's ``state["mu_product"]`` (a float32 tensor under
+    torch's default dtype) is multiplied."""
+    return float(np.float32(previous) * np.float32(nadam_mu(step, beta1, momentum_decay)))
+
+
 def nadam(*, lr, step, betas, eps, weight_decay, momentum_decay, decoupled_weight_decay,
           mu_product, maximize, grad_scale, stochastic_rounding=False, seed=0):
     lr, weight_decay, decoupled = _decay(lr, weight_decay, decoupled_weight_decay)
