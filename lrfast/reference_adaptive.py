@@ -33,21 +33,28 @@ def _grad(g, t, grad_scale, maximize):
     return -d if maximize else d
 
 
-def _adam_moments(d, M, V, t, beta1, beta2):
-    """m and v as torch's NAdam and RAdam update them (the lerp as Adam's)."""
-    M = M + t(1 - beta1) * (d - M)
-    V = V * t(beta2) + t(1 - beta2) * d * d
-    return M, V
-
-
-def _decayed(P, d, t, lr, weight_decay, decoupled):
-    """torch's weight decay: the param shrinks first (decoupled) or the
-    gradient takes ``weight_decay * param``."""
-    if weight_decay != 0 and decoupled:
-        P = P * t(1 - lr * weight_decay)
-    elif weight_decay != 0:
-        d = d + t(weight_decay) * P
-    return P, d
+def _with_moments(params, grads, exp_avgs, exp_avg_sqs, *, step, betas, lr, weight_decay,
+                  decoupled, maximize, grad_scale, stochastic_rounding, seed, update):
+    """What NAdam and RAdam share with torch's Adam, per tensor: the weight
+    decay (the param shrinks first if ``decoupled``, else the gradient takes
+    ``weight_decay * param``), then the moments (the lerp as Adam's); then
+    ``update(P, d, M, V, t)`` returns the new param."""
+    check_signed(exp_avgs, "exp_avgs")
+    store_param = ParamStore(stochastic_rounding, seed, step)
+    beta1, beta2 = betas
+    for p, g, m, v in each(params, grads, exp_avgs, exp_avg_sqs):
+        t = arithmetic_dtype(p).type
+        P, M, V = (load(x, np.dtype(t)) for x in (p, m, v))
+        d = _grad(g, t, grad_scale, maximize)
+        if weight_decay != 0 and decoupled:
+            P = P * t(1 - lr * weight_decay)
+        elif weight_decay != 0:
+            d = d + t(weight_decay) * P
+        M = M + t(1 - beta1) * (d - M)
+        V = V * t(beta2) + t(1 - beta2) * d * d
+        store(m, M)
+        store(v, V)
+        store_param(p, update(P, d, M, V, t))
 
 
 def nadam_step(params, grads, exp_avgs, exp_avg_sqs, *, lr=2e-3, step, mu_product,
@@ -67,27 +74,26 @@ def nadam_step(params, grads, exp_avgs, exp_avg_sqs, *, lr=2e-3, step, mu_produc
 
     ``mu_product`` is ``mu_1 * ... * mu_step``, this step's included: torch's
     ``state["mu_product"]`` after the step (torch accumulates it in float32,
-    and so do lrfast's classes); ``mu_next = mu_(step + 1)``.
+    and so do lrfast's classes); ``mu_next = mu_(step + 1)``. Where torch
+    divides (by ``1 - beta2**step``, then each term by ``denom``), this
+    multiplies by reciprocals, ``1 / (1 - beta2**step)`` computed in double
+    and ``r = 1 / denom``: ``param + (coef * g) * r``, an ulp or two from
+    torch's ``param + (coef * g) / denom``, one division per element.
     """
-    check_signed(exp_avgs, "exp_avgs")
     hp = _hparams.nadam(lr=lr, step=step, betas=betas, eps=eps, weight_decay=weight_decay,
                         momentum_decay=momentum_decay,
                         decoupled_weight_decay=decoupled_weight_decay, mu_product=mu_product,
                         maximize=maximize, grad_scale=grad_scale)
-    store_param = ParamStore(stochastic_rounding, seed, step)
-    beta1, beta2 = betas
-    for p, g, m, v in each(params, grads, exp_avgs, exp_avg_sqs):
-        t = arithmetic_dtype(p).type
-        P, M, V = (load(x, np.dtype(t)) for x in (p, m, v))
-        P, d = _decayed(P, _grad(g, t, grad_scale, maximize), t, lr, weight_decay,
-                        decoupled_weight_decay)
-        M, V = _adam_moments(d, M, V, t, beta1, beta2)
-        denom = np.sqrt(V / t(hp["bias_correction2"])) + t(eps)
-        P = P + t(hp["grad_coef"]) * d / denom
-        P = P + t(hp["avg_coef"]) * M / denom
-        store(m, M)
-        store(v, V)
-        store_param(p, P)
+
+    def update(P, d, M, V, t):
+        r = t(1) / (np.sqrt(V * t(1.0 / hp["bias_correction2"])) + t(eps))
+        P = P + t(hp["grad_coef"]) * d * r
+        return P + t(hp["avg_coef"]) * M * r
+
+    _with_moments(params, grads, exp_avgs, exp_avg_sqs, step=step, betas=betas, lr=lr,
+                  weight_decay=weight_decay, decoupled=decoupled_weight_decay, maximize=maximize,
+                  grad_scale=grad_scale, stochastic_rounding=stochastic_rounding, seed=seed,
+                  update=update)
 
 
 def radam_step(params, grads, exp_avgs, exp_avg_sqs, *, lr=1e-3, step, betas=(0.9, 0.999),
@@ -106,29 +112,25 @@ def radam_step(params, grads, exp_avgs, exp_avg_sqs, *, lr=1e-3, step, betas=(0.
         param = param - b * lr * (sqrt(1 - beta2**step) / (sqrt(v) + eps)) * rect  if rho_t > 5
         param = param - b * lr                                                     otherwise
 
-    The switch and ``rect`` depend on ``step`` and ``beta2`` only: host scalars.
+    The switch and ``rect`` depend on ``step`` and ``beta2`` only: host
+    scalars. ``b`` is ``m`` times ``1 / (1 - beta1**step)`` (computed in
+    double), where torch divides: an ulp apart, one division fewer.
     """
-    check_signed(exp_avgs, "exp_avgs")
     hp = _hparams.radam(lr=lr, step=step, betas=betas, eps=eps, weight_decay=weight_decay,
                         decoupled_weight_decay=decoupled_weight_decay, maximize=maximize,
                         grad_scale=grad_scale)
-    store_param = ParamStore(stochastic_rounding, seed, step)
-    beta1, beta2 = betas
-    for p, g, m, v in each(params, grads, exp_avgs, exp_avg_sqs):
-        t = arithmetic_dtype(p).type
-        P, M, V = (load(x, np.dtype(t)) for x in (p, m, v))
-        P, d = _decayed(P, _grad(g, t, grad_scale, maximize), t, lr, weight_decay,
-                        decoupled_weight_decay)
-        M, V = _adam_moments(d, M, V, t, beta1, beta2)
-        b = M / t(hp["bias_correction1"])
+
+    def update(P, d, M, V, t):
+        b = M * t(1.0 / hp["bias_correction1"])
         if hp["rectified"]:
-            adaptive = t(hp["bias_correction2_sqrt"]) / (np.sqrt(V) + t(eps))
-            P = P - b * t(lr) * adaptive * t(hp["rect"])
-        else:
-            P = P - b * t(lr)
-        store(m, M)
-        store(v, V)
-        store_param(p, P)
+            return P - b * t(lr) * (t(hp["bias_correction2_sqrt"]) / (np.sqrt(V) + t(eps))) \
+                * t(hp["rect"])
+        return P - b * t(lr)
+
+    _with_moments(params, grads, exp_avgs, exp_avg_sqs, step=step, betas=betas, lr=lr,
+                  weight_decay=weight_decay, decoupled=decoupled_weight_decay, maximize=maximize,
+                  grad_scale=grad_scale, stochastic_rounding=stochastic_rounding, seed=seed,
+                  update=update)
 
 
 def adamax_step(params, grads, exp_avgs, exp_infs, *, lr=2e-3, step, betas=(0.9, 0.999),

@@ -20,7 +20,7 @@ def _weight_decay_flags(hp):
 def _nadam(coupled_weight_decay, decoupled_weight_decay):
     @cuda.jit(device=True)
     def body(p, g, m, v, unused, k):
-        gs, wd, decay, w1, beta2, w2, bc2, eps, grad_coef, avg_coef = k
+        gs, wd, decay, w1, beta2, w2, inv_bc2, eps, grad_coef, avg_coef, one = k
         if decoupled_weight_decay:
             p = p * decay
         d = g * gs
@@ -28,9 +28,9 @@ def _nadam(coupled_weight_decay, decoupled_weight_decay):
             d = d + wd * p
         m = m + w1 * (d - m)  # torch's lerp
         v = v * beta2 + w2 * d * d
-        denom = root(v / bc2) + eps
-        p = p + grad_coef * d / denom
-        return p + avg_coef * m / denom, m, v, unused
+        r = one / (root(v * inv_bc2) + eps)
+        p = p + grad_coef * d * r
+        return p + avg_coef * m * r, m, v, unused
 
     return body
 
@@ -38,7 +38,7 @@ def _nadam(coupled_weight_decay, decoupled_weight_decay):
 def _radam(coupled_weight_decay, decoupled_weight_decay, rectified):
     @cuda.jit(device=True)
     def body(p, g, m, v, unused, k):
-        gs, wd, decay, w1, beta2, w2, bc1, bc2_sqrt, eps, lr, rect = k
+        gs, wd, decay, w1, beta2, w2, inv_bc1, bc2_sqrt, eps, lr, rect = k
         if decoupled_weight_decay:
             p = p * decay
         d = g * gs
@@ -46,7 +46,7 @@ def _radam(coupled_weight_decay, decoupled_weight_decay, rectified):
             d = d + wd * p
         m = m + w1 * (d - m)
         v = v * beta2 + w2 * d * d
-        b = m / bc1
+        b = m * inv_bc1
         if rectified:
             p = p - b * lr * (bc2_sqrt / (root(v) + eps)) * rect
         else:
@@ -79,13 +79,13 @@ def _adam_family(hp):
 OPTIMIZERS = {
     "nadam": Optimizer(
         flags=_weight_decay_flags,
-        scalars=lambda hp: _adam_family(hp) + (hp["bias_correction2"], hp["eps"],
-                                               hp["grad_coef"], hp["avg_coef"]),
+        scalars=lambda hp: _adam_family(hp) + (1.0 / hp["bias_correction2"], hp["eps"],
+                                               hp["grad_coef"], hp["avg_coef"], 1.0),
         body=_nadam,
         states=lambda hp: (True, True, False)),
     "radam": Optimizer(
         flags=lambda hp: _weight_decay_flags(hp) + (hp["rectified"] != 0,),
-        scalars=lambda hp: _adam_family(hp) + (hp["bias_correction1"],
+        scalars=lambda hp: _adam_family(hp) + (1.0 / hp["bias_correction1"],
                                                hp["bias_correction2_sqrt"], hp["eps"], hp["lr"],
                                                hp["rect"]),
         body=_radam,
