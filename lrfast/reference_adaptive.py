@@ -63,9 +63,9 @@ def nadam_step(params, grads, exp_avgs, exp_avg_sqs, *, lr=2e-3, step, mu_produc
                stochastic_rounding=False, seed=0):
     """NAdam (torch.optim.NAdam; Dozat 2016)::
 
-        mu_t = beta1 * (1 - 0.5 * 0.96**(t * momentum_decay))      (nadam_mu)
-        param = param * (1 - lr * weight_decay)        if decoupled_weight_decay
-        g = g + weight_decay * param                   otherwise
+        mu_t = beta1 * (1 - 0.5 * 0.96**(t * momentum_decay))
+        param = param * (1 - lr * weight_decay)     if decoupled_weight_decay
+        g = g + weight_decay * param                otherwise
         m = m + (1 - beta1) * (g - m)
         v = beta2 * v + (1 - beta2) * g * g
         denom = sqrt(v / (1 - beta2**step)) + eps
@@ -101,16 +101,16 @@ def radam_step(params, grads, exp_avgs, exp_avg_sqs, *, lr=1e-3, step, betas=(0.
                grad_scale=1.0, stochastic_rounding=False, seed=0):
     """RAdam (torch.optim.RAdam; Liu et al. 2020)::
 
-        param = param * (1 - lr * weight_decay)        if decoupled_weight_decay
-        g = g + weight_decay * param                   otherwise
+        param = param * (1 - lr * weight_decay)     if decoupled_weight_decay
+        g = g + weight_decay * param                otherwise
         m = m + (1 - beta1) * (g - m)
         v = beta2 * v + (1 - beta2) * g * g
         b = m / (1 - beta1**step)
         rho_inf = 2 / (1 - beta2) - 1
         rho_t = rho_inf - 2 * step * beta2**step / (1 - beta2**step)
         rect = sqrt((rho_t - 4) (rho_t - 2) rho_inf / ((rho_inf - 4) (rho_inf - 2) rho_t))
-        param = param - b * lr * (sqrt(1 - beta2**step) / (sqrt(v) + eps)) * rect  if rho_t > 5
-        param = param - b * lr                                                     otherwise
+        param = param - b * lr * sqrt(1 - beta2**step) / (sqrt(v) + eps) * rect   if rho_t > 5
+        param = param - b * lr                                                    otherwise
 
     The switch and ``rect`` depend on ``step`` and ``beta2`` only: host
     scalars. ``b`` is ``m`` times ``1 / (1 - beta1**step)`` (computed in
@@ -140,7 +140,7 @@ def adamax_step(params, grads, exp_avgs, exp_infs, *, lr=2e-3, step, betas=(0.9,
 
         g = g + weight_decay * param
         m = m + (1 - beta1) * (g - m)
-        u = max(beta2 * u, |g| + eps)       (NaN if either is)
+        u = max(beta2 * u, |g| + eps)       (NaN if either is, as torch.maximum)
         param = param - lr / (1 - beta1**step) * m / u
     """
     check_signed(exp_avgs, "exp_avgs")

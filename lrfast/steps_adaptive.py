@@ -27,9 +27,9 @@ def nadam_step(params: Tensors, grads: Tensors, exp_avgs: States, exp_avg_sqs: S
     """NAdam (torch.optim.NAdam: Adam with Nesterov momentum, Dozat 2016),
     every tensor updated in place in one pass.
 
-    For each tensor, with ``g = grad * grad_scale``, negated if ``maximize``,
-    and ``mu_t = beta1 * (1 - 0.5 * 0.96**(t * momentum_decay))``::
+    For each tensor, with ``g = grad * grad_scale``, negated if ``maximize``::
 
+        mu_t = beta1 * (1 - 0.5 * 0.96**(t * momentum_decay))
         param = param * (1 - lr * weight_decay)     if decoupled_weight_decay
         g = g + weight_decay * param                otherwise
         m = m + (1 - beta1) * (g - m)
@@ -58,7 +58,7 @@ def nadam_step(params: Tensors, grads: Tensors, exp_avgs: States, exp_avg_sqs: S
     >>> mu = lrfast.reference.nadam_mu(1, 0.9, 4e-3)
     >>> lrfast.nadam_step(p, g, m, v, lr=0.1, step=1, mu_product=mu)
     >>> print(p.round(4), m)
-    [ 0.8976 -1.8976] [ 0.05 -0.1 ]
+    [ 0.8944 -1.8944] [ 0.05 -0.1 ]
     """
     hp = _hparams.nadam(lr=lr, step=step, betas=betas, eps=eps, weight_decay=weight_decay,
                         momentum_decay=momentum_decay,
@@ -126,6 +126,7 @@ def adamax_step(params: Tensors, grads: Tensors, exp_avgs: States, exp_infs: Sta
     grad_scale``, negated if ``maximize``, plus ``weight_decay * param`` when
     ``weight_decay != 0``)::
 
+        g = g + weight_decay * param
         m = m + (1 - beta1) * (g - m)
         u = max(beta2 * u, |g| + eps)       (NaN if either is, as torch.maximum)
         param = param - lr / (1 - beta1**step) * m / u
