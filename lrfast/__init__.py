@@ -29,6 +29,7 @@ from .steps_lr_free import (
     lion_step, prodigy_reduce, prodigy_update, schedulefree_adamw_step, schedulefree_sgd_step,
     schedulefree_to_eval, schedulefree_to_train,
 )
+from .steps_adaptive import adamax_step, nadam_step, radam_step
 
 __version__ = "0.1.0"
 
@@ -37,6 +38,7 @@ __all__ = [
     "lion_step", "schedulefree_sgd_step", "schedulefree_adamw_step", "schedulefree_to_eval",
     "schedulefree_to_train", "prodigy_reduce", "prodigy_update",
     "ScheduleFreeScalars", "prodigy_dlr", "prodigy_d_update",
+    "nadam_step", "radam_step", "adamax_step",
     "global_norm", "clip_grad_norm", "clip_grad_value", "clip_coefficient",
     "cpu_isa", "set_num_threads", "get_num_threads", "find_lr", "LRFinderResult",
     "Q8State", "Q4State", "zeros_state",

@@ -328,3 +328,77 @@ def prodigy_update(*, d, d_new, dlr, betas, eps, weight_decay, decouple, maximiz
     return dict(common, d_new=positive("d_new", d_new), beta1=beta1, beta2=beta2,
                 eps=positive("eps", eps), grad_scale=signed_scale(grad_scale, maximize),
                 **rounding(stochastic_rounding, seed, None))
+
+
+# ---------------------------------------------------------------- the rest of
+# torch.optim's adaptive family (lrfast.reference_adaptive holds their maths):
+# torch's per-step scalars, computed as its single-tensor path does, in double.
+
+def _decay(lr, weight_decay, decoupled_weight_decay):
+    return (non_negative("lr", lr), non_negative("weight_decay", weight_decay),
+            flag("decoupled_weight_decay", decoupled_weight_decay))
+
+
+def nadam_mu(step, beta1, momentum_decay) -> float:
+    """NAdam's momentum at ``step``: ``beta1 * (1 - 0.5 * 0.96**(step * momentum_decay))``."""
+    return beta1 * (1.0 - 0.5 * (0.96 ** (step * momentum_decay)))
+
+
+def nadam_mu_product(previous, step, beta1, momentum_decay) -> float:
+    """NAdam's ``mu_product`` after ``step``: ``previous * mu_step`` in
+    float32, as torch's ``state["mu_product"]`` (a float32 tensor under
+    torch's default dtype) is multiplied."""
+    return float(np.float32(previous) * np.float32(nadam_mu(step, beta1, momentum_decay)))
+
+
+def nadam(*, lr, step, betas, eps, weight_decay, momentum_decay, decoupled_weight_decay,
+          mu_product, maximize, grad_scale, stochastic_rounding=False, seed=0):
+    lr, weight_decay, decoupled = _decay(lr, weight_decay, decoupled_weight_decay)
+    step = step_count(step)
+    beta1, beta2 = beta_pair(betas)
+    momentum_decay = non_negative("momentum_decay", momentum_decay)
+    mu_product = unit_interval("mu_product", mu_product)
+    mu = nadam_mu(step, beta1, momentum_decay)
+    mu_next = nadam_mu(step + 1, beta1, momentum_decay)
+    return dict(lr=lr, beta1=beta1, beta2=beta2, eps=non_negative("eps", eps),
+                weight_decay=weight_decay, grad_scale=signed_scale(grad_scale, maximize),
+                decoupled=decoupled, bias_correction2=1.0 - beta2**step,
+                grad_coef=-lr * (1.0 - mu) / (1.0 - mu_product),
+                avg_coef=(-lr * mu_next) / (1.0 - mu_product * mu_next),
+                **rounding(stochastic_rounding, seed, step))
+
+
+def radam_rectification(step, beta2) -> float | None:
+    """RAdam's rectification term at ``step``, or None where torch's switch
+    (the approximated SMA length ``rho_t > 5``) leaves the update unadapted."""
+    rho_inf = 2 / (1 - beta2) - 1
+    rho_t = rho_inf - 2 * step * (beta2**step) / (1 - beta2**step)
+    if not rho_t > 5.0:
+        return None
+    return ((rho_t - 4) * (rho_t - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho_t)) ** 0.5
+
+
+def radam(*, lr, step, betas, eps, weight_decay, decoupled_weight_decay, maximize, grad_scale,
+          stochastic_rounding=False, seed=0):
+    lr, weight_decay, decoupled = _decay(lr, weight_decay, decoupled_weight_decay)
+    step = step_count(step)
+    beta1, beta2 = beta_pair(betas)
+    rect = radam_rectification(step, beta2)
+    return dict(lr=lr, beta1=beta1, beta2=beta2, eps=non_negative("eps", eps),
+                weight_decay=weight_decay, grad_scale=signed_scale(grad_scale, maximize),
+                decoupled=decoupled, bias_correction1=1.0 - beta1**step,
+                bias_correction2_sqrt=(1.0 - beta2**step) ** 0.5,
+                rectified=0.0 if rect is None else 1.0, rect=0.0 if rect is None else rect,
+                **rounding(stochastic_rounding, seed, step))
+
+
+def adamax(*, lr, step, betas, eps, weight_decay, maximize, grad_scale,
+           stochastic_rounding=False, seed=0):
+    lr = non_negative("lr", lr)
+    step = step_count(step)
+    beta1, beta2 = beta_pair(betas)
+    return dict(clr=lr / (1.0 - beta1**step), beta1=beta1, beta2=beta2,
+                eps=non_negative("eps", eps),
+                weight_decay=non_negative("weight_decay", weight_decay),
+                grad_scale=signed_scale(grad_scale, maximize),
+                **rounding(stochastic_rounding, seed, step))

@@ -69,7 +69,9 @@ class Piece(NamedTuple):
     prepared host calls, see lrfast._backend.through); ``across``, if not
     None, sums floats over the ranks holding the other shards of these
     arrays (lrfast.torch's DTensors): what turns a reduction over the arrays
-    into one over the whole tensors."""
+    into one over the whole tensors; ``scalars``, if not None, maps each of
+    the kernel's ``scalar_states`` to the params' 0-d tensors holding it
+    (lrfast.torch's, which keeps them per param as torch does)."""
 
     params: Sequence
     grads: Sequence
@@ -79,6 +81,8 @@ class Piece(NamedTuple):
     done: Callable[[bool], None]
     via: Callable | None = None  # what runs the call instead of a back end (_backend.through)
     across: Callable[[Sequence[float]], list[float]] | None = None  # sums over the ranks
+    # lrfast.torch's per-param 0-d tensors of the kernel's scalar_states (NAdam's mu_product)
+    scalars: Mapping[str, Sequence] | None = None
 
 
 @dataclass
@@ -105,6 +109,8 @@ class Kernel:
     uses: Callable[[Mapping], tuple[str, ...]]  # the states a group's options need
     counts_steps: bool = True  # takes step=
     slots: Mapping[str, Slot] = field(default_factory=dict)  # the states not started as zeros
+    # the scalars torch keeps per param beside "step" (name -> start value): NAdam's mu_product
+    scalar_states: Mapping[str, float] = field(default_factory=dict)
 
     def slot(self, name: str) -> Slot:
         return self.slots.get(name, ZEROS)

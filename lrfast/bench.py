@@ -24,7 +24,7 @@ import time
 import numpy as np
 
 from . import (_core, bench_table, cli_args, clip, precision, reference, run_record, steps,
-               steps_lr_free)
+               steps_adaptive, steps_lr_free)
 from .bench_configs import CONFIGS, PRODIGY_D, layouts, rival
 from .reference_lr_free import prodigy_d_update
 from .progress import Progress
@@ -197,7 +197,8 @@ class Problem:
 def _function(impl: str, name: str):
     if impl == "numpy":
         return getattr(reference, name)
-    return getattr(steps, name, None) or getattr(steps_lr_free, name)
+    return (getattr(steps, name, None) or getattr(steps_adaptive, name, None)
+            or getattr(steps_lr_free, name))
 
 
 def measure(name, label, shapes, dtype, with_reference, with_torch, busy, report=None,

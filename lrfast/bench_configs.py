@@ -29,9 +29,13 @@ CONFIGS: dict[str, tuple[dict[str, Any], tuple[str, ...], str]] = {
                            "schedulefree.AdamWScheduleFree"),
     # a whole step: the reduction pass, the host update of d, the update pass
     "prodigy": (dict(lr=1.0), ("ss", "p0s", "exp_avgs", "exp_avg_sqs"), "prodigyopt.Prodigy"),
+    # NAdam's mu_product after two steps (mu_1 * mu_2 at beta1 = 0.9); RAdam at a rectified step
+    "nadam": (dict(lr=2e-3, step=2, mu_product=0.2026), ("exp_avgs", "exp_avg_sqs"), "NAdam"),
+    "radam": (dict(lr=1e-3, step=10), ("exp_avgs", "exp_avg_sqs"), "RAdam"),
+    "adamax": (dict(lr=2e-3, step=2), ("exp_avgs", "exp_infs"), "Adamax"),
 }
 # keywords of the step functions that the classes compute themselves
-STEP_ONLY = ("step", "ckp1")
+STEP_ONLY = ("step", "ckp1", "mu_product")
 # Prodigy's first estimate of the step size (prodigyopt's d0); the benchmarks
 # keep d there so that every timed step does the same work
 PRODIGY_D = 1e-6

@@ -119,6 +119,7 @@ import numpy as np
 
 from . import _core, _hparams, _lowp, _prodigy, _schedulefree, steps
 from ._kernel import Kernel, Piece, Slot, Update
+from ._adaptive import ADAMAX, NADAM, RADAM
 from ._lion import LION
 from ._backend import tensors
 from .clip import clip_coefficient, clip_grad_value, global_norm
@@ -127,7 +128,7 @@ from .precision import (SIGNED_STATES, Q4State, Q8State, bfloat16, low_bit_shape
 from .schedules import ReduceLROnPlateau, Schedule, from_dict
 
 __all__ = ["Optimizer", "SGD", "Adam", "AdamW", "RMSprop", "Adagrad", "Adadelta", "Lion",
-           "ScheduleFreeSGD", "ScheduleFreeAdamW", "Prodigy"]
+           "ScheduleFreeSGD", "ScheduleFreeAdamW", "Prodigy", "NAdam", "RAdam", "Adamax"]
 
 _FORMAT = "lrfast.optim/1"
 _KEYS = ("format", "optimizer", "step_count", "skipped_steps", "last_grad_norm", "options",
@@ -177,6 +178,9 @@ KERNELS = {
     "schedulefree_sgd": _schedulefree.SGD,
     "schedulefree_adamw": _schedulefree.ADAMW,
     "prodigy": _prodigy.PRODIGY,
+    "nadam": NADAM,
+    "radam": RADAM,
+    "adamax": ADAMAX,
 }
 
 
@@ -1102,3 +1106,45 @@ class Prodigy(Optimizer):
     def d(self) -> float:
         """Prodigy's estimate of the distance to the solution (the step size per unit of lr)."""
         return self.param_groups[0]["d"]
+
+
+class NAdam(Optimizer):
+    """NAdam (torch.optim.NAdam); states ``exp_avgs`` and ``exp_avg_sqs``,
+    and the group key ``mu_product`` (the product of the momentum schedule
+    so far, kept in float32 as torch keeps it, so the steps are torch's bit
+    for bit). See :func:`lrfast.nadam_step`."""
+
+    kernel = KERNELS["nadam"]
+
+    def __init__(self, params, lr=2e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
+                 momentum_decay=4e-3, decoupled_weight_decay=False, *, maximize=False,
+                 **options):
+        super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
+                                      momentum_decay=momentum_decay,
+                                      decoupled_weight_decay=decoupled_weight_decay,
+                                      maximize=maximize, mu_product=1.0), **options)
+
+
+class RAdam(Optimizer):
+    """RAdam (torch.optim.RAdam); states ``exp_avgs`` and ``exp_avg_sqs``.
+    See :func:`lrfast.radam_step`."""
+
+    kernel = KERNELS["radam"]
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
+                 decoupled_weight_decay=False, *, maximize=False, **options):
+        super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
+                                      decoupled_weight_decay=decoupled_weight_decay,
+                                      maximize=maximize), **options)
+
+
+class Adamax(Optimizer):
+    """Adamax (torch.optim.Adamax); states ``exp_avgs`` and ``exp_infs``
+    (torch's ``exp_inf``). See :func:`lrfast.adamax_step`."""
+
+    kernel = KERNELS["adamax"]
+
+    def __init__(self, params, lr=2e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, *,
+                 maximize=False, **options):
+        super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
+                                      maximize=maximize), **options)

@@ -52,6 +52,8 @@ __all__ = [
     # from lrfast.reference_lr_free (imported at the end: it builds on this module)
     "lion_step", "schedulefree_sgd_step", "schedulefree_adamw_step", "schedulefree_to_eval",
     "schedulefree_to_train", "prodigy_reduce", "prodigy_update",
+    # from lrfast.reference_adaptive
+    "nadam_step", "radam_step", "adamax_step", "nadam_mu",
 ]
 
 
@@ -274,3 +276,4 @@ from .reference_lr_free import (  # noqa: E402
     lion_step, prodigy_reduce, prodigy_update, schedulefree_adamw_step, schedulefree_sgd_step,
     schedulefree_to_eval, schedulefree_to_train,
 )
+from .reference_adaptive import adamax_step, nadam_mu, nadam_step, radam_step  # noqa: E402

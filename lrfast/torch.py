@@ -149,13 +149,14 @@ from .precision import (Q4_BLOCK, SIGNED_STATES, Q4State, Q8State, bfloat16, cre
                         holds_param, low_bit_shapes, quantize_low_bit)
 
 __all__ = ["SGD", "Adam", "AdamW", "RMSprop", "Adagrad", "Adadelta", "Lion", "ScheduleFreeSGD",
-           "ScheduleFreeAdamW", "Prodigy", "to_float_state_dict"]
+           "ScheduleFreeAdamW", "Prodigy", "NAdam", "RAdam", "Adamax", "to_float_state_dict"]
 
 # the step functions' state arguments -> torch.optim's state keys
 _STATE_KEYS = {
     "momentum_buffers": "momentum_buffer", "exp_avgs": "exp_avg", "exp_avg_sqs": "exp_avg_sq",
     "max_exp_avg_sqs": "max_exp_avg_sq", "square_avgs": "square_avg", "grad_avgs": "grad_avg",
     "state_sums": "sum", "acc_deltas": "acc_delta", "zs": "z", "ss": "s", "p0s": "p0",
+    "exp_infs": "exp_inf",
 }
 
 
@@ -466,7 +467,7 @@ class _Call:
     shards of DTensors; the ``flat`` states as 1-D views)."""
 
     def __init__(self, opt, params, group_index, index, device, completed, shards, names, flat,
-                 counts_steps):
+                 counts_steps, scalar_states):
         # positions in the group's list of parameters with gradients; None: all
         self.index = None if len(index) == len(params) else index
         # where its random bits come from; each shard of a param draws its own
@@ -495,6 +496,7 @@ class _Call:
         self.states = {name: [_state_view(s, key, flat_view if name in flat else state_view)
                               for s in states] for name, key in zip(names, keys)}
         self.completed = completed
+        self.scalars = {key: [s[key] for s in states] for key in scalar_states} or None
         self.counter = None
         if counts_steps:
             self.counter = torch.full((len(params),), completed, dtype=_step_dtype())
@@ -507,7 +509,7 @@ class _Call:
             grads = [grads[i] for i in self.index]
         rounding = _lowp.rounding(stochastic_rounding, seed, self.completed, *self.stream)
         return Piece(self.params, self.grad_views(grads), self.states, self.completed + 1,
-                     rounding, self.done, self.via, self.across)
+                     rounding, self.done, self.via, self.across, self.scalars)
 
     def run(self, kernel: str, hparams: dict, seqs: tuple, names: tuple, check_only: bool):
         """A host call of a step function (see lrfast._backend.through): its
@@ -572,7 +574,7 @@ class _Plan:
             calls.setdefault((p.device, completed, _dtensor.sharding(p)), []).append(i)
         flat = {name for name in names if kernel.slot(name).sliced}
         self.calls = [_Call(opt, params, index, i, device, completed, shards, names, flat,
-                            self.counts_steps)
+                            self.counts_steps, kernel.scalar_states)
                       for (device, completed, shards), i in calls.items()]
 
     def fits(self, opt, group, kernel, names, params) -> bool:
@@ -720,11 +722,15 @@ class _Optimizer(torch.optim.Optimizer):
             for k, v in state_dict["state"].items()})
         super().load_state_dict(state_dict)
         saved_ids = chain.from_iterable(g["params"] for g in state_dict["param_groups"])
+        scalar_keys = {key for group in self.param_groups
+                       for key in self._kernel(group).scalar_states}
         params = chain.from_iterable(g["params"] for g in self.param_groups)
         for saved_id, p in zip(saved_ids, params):
             state = self.state[p]
             for key, value in state_dict["state"].get(saved_id, {}).items():
-                if (key != "step" and isinstance(value, torch.Tensor)
+                if key in scalar_keys and isinstance(value, torch.Tensor):
+                    state[key] = value.clone()  # "step"'s kind: its dtype, on the host
+                elif (key != "step" and isinstance(value, torch.Tensor)
                         and value.dtype != state[key].dtype):
                     state[key] = value.to(device=p.device)
         for group in self.param_groups:
@@ -752,6 +758,12 @@ class _Optimizer(torch.optim.Optimizer):
             completed = int(all(_has_state(state, _STATE_KEYS[name]) for name in names))
         if self._counts_steps(group):
             state.setdefault("step", torch.tensor(float(completed), dtype=_step_dtype()))
+        for key, start in kernel.scalar_states.items():  # on the host, as torch keeps them
+            value = state.setdefault(key, torch.tensor(start, dtype=_step_dtype()))
+            if not (isinstance(value, torch.Tensor) and value.dim() == 0
+                    and value.device.type == "cpu" and value.is_floating_point()):
+                raise ValueError(f"{where}: state {key!r} must be a 0-d floating-point tensor "
+                                 f"on the CPU, as torch keeps it, got {value!r}")
         hparams = kernel.hparams(group, _plain)
         for name in names:
             key, slot = _STATE_KEYS[name], kernel.slot(name)
@@ -1121,4 +1133,58 @@ class Prodigy(_Optimizer):
                                       decouple=decouple, safeguard_warmup=safeguard_warmup,
                                       fsdp_in_use=fsdp_in_use, slice_p=slice_p,
                                       maximize=maximize, **_prodigy.start(d0)),
+                         state_dtype, stochastic_rounding, seed)
+
+
+class NAdam(_Optimizer):
+    """torch.optim.NAdam running :func:`lrfast.nadam_step`: states
+    ``"exp_avg"``, ``"exp_avg_sq"``, ``"step"`` and ``"mu_product"`` (a 0-d
+    tensor on the host, multiplied by each step's momentum with torch's own
+    operation, as torch.optim.NAdam keeps it)."""
+
+    kernel = KERNELS["nadam"]
+
+    def __init__(self, params, lr=2e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0,
+                 momentum_decay=4e-3, decoupled_weight_decay=False, *, foreach=None,
+                 maximize=False, capturable=False, differentiable=False,
+                 state_dtype: str | None = None, stochastic_rounding: bool = False,
+                 seed: int = 0):
+        super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
+                                      momentum_decay=momentum_decay,
+                                      decoupled_weight_decay=decoupled_weight_decay,
+                                      foreach=foreach, maximize=maximize, capturable=capturable,
+                                      differentiable=differentiable),
+                         state_dtype, stochastic_rounding, seed)
+
+
+class RAdam(_Optimizer):
+    """torch.optim.RAdam running :func:`lrfast.radam_step`: states
+    ``"exp_avg"``, ``"exp_avg_sq"`` and ``"step"``."""
+
+    kernel = KERNELS["radam"]
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0,
+                 decoupled_weight_decay=False, *, foreach=None, maximize=False,
+                 capturable=False, differentiable=False, state_dtype: str | None = None,
+                 stochastic_rounding: bool = False, seed: int = 0):
+        super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
+                                      decoupled_weight_decay=decoupled_weight_decay,
+                                      foreach=foreach, maximize=maximize, capturable=capturable,
+                                      differentiable=differentiable),
+                         state_dtype, stochastic_rounding, seed)
+
+
+class Adamax(_Optimizer):
+    """torch.optim.Adamax running :func:`lrfast.adamax_step`: states
+    ``"exp_avg"``, ``"exp_inf"`` and ``"step"``."""
+
+    kernel = KERNELS["adamax"]
+
+    def __init__(self, params, lr=2e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0,
+                 foreach=None, *, maximize=False, differentiable=False, capturable=False,
+                 state_dtype: str | None = None, stochastic_rounding: bool = False,
+                 seed: int = 0):
+        super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
+                                      foreach=foreach, maximize=maximize,
+                                      differentiable=differentiable, capturable=capturable),
                          state_dtype, stochastic_rounding, seed)

@@ -22,7 +22,7 @@ from typing import Callable
 
 import numpy as np
 
-from lrfast import precision
+from lrfast import _hparams, precision
 
 
 def _grid(**axes):
@@ -43,6 +43,8 @@ class Case:
     bench: dict = field(default_factory=dict)  # typical hyperparameters, for benchmarks
     # (rtol, atol) for float32 and float64, against the reference over 10 steps
     tol: dict = field(default_factory=lambda: {np.float32: (2e-5, 2e-6), np.float64: (1e-12, 1e-13)})
+    # (hp, step) -> the keywords a step takes that the classes keep across steps (NAdam's mu_product)
+    step_keywords: Callable[[dict, int], dict] | None = None
 
     @property
     def step_fn(self) -> str:
@@ -83,6 +85,30 @@ _PRODIGY_GRID = (
     dict(d=1e-3, d_new=2e-3, dlr=1e-3, betas=(0.0, 0.99), eps=1e-6, weight_decay=0.1,
          decouple=False, maximize=True, grad_scale=0.5))
 
+_NADAM_GRID = (dict(lr=1e-2, weight_decay=0.1),
+               dict(lr=1e-2, weight_decay=0.1, decoupled_weight_decay=True, maximize=True),
+               dict(lr=3e-3, betas=(0.5, 0.9), eps=1e-3, momentum_decay=1e-2, grad_scale=0.5))
+# RAdam's rectification switch turns on at step 6 for beta2 = 0.999, at step 7 for 0.9:
+# ten steps take both branches
+_RADAM_GRID = (dict(lr=1e-2, weight_decay=0.1),
+               dict(lr=1e-2, weight_decay=0.1, decoupled_weight_decay=True, maximize=True),
+               dict(lr=3e-3, betas=(0.5, 0.9), eps=1e-3, grad_scale=0.5))
+_ADAMAX_GRID = (dict(lr=1e-2, weight_decay=0.1, maximize=True),
+                dict(lr=3e-3, betas=(0.5, 0.9), eps=1e-3, grad_scale=0.5))
+
+
+@functools.lru_cache(maxsize=256)
+def _mu_product(beta1, momentum_decay, step):
+    previous = 1.0 if step == 1 else _mu_product(beta1, momentum_decay, step - 1)
+    return _hparams.nadam_mu_product(previous, step, beta1, momentum_decay)
+
+
+def _nadam_keywords(hp, step):
+    """mu_product after `step` updates, as the classes keep it."""
+    return {"mu_product": _mu_product(hp.get("betas", (0.9,))[0],
+                                      hp.get("momentum_decay", 4e-3), step)}
+
+
 CASES = (
     Case("sgd", ("momentum_buffers",),
          _grid(lr=[0.05], momentum=[0.0, 0.9], dampening=[0.0], nesterov=[False],
@@ -121,6 +147,13 @@ CASES = (
          lambda hp: (("exp_avgs",) if hp.get("betas", (0.9,))[0] > 0 else ()) + ("exp_avg_sqs",),
          None, takes_step=False, function="prodigy_update",
          bench=dict(d=1e-3, d_new=1e-3, dlr=1e-3)),
+    # the rest of torch.optim's adaptive family
+    Case("nadam", ("exp_avgs", "exp_avg_sqs"), _NADAM_GRID, lambda hp: ("exp_avgs", "exp_avg_sqs"),
+         "NAdam", bench=dict(lr=2e-3), step_keywords=_nadam_keywords),
+    Case("radam", ("exp_avgs", "exp_avg_sqs"), _RADAM_GRID, lambda hp: ("exp_avgs", "exp_avg_sqs"),
+         "RAdam", bench=dict(lr=1e-3)),
+    Case("adamax", ("exp_avgs", "exp_infs"), _ADAMAX_GRID, lambda hp: ("exp_avgs", "exp_infs"),
+         "Adamax", bench=dict(lr=2e-3)),
 )
 
 CASE_BY_NAME = {case.name: case for case in CASES}
@@ -173,6 +206,8 @@ def call_step(fn, case: Case, hp: dict, params, grads, states, step: int):
     kwargs = dict(hp)
     if case.takes_step:
         kwargs["step"] = step
+    if case.step_keywords is not None:
+        kwargs.update(case.step_keywords(hp, step))
     fn(params, grads, *positional, **kwargs)
 
 

@@ -41,8 +41,8 @@ def test_bench_lists_and_clip_row(capsys):
 
 
 def test_bench_refuses_unknown_optimizers(capsys):
-    assert main(["bench", "--optimizers", "adam,adamax"]) == 2
-    assert "unknown optimizers ['adamax']" in capsys.readouterr().err
+    assert main(["bench", "--optimizers", "adam,adabelief"]) == 2
+    assert "unknown optimizers ['adabelief']" in capsys.readouterr().err
 
 
 def test_bench_cuda_without_gpu_says_so(capsys, monkeypatch):

@@ -121,7 +121,11 @@ def test_state_dict_loads_both_ways(case, direction):
     for step in range(3, 6):
         train_step(ref, ref_opt, step, torch.float64)
         train_step(target, swapped, step, torch.float64)
-    assert max_difference(target, ref) < 1e-12
+    # torch.optim casts a loaded state to its params' dtype, NAdam's float32
+    # mu_product too: from there its products leave those of a run that went
+    # straight through (tests/test_adaptive_classes.py compares with a reload)
+    cast = direction == "lrfast_to_torch" and case.name == "nadam"
+    assert max_difference(target, ref) < (1e-10 if cast else 1e-12)
 
 
 def test_step_counters_are_torch_float32_scalars():

@@ -19,7 +19,7 @@ STEPS = 10
 TORCH_STATE = {"momentum_buffers": "momentum_buffer", "exp_avgs": "exp_avg",
                "exp_avg_sqs": "exp_avg_sq", "max_exp_avg_sqs": "max_exp_avg_sq",
                "square_avgs": "square_avg", "grad_avgs": "grad_avg", "state_sums": "sum",
-               "acc_deltas": "acc_delta"}
+               "acc_deltas": "acc_delta", "exp_infs": "exp_inf"}
 
 
 def run_torch(case, hp, dtype, shapes):

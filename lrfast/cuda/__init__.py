@@ -23,7 +23,7 @@ How a call runs (details in the modules named):
   full read and check again, with the same errors;
 - :mod:`.launch` runs one kernel per dtype over the whole table, so a list of
   a thousand tensors costs one launch per dtype, not a thousand;
-- :mod:`.optimizers`, :mod:`.optimizers_lr_free` and :mod:`.norms` hold the
+- :mod:`.optimizers`, :mod:`.optimizers_lr_free`, :mod:`.optimizers_adaptive` and :mod:`.norms` hold the
   per-element arithmetic, the same as cpp/kernels/*.cpp in the same order;
   :mod:`.prodigy_reduction` Prodigy's reduction pass, whose float64 sums are
   bitwise the same for any launch configuration;

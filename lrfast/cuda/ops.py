@@ -16,13 +16,14 @@ from .._hparams import clip_coefficient
 from . import launch, layout, lowp_launch, norms, prodigy_reduction
 from .lowp_layout import LowpGroup
 from .optimizers import OPTIMIZERS as SIX
+from .optimizers_adaptive import OPTIMIZERS as ADAPTIVE
 from .optimizers_lr_free import OPTIMIZERS as LR_FREE
 
 __all__ = ["sgd", "adam", "rmsprop", "adagrad", "adadelta", "lion", "schedulefree_sgd",
            "schedulefree_adamw", "schedulefree_lerp", "prodigy", "prodigy_reduce",
-           "global_norm", "clip_grad_norm", "clip_grad_value"]
+           "nadam", "radam", "adamax", "global_norm", "clip_grad_norm", "clip_grad_value"]
 
-OPTIMIZERS = {**SIX, **LR_FREE}
+OPTIMIZERS = {**SIX, **LR_FREE, **ADAPTIVE}
 
 
 def _apply(kernel, groups, stream, *scalars: float) -> None:
@@ -68,6 +69,9 @@ schedulefree_adamw = _step("schedulefree_adamw")
 schedulefree_lerp = _step("schedulefree_lerp",
                           "lrfast.schedulefree_to_eval and lrfast.schedulefree_to_train")
 prodigy = _step("prodigy", "lrfast.prodigy_update")
+nadam = _step("nadam")
+radam = _step("radam")
+adamax = _step("adamax")
 
 
 def check(arrays: tuple, names: tuple, slice_p: int) -> None:

@@ -116,4 +116,40 @@ struct ProdigyReduceParams {
         "grad_scale", "stochastic_rounding", "sr_key"};
 };
 
+// The rest of torch.optim's adaptive family (lrfast/reference_adaptive.py).
+// Each kernel takes torch's per-step scalars, computed on the host in double.
+
+// NAdam: grad_coef = -lr * (1 - mu) / (1 - mu_product) and avg_coef =
+// -lr * mu_next / (1 - mu_product * mu_next), mu_product including this step's mu.
+struct NadamParams {
+    double lr, beta1, beta2, eps, weight_decay, grad_scale, decoupled;
+    double bias_correction2;  // 1 - beta2^step
+    double grad_coef, avg_coef;
+    double stochastic_rounding, sr_key;
+    static constexpr std::array<const char*, 12> fields{
+        "lr", "beta1", "beta2", "eps", "weight_decay", "grad_scale", "decoupled",
+        "bias_correction2", "grad_coef", "avg_coef", "stochastic_rounding", "sr_key"};
+};
+
+// RAdam: rectified (rho_t > 5) selects the adaptive update, scaled by rect.
+struct RadamParams {
+    double lr, beta1, beta2, eps, weight_decay, grad_scale, decoupled;
+    double bias_correction1, bias_correction2_sqrt;  // 1 - beta1^step, sqrt(1 - beta2^step)
+    double rectified, rect;
+    double stochastic_rounding, sr_key;
+    static constexpr std::array<const char*, 13> fields{
+        "lr", "beta1", "beta2", "eps", "weight_decay", "grad_scale", "decoupled",
+        "bias_correction1", "bias_correction2_sqrt", "rectified", "rect",
+        "stochastic_rounding", "sr_key"};
+};
+
+// Adamax: clr = lr / (1 - beta1^step).
+struct AdamaxParams {
+    double clr, beta1, beta2, eps, weight_decay, grad_scale;
+    double stochastic_rounding, sr_key;
+    static constexpr std::array<const char*, 8> fields{
+        "clr", "beta1", "beta2", "eps", "weight_decay", "grad_scale", "stochastic_rounding",
+        "sr_key"};
+};
+
 }  // namespace lrfast
