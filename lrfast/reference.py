@@ -52,6 +52,7 @@ __all__ = [
     # from lrfast.reference_lr_free (imported at the end: it builds on this module)
     "lion_step", "schedulefree_sgd_step", "schedulefree_adamw_step", "schedulefree_to_eval",
     "schedulefree_to_train", "prodigy_reduce", "prodigy_update",
+    "adafactor_step",  # from lrfast.reference_adafactor
 ]
 
 
@@ -274,3 +275,4 @@ from .reference_lr_free import (  # noqa: E402
     lion_step, prodigy_reduce, prodigy_update, schedulefree_adamw_step, schedulefree_sgd_step,
     schedulefree_to_eval, schedulefree_to_train,
 )
+from .reference_adafactor import adafactor_step  # noqa: E402

@@ -1,0 +1,181 @@
+// Runs Adafactor's passes (cpp/kernels/adafactor.cpp) over a list of tensors.
+//
+// Each tensor is cut into chunks that depend only on its shape: a factored
+// one (matrices of rows x cols, the leading dims counted as `batch` of them)
+// into runs of whole rows of one matrix, about kAdafactorChunk elements each;
+// a full-variance one into runs of kAdafactorChunk elements. A chunk's sums
+// are added in chunk order, and a chunk's column sums land in a scratch slice
+// of its own, added per matrix in chunk order: every result has the bits of
+// any thread count.
+//
+//   pass 1 (parallel over chunks): sum(p^2); row and column sums of g^2, or
+//          the full variance updated and sum(u^2);
+//   host:  the factors lerped from the sums, each matrix's clamped row mean;
+//   pass 2 (parallel, factored chunks): sum(u^2);
+//   host:  scale = -max(eps2, RMS(p)) * rho / max(1, RMS(u) / d) per tensor;
+//   pass 3 (parallel over chunks): p = p * decay + scale * u.
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <vector>
+
+#include "lrfast/dispatch.hpp"
+#include "parallel.hpp"
+
+namespace lrfast {
+
+constexpr std::int64_t kAdafactorChunk = 1 << 17;
+// Chunks below this count run on the calling thread.
+constexpr std::int64_t kAdafactorMinParallel = 2;
+
+template <class T>
+struct AdafactorTensor {
+    T* p;
+    const T* g;
+    std::int64_t size;
+    bool factored;
+    std::int64_t batch, rows, cols;  // factored: batch matrices of rows x cols
+    T* row_var;                      // factored: batch x rows
+    T* col_var;                      // factored: batch x cols
+    T* variance;                     // full: size
+    double eps1;
+};
+
+namespace adafactor_detail {
+
+struct Chunk {
+    std::size_t t;
+    std::int64_t b, lo, hi;   // rows [lo, hi) of matrix b, or elements [lo, hi)
+    std::int64_t col_offset;  // factored: its column sums' slice of the scratch
+};
+
+// torch's clamp_(min=lo), a NaN kept.
+template <class T>
+T at_least(T x, T lo) {
+    return x < lo ? lo : x;
+}
+
+// Python's max(a, b) with a float first: b unless b > a (a NaN b gives a).
+inline double py_max(double a, double b) { return b > a ? b : a; }
+
+}  // namespace adafactor_detail
+
+template <class T>
+void run_adafactor(const AdafactorKernels<T>& k, const AdafactorParams& hp,
+                   const std::vector<AdafactorTensor<T>>& tensors) {
+    using adafactor_detail::Chunk;
+    std::vector<Chunk> chunks;
+    std::vector<std::size_t> first_chunk;  // per tensor, and one past the last
+    std::vector<std::int64_t> row_offset;  // per tensor: its rows in row_sums
+    std::vector<std::int64_t> matrix_offset;  // per tensor: its matrices in row_means
+    std::int64_t n_rows = 0, n_cols = 0, n_matrices = 0;
+    for (std::size_t t = 0; t < tensors.size(); ++t) {
+        const AdafactorTensor<T>& x = tensors[t];
+        first_chunk.push_back(chunks.size());
+        row_offset.push_back(n_rows);
+        matrix_offset.push_back(n_matrices);
+        if (x.factored) {
+            const std::int64_t step = std::max<std::int64_t>(1, kAdafactorChunk / x.cols);
+            for (std::int64_t b = 0; b < x.batch; ++b)
+                for (std::int64_t lo = 0; lo < x.rows; lo += step) {
+                    chunks.push_back({t, b, lo, std::min(lo + step, x.rows), n_cols});
+                    n_cols += x.cols;
+                }
+            n_rows += x.batch * x.rows;
+            n_matrices += x.batch;
+        } else {
+            for (std::int64_t lo = 0; lo < x.size; lo += kAdafactorChunk)
+                chunks.push_back({t, 0, lo, std::min(lo + kAdafactorChunk, x.size), 0});
+        }
+    }
+    first_chunk.push_back(chunks.size());
+    const std::int64_t n_chunks = std::int64_t(chunks.size());
+    if (n_chunks == 0) return;
+
+    std::vector<double> p_sq(chunks.size()), u_sq(chunks.size());
+    std::vector<double> row_sums(std::size_t(n_rows), 0.0), col_sums(std::size_t(n_cols), 0.0);
+    std::vector<double> row_means(static_cast<std::size_t>(n_matrices));
+
+    // Pass 1.
+    parallel_for(n_chunks, kAdafactorMinParallel, [&](std::int64_t i) {
+        const Chunk& c = chunks[std::size_t(i)];
+        const AdafactorTensor<T>& x = tensors[c.t];
+        if (x.factored) {
+            const std::int64_t first = (c.b * x.rows + c.lo) * x.cols;
+            p_sq[std::size_t(i)] =
+                k.rows(hp, x.p + first, x.g + first, c.hi - c.lo, x.cols,
+                       row_sums.data() + row_offset[c.t] + c.b * x.rows + c.lo,
+                       col_sums.data() + c.col_offset);
+        } else {
+            const AdafactorSums s = k.full(hp, x.p + c.lo, x.g + c.lo, x.variance + c.lo,
+                                           c.hi - c.lo, x.eps1);
+            p_sq[std::size_t(i)] = s.p_sq;
+            u_sq[std::size_t(i)] = s.u_sq;
+        }
+    });
+
+    // The factors, from the sums; each matrix's row mean, clamped at eps1.
+    std::vector<double> cols;
+    for (std::size_t t = 0; t < tensors.size(); ++t) {
+        const AdafactorTensor<T>& x = tensors[t];
+        if (!x.factored) continue;
+        cols.assign(std::size_t(x.cols), 0.0);
+        std::size_t i = first_chunk[t];
+        for (std::int64_t b = 0; b < x.batch; ++b) {
+            std::fill(cols.begin(), cols.end(), 0.0);
+            for (; i < first_chunk[t + 1] && chunks[i].b == b; ++i)
+                for (std::int64_t j = 0; j < x.cols; ++j)
+                    cols[std::size_t(j)] += col_sums[std::size_t(chunks[i].col_offset + j)];
+            k.factor(hp, x.col_var + b * x.cols, cols.data(), double(x.rows), x.cols);
+            const double mean = k.factor(hp, x.row_var + b * x.rows,
+                                         row_sums.data() + row_offset[t] + b * x.rows,
+                                         double(x.cols), x.rows);
+            row_means[std::size_t(matrix_offset[t] + b)] =
+                double(adafactor_detail::at_least(T(mean), T(x.eps1)));
+        }
+    }
+
+    // Pass 2.
+    parallel_for(n_chunks, kAdafactorMinParallel, [&](std::int64_t i) {
+        const Chunk& c = chunks[std::size_t(i)];
+        const AdafactorTensor<T>& x = tensors[c.t];
+        if (!x.factored) return;
+        u_sq[std::size_t(i)] = k.factored_norm(
+            hp, x.g + (c.b * x.rows + c.lo) * x.cols, c.hi - c.lo, x.cols,
+            x.row_var + c.b * x.rows + c.lo, x.col_var + c.b * x.cols,
+            row_means[std::size_t(matrix_offset[c.t] + c.b)], x.eps1);
+    });
+
+    std::vector<double> scale(tensors.size());
+    for (std::size_t t = 0; t < tensors.size(); ++t) {
+        double p_total = 0.0, u_total = 0.0;
+        for (std::size_t i = first_chunk[t]; i < first_chunk[t + 1]; ++i) {
+            p_total += p_sq[i];
+            u_total += u_sq[i];
+        }
+        const double root_n = std::sqrt(double(tensors[t].size));
+        const double alpha = adafactor_detail::py_max(hp.eps2, std::sqrt(p_total) / root_n) * hp.rho;
+        scale[t] = -alpha / adafactor_detail::py_max(1.0, std::sqrt(u_total) / (root_n * hp.d));
+    }
+
+    // Pass 3.
+    parallel_for(n_chunks, kAdafactorMinParallel, [&](std::int64_t i) {
+        const Chunk& c = chunks[std::size_t(i)];
+        const AdafactorTensor<T>& x = tensors[c.t];
+        if (x.factored) {
+            const std::int64_t first = (c.b * x.rows + c.lo) * x.cols;
+            k.factored_apply(hp, x.p + first, x.g + first, c.hi - c.lo, x.cols,
+                             x.row_var + c.b * x.rows + c.lo, x.col_var + c.b * x.cols,
+                             row_means[std::size_t(matrix_offset[c.t] + c.b)], x.eps1,
+                             scale[c.t]);
+        } else {
+            k.full_apply(hp, x.p + c.lo, x.g + c.lo, x.variance + c.lo, c.hi - c.lo, x.eps1,
+                         scale[c.t]);
+        }
+    });
+}
+
+}  // namespace lrfast

@@ -1,0 +1,193 @@
+// Adafactor (Shazeer & Stern 2018; torch 2.13's torch.optim.Adafactor), the
+// pieces of its passes over memory (lrfast/reference_adafactor.py has the
+// maths; cpp/adafactor_driver.hpp runs them):
+//
+//   1. a reduction: sum(p^2) (the param's RMS, before weight decay) and, for a
+//      factored param, each row's sum of g^2 and each column's (per chunk of
+//      rows, added by the driver in chunk order); a full-variance param
+//      updates v here, elementwise, and sums u^2 too;
+//   2. factored params only: sum(u^2), u = g / sqrt(max(R_i C_j / rmean, eps1^2));
+//   3. the update p = p * decay + scale * u, u recomputed from g and the factors.
+//
+// Every sum runs in double, over kLanes lanes folded in a fixed order (or, for
+// the columns, row after row), on ranges that depend only on the shapes: the
+// bits are those of any thread count and ISA.
+#include "kernel.hpp"
+
+namespace lrfast::LRFAST_ISA_NS {
+
+// torch's clamp_(min=lo): lo where x < lo; a NaN stays NaN.
+template <class T>
+static T at_least(T x, T lo) {
+    return x < lo ? lo : x;
+}
+
+// u for one element: g / sqrt(max(v, eps1^2)) as torch computes it, the
+// reciprocal square root first (rsqrt_ then mul_).
+template <class T>
+static T scaled(T g, T v, T eps1_sq) {
+    return g * (T(1) / root(at_least(v, eps1_sq)));
+}
+
+template <class T>
+double adafactor_rows(const AdafactorParams& hp, const T* __restrict p, const T* __restrict g,
+                      std::int64_t rows, std::int64_t cols, double* __restrict row_sums,
+                      double* __restrict col_sums) {
+    const T gs = T(hp.grad_scale);
+    double p_sq[kLanes] = {};
+    for (std::int64_t r = 0; r < rows; ++r) {
+        const T* __restrict pr = p + r * cols;
+        const T* __restrict gr = g + r * cols;
+        double g_sq[kLanes] = {};
+        auto visit = [&](int j, std::int64_t c) {
+            const double x = double(pr[c]), d = double(gr[c] * gs);
+            p_sq[j] += x * x;
+            g_sq[j] += d * d;
+        };
+        std::int64_t c = 0;
+        for (; c + kLanes <= cols; c += kLanes)
+            for (int j = 0; j < kLanes; ++j) visit(j, c + j);
+        for (int j = 0; c + j < cols; ++j) visit(j, c + j);
+        row_sums[r] = fold_lanes(g_sq);
+        for (c = 0; c < cols; ++c) {
+            const double d = double(gr[c] * gs);
+            col_sums[c] += d * d;
+        }
+    }
+    return fold_lanes(p_sq);
+}
+
+template <class T>
+AdafactorSums adafactor_full(const AdafactorParams& hp, const T* __restrict p,
+                             const T* __restrict g, T* __restrict v, std::int64_t n,
+                             double eps1) {
+    const T gs = T(hp.grad_scale), eps1_sq = T(eps1 * eps1);
+    const T w = T(hp.beta2_weight), w_rest = T(1) - w;
+    const bool near = __builtin_fabs(hp.beta2_weight) < 0.5;
+    double p_sq[kLanes] = {}, u_sq[kLanes] = {};
+    auto visit = [&](int j, std::int64_t i) {
+        const T d = g[i] * gs, sq = d * d, vi = v[i];
+        // torch's lerp(v, g * g, w)
+        const T vn = near ? vi + w * (sq - vi) : sq - (sq - vi) * w_rest;
+        v[i] = vn;
+        const double x = double(p[i]), u = double(scaled(d, vn, eps1_sq));
+        p_sq[j] += x * x;
+        u_sq[j] += u * u;
+    };
+    std::int64_t i = 0;
+    for (; i + kLanes <= n; i += kLanes)
+        for (int j = 0; j < kLanes; ++j) visit(j, i + j);
+    for (int j = 0; i + j < n; ++j) visit(j, i + j);
+    return {fold_lanes(p_sq), fold_lanes(u_sq)};
+}
+
+template <class T>
+double adafactor_factored_norm(const AdafactorParams& hp, const T* __restrict g,
+                               std::int64_t rows, std::int64_t cols, const T* __restrict row_var,
+                               const T* __restrict col_var, double row_mean, double eps1) {
+    const T gs = T(hp.grad_scale), eps1_sq = T(eps1 * eps1), rm = T(row_mean);
+    double u_sq[kLanes] = {};
+    for (std::int64_t r = 0; r < rows; ++r) {
+        const T* __restrict gr = g + r * cols;
+        const T ri = row_var[r];
+        auto visit = [&](int j, std::int64_t c) {
+            const double u = double(scaled(gr[c] * gs, (ri * col_var[c]) / rm, eps1_sq));
+            u_sq[j] += u * u;
+        };
+        std::int64_t c = 0;
+        for (; c + kLanes <= cols; c += kLanes)
+            for (int j = 0; j < kLanes; ++j) visit(j, c + j);
+        for (int j = 0; c + j < cols; ++j) visit(j, c + j);
+    }
+    return fold_lanes(u_sq);
+}
+
+// decay multiplies only when weight_decay != 0, as torch's mul_ (a multiply
+// by 1 would be exact anyway).
+template <class T, bool DECAY>
+static void factored_apply(const AdafactorParams& hp, T* __restrict p, const T* __restrict g,
+                           std::int64_t rows, std::int64_t cols, const T* __restrict row_var,
+                           const T* __restrict col_var, double row_mean, double eps1,
+                           double scale) {
+    const T gs = T(hp.grad_scale), eps1_sq = T(eps1 * eps1), rm = T(row_mean);
+    const T decay = T(1.0 - hp.lr * hp.weight_decay), s = T(scale);
+    for (std::int64_t r = 0; r < rows; ++r) {
+        T* __restrict pr = p + r * cols;
+        const T* __restrict gr = g + r * cols;
+        const T ri = row_var[r];
+        for (std::int64_t c = 0; c < cols; ++c) {
+            const T u = scaled(gr[c] * gs, (ri * col_var[c]) / rm, eps1_sq);
+            const T x = DECAY ? pr[c] * decay : pr[c];
+            pr[c] = x + s * u;
+        }
+    }
+}
+
+template <class T>
+void adafactor_factored_apply(const AdafactorParams& hp, T* p, const T* g, std::int64_t rows,
+                              std::int64_t cols, const T* row_var, const T* col_var,
+                              double row_mean, double eps1, double scale) {
+    if (hp.weight_decay != 0)
+        factored_apply<T, true>(hp, p, g, rows, cols, row_var, col_var, row_mean, eps1, scale);
+    else
+        factored_apply<T, false>(hp, p, g, rows, cols, row_var, col_var, row_mean, eps1, scale);
+}
+
+template <class T, bool DECAY>
+static void full_apply(const AdafactorParams& hp, T* __restrict p, const T* __restrict g,
+                       const T* __restrict v, std::int64_t n, double eps1, double scale) {
+    const T gs = T(hp.grad_scale), eps1_sq = T(eps1 * eps1);
+    const T decay = T(1.0 - hp.lr * hp.weight_decay), s = T(scale);
+    for (std::int64_t i = 0; i < n; ++i) {
+        const T u = scaled(g[i] * gs, v[i], eps1_sq);
+        const T x = DECAY ? p[i] * decay : p[i];
+        p[i] = x + s * u;
+    }
+}
+
+template <class T>
+void adafactor_full_apply(const AdafactorParams& hp, T* p, const T* g, const T* v,
+                          std::int64_t n, double eps1, double scale) {
+    if (hp.weight_decay != 0)
+        full_apply<T, true>(hp, p, g, v, n, eps1, scale);
+    else
+        full_apply<T, false>(hp, p, g, v, n, eps1, scale);
+}
+
+// The factors of one matrix from its sums: x = lerp(x, sum / count, w) in T,
+// for `n` entries; returns the mean of the new x (summed in double, in order).
+template <class T>
+double adafactor_factor(const AdafactorParams& hp, T* __restrict x,
+                        const double* __restrict sums, double count, std::int64_t n) {
+    const T w = T(hp.beta2_weight), w_rest = T(1) - w;
+    const bool near = __builtin_fabs(hp.beta2_weight) < 0.5;
+    double total = 0.0;
+    for (std::int64_t i = 0; i < n; ++i) {
+        const T mean = T(sums[i] / count), xi = x[i];
+        const T xn = near ? xi + w * (mean - xi) : mean - (mean - xi) * w_rest;
+        x[i] = xn;
+        total += double(xn);
+    }
+    return total / double(n);
+}
+
+#define LRFAST_ADAFACTOR_INSTANTIATE(T)                                                        \
+    template double adafactor_rows<T>(const AdafactorParams&, const T*, const T*,              \
+                                      std::int64_t, std::int64_t, double*, double*);           \
+    template AdafactorSums adafactor_full<T>(const AdafactorParams&, const T*, const T*, T*,   \
+                                             std::int64_t, double);                            \
+    template double adafactor_factored_norm<T>(const AdafactorParams&, const T*,               \
+                                               std::int64_t, std::int64_t, const T*, const T*, \
+                                               double, double);                                \
+    template void adafactor_factored_apply<T>(const AdafactorParams&, T*, const T*,            \
+                                              std::int64_t, std::int64_t, const T*, const T*,  \
+                                              double, double, double);                         \
+    template void adafactor_full_apply<T>(const AdafactorParams&, T*, const T*, const T*,      \
+                                          std::int64_t, double, double);                       \
+    template double adafactor_factor<T>(const AdafactorParams&, T*, const double*, double,     \
+                                        std::int64_t);
+LRFAST_ADAFACTOR_INSTANTIATE(float)
+LRFAST_ADAFACTOR_INSTANTIATE(double)
+#undef LRFAST_ADAFACTOR_INSTANTIATE
+
+}  // namespace lrfast::LRFAST_ISA_NS
