@@ -10,7 +10,8 @@
 //
 //   pass 1 (parallel over chunks): sum(p^2); row and column sums of g^2, or
 //          the full variance updated and sum(u^2);
-//   host:  the factors lerped from the sums, each matrix's clamped row mean;
+//   host:  the factors lerped from the sums; per row and column the
+//          reciprocal square roots that make u (kernels/adafactor.cpp);
 //   pass 2 (parallel, factored chunks): sum(u^2);
 //   host:  scale = -max(eps2, RMS(p)) * rho / max(1, RMS(u) / d) per tensor;
 //   pass 3 (parallel over chunks): p = p * decay + scale * u.
@@ -70,13 +71,13 @@ void run_adafactor(const AdafactorKernels<T>& k, const AdafactorParams& hp,
     std::vector<Chunk> chunks;
     std::vector<std::size_t> first_chunk;  // per tensor, and one past the last
     std::vector<std::int64_t> row_offset;  // per tensor: its rows in row_sums
-    std::vector<std::int64_t> matrix_offset;  // per tensor: its matrices in row_means
-    std::int64_t n_rows = 0, n_cols = 0, n_matrices = 0;
+    std::vector<std::int64_t> col_offset;  // per tensor: its columns in col_rsqrt
+    std::int64_t n_rows = 0, n_cols = 0, n_col_rsqrt = 0;
     for (std::size_t t = 0; t < tensors.size(); ++t) {
         const AdafactorTensor<T>& x = tensors[t];
         first_chunk.push_back(chunks.size());
         row_offset.push_back(n_rows);
-        matrix_offset.push_back(n_matrices);
+        col_offset.push_back(n_col_rsqrt);
         if (x.factored) {
             const std::int64_t step = std::max<std::int64_t>(1, kAdafactorChunk / x.cols);
             for (std::int64_t b = 0; b < x.batch; ++b)
@@ -85,7 +86,7 @@ void run_adafactor(const AdafactorKernels<T>& k, const AdafactorParams& hp,
                     n_cols += x.cols;
                 }
             n_rows += x.batch * x.rows;
-            n_matrices += x.batch;
+            n_col_rsqrt += x.batch * x.cols;
         } else {
             for (std::int64_t lo = 0; lo < x.size; lo += kAdafactorChunk)
                 chunks.push_back({t, 0, lo, std::min(lo + kAdafactorChunk, x.size), 0});
@@ -97,7 +98,6 @@ void run_adafactor(const AdafactorKernels<T>& k, const AdafactorParams& hp,
 
     std::vector<double> p_sq(chunks.size()), u_sq(chunks.size());
     std::vector<double> row_sums(std::size_t(n_rows), 0.0), col_sums(std::size_t(n_cols), 0.0);
-    std::vector<double> row_means(static_cast<std::size_t>(n_matrices));
 
     // Pass 1.
     parallel_for(n_chunks, kAdafactorMinParallel, [&](std::int64_t i) {
@@ -117,7 +117,10 @@ void run_adafactor(const AdafactorKernels<T>& k, const AdafactorParams& hp,
         }
     });
 
-    // The factors, from the sums; each matrix's row mean, clamped at eps1.
+    // The factors, from the sums; then each row's 1 / sqrt(R_i / rmean), rmean
+    // the matrix's row mean clamped at eps1, and each column's 1 / sqrt(C_j).
+    std::vector<T> row_rsqrt(static_cast<std::size_t>(n_rows));
+    std::vector<T> col_rsqrt(static_cast<std::size_t>(n_col_rsqrt));
     std::vector<double> cols;
     for (std::size_t t = 0; t < tensors.size(); ++t) {
         const AdafactorTensor<T>& x = tensors[t];
@@ -129,12 +132,14 @@ void run_adafactor(const AdafactorKernels<T>& k, const AdafactorParams& hp,
             for (; i < first_chunk[t + 1] && chunks[i].b == b; ++i)
                 for (std::int64_t j = 0; j < x.cols; ++j)
                     cols[std::size_t(j)] += col_sums[std::size_t(chunks[i].col_offset + j)];
-            k.factor(hp, x.col_var + b * x.cols, cols.data(), double(x.rows), x.cols);
-            const double mean = k.factor(hp, x.row_var + b * x.rows,
-                                         row_sums.data() + row_offset[t] + b * x.rows,
+            T* col_var = x.col_var + b * x.cols;
+            T* row_var = x.row_var + b * x.rows;
+            k.factor(hp, col_var, cols.data(), double(x.rows), x.cols);
+            const double mean = k.factor(hp, row_var, row_sums.data() + row_offset[t] + b * x.rows,
                                          double(x.cols), x.rows);
-            row_means[std::size_t(matrix_offset[t] + b)] =
-                double(adafactor_detail::at_least(T(mean), T(x.eps1)));
+            const T rmean = adafactor_detail::at_least(T(mean), T(x.eps1));
+            k.rsqrt(row_var, rmean, row_rsqrt.data() + row_offset[t] + b * x.rows, x.rows);
+            k.rsqrt(col_var, T(1), col_rsqrt.data() + col_offset[t] + b * x.cols, x.cols);
         }
     }
 
@@ -145,8 +150,8 @@ void run_adafactor(const AdafactorKernels<T>& k, const AdafactorParams& hp,
         if (!x.factored) return;
         u_sq[std::size_t(i)] = k.factored_norm(
             hp, x.g + (c.b * x.rows + c.lo) * x.cols, c.hi - c.lo, x.cols,
-            x.row_var + c.b * x.rows + c.lo, x.col_var + c.b * x.cols,
-            row_means[std::size_t(matrix_offset[c.t] + c.b)], x.eps1);
+            row_rsqrt.data() + row_offset[c.t] + c.b * x.rows + c.lo,
+            col_rsqrt.data() + col_offset[c.t] + c.b * x.cols, x.eps1);
     });
 
     std::vector<double> scale(tensors.size());
@@ -168,8 +173,8 @@ void run_adafactor(const AdafactorKernels<T>& k, const AdafactorParams& hp,
         if (x.factored) {
             const std::int64_t first = (c.b * x.rows + c.lo) * x.cols;
             k.factored_apply(hp, x.p + first, x.g + first, c.hi - c.lo, x.cols,
-                             x.row_var + c.b * x.rows + c.lo, x.col_var + c.b * x.cols,
-                             row_means[std::size_t(matrix_offset[c.t] + c.b)], x.eps1,
+                             row_rsqrt.data() + row_offset[c.t] + c.b * x.rows + c.lo,
+                             col_rsqrt.data() + col_offset[c.t] + c.b * x.cols, x.eps1,
                              scale[c.t]);
         } else {
             k.full_apply(hp, x.p + c.lo, x.g + c.lo, x.variance + c.lo, c.hi - c.lo, x.eps1,

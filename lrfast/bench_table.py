@@ -71,6 +71,10 @@ COLUMNS = [
            "operation: the other torch.optim classes), lion-pytorch, schedulefree, "
            "prodigyopt (the package's own step), - (not measured: torch or the package "
            "not installed)"),
+    Column("state B/param", 13, lambda r: _number(r.get("state_bytes_per_param"), ".4g"),
+           "bytes of optimizer state per parameter (Adam in float32: 8; Adafactor keeps "
+           "a row and a column factor per matrix: 5000x4000 holds 9000 floats, "
+           "0.0018 bytes per parameter)"),
 ]
 
 # The "probe GB/s" column on each device: what the bound is measured with.

@@ -63,8 +63,12 @@ def adafactor_step(params, grads, row_vars, col_vars, variances, *, lr=1e-2, ste
         U = g * (1 / sqrt(max(V, eps1 * eps1)))
         param = param + (-alpha / max(1, RMS(U) / d)) * U
 
-    A param without elements is left as it is (torch would make a factored
-    state NaN: the mean of no elements).
+    A factored ``U`` is computed as ``g * min(a_i * b_j, 1 / eps1)``, ``a_i =
+    1 / sqrt(R_i / max(mean_i(R), eps1))``, ``b_j = 1 / sqrt(C_j)``: the same
+    value, without a square root and two divisions per element (its
+    rounding differs from torch's by a few ulps). A param without elements
+    is left as it is (torch would make a factored state NaN: the mean of no
+    elements).
     """
     for p, g, r, c, v in each(params, grads, row_vars, col_vars, variances):
         if p.size == 0:
@@ -87,11 +91,14 @@ def adafactor_step(params, grads, row_vars, col_vars, variances, *, lr=1e-2, ste
             r[...] = _lerp(r, row_mean, w)
             c[...] = _lerp(c, col_mean, w)
             r_mean = (r.astype(np.float64).sum(axis=-2, keepdims=True) / p.shape[-2]).astype(dt)
-            var = (r * c) / np.maximum(r_mean, dt.type(eps1))
+            r_mean = np.where(r_mean < dt.type(eps1), dt.type(eps1), r_mean)
+            weight = (dt.type(1) / np.sqrt(r / r_mean)) * (dt.type(1) / np.sqrt(c))
+            cap = dt.type(math.inf if eps1 == 0 else 1.0 / eps1)
+            u = grad * np.where(weight < cap, weight, cap)
         else:
             v[...] = _lerp(v, grad * grad, w)
-            var = v
-        u = grad * (dt.type(1) / np.sqrt(np.maximum(var, dt.type(eps1 * eps1))))
+            u = grad * (dt.type(1) / np.sqrt(np.where(v < dt.type(eps1 * eps1),
+                                                      dt.type(eps1 * eps1), v)))
         denom = max(1.0, math.sqrt(_sum_squares(u)) / (math.sqrt(u.size) * d))
         p[...] = x + dt.type(-alpha / denom) * u
 

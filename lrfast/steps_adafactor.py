@@ -40,7 +40,10 @@ def adafactor_step(params: Tensors, grads: Tensors, row_vars, col_vars, variance
         U = g / sqrt(max(V, eps1 * eps1))
         param = param + (-alpha / max(1, RMS(U) / d)) * U
 
-    ``lerp(a, b, w)`` is torch's. ``row_vars``, ``col_vars`` and
+    ``lerp(a, b, w)`` is torch's. A factored ``U`` is computed as ``g *
+    min(a_i * b_j, 1 / eps1)`` with ``a_i = 1 / sqrt(R_i / max(mean_i(R),
+    eps1))`` and ``b_j = 1 / sqrt(C_j)``: the same value at three multiplies
+    per element (rounded a few ulps from torch's). ``row_vars``, ``col_vars`` and
     ``variances`` are lists as long as ``params`` with None where a param
     does not use them (or None for a whole list that no param uses); they
     start as zeros and have the param's dtype. A param without elements is

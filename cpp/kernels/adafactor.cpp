@@ -6,7 +6,9 @@
 //      factored param, each row's sum of g^2 and each column's (per chunk of
 //      rows, added by the driver in chunk order); a full-variance param
 //      updates v here, elementwise, and sums u^2 too;
-//   2. factored params only: sum(u^2), u = g / sqrt(max(R_i C_j / rmean, eps1^2));
+//   2. factored params only: sum(u^2), u = g * min(a_i b_j, 1 / eps1) with
+//      a_i = 1 / sqrt(R_i / rmean), b_j = 1 / sqrt(C_j) (torch's
+//      g / sqrt(max(R_i C_j / rmean, eps1^2)), rounded differently);
 //   3. the update p = p * decay + scale * u, u recomputed from g and the factors.
 //
 // Every sum runs in double, over kLanes lanes folded in a fixed order (or, for
@@ -29,6 +31,9 @@ static T scaled(T g, T v, T eps1_sq) {
     return g * (T(1) / root(at_least(v, eps1_sq)));
 }
 
+// Row r's squares go to lane j = c mod kLanes of its row sum and to column
+// c's sum, each square computed once. (Plain loops, no lambda: GCC
+// vectorises the rounds of kLanes only so.)
 template <class T>
 double adafactor_rows(const AdafactorParams& hp, const T* __restrict p, const T* __restrict g,
                       std::int64_t rows, std::int64_t cols, double* __restrict row_sums,
@@ -39,20 +44,21 @@ double adafactor_rows(const AdafactorParams& hp, const T* __restrict p, const T*
         const T* __restrict pr = p + r * cols;
         const T* __restrict gr = g + r * cols;
         double g_sq[kLanes] = {};
-        auto visit = [&](int j, std::int64_t c) {
-            const double x = double(pr[c]), d = double(gr[c] * gs);
-            p_sq[j] += x * x;
-            g_sq[j] += d * d;
-        };
         std::int64_t c = 0;
         for (; c + kLanes <= cols; c += kLanes)
-            for (int j = 0; j < kLanes; ++j) visit(j, c + j);
-        for (int j = 0; c + j < cols; ++j) visit(j, c + j);
-        row_sums[r] = fold_lanes(g_sq);
-        for (c = 0; c < cols; ++c) {
-            const double d = double(gr[c] * gs);
-            col_sums[c] += d * d;
+            for (int j = 0; j < kLanes; ++j) {
+                const double x = double(pr[c + j]), d = double(gr[c + j] * gs), sq = d * d;
+                p_sq[j] += x * x;
+                g_sq[j] += sq;
+                col_sums[c + j] += sq;
+            }
+        for (int j = 0; c + j < cols; ++j) {
+            const double x = double(pr[c + j]), d = double(gr[c + j] * gs), sq = d * d;
+            p_sq[j] += x * x;
+            g_sq[j] += sq;
+            col_sums[c + j] += sq;
         }
+        row_sums[r] = fold_lanes(g_sq);
     }
     return fold_lanes(p_sq);
 }
@@ -81,23 +87,35 @@ AdafactorSums adafactor_full(const AdafactorParams& hp, const T* __restrict p,
     return {fold_lanes(p_sq), fold_lanes(u_sq)};
 }
 
+// A factored param's u = g * min(a_i * b_j, 1 / eps1), with a_i =
+// 1 / sqrt(R_i / rmean) per row and b_j = 1 / sqrt(C_j) per column (the
+// driver's, from adafactor_rsqrt): torch's g / sqrt(max(R_i C_j / rmean,
+// eps1^2)) rounded differently, at three multiplies and a min per element.
+template <class T>
+static T factored_u(T g, T a, T b, T cap) {
+    const T w = a * b;
+    return g * (w < cap ? w : cap);
+}
+
 template <class T>
 double adafactor_factored_norm(const AdafactorParams& hp, const T* __restrict g,
-                               std::int64_t rows, std::int64_t cols, const T* __restrict row_var,
-                               const T* __restrict col_var, double row_mean, double eps1) {
-    const T gs = T(hp.grad_scale), eps1_sq = T(eps1 * eps1), rm = T(row_mean);
+                               std::int64_t rows, std::int64_t cols, const T* __restrict row_rsqrt,
+                               const T* __restrict col_rsqrt, double eps1) {
+    const T gs = T(hp.grad_scale), cap = T(1.0 / eps1);
     double u_sq[kLanes] = {};
     for (std::int64_t r = 0; r < rows; ++r) {
         const T* __restrict gr = g + r * cols;
-        const T ri = row_var[r];
-        auto visit = [&](int j, std::int64_t c) {
-            const double u = double(scaled(gr[c] * gs, (ri * col_var[c]) / rm, eps1_sq));
-            u_sq[j] += u * u;
-        };
+        const T a = row_rsqrt[r];
         std::int64_t c = 0;
         for (; c + kLanes <= cols; c += kLanes)
-            for (int j = 0; j < kLanes; ++j) visit(j, c + j);
-        for (int j = 0; c + j < cols; ++j) visit(j, c + j);
+            for (int j = 0; j < kLanes; ++j) {
+                const double u = double(factored_u(gr[c + j] * gs, a, col_rsqrt[c + j], cap));
+                u_sq[j] += u * u;
+            }
+        for (int j = 0; c + j < cols; ++j) {
+            const double u = double(factored_u(gr[c + j] * gs, a, col_rsqrt[c + j], cap));
+            u_sq[j] += u * u;
+        }
     }
     return fold_lanes(u_sq);
 }
@@ -106,17 +124,16 @@ double adafactor_factored_norm(const AdafactorParams& hp, const T* __restrict g,
 // by 1 would be exact anyway).
 template <class T, bool DECAY>
 static void factored_apply(const AdafactorParams& hp, T* __restrict p, const T* __restrict g,
-                           std::int64_t rows, std::int64_t cols, const T* __restrict row_var,
-                           const T* __restrict col_var, double row_mean, double eps1,
-                           double scale) {
-    const T gs = T(hp.grad_scale), eps1_sq = T(eps1 * eps1), rm = T(row_mean);
+                           std::int64_t rows, std::int64_t cols, const T* __restrict row_rsqrt,
+                           const T* __restrict col_rsqrt, double eps1, double scale) {
+    const T gs = T(hp.grad_scale), cap = T(1.0 / eps1);
     const T decay = T(1.0 - hp.lr * hp.weight_decay), s = T(scale);
     for (std::int64_t r = 0; r < rows; ++r) {
         T* __restrict pr = p + r * cols;
         const T* __restrict gr = g + r * cols;
-        const T ri = row_var[r];
+        const T a = row_rsqrt[r];
         for (std::int64_t c = 0; c < cols; ++c) {
-            const T u = scaled(gr[c] * gs, (ri * col_var[c]) / rm, eps1_sq);
+            const T u = factored_u(gr[c] * gs, a, col_rsqrt[c], cap);
             const T x = DECAY ? pr[c] * decay : pr[c];
             pr[c] = x + s * u;
         }
@@ -125,12 +142,12 @@ static void factored_apply(const AdafactorParams& hp, T* __restrict p, const T* 
 
 template <class T>
 void adafactor_factored_apply(const AdafactorParams& hp, T* p, const T* g, std::int64_t rows,
-                              std::int64_t cols, const T* row_var, const T* col_var,
-                              double row_mean, double eps1, double scale) {
+                              std::int64_t cols, const T* row_rsqrt, const T* col_rsqrt,
+                              double eps1, double scale) {
     if (hp.weight_decay != 0)
-        factored_apply<T, true>(hp, p, g, rows, cols, row_var, col_var, row_mean, eps1, scale);
+        factored_apply<T, true>(hp, p, g, rows, cols, row_rsqrt, col_rsqrt, eps1, scale);
     else
-        factored_apply<T, false>(hp, p, g, rows, cols, row_var, col_var, row_mean, eps1, scale);
+        factored_apply<T, false>(hp, p, g, rows, cols, row_rsqrt, col_rsqrt, eps1, scale);
 }
 
 template <class T, bool DECAY>
@@ -171,6 +188,12 @@ double adafactor_factor(const AdafactorParams& hp, T* __restrict x,
     return total / double(n);
 }
 
+// out[i] = 1 / sqrt(x[i] / divisor), in T.
+template <class T>
+void adafactor_rsqrt(const T* __restrict x, T divisor, T* __restrict out, std::int64_t n) {
+    for (std::int64_t i = 0; i < n; ++i) out[i] = T(1) / root(x[i] / divisor);
+}
+
 #define LRFAST_ADAFACTOR_INSTANTIATE(T)                                                        \
     template double adafactor_rows<T>(const AdafactorParams&, const T*, const T*,              \
                                       std::int64_t, std::int64_t, double*, double*);           \
@@ -178,10 +201,11 @@ double adafactor_factor(const AdafactorParams& hp, T* __restrict x,
                                              std::int64_t, double);                            \
     template double adafactor_factored_norm<T>(const AdafactorParams&, const T*,               \
                                                std::int64_t, std::int64_t, const T*, const T*, \
-                                               double, double);                                \
+                                               double);                                        \
     template void adafactor_factored_apply<T>(const AdafactorParams&, T*, const T*,            \
                                               std::int64_t, std::int64_t, const T*, const T*,  \
-                                              double, double, double);                         \
+                                              double, double);                                 \
+    template void adafactor_rsqrt<T>(const T*, T, T*, std::int64_t);                           \
     template void adafactor_full_apply<T>(const AdafactorParams&, T*, const T*, const T*,      \
                                           std::int64_t, double, double);                       \
     template double adafactor_factor<T>(const AdafactorParams&, T*, const double*, double,     \

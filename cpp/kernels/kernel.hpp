@@ -75,12 +75,14 @@ AdafactorSums adafactor_full(const AdafactorParams& hp, const T* p, const T* g, 
                              std::int64_t n, double eps1);
 template <class T>
 double adafactor_factored_norm(const AdafactorParams& hp, const T* g, std::int64_t rows,
-                               std::int64_t cols, const T* row_var, const T* col_var,
-                               double row_mean, double eps1);
+                               std::int64_t cols, const T* row_rsqrt, const T* col_rsqrt,
+                               double eps1);
 template <class T>
 void adafactor_factored_apply(const AdafactorParams& hp, T* p, const T* g, std::int64_t rows,
-                              std::int64_t cols, const T* row_var, const T* col_var,
-                              double row_mean, double eps1, double scale);
+                              std::int64_t cols, const T* row_rsqrt, const T* col_rsqrt,
+                              double eps1, double scale);
+template <class T>
+void adafactor_rsqrt(const T* x, T divisor, T* out, std::int64_t n);
 template <class T>
 void adafactor_full_apply(const AdafactorParams& hp, T* p, const T* g, const T* v,
                           std::int64_t n, double eps1, double scale);

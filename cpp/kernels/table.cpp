@@ -11,7 +11,8 @@ static constexpr TypedKernels<T> typed_kernels() {
 #undef LRFAST_OPTIMIZER
         &prodigy_reduce<T>,
         {&adafactor_rows<T>, &adafactor_full<T>, &adafactor_factored_norm<T>,
-         &adafactor_factored_apply<T>, &adafactor_full_apply<T>, &adafactor_factor<T>},
+         &adafactor_factored_apply<T>, &adafactor_full_apply<T>, &adafactor_factor<T>,
+         &adafactor_rsqrt<T>},
         &norm_partial<T>, &scale<T>, &clamp<T>, &stream<T>,
     };
 }

@@ -88,19 +88,22 @@ struct AdafactorKernels {
     // Pass 1 of a full-variance range: updates v; sum(p^2) and sum(u^2).
     AdafactorSums (*full)(const AdafactorParams&, const T* p, const T* g, T* v, std::int64_t n,
                           double eps1);
-    // Pass 2 over `rows` rows of a factored matrix: sum(u^2).
+    // Pass 2 over `rows` rows of a factored matrix: sum(u^2), u from the
+    // rows' 1 / sqrt(R / rmean) and the columns' 1 / sqrt(C).
     double (*factored_norm)(const AdafactorParams&, const T* g, std::int64_t rows,
-                            std::int64_t cols, const T* row_var, const T* col_var,
-                            double row_mean, double eps1);
+                            std::int64_t cols, const T* row_rsqrt, const T* col_rsqrt,
+                            double eps1);
     // Pass 3: p = p * decay + scale * u.
     void (*factored_apply)(const AdafactorParams&, T* p, const T* g, std::int64_t rows,
-                           std::int64_t cols, const T* row_var, const T* col_var,
-                           double row_mean, double eps1, double scale);
+                           std::int64_t cols, const T* row_rsqrt, const T* col_rsqrt,
+                           double eps1, double scale);
     void (*full_apply)(const AdafactorParams&, T* p, const T* g, const T* v, std::int64_t n,
                        double eps1, double scale);
     // One factor from its sums: x = lerp(x, sums / count, w); returns mean(x).
     double (*factor)(const AdafactorParams&, T* x, const double* sums, double count,
                      std::int64_t n);
+    // out[i] = 1 / sqrt(x[i] / divisor).
+    void (*rsqrt)(const T* x, T divisor, T* out, std::int64_t n);
 };
 
 template <class T>
