@@ -28,16 +28,16 @@ def adafactor_step(params: Tensors, grads: Tensors, row_vars, col_vars, variance
     dtype's machine epsilon if None), ``eps2 = eps[1]`` and ``RMS(x) =
     sqrt(mean(x**2))``::
 
-        w = t ** beta2_decay                      (torch's 1 - beta2_t)
+        w = t ** beta2_decay                      (1 - beta2_t)
         alpha = max(eps2, RMS(param)) * min(lr, 1 / sqrt(t))
         param = param * (1 - lr * weight_decay)   if weight_decay != 0
-        params of 2 or more dims (rows i, columns j of the last two):
-            R = lerp(R, mean_j(g**2), w)          row_vars[k], shape (..., n, 1)
-            C = lerp(C, mean_i(g**2), w)          col_vars[k], shape (..., 1, m)
+        params of 2 or more dims (the last two factored: rows i, columns j):
+            R = lerp(R, mean_j(g**2), w)          row_vars, shape (..., n, 1)
+            C = lerp(C, mean_i(g**2), w)          col_vars, shape (..., 1, m)
             V = R * C / max(mean_i(R), eps1)
         params of 0 or 1 dims:
-            V = lerp(V, g * g, w)                 variances[k], the param's shape
-        U = g / sqrt(max(V, eps1 * eps1))
+            V = lerp(V, g * g, w)                 variances, the param's shape
+        U = g * (1 / sqrt(max(V, eps1 * eps1)))
         param = param + (-alpha / max(1, RMS(U) / d)) * U
 
     ``lerp(a, b, w)`` is torch's. A factored ``U`` is computed as ``g *

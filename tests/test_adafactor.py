@@ -240,3 +240,33 @@ def test_torch_class_checks_every_group_first():
     assert torch.equal(a, torch.ones(3, 4))
     with pytest.raises(ValueError, match="d "):
         lrfast.torch.Adafactor([a], d=0.5)
+
+
+def test_numpy_class_matches_reference_and_round_trips(tmp_path):
+    import lrfast.optim
+
+    shapes, hp = [(5, 3), (7,), ()], dict(lr=0.05, weight_decay=0.1, d=2.0)
+    rng = np.random.default_rng(5)
+    params = [rng.standard_normal(s) for s in shapes]
+    want = [p.copy() for p in params]
+    opt = lrfast.optim.Adafactor([{"params": params[:1]}, {"params": params[1:], **hp}])
+    states = adafactor_states(shapes, np.float64)
+    for step in range(1, 4):
+        grads = gradients(shapes, np.float64, step)
+        opt.step(grads)
+        ref.adafactor_step(want[:1], grads[:1], *(s[:1] for s in states.values()), step=step)
+        ref.adafactor_step(want[1:], grads[1:], *(s[1:] for s in states.values()), step=step,
+                           **hp)
+    for a, b in zip(params, want):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-13)
+    assert opt.state[0]["row_vars"][0].shape == (5, 1) and opt.state[1]["row_vars"][0].size == 0
+    opt.save(tmp_path / "ck.npz")
+    again = lrfast.optim.Adafactor([{"params": [p.copy() for p in params[:1]]},
+                                    {"params": [p.copy() for p in params[1:]], **hp}])
+    again.load(tmp_path / "ck.npz")
+    for group, other in zip(opt.state, again.state):
+        for name in group:
+            for a, b in zip(group[name], other[name]):
+                np.testing.assert_array_equal(a, b)
+    with pytest.raises(ValueError, match="state_dtype"):
+        lrfast.optim.Adafactor(params, state_dtype="q8")
