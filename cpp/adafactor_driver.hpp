@@ -32,10 +32,14 @@ constexpr std::int64_t kAdafactorChunk = 1 << 17;
 // Chunks below this count run on the calling thread.
 constexpr std::int64_t kAdafactorMinParallel = 2;
 
+// p and g are nullptr where the param or grad is 16-bit: then `param` and
+// `grad` say where it is, and each chunk runs on buffers widened from it (the
+// param rounded back, to nearest even, after the update).
 template <class T>
 struct AdafactorTensor {
     T* p;
     const T* g;
+    Operand param, grad;
     std::int64_t size;
     bool factored;
     std::int64_t batch, rows, cols;  // factored: batch matrices of rows x cols
@@ -61,6 +65,34 @@ T at_least(T x, T lo) {
 
 // Python's max(a, b) with a float first: b unless b > a (a NaN b gives a).
 inline double py_max(double a, double b) { return b > a ? b : a; }
+
+// A chunk's param and grad, elements [first, first + n) of its tensor: the
+// tensor's own memory, or this thread's buffers widened from 16 bits (the
+// param only `with_param`).
+template <class T>
+struct ChunkArrays {
+    T* p;
+    const T* g;
+
+    ChunkArrays(const AdafactorKernels<T>& k, const AdafactorTensor<T>& x, std::int64_t first,
+                std::int64_t n, bool with_param) {
+        thread_local std::vector<T> p_buffer, g_buffer;
+        if (x.p != nullptr) {
+            p = x.p + first;
+        } else {
+            p_buffer.resize(std::size_t(n));
+            p = p_buffer.data();
+            if (with_param) k.widen(x.param, first, n, p);
+        }
+        if (x.g != nullptr) {
+            g = x.g + first;
+        } else {
+            g_buffer.resize(std::size_t(n));
+            k.widen(x.grad, first, n, g_buffer.data());
+            g = g_buffer.data();
+        }
+    }
+};
 
 }  // namespace adafactor_detail
 
@@ -105,13 +137,14 @@ void run_adafactor(const AdafactorKernels<T>& k, const AdafactorParams& hp,
         const AdafactorTensor<T>& x = tensors[c.t];
         if (x.factored) {
             const std::int64_t first = (c.b * x.rows + c.lo) * x.cols;
+            const adafactor_detail::ChunkArrays<T> a(k, x, first, (c.hi - c.lo) * x.cols, true);
             p_sq[std::size_t(i)] =
-                k.rows(hp, x.p + first, x.g + first, c.hi - c.lo, x.cols,
+                k.rows(hp, a.p, a.g, c.hi - c.lo, x.cols,
                        row_sums.data() + row_offset[c.t] + c.b * x.rows + c.lo,
                        col_sums.data() + c.col_offset);
         } else {
-            const AdafactorSums s = k.full(hp, x.p + c.lo, x.g + c.lo, x.variance + c.lo,
-                                           c.hi - c.lo, x.eps1);
+            const adafactor_detail::ChunkArrays<T> a(k, x, c.lo, c.hi - c.lo, true);
+            const AdafactorSums s = k.full(hp, a.p, a.g, x.variance + c.lo, c.hi - c.lo, x.eps1);
             p_sq[std::size_t(i)] = s.p_sq;
             u_sq[std::size_t(i)] = s.u_sq;
         }
@@ -148,8 +181,10 @@ void run_adafactor(const AdafactorKernels<T>& k, const AdafactorParams& hp,
         const Chunk& c = chunks[std::size_t(i)];
         const AdafactorTensor<T>& x = tensors[c.t];
         if (!x.factored) return;
+        const adafactor_detail::ChunkArrays<T> a(k, x, (c.b * x.rows + c.lo) * x.cols,
+                                                 (c.hi - c.lo) * x.cols, false);
         u_sq[std::size_t(i)] = k.factored_norm(
-            hp, x.g + (c.b * x.rows + c.lo) * x.cols, c.hi - c.lo, x.cols,
+            hp, a.g, c.hi - c.lo, x.cols,
             row_rsqrt.data() + row_offset[c.t] + c.b * x.rows + c.lo,
             col_rsqrt.data() + col_offset[c.t] + c.b * x.cols, x.eps1);
     });
@@ -170,16 +205,17 @@ void run_adafactor(const AdafactorKernels<T>& k, const AdafactorParams& hp,
     parallel_for(n_chunks, kAdafactorMinParallel, [&](std::int64_t i) {
         const Chunk& c = chunks[std::size_t(i)];
         const AdafactorTensor<T>& x = tensors[c.t];
-        if (x.factored) {
-            const std::int64_t first = (c.b * x.rows + c.lo) * x.cols;
-            k.factored_apply(hp, x.p + first, x.g + first, c.hi - c.lo, x.cols,
+        const std::int64_t first = x.factored ? (c.b * x.rows + c.lo) * x.cols : c.lo;
+        const std::int64_t n = x.factored ? (c.hi - c.lo) * x.cols : c.hi - c.lo;
+        const adafactor_detail::ChunkArrays<T> a(k, x, first, n, true);
+        if (x.factored)
+            k.factored_apply(hp, a.p, a.g, c.hi - c.lo, x.cols,
                              row_rsqrt.data() + row_offset[c.t] + c.b * x.rows + c.lo,
                              col_rsqrt.data() + col_offset[c.t] + c.b * x.cols, x.eps1,
                              scale[c.t]);
-        } else {
-            k.full_apply(hp, x.p + c.lo, x.g + c.lo, x.variance + c.lo, c.hi - c.lo, x.eps1,
-                         scale[c.t]);
-        }
+        else
+            k.full_apply(hp, a.p, a.g, x.variance + c.lo, n, x.eps1, scale[c.t]);
+        if (x.p == nullptr) k.narrow(a.p, x.param, first, n);
     });
 }
 

@@ -741,7 +741,7 @@ py::tuple grads_only(const py::object& grads) { return py::make_tuple(grads); }
 void adafactor(const py::tuple& arrays, const py::tuple& names, const py::dict& hp,
                bool check_only) {
     Collected c = collect(py::make_tuple(arrays[0], arrays[1]),
-                          py::make_tuple(names[0], names[1]), kParams, false, false);
+                          py::make_tuple(names[0], names[1]), kParams, false);
     const AdafactorParams params = params_from<AdafactorParams>(hp);
     std::vector<py::object> seqs;
     for (int i = 0; i < 5; ++i) {
@@ -774,7 +774,10 @@ void adafactor(const py::tuple& arrays, const py::tuple& names, const py::dict& 
     std::vector<Span> spans;
     for (std::size_t t = 0; t < n; ++t) {
         const py::array p = view(0, t), g = view(1, t);
+        // float32 and float64 tensors, or (mixed32) a 16-bit param, its grad 16-bit or float32
         const bool is_f64 = c.order[t].first == 1;
+        const MixedTensor* mixed =
+            c.order[t].first == 2 ? &c.mixed32.tensors[c.order[t].second] : nullptr;
         const std::int64_t size = std::int64_t(p.size());
         const int nd = int(p.ndim());
         const bool factored = nd >= 2;
@@ -797,9 +800,9 @@ void adafactor(const py::tuple& arrays, const py::tuple& names, const py::dict& 
             const auto* proxy = py::detail::array_proxy(a.ptr());
             const Storage want_storage = is_f64 ? Storage::f64 : Storage::f32;
             if (storage_of(py::detail::array_descriptor_proxy(proxy->descr)) != want_storage)
-                throw py::type_error(label + " has dtype " + dtype_of(proxy) + " but " +
-                                     where(names, 0, t) + " has " + storage_name(want_storage) +
-                                     " (Adafactor's states have the param's dtype)");
+                throw py::type_error(label + " has dtype " + dtype_of(proxy) + "; the states of " +
+                                     where(names, 0, t) + " are " + storage_name(want_storage) +
+                                     " (Adafactor's: the param's dtype, float32 for a 16-bit one)");
             if (!(proxy->nd == int(want.size()) &&
                   std::equal(want.begin(), want.end(), proxy->dimensions)))
                 throw py::value_error(label + " has shape " + shape_of(proxy) + "; " +
@@ -832,12 +835,25 @@ void adafactor(const py::tuple& arrays, const py::tuple& names, const py::dict& 
             cols = dims[std::size_t(nd - 1)];
             batch = size / (rows * cols);
         }
+        // torch's eps1 = None: the machine epsilon of the param's dtype
+        const Storage param_storage = mixed ? mixed->x[kParams].storage
+                                            : (is_f64 ? Storage::f64 : Storage::f32);
+        const double machine_eps = param_storage == Storage::bf16  ? 0x1p-7
+                                   : param_storage == Storage::f16 ? 0x1p-10
+                                   : param_storage == Storage::f64
+                                       ? double(std::numeric_limits<double>::epsilon())
+                                       : double(std::numeric_limits<float>::epsilon());
+        const double eps1 = params.eps1 < 0 ? machine_eps : params.eps1;
         auto push = [&](auto& list) {
             using T = std::remove_pointer_t<decltype(list.front().p)>;
-            const double eps1 = params.eps1 < 0 ? double(std::numeric_limits<T>::epsilon())
-                                                : params.eps1;
-            list.push_back({reinterpret_cast<T*>(py::detail::array_proxy(p.ptr())->data),
-                            static_cast<const T*>(g.data()),
+            // a 16-bit array has no T pointer: the driver widens it chunk by chunk
+            auto own = [&](int slot, const py::array& a) {
+                return mixed && is_16bit(mixed->x[slot].storage)
+                           ? nullptr : reinterpret_cast<T*>(py::detail::array_proxy(a.ptr())->data);
+            };
+            list.push_back({own(kParams, p), own(kGrads, g),
+                            mixed ? mixed->x[kParams] : Operand{},
+                            mixed ? mixed->x[kGrads] : Operand{},
                             size, factored, batch, rows, cols, static_cast<T*>(row_var),
                             static_cast<T*>(col_var), static_cast<T*>(variance), eps1});
         };

@@ -4,8 +4,9 @@ oracle of :func:`lrfast.adafactor_step`.
 
 Conventions (those of :mod:`lrfast.reference`): arrays updated in place,
 lists or single arrays, arithmetic in the param's dtype (float32 for 16-bit
-params), every store rounded to nearest even. Sums (the squares of a param,
-of the gradient's rows and columns, of the update) run in float64.
+params, whose states are float32), every store rounded to nearest even. Sums
+(the squares of a param, of the gradient's rows and columns, of the update)
+run in float64.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import math
 
 import numpy as np
 
-from .reference_arrays import arithmetic_dtype, each
+from .reference_arrays import arithmetic_dtype, each, store
 
 __all__ = ["adafactor_step", "adafactor_eps1", "factored"]
 
@@ -26,8 +27,11 @@ def factored(shape) -> bool:
 
 
 def adafactor_eps1(eps1, dtype) -> float:
-    """``eps[0]``, or the machine epsilon of the param's dtype when None (as torch)."""
-    return float(np.finfo(dtype).eps) if eps1 is None else float(eps1)
+    """``eps[0]``, or the machine epsilon of the param's dtype when None (as
+    torch; bfloat16's is 2**-7)."""
+    if eps1 is not None:
+        return float(eps1)
+    return 2.0**-7 if np.dtype(dtype).name == "bfloat16" else float(np.finfo(dtype).eps)
 
 
 def _lerp(a, b, w):
@@ -100,5 +104,5 @@ def adafactor_step(params, grads, row_vars, col_vars, variances, *, lr=1e-2, ste
             u = grad * (dt.type(1) / np.sqrt(np.where(v < dt.type(eps1 * eps1),
                                                       dt.type(eps1 * eps1), v)))
         denom = max(1.0, math.sqrt(_sum_squares(u)) / (math.sqrt(u.size) * d))
-        p[...] = x + dt.type(-alpha / denom) * u
+        store(p, x + dt.type(-alpha / denom) * u)
 

@@ -1012,9 +1012,10 @@ class Adafactor(torch.optim.Optimizer):
     torch's arguments and state keys: ``"step"``, ``"row_var"`` and
     ``"col_var"`` for params of 2 or more dims (shapes ``(..., n, 1)`` and
     ``(..., 1, m)``), ``"variance"`` for those of 0 or 1, in the gradient's
-    dtype, so state dicts load both ways. ``foreach`` is accepted and ignored.
-    Float32 and float64 CPU params; every group is checked before the first
-    is written. It stands apart from the other classes (their states have
+    dtype (float32 for bfloat16 and float16 params, whose factors torch
+    keeps in 16 bits), so state dicts load both ways. ``foreach`` is accepted
+    and ignored. CPU params; every group is checked before the first is
+    written. It stands apart from the other classes (their states have
     their params' shapes): no ``state_dtype``, stochastic rounding or DTensors."""
 
     def __init__(self, params, lr=1e-2, beta2_decay=-0.8, eps=(None, 1e-3), d=1.0,
@@ -1057,16 +1058,23 @@ class Adafactor(torch.optim.Optimizer):
         return loss
 
     def _state(self, p, g):
+        """``p``'s state, made at its first step (float32 for a 16-bit ``p``,
+        whose factors torch would keep in 16 bits); one loaded in another
+        dtype is converted."""
         state = self.state[p]
         if torch.is_complex(p):
             raise RuntimeError("Adafactor does not support complex parameters")
+        dtype = p.dtype if p.dtype in (torch.float32, torch.float64) else torch.float32
         if not state:
             state["step"] = torch.tensor(0.0, dtype=_step_dtype())
             if g.dim() > 1:
-                state["row_var"] = g.new_zeros(g.shape[:-1] + (1,))
-                state["col_var"] = g.new_zeros(g.shape[:-2] + (1,) + g.shape[-1:])
+                state["row_var"] = g.new_zeros(g.shape[:-1] + (1,), dtype=dtype)
+                state["col_var"] = g.new_zeros(g.shape[:-2] + (1,) + g.shape[-1:], dtype=dtype)
             else:
-                state["variance"] = torch.zeros_like(g)
+                state["variance"] = torch.zeros_like(g, dtype=dtype)
+        for key in ("row_var", "col_var", "variance"):
+            if key in state and state[key].dtype != dtype:
+                state[key] = state[key].to(dtype)
         return state
 
     def _step(self) -> None:

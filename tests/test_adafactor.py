@@ -89,6 +89,10 @@ for dtype in (np.float32, np.float64):
         lrfast.adafactor_step(params, gradients(shapes, dtype, step), *states.values(),
                               step=step, weight_decay=0.1)
     out += params + [x for v in states.values() for x in v if x is not None]
+half = [np.linspace(-1, 1, 3 * 70001).reshape(3, 70001).astype(np.float16), np.ones(9, np.float16)]
+states = adafactor_states([(3, 70001), (9,)], np.float32)
+lrfast.adafactor_step(half, [h * 2 for h in half], *states.values(), step=1)
+out += [h.view(np.uint16) for h in half]
 np.savez(sys.argv[1], *out)
 """
 
@@ -152,10 +156,29 @@ def test_bad_hyperparameters(kwargs, match):
         lrfast.adafactor_step(p, g, *states.values(), **{"step": 1, **kwargs})
 
 
-def test_float16_params_are_refused():
-    p = np.ones(4, np.float16)
-    with pytest.raises(TypeError, match="float16"):
-        lrfast.adafactor_step(p, p.copy(), None, None, np.zeros(4, np.float32), step=1)
+@pytest.mark.parametrize("param, grad", [("bfloat16", "bfloat16"), ("bfloat16", "float32"),
+                                         ("float16", "float16")])
+def test_16bit_params_match_reference(param, grad):
+    """16-bit params (float32 arithmetic and states), each chunk widened and
+    the param rounded back to nearest even: the reference's rounding of the
+    same float32 values, but where a float64 sum's last bit moves a scalar."""
+    from lrfast.precision import bfloat16
+
+    dtypes = {"bfloat16": bfloat16(), "float16": np.dtype(np.float16), "float32": np.float32}
+    shapes = [(7,), (17, 15), (131, 1001), ()]
+    rng = np.random.default_rng(2)
+    params = [rng.standard_normal(s).astype(dtypes[param]) for s in shapes]
+    want = [p.copy() for p in params]
+    got_states, want_states = (adafactor_states(shapes, np.float32) for _ in range(2))
+    for step in range(1, 4):
+        grads = [g.astype(dtypes[grad]) for g in gradients(shapes, np.float32, step)]
+        lrfast.adafactor_step(params, grads, *got_states.values(), step=step, weight_decay=0.1)
+        ref.adafactor_step(want, grads, *want_states.values(), step=step, weight_decay=0.1)
+    for a, b in zip(params, want):
+        np.testing.assert_allclose(a.astype(np.float32), b.astype(np.float32), rtol=2**-7)
+        assert np.mean(a != b) < 1e-3
+    with pytest.raises(TypeError, match="float32"):
+        lrfast.adafactor_step(params[0], grads[0], None, None, np.zeros(7, dtypes[param]), step=1)
 
 
 TORCH_SHAPES = [(), (7,), (5, 3), (2, 4, 6), (1, 1), (16, 17)]
@@ -270,3 +293,20 @@ def test_numpy_class_matches_reference_and_round_trips(tmp_path):
                 np.testing.assert_array_equal(a, b)
     with pytest.raises(ValueError, match="state_dtype"):
         lrfast.optim.Adafactor(params, state_dtype="q8")
+
+
+def test_torch_class_16bit_params_keep_float32_states():
+    torch = pytest.importorskip("torch")
+    import lrfast.torch
+
+    w = torch.ones(4, 3, dtype=torch.bfloat16, requires_grad=True)
+    theirs = torch.optim.Adafactor([w.detach().clone().requires_grad_()])
+    theirs.param_groups[0]["params"][0].grad = torch.ones(4, 3, dtype=torch.bfloat16)
+    theirs.step()  # torch keeps a bfloat16 row_var: it loads converted
+    opt = lrfast.torch.Adafactor([w])
+    opt.load_state_dict(theirs.state_dict())
+    w.grad = torch.full((4, 3), 2.0, dtype=torch.bfloat16)
+    opt.step()
+    assert opt.state[w]["row_var"].dtype == torch.float32
+    assert opt.state[w]["step"].item() == 2.0
+    assert w.dtype == torch.bfloat16 and bool((w < 1).all())

@@ -14,7 +14,7 @@
 // Every sum runs in double, over kLanes lanes folded in a fixed order (or, for
 // the columns, row after row), on ranges that depend only on the shapes: the
 // bits are those of any thread count and ISA.
-#include "kernel.hpp"
+#include "convert.hpp"
 
 namespace lrfast::LRFAST_ISA_NS {
 
@@ -194,6 +194,18 @@ void adafactor_rsqrt(const T* __restrict x, T divisor, T* __restrict out, std::i
     for (std::int64_t i = 0; i < n; ++i) out[i] = T(1) / root(x[i] / divisor);
 }
 
+// A 16-bit param's (or grad's) elements [lo, lo + n) as T, and back, rounded
+// to nearest even: the driver runs the T pieces on such buffers.
+template <class T>
+void adafactor_widen(const Operand& x, std::int64_t lo, std::int64_t n, T* out) {
+    widen(x, lo, n, out);
+}
+
+template <class T>
+void adafactor_narrow(const T* in, const Operand& x, std::int64_t lo, std::int64_t n) {
+    narrow(in, x, lo, n);
+}
+
 #define LRFAST_ADAFACTOR_INSTANTIATE(T)                                                        \
     template double adafactor_rows<T>(const AdafactorParams&, const T*, const T*,              \
                                       std::int64_t, std::int64_t, double*, double*);           \
@@ -206,6 +218,8 @@ void adafactor_rsqrt(const T* __restrict x, T divisor, T* __restrict out, std::i
                                               std::int64_t, std::int64_t, const T*, const T*,  \
                                               double, double);                                 \
     template void adafactor_rsqrt<T>(const T*, T, T*, std::int64_t);                           \
+    template void adafactor_widen<T>(const Operand&, std::int64_t, std::int64_t, T*);          \
+    template void adafactor_narrow<T>(const T*, const Operand&, std::int64_t, std::int64_t);   \
     template void adafactor_full_apply<T>(const AdafactorParams&, T*, const T*, const T*,      \
                                           std::int64_t, double, double);                       \
     template double adafactor_factor<T>(const AdafactorParams&, T*, const double*, double,     \

@@ -84,6 +84,10 @@ void adafactor_factored_apply(const AdafactorParams& hp, T* p, const T* g, std::
 template <class T>
 void adafactor_rsqrt(const T* x, T divisor, T* out, std::int64_t n);
 template <class T>
+void adafactor_widen(const Operand& x, std::int64_t lo, std::int64_t n, T* out);
+template <class T>
+void adafactor_narrow(const T* in, const Operand& x, std::int64_t lo, std::int64_t n);
+template <class T>
 void adafactor_full_apply(const AdafactorParams& hp, T* p, const T* g, const T* v,
                           std::int64_t n, double eps1, double scale);
 template <class T>

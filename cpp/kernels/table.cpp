@@ -12,7 +12,7 @@ static constexpr TypedKernels<T> typed_kernels() {
         &prodigy_reduce<T>,
         {&adafactor_rows<T>, &adafactor_full<T>, &adafactor_factored_norm<T>,
          &adafactor_factored_apply<T>, &adafactor_full_apply<T>, &adafactor_factor<T>,
-         &adafactor_rsqrt<T>},
+         &adafactor_rsqrt<T>, &adafactor_widen<T>, &adafactor_narrow<T>},
         &norm_partial<T>, &scale<T>, &clamp<T>, &stream<T>,
     };
 }

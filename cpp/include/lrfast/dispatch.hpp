@@ -104,6 +104,9 @@ struct AdafactorKernels {
                      std::int64_t n);
     // out[i] = 1 / sqrt(x[i] / divisor).
     void (*rsqrt)(const T* x, T divisor, T* out, std::int64_t n);
+    // A 16-bit array's elements [lo, lo + n) as T, and back (nearest even).
+    void (*widen)(const Operand& x, std::int64_t lo, std::int64_t n, T* out);
+    void (*narrow)(const T* in, const Operand& x, std::int64_t lo, std::int64_t n);
 };
 
 template <class T>
