@@ -320,6 +320,29 @@ Operand low_bit_operand(py::handle state, int bits, const std::string& label,
     return Operand{data[0], storage, static_cast<float*>(data[1])};
 }
 
+// Overlapping arrays would be read after another array's write: refuse
+// them, except two gradients (slot kGrads, argument kGrads - first_slot),
+// which are only read unless grads_writeable. After sorting by start, an
+// array overlaps an earlier one iff it starts before the furthest end seen so
+// far, among all arrays if it is written, among written ones if not.
+void refuse_overlaps(std::vector<Span>& spans, const py::tuple& names, int first_slot,
+                     bool grads_writeable) {
+    std::sort(spans.begin(), spans.end(), [](const Span& a, const Span& b) { return a.lo < b.lo; });
+    const Span* furthest = nullptr;          // furthest end of any array
+    const Span* furthest_written = nullptr;  // furthest end of a written array
+    for (const Span& s : spans) {
+        const bool written = first_slot + s.arg != kGrads || grads_writeable;
+        const Span* other = written ? furthest : furthest_written;
+        if (other != nullptr && s.lo < other->hi)
+            throw py::value_error(where(names, other->arg, other->t) + " and " +
+                                  where(names, s.arg, s.t) +
+                                  " overlap in memory (the same array passed twice?)");
+        if (furthest == nullptr || s.hi > furthest->hi) furthest = &s;
+        if (written && (furthest_written == nullptr || s.hi > furthest_written->hi))
+            furthest_written = &s;
+    }
+}
+
 // Checks every array of one call and gathers the pointers. `arrays` holds one
 // sequence (or None for an unused state, or for the grads of a pass that
 // takes none) per slot starting at `first_slot`. Without `sixteen_bit`,
@@ -501,24 +524,7 @@ Collected collect(const py::tuple& arrays, const py::tuple& names, int first_slo
         }
     }
 
-    // Overlapping arrays would be read after another array's write: refuse
-    // them, except two gradients, which are only read. After sorting by start,
-    // an array overlaps an earlier one iff it starts before the furthest end
-    // seen so far, among all arrays if it is written, among written ones if not.
-    std::sort(spans.begin(), spans.end(), [](const Span& a, const Span& b) { return a.lo < b.lo; });
-    const Span* furthest = nullptr;          // furthest end of any array
-    const Span* furthest_written = nullptr;  // furthest end of a written array
-    for (const Span& s : spans) {
-        const bool written = first_slot + s.arg != kGrads || grads_writeable;
-        const Span* other = written ? furthest : furthest_written;
-        if (other != nullptr && s.lo < other->hi)
-            throw py::value_error(where(names, other->arg, other->t) + " and " +
-                                  where(names, s.arg, s.t) +
-                                  " overlap in memory (the same array passed twice?)");
-        if (furthest == nullptr || s.hi > furthest->hi) furthest = &s;
-        if (written && (furthest_written == nullptr || s.hi > furthest_written->hi))
-            furthest_written = &s;
-    }
+    refuse_overlaps(spans, names, first_slot, grads_writeable);
     return out;
 }
 
@@ -860,21 +866,8 @@ void adafactor(const py::tuple& arrays, const py::tuple& names, const py::dict& 
         if (is_f64) push(f64);
         else push(f32);
     }
-    // States against each other and against params and grads (two grads may share memory).
-    std::sort(spans.begin(), spans.end(), [](const Span& a, const Span& b) { return a.lo < b.lo; });
-    const Span* furthest = nullptr;          // furthest end of any array
-    const Span* furthest_written = nullptr;  // furthest end of a written array
-    for (const Span& s : spans) {
-        const bool written = s.arg != kGrads;
-        const Span* other = written ? furthest : furthest_written;
-        if (other != nullptr && s.lo < other->hi)
-            throw py::value_error(where(names, other->arg, other->t) + " and " +
-                                  where(names, s.arg, s.t) +
-                                  " overlap in memory (the same array passed twice?)");
-        if (furthest == nullptr || s.hi > furthest->hi) furthest = &s;
-        if (written && (furthest_written == nullptr || s.hi > furthest_written->hi))
-            furthest_written = &s;
-    }
+    // States against each other and against params and grads.
+    refuse_overlaps(spans, names, kParams, false);
     if (check_only) return;
     without_gil([&] {
         const KernelTable& k = kernels();
