@@ -13,6 +13,7 @@
 #include <string>
 #include <vector>
 
+#include "adafactor_driver.hpp"
 #include "driver.hpp"
 #include "lrfast/dispatch.hpp"
 #include "lrfast/hparams.hpp"
@@ -380,6 +381,29 @@ Operand low_bit_operand(py::handle state, int bits, const std::string& label,
     return Operand{data[0], storage, static_cast<float*>(data[1])};
 }
 
+// Overlapping arrays would be read after another array's write: refuse
+// them, except two gradients (slot kGrads, argument kGrads - first_slot),
+// which are only read unless grads_writeable. After sorting by start, an
+// array overlaps an earlier one iff it starts before the furthest end seen so
+// far, among all arrays if it is written, among written ones if not.
+void refuse_overlaps(std::vector<Span>& spans, const py::tuple& names, int first_slot,
+                     bool grads_writeable) {
+    std::sort(spans.begin(), spans.end(), [](const Span& a, const Span& b) { return a.lo < b.lo; });
+    const Span* furthest = nullptr;          // furthest end of any array
+    const Span* furthest_written = nullptr;  // furthest end of a written array
+    for (const Span& s : spans) {
+        const bool written = first_slot + s.arg != kGrads || grads_writeable;
+        const Span* other = written ? furthest : furthest_written;
+        if (other != nullptr && s.lo < other->hi)
+            throw py::value_error(where(names, other->arg, other->t) + " and " +
+                                  where(names, s.arg, s.t) +
+                                  " overlap in memory (the same array passed twice?)");
+        if (furthest == nullptr || s.hi > furthest->hi) furthest = &s;
+        if (written && (furthest_written == nullptr || s.hi > furthest_written->hi))
+            furthest_written = &s;
+    }
+}
+
 // Checks every array of one call and gathers the pointers. `arrays` holds one
 // sequence (or None for an unused state, or for the grads of a pass that
 // takes none) per slot starting at `first_slot`. Without `sixteen_bit`,
@@ -561,24 +585,7 @@ Collected collect(const py::tuple& arrays, const py::tuple& names, int first_slo
         }
     }
 
-    // Overlapping arrays would be read after another array's write: refuse
-    // them, except two gradients, which are only read. After sorting by start,
-    // an array overlaps an earlier one iff it starts before the furthest end
-    // seen so far, among all arrays if it is written, among written ones if not.
-    std::sort(spans.begin(), spans.end(), [](const Span& a, const Span& b) { return a.lo < b.lo; });
-    const Span* furthest = nullptr;          // furthest end of any array
-    const Span* furthest_written = nullptr;  // furthest end of a written array
-    for (const Span& s : spans) {
-        const bool written = first_slot + s.arg != kGrads || grads_writeable;
-        const Span* other = written ? furthest : furthest_written;
-        if (other != nullptr && s.lo < other->hi)
-            throw py::value_error(where(names, other->arg, other->t) + " and " +
-                                  where(names, s.arg, s.t) +
-                                  " overlap in memory (the same array passed twice?)");
-        if (furthest == nullptr || s.hi > furthest->hi) furthest = &s;
-        if (written && (furthest_written == nullptr || s.hi > furthest_written->hi))
-            furthest_written = &s;
-    }
+    refuse_overlaps(spans, names, first_slot, grads_writeable);
     return out;
 }
 
@@ -891,6 +898,146 @@ void apply_inplace(const Collected& c, bool clamp, double arg) {
 
 py::tuple grads_only(const py::object& grads) { return py::make_tuple(grads); }
 
+// Adafactor over (params, grads, row_vars, col_vars, variances): params and
+// grads checked as for any update (float32 or float64), then the states: a
+// param of 2 or more dims takes row_vars[t] of its shape with the last dim 1
+// and col_vars[t] with the second-to-last 1 (variances[t] None); one of 0 or
+// 1 dims variances[t] of its shape (the others None). States have the param's
+// dtype, are C-contiguous, writeable and overlap nothing. Writes nothing
+// before every check passed; with check_only, runs nothing.
+void adafactor(const py::tuple& arrays, const py::tuple& names, const py::dict& hp,
+               bool check_only) {
+    Collected c = collect(py::make_tuple(arrays[0], arrays[1]),
+                          py::make_tuple(names[0], names[1]), kParams, false);
+    const AdafactorParams params = params_from<AdafactorParams>(hp);
+    std::vector<py::object> seqs;
+    for (int i = 0; i < 5; ++i) {
+        if (arrays[i].is_none()) {
+            seqs.push_back(py::none());
+            continue;
+        }
+        py::object seq = py::reinterpret_steal<py::object>(
+            PySequence_Fast(arrays[i].ptr(), "expected a sequence of arrays"));
+        if (!seq) throw py::error_already_set();
+        c.keep.push_back(seq);
+        seqs.push_back(seq);
+    }
+    const std::size_t n = c.order.size();
+    for (int i = 2; i < 5; ++i)
+        if (!seqs[std::size_t(i)].is_none() &&
+            std::size_t(PySequence_Fast_GET_SIZE(seqs[std::size_t(i)].ptr())) != n)
+            throw py::value_error("len(" + py::str(names[i]).cast<std::string>() +
+                                  ") does not match len(params) = " + std::to_string(n));
+    auto item = [&](int i, std::size_t t) -> py::handle {
+        if (seqs[std::size_t(i)].is_none()) return py::none();
+        return PySequence_Fast_GET_ITEM(seqs[std::size_t(i)].ptr(), Py_ssize_t(t));
+    };
+    auto view = [&](int i, std::size_t t) {
+        Storage forced = Storage::none;
+        return as_array(item(i, t), names, i, t, c.keep, forced);
+    };
+    std::vector<AdafactorTensor<float>> f32;
+    std::vector<AdafactorTensor<double>> f64;
+    std::vector<Span> spans;
+    for (std::size_t t = 0; t < n; ++t) {
+        const py::array p = view(0, t), g = view(1, t);
+        // float32 and float64 tensors, or (mixed32) a 16-bit param, its grad 16-bit or float32
+        const bool is_f64 = c.order[t].first == 1;
+        const MixedTensor* mixed =
+            c.order[t].first == 2 ? &c.mixed32.tensors[c.order[t].second] : nullptr;
+        const std::int64_t size = std::int64_t(p.size());
+        const int nd = int(p.ndim());
+        const bool factored = nd >= 2;
+        std::vector<Py_intptr_t> dims(p.shape(), p.shape() + nd);
+        // The state in slot i, checked against `want` (its shape), or null when absent.
+        auto state = [&](int i, const std::vector<Py_intptr_t>& want, bool used) -> void* {
+            const std::string label = where(names, i, t);
+            if (item(i, t).is_none()) {
+                if (used)
+                    throw py::value_error(label + " is None, but " + where(names, 0, t) +
+                                          " of shape " + shape_of(nd, dims.data()) + " needs it");
+                return nullptr;
+            }
+            if (!used)
+                throw py::value_error(label + " must be None: " + where(names, 0, t) + " has " +
+                                      std::to_string(nd) + " dims (" +
+                                      (factored ? "row_vars and col_vars" : "variances") +
+                                      " hold its second moment)");
+            const py::array a = view(i, t);
+            const auto* proxy = py::detail::array_proxy(a.ptr());
+            const Storage want_storage = is_f64 ? Storage::f64 : Storage::f32;
+            if (storage_of(py::detail::array_descriptor_proxy(proxy->descr)) != want_storage)
+                throw py::type_error(label + " has dtype " + dtype_of(proxy) + "; the states of " +
+                                     where(names, 0, t) + " are " + storage_name(want_storage) +
+                                     " (Adafactor's: the param's dtype, float32 for a 16-bit one)");
+            if (!(proxy->nd == int(want.size()) &&
+                  std::equal(want.begin(), want.end(), proxy->dimensions)))
+                throw py::value_error(label + " has shape " + shape_of(proxy) + "; " +
+                                      where(names, 0, t) + " of shape " +
+                                      shape_of(nd, dims.data()) + " takes " +
+                                      shape_of(int(want.size()), want.data()));
+            if (!(a.flags() & py::array::c_style)) throw py::value_error(label + " is not C-contiguous");
+            if (!a.writeable()) throw py::value_error(label + " is read-only");
+            const auto lo = reinterpret_cast<std::uintptr_t>(proxy->data);
+            if (a.size() > 0) spans.push_back({lo, lo + std::uintptr_t(a.nbytes()), i, t});
+            return proxy->data;
+        };
+        std::vector<Py_intptr_t> row_shape = dims, col_shape = dims;
+        if (factored) {
+            row_shape[std::size_t(nd - 1)] = 1;
+            col_shape[std::size_t(nd - 2)] = 1;
+        }
+        void* row_var = state(2, row_shape, factored);
+        void* col_var = state(3, col_shape, factored);
+        void* variance = state(4, dims, !factored);
+        for (int i = 0; i < 2; ++i) {
+            const py::array a = i == 0 ? p : g;
+            const auto lo = reinterpret_cast<std::uintptr_t>(a.data());
+            if (a.size() > 0) spans.push_back({lo, lo + std::uintptr_t(a.nbytes()), i, t});
+        }
+        if (size == 0) continue;  // left as it is
+        std::int64_t rows = 0, cols = 0, batch = 0;
+        if (factored) {
+            rows = dims[std::size_t(nd - 2)];
+            cols = dims[std::size_t(nd - 1)];
+            batch = size / (rows * cols);
+        }
+        // torch's eps1 = None: the machine epsilon of the param's dtype
+        const Storage param_storage = mixed ? mixed->x[kParams].storage
+                                            : (is_f64 ? Storage::f64 : Storage::f32);
+        const double machine_eps = param_storage == Storage::bf16  ? 0x1p-7
+                                   : param_storage == Storage::f16 ? 0x1p-10
+                                   : param_storage == Storage::f64
+                                       ? double(std::numeric_limits<double>::epsilon())
+                                       : double(std::numeric_limits<float>::epsilon());
+        const double eps1 = params.eps1 < 0 ? machine_eps : params.eps1;
+        auto push = [&](auto& list) {
+            using T = std::remove_pointer_t<decltype(list.front().p)>;
+            // a 16-bit array has no T pointer: the driver widens it chunk by chunk
+            auto own = [&](int slot, const py::array& a) {
+                return mixed && is_16bit(mixed->x[slot].storage)
+                           ? nullptr : reinterpret_cast<T*>(py::detail::array_proxy(a.ptr())->data);
+            };
+            list.push_back({own(kParams, p), own(kGrads, g),
+                            mixed ? mixed->x[kParams] : Operand{},
+                            mixed ? mixed->x[kGrads] : Operand{},
+                            size, factored, batch, rows, cols, static_cast<T*>(row_var),
+                            static_cast<T*>(col_var), static_cast<T*>(variance), eps1});
+        };
+        if (is_f64) push(f64);
+        else push(f32);
+    }
+    // States against each other and against params and grads.
+    refuse_overlaps(spans, names, kParams, false);
+    if (check_only) return;
+    without_gil([&] {
+        const KernelTable& k = kernels();
+        if (!f32.empty()) run_adafactor(k.f32.adafactor, params, f32);
+        if (!f64.empty()) run_adafactor(k.f64.adafactor, params, f64);
+    });
+}
+
+
 }  // namespace
 }  // namespace lrfast
 
@@ -941,6 +1088,10 @@ PYBIND11_MODULE(_core, m) {
         "Prodigy's reduction pass over (params, grads, ss, p0s): updates s, returns\n"
         "(dot, s_abs); see lrfast.prodigy_reduce.");
 
+    m.def("adafactor", &adafactor, py::arg("arrays"), py::arg("names"), py::arg("hparams"),
+          py::arg("check_only") = false,
+          "Adafactor's step over (params, grads, row_vars, col_vars, variances); see\n"
+          "lrfast.adafactor_step.");
     m.def(
         "global_norm",
         [](const py::object& grads, double p) {

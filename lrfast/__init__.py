@@ -25,6 +25,7 @@ from .finder import LRFinderResult, find_lr
 from .precision import Q4State, Q8State, zeros_state
 from .reference_lr_free import ScheduleFreeScalars, prodigy_d_update, prodigy_dlr
 from .steps import adadelta_step, adagrad_step, adam_step, adamw_step, rmsprop_step, sgd_step
+from .steps_adafactor import adafactor_step
 from .steps_lr_free import (
     lion_step, prodigy_reduce, prodigy_update, schedulefree_adamw_step, schedulefree_sgd_step,
     schedulefree_to_eval, schedulefree_to_train,
@@ -37,6 +38,7 @@ __all__ = [
     "sgd_step", "adam_step", "adamw_step", "rmsprop_step", "adagrad_step", "adadelta_step",
     "lion_step", "schedulefree_sgd_step", "schedulefree_adamw_step", "schedulefree_to_eval",
     "schedulefree_to_train", "prodigy_reduce", "prodigy_update",
+    "adafactor_step",
     "ScheduleFreeScalars", "prodigy_dlr", "prodigy_d_update",
     "nadam_step", "radam_step", "adamax_step",
     "global_norm", "clip_grad_norm", "clip_grad_value", "clip_coefficient",

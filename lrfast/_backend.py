@@ -101,6 +101,11 @@ def direct(kernel: str, hparams: dict, seqs: tuple, names: tuple, check_only: bo
     """Runs `kernel` on the back end of `seqs`' arrays (with `check_only`,
     runs its checks only)."""
     backend = for_arrays(seqs[0])
+    if kernel == "adafactor":  # states not of the params' shapes: its own checks
+        if backend is not _core:
+            raise TypeError("params[0] is a CUDA device array: adafactor_step runs on the "
+                            "CPU only (no CUDA kernel yet)")
+        return backend.adafactor(seqs, names, hparams, check_only)
     if not check_only:
         return getattr(backend, kernel)(seqs, names, hparams)
     # Prodigy's reduction takes states of the slice param.ravel()[::slice_p]

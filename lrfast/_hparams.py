@@ -402,3 +402,24 @@ def adamax(*, lr, step, betas, eps, weight_decay, maximize, grad_scale,
                 weight_decay=non_negative("weight_decay", weight_decay),
                 grad_scale=signed_scale(grad_scale, maximize),
                 **rounding(stochastic_rounding, seed, step))
+def adafactor(*, lr, step, beta2_decay, eps, d, weight_decay, maximize, grad_scale):
+    """Adafactor's fields: torch's ``1 - beta2_t = step**beta2_decay`` and
+    ``rho = min(lr, 1 / sqrt(step))``; ``eps1 = -1`` for torch's None (the
+    kernels take each param's dtype's machine epsilon)."""
+    lr = non_negative("lr", lr)
+    step = step_count(step)
+    beta2_decay = finite("beta2_decay", beta2_decay)
+    if beta2_decay > 0:
+        raise ValueError(f"beta2_decay must be <= 0, got {beta2_decay!r}")
+    try:
+        eps1, eps2 = eps
+    except (TypeError, ValueError):
+        raise TypeError(f"eps must be a pair (eps1 or None, eps2), got {eps!r}") from None
+    eps1 = -1.0 if eps1 is None else non_negative("eps[0]", eps1)
+    d = finite("d", d)
+    if d < 1:
+        raise ValueError(f"d (the clipping threshold) must be >= 1, got {d!r}")
+    return dict(lr=lr, rho=min(lr, 1.0 / math.sqrt(step)), beta2_weight=float(step)**beta2_decay,
+                eps1=eps1, eps2=non_negative("eps[1]", eps2), d=d,
+                weight_decay=non_negative("weight_decay", weight_decay),
+                grad_scale=signed_scale(grad_scale, maximize), **rounding(False, 0, step))

@@ -24,8 +24,8 @@ import time
 import numpy as np
 
 from . import (_core, bench_table, cli_args, clip, precision, reference, run_record, steps,
-               steps_adaptive, steps_lr_free)
-from .bench_configs import CONFIGS, PRODIGY_D, layouts, rival
+               steps_adafactor, steps_adaptive, steps_lr_free)
+from .bench_configs import CONFIGS, PRODIGY_D, factored_layout, layouts, rival
 from .reference_lr_free import prodigy_d_update
 from .progress import Progress
 from .workloads import transformer_like_shapes
@@ -194,6 +194,53 @@ class Problem:
         return out
 
 
+class AdafactorProblem(Problem):
+    """Adafactor's: the factors of each param of 2 or more dims, the full
+    variance of the others. Traffic of its three passes per element: a
+    factored param's grad and param read, its grad read again, then grad and
+    param read and the param written (24 bytes in float32); a vector's grad,
+    param and variance read and the variance written, then grad, param and
+    variance read and the param written (32). The probe moves as many bytes:
+    two passes over (param, grad), or one over (param, grad, variance) and
+    one over (variance, grad)."""
+
+    def __init__(self, name: str, shapes, dtype, state_dtype=None):
+        if state_dtype not in (None, str(dtype)):
+            raise ValueError("Adafactor's states have the params' dtype")
+        self.name, self.shapes, self.dtype = name, shapes, numpy_dtype(str(dtype))
+        self.low_bit, self.state_dtype = None, self.dtype
+        self.hp, self.state_names, self.torch_name = CONFIGS[name]
+        rng = np.random.default_rng(0)
+        self.params = [rng.standard_normal(s, dtype=np.float32).astype(self.dtype) for s in shapes]
+        self.grads = [rng.standard_normal(s, dtype=np.float32).astype(self.dtype) for s in shapes]
+        factored = [len(s) >= 2 for s in shapes]
+        self.states = [
+            [np.zeros(s[:-1] + (1,), self.dtype) if f else None for s, f in zip(shapes, factored)],
+            [np.zeros(s[:-2] + (1,) + s[-1:], self.dtype) if f else None
+             for s, f in zip(shapes, factored)],
+            [None if f else np.zeros(s, self.dtype) for s, f in zip(shapes, factored)]]
+        self.elements = sum(math.prod(s) for s in shapes)
+        self.bytes = sum(self.dtype.itemsize * math.prod(s) * (6 if f else 8)
+                         for s, f in zip(shapes, factored))
+        self._factored = [(p, g) for p, g, f in zip(self.params, self.grads, factored) if f]
+        self._full = [(p, g, v) for p, g, v, f in zip(self.params, self.grads, self.states[2],
+                                                      factored) if not f]
+
+    def step(self, impl, grad_scale=1.0):
+        fn = reference.adafactor_step if impl == "numpy" else steps_adafactor.adafactor_step
+        fn(self.params, self.grads, *self.states, grad_scale=grad_scale, **self.hp)
+
+    def stream(self):
+        if self._factored:
+            ps, gs = map(list, zip(*self._factored))
+            for _ in range(2):
+                _core.stream((ps, gs), ("params", "grads"))
+        if self._full:
+            ps, gs, vs = map(list, zip(*self._full))
+            _core.stream((ps, gs, vs), ("params", "grads", "variances"))
+            _core.stream((vs, gs), ("params", "grads"))
+
+
 def _function(impl: str, name: str):
     if impl == "numpy":
         return getattr(reference, name)
@@ -208,7 +255,8 @@ def measure(name, label, shapes, dtype, with_reference, with_torch, busy, report
     columns, against the same probe and torch)."""
     if report:
         report("making the arrays")
-    problem = Problem(name, shapes, dtype, state_dtype)
+    problem = (AdafactorProblem if name == "adafactor" else Problem)(name, shapes, dtype,
+                                                                     state_dtype)
     fns = {"lrfast": lambda: problem.step("lrfast")}
     if name != "prodigy":  # the probe moves each array once: it has no model of two passes
         fns["probe"] = problem.stream
@@ -285,7 +333,9 @@ def _row(optimizer, layout, problem, t, traffic, torch_impl) -> dict:
                 bandwidth_gbs=None if probe is None else problem.bytes / probe / 1e9,
                 pct_of_bandwidth=None if probe is None else 100 * probe / step,
                 vs_reference=t["numpy"] / step if "numpy" in t else None,
-                vs_torch=t["torch"] / step if "torch" in t else None, torch_impl=torch_impl)
+                vs_torch=t["torch"] / step if "torch" in t else None, torch_impl=torch_impl,
+                state_bytes_per_param=sum(x.nbytes for states in problem.states
+                                          for x in states if x is not None) / problem.elements)
 
 
 def torch_available() -> bool:
@@ -367,7 +417,8 @@ def default_sizes(state_dtype: str) -> list[int]:
 
 def plan(sizes: list[int], names: list[str], lists: bool) -> list[tuple[str, list, str]]:
     """(layout label, shapes, optimizer) of every row but the clip row."""
-    return [(label, shapes, name) for label, shapes in layouts(sizes, lists) for name in names
+    return [(*(factored_layout(label, shapes) if name == "adafactor" else (label, shapes)), name)
+            for label, shapes in layouts(sizes, lists) for name in names
             # the list layouts show per-tensor overhead; Adam is enough
             if len(shapes) == 1 or name in ("adam", "adamw")]
 

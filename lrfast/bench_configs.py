@@ -33,6 +33,8 @@ CONFIGS: dict[str, tuple[dict[str, Any], tuple[str, ...], str]] = {
     "nadam": (dict(lr=2e-3, step=2, mu_product=0.2026), ("exp_avgs", "exp_avg_sqs"), "NAdam"),
     "radam": (dict(lr=1e-3, step=10), ("exp_avgs", "exp_avg_sqs"), "RAdam"),
     "adamax": (dict(lr=2e-3, step=2), ("exp_avgs", "exp_infs"), "Adamax"),
+    # a single-tensor layout runs as a matrix (factored_layout), torch's foreach beside it
+    "adafactor": (dict(lr=1e-2, step=2), ("row_vars", "col_vars", "variances"), "Adafactor"),
 }
 # keywords of the step functions that the classes compute themselves
 STEP_ONLY = ("step", "ckp1", "mu_product")
@@ -63,6 +65,20 @@ def rival(name: str, tensors: list, fused: set[str]) -> tuple[Any, str] | None:
     if hasattr(opt, "train"):  # schedule-free: step() refuses eval mode
         opt.train()
     return opt, module.replace("_", "-")
+
+
+# Adafactor factors matrices: its single-tensor layouts are matrices this wide
+FACTORED_WIDTH = 4000
+
+
+def factored_layout(label: str, shapes: list) -> tuple[str, list]:
+    """Adafactor's version of a layout: one tensor of n elements, n a multiple
+    of FACTORED_WIDTH, as an (n / FACTORED_WIDTH) x FACTORED_WIDTH matrix
+    (2e7: 5000x4000); other layouts as they are (a vector keeps a full variance)."""
+    if len(shapes) == 1 and len(shapes[0]) == 1 and shapes[0][0] % FACTORED_WIDTH == 0:
+        rows = shapes[0][0] // FACTORED_WIDTH
+        return f"{rows}x{FACTORED_WIDTH}", [(rows, FACTORED_WIDTH)]
+    return label, shapes
 
 
 def layouts(sizes: list[int], lists: bool) -> list[tuple[str, list[tuple[int, ...]]]]:

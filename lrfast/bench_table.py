@@ -58,6 +58,10 @@ COLUMNS = [
            "points either side of 100, so above 100 is noise, not a step faster than "
            "memory. Small sizes are dominated by the cost of the call. - for prodigy: "
            "the probe has no model of its two passes"),
+    Column("state B/param", 13, lambda r: _number(r.get("state_bytes_per_param"), ".4g"),
+           "bytes of optimizer state per parameter (Adam in float32: 8; Adafactor keeps "
+           "a row and a column factor per matrix: 5000x4000 holds 9000 floats, "
+           "0.0018 bytes per parameter)"),
     Column("vs numpy", 8, lambda r: _number(r["vs_reference"], ".1f", "x"),
            "the NumPy reference's time over lrfast's (12.0x: lrfast 12 times faster)"),
     Column("vs torch", 8, lambda r: _number(r["vs_torch"], ".2f", "x"),

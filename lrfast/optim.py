@@ -117,7 +117,7 @@ from typing import IO, Any, Callable, Mapping, Union
 
 import numpy as np
 
-from . import _core, _hparams, _lowp, _prodigy, _schedulefree, steps
+from . import _adafactor, _core, _hparams, _lowp, _prodigy, _schedulefree, steps
 from ._kernel import Kernel, Piece, Slot, Update
 from ._adaptive import ADAMAX, NADAM, RADAM
 from ._lion import LION
@@ -128,7 +128,8 @@ from .precision import (SIGNED_STATES, Q4State, Q8State, bfloat16, low_bit_shape
 from .schedules import ReduceLROnPlateau, Schedule, from_dict
 
 __all__ = ["Optimizer", "SGD", "Adam", "AdamW", "RMSprop", "Adagrad", "Adadelta", "Lion",
-           "ScheduleFreeSGD", "ScheduleFreeAdamW", "Prodigy", "NAdam", "RAdam", "Adamax"]
+           "ScheduleFreeSGD", "ScheduleFreeAdamW", "Prodigy", "NAdam", "RAdam", "Adamax",
+           "Adafactor"]
 
 _FORMAT = "lrfast.optim/1"
 _KEYS = ("format", "optimizer", "step_count", "skipped_steps", "last_grad_norm", "options",
@@ -1148,3 +1149,21 @@ class Adamax(Optimizer):
                  maximize=False, **options):
         super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
                                       maximize=maximize), **options)
+class Adafactor(Optimizer):
+    """torch.optim.Adafactor (torch 2.13): see :func:`lrfast.adafactor_step`.
+    States ``row_vars`` and ``col_vars`` (a param of 2 or more dims: shapes
+    ``(..., n, 1)`` and ``(..., 1, m)``) and ``variances`` (0 or 1 dims: the
+    param's shape), each in the param's dtype; the two a param does not use
+    are empty arrays. ``state_dtype`` and ``stochastic_rounding`` are refused
+    (its factors are tiny: they stay in the params' dtype)."""
+
+    kernel = _adafactor.ADAFACTOR
+
+    def __init__(self, params, lr=1e-2, beta2_decay=-0.8, eps=(None, 1e-3), d=1.0,
+                 weight_decay=0.0, *, maximize=False, **options):
+        for option in ("state_dtype", "stochastic_rounding"):
+            if options.get(option):
+                raise ValueError(f"Adafactor takes no {option}: its states keep the params' "
+                                 "dtype (float32 or float64)")
+        super().__init__(params, dict(lr=lr, beta2_decay=beta2_decay, eps=eps, d=d,
+                                      weight_decay=weight_decay, maximize=maximize), **options)

@@ -54,6 +54,7 @@ __all__ = [
     "schedulefree_to_train", "prodigy_reduce", "prodigy_update",
     # from lrfast.reference_adaptive
     "nadam_step", "radam_step", "adamax_step", "nadam_mu",
+    "adafactor_step",  # from lrfast.reference_adafactor
 ]
 
 
@@ -277,3 +278,4 @@ from .reference_lr_free import (  # noqa: E402
     schedulefree_to_eval, schedulefree_to_train,
 )
 from .reference_adaptive import adamax_step, nadam_mu, nadam_step, radam_step  # noqa: E402
+from .reference_adafactor import adafactor_step  # noqa: E402

@@ -142,6 +142,7 @@ from typing import Callable
 import torch
 
 from . import _backend, _core, _dtensor, _hparams, _interop, _lowp, _prodigy, _schedulefree
+from .steps_adafactor import adafactor_step
 from ._interop import to_float_state_dict
 from ._kernel import Kernel, Piece, Slot, Update
 from .optim import KERNELS, exclusive
@@ -149,7 +150,8 @@ from .precision import (Q4_BLOCK, SIGNED_STATES, Q4State, Q8State, bfloat16, cre
                         holds_param, low_bit_shapes, quantize_low_bit)
 
 __all__ = ["SGD", "Adam", "AdamW", "RMSprop", "Adagrad", "Adadelta", "Lion", "ScheduleFreeSGD",
-           "ScheduleFreeAdamW", "Prodigy", "NAdam", "RAdam", "Adamax", "to_float_state_dict"]
+           "ScheduleFreeAdamW", "Prodigy", "NAdam", "RAdam", "Adamax", "Adafactor",
+           "to_float_state_dict"]
 
 # the step functions' state arguments -> torch.optim's state keys
 _STATE_KEYS = {
@@ -1188,3 +1190,100 @@ class Adamax(_Optimizer):
                                       foreach=foreach, maximize=maximize,
                                       differentiable=differentiable, capturable=capturable),
                          state_dtype, stochastic_rounding, seed)
+class Adafactor(torch.optim.Optimizer):
+    """torch.optim.Adafactor (torch 2.13) running :func:`lrfast.adafactor_step`:
+    one fused call per param group (per step count, should its params' differ),
+    torch's arguments and state keys: ``"step"``, ``"row_var"`` and
+    ``"col_var"`` for params of 2 or more dims (shapes ``(..., n, 1)`` and
+    ``(..., 1, m)``), ``"variance"`` for those of 0 or 1, in the gradient's
+    dtype (float32 for bfloat16 and float16 params, whose factors torch
+    keeps in 16 bits), so state dicts load both ways. ``foreach`` is accepted
+    and ignored. CPU params; every group is checked before the first is
+    written. It stands apart from the other classes (their states have
+    their params' shapes): no ``state_dtype``, stochastic rounding or DTensors."""
+
+    def __init__(self, params, lr=1e-2, beta2_decay=-0.8, eps=(None, 1e-3), d=1.0,
+                 weight_decay=0.0, *, foreach=None, maximize=False):
+        _hparams.adafactor(lr=_plain(lr), step=1, beta2_decay=beta2_decay, eps=eps, d=d,
+                           weight_decay=weight_decay, maximize=maximize, grad_scale=1.0)
+        self._lock = threading.RLock()
+        super().__init__(params, dict(lr=lr, beta2_decay=beta2_decay, eps=eps, d=d,
+                                      weight_decay=weight_decay, foreach=foreach,
+                                      maximize=maximize))
+
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        if not hasattr(self, "_lock"):  # unpickled: torch pickles no lock
+            self._lock = threading.RLock()
+
+    @property
+    def lock(self) -> threading.RLock:
+        """The lock that ``step``, ``state_dict`` and ``load_state_dict`` hold."""
+        return self._lock
+
+    @exclusive
+    def state_dict(self):
+        """torch.optim's (the state tensors themselves, not copies)."""
+        return super().state_dict()
+
+    @exclusive
+    def load_state_dict(self, state_dict) -> None:
+        """torch.optim's."""
+        super().load_state_dict(state_dict)
+
+    def step(self, closure=None):
+        """Performs one update; returns the closure's loss, if a closure was given."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        with self._lock:
+            self._step()
+        return loss
+
+    def _state(self, p, g):
+        """``p``'s state, made at its first step (float32 for a 16-bit ``p``,
+        whose factors torch would keep in 16 bits); one loaded in another
+        dtype is converted."""
+        state = self.state[p]
+        if torch.is_complex(p):
+            raise RuntimeError("Adafactor does not support complex parameters")
+        dtype = p.dtype if p.dtype in (torch.float32, torch.float64) else torch.float32
+        if not state:
+            state["step"] = torch.tensor(0.0, dtype=_step_dtype())
+            if g.dim() > 1:
+                state["row_var"] = g.new_zeros(g.shape[:-1] + (1,), dtype=dtype)
+                state["col_var"] = g.new_zeros(g.shape[:-2] + (1,) + g.shape[-1:], dtype=dtype)
+            else:
+                state["variance"] = torch.zeros_like(g, dtype=dtype)
+        for key in ("row_var", "col_var", "variance"):
+            if key in state and state[key].dtype != dtype:
+                state[key] = state[key].to(dtype)
+        return state
+
+    def _step(self) -> None:
+        calls = []
+        for group in self.param_groups:
+            params, grads = _with_grads(group["params"])
+            grads = _contiguous(grads)
+            hparams = {key: _plain(group[key]) for key in
+                       ("lr", "beta2_decay", "eps", "d", "weight_decay", "maximize")}
+            by_count: dict[int, list] = {}
+            for p, g in zip(params, grads):
+                state = self._state(p, g)
+                by_count.setdefault(int(state["step"]), []).append((p, g, state))
+            for count, items in by_count.items():
+                states = [state for _, _, state in items]
+                arrays = ([p for p, _, _ in items], [g for _, g, _ in items],
+                          *([state.get(key) for state in states]
+                            for key in ("row_var", "col_var", "variance")))
+                calls.append((arrays, dict(hparams, step=count + 1), states))
+        with _backend.checks_only():
+            for arrays, hparams, _ in calls:
+                adafactor_step(*arrays, **hparams)
+        for arrays, hparams, states in calls:
+            adafactor_step(*arrays, **hparams)
+            for state in states:
+                state["step"] += 1
+            written = [t for t in chain(arrays[0], *arrays[2:]) if t is not None]
+            torch.autograd.graph.increment_version(written)

@@ -223,3 +223,24 @@ def assert_close(case: Case, dtype, got, want):
     for name in s_got:
         for i, (a, b) in enumerate(zip(s_got[name], s_want[name], strict=True)):
             np.testing.assert_allclose(a, b, rtol=rtol, atol=atol, err_msg=f"{name}[{i}]")
+
+
+# Adafactor (tests/test_adafactor.py, the bench): a row of its own, outside
+# CASES, whose tests make every state of its param's shape. Its states are a
+# param's row and column factors (2 or more dims) or a full variance (0 or 1
+# dims), None where unused; the torch class takes the step's keywords but step.
+_ADAFACTOR_GRID = (
+    dict(), dict(lr=0.05, weight_decay=0.1), dict(beta2_decay=-0.5, d=2.0, eps=(1e-3, 1e-3)),
+    dict(maximize=True, grad_scale=0.5), dict(lr=0.2, eps=(1e-30, 0.1)))
+ADAFACTOR = Case("adafactor", ("row_vars", "col_vars", "variances"), _ADAFACTOR_GRID,
+                 lambda hp: ("row_vars", "col_vars", "variances"), "Adafactor",
+                 bench=dict(lr=1e-2))
+
+
+def adafactor_states(shapes, dtype):
+    """Zeroed row_vars, col_vars and variances for params of `shapes`."""
+    return {"row_vars": [np.zeros(s[:-1] + (1,), dtype) if len(s) >= 2 else None
+                         for s in shapes],
+            "col_vars": [np.zeros(s[:-2] + (1,) + s[-1:], dtype) if len(s) >= 2 else None
+                         for s in shapes],
+            "variances": [np.zeros(s, dtype) if len(s) < 2 else None for s in shapes]}

@@ -8,9 +8,9 @@ import re
 
 import pytest
 
-from lrfast import reference, steps, steps_adaptive, steps_lr_free
+from lrfast import reference, steps, steps_adafactor, steps_adaptive, steps_lr_free
 
-MODULES = (steps, steps_lr_free, steps_adaptive)
+MODULES = (steps, steps_lr_free, steps_adaptive, steps_adafactor)
 STEP_FUNCTIONS = {name: getattr(module, name) for module in MODULES for name in module.__all__}
 EXAMPLES = {test.name.rsplit(".", 1)[-1]: test for module in MODULES
             for test in doctest.DocTestFinder().find(module) if test.examples}

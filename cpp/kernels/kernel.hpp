@@ -66,6 +66,34 @@ template <class T>
 ProdigySums prodigy_reduce_mixed(const ProdigyReduceParams& hp, const MixedTensor& t,
                                  std::int64_t lo, std::int64_t n);
 
+// Adafactor's pieces (cpp/kernels/adafactor.cpp; see AdafactorKernels).
+template <class T>
+double adafactor_rows(const AdafactorParams& hp, const T* p, const T* g, std::int64_t rows,
+                      std::int64_t cols, double* row_sums, double* col_sums);
+template <class T>
+AdafactorSums adafactor_full(const AdafactorParams& hp, const T* p, const T* g, T* v,
+                             std::int64_t n, double eps1);
+template <class T>
+double adafactor_factored_norm(const AdafactorParams& hp, const T* g, std::int64_t rows,
+                               std::int64_t cols, const T* row_rsqrt, const T* col_rsqrt,
+                               double eps1);
+template <class T>
+void adafactor_factored_apply(const AdafactorParams& hp, T* p, const T* g, std::int64_t rows,
+                              std::int64_t cols, const T* row_rsqrt, const T* col_rsqrt,
+                              double eps1, double scale);
+template <class T>
+void adafactor_rsqrt(const T* x, T divisor, T* out, std::int64_t n);
+template <class T>
+void adafactor_widen(const Operand& x, std::int64_t lo, std::int64_t n, T* out);
+template <class T>
+void adafactor_narrow(const T* in, const Operand& x, std::int64_t lo, std::int64_t n);
+template <class T>
+void adafactor_full_apply(const AdafactorParams& hp, T* p, const T* g, const T* v,
+                          std::int64_t n, double eps1, double scale);
+template <class T>
+double adafactor_factor(const AdafactorParams& hp, T* x, const double* sums, double count,
+                        std::int64_t n);
+
 // Sums in double run over kLanes interleaved accumulators (which lets the
 // compiler vectorise them) combined pairwise in this fixed order, so the
 // bits depend on neither the ISA nor the thread count.

@@ -9,7 +9,11 @@ static constexpr TypedKernels<T> typed_kernels() {
 #define LRFAST_OPTIMIZER(name, P, nstates) &name##_update<T>,
 #include "lrfast/optimizers.def"
 #undef LRFAST_OPTIMIZER
-        &prodigy_reduce<T>, &norm_partial<T>, &scale<T>, &clamp<T>, &stream<T>,
+        &prodigy_reduce<T>,
+        {&adafactor_rows<T>, &adafactor_full<T>, &adafactor_factored_norm<T>,
+         &adafactor_factored_apply<T>, &adafactor_full_apply<T>, &adafactor_factor<T>,
+         &adafactor_rsqrt<T>, &adafactor_widen<T>, &adafactor_narrow<T>},
+        &norm_partial<T>, &scale<T>, &clamp<T>, &stream<T>,
     };
 }
 

@@ -74,12 +74,48 @@ template <class T>
 using ProdigyReduceFn = ProdigySums (*)(const ProdigyReduceParams&, const T* p, const T* g,
                                         std::int64_t stride, T* s, const T* p0, std::int64_t n);
 
+// Adafactor's pieces (cpp/kernels/adafactor.cpp; run by cpp/adafactor_driver.hpp).
+struct AdafactorSums {
+    double p_sq, u_sq;
+};
+
+template <class T>
+struct AdafactorKernels {
+    // Pass 1 over `rows` rows of a factored matrix: returns sum(p^2), writes
+    // each row's sum(g^2) to row_sums, adds each column's to col_sums.
+    double (*rows)(const AdafactorParams&, const T* p, const T* g, std::int64_t rows,
+                   std::int64_t cols, double* row_sums, double* col_sums);
+    // Pass 1 of a full-variance range: updates v; sum(p^2) and sum(u^2).
+    AdafactorSums (*full)(const AdafactorParams&, const T* p, const T* g, T* v, std::int64_t n,
+                          double eps1);
+    // Pass 2 over `rows` rows of a factored matrix: sum(u^2), u from the
+    // rows' 1 / sqrt(R / rmean) and the columns' 1 / sqrt(C).
+    double (*factored_norm)(const AdafactorParams&, const T* g, std::int64_t rows,
+                            std::int64_t cols, const T* row_rsqrt, const T* col_rsqrt,
+                            double eps1);
+    // Pass 3: p = p * decay + scale * u.
+    void (*factored_apply)(const AdafactorParams&, T* p, const T* g, std::int64_t rows,
+                           std::int64_t cols, const T* row_rsqrt, const T* col_rsqrt,
+                           double eps1, double scale);
+    void (*full_apply)(const AdafactorParams&, T* p, const T* g, const T* v, std::int64_t n,
+                       double eps1, double scale);
+    // One factor from its sums: x = lerp(x, sums / count, w); returns mean(x).
+    double (*factor)(const AdafactorParams&, T* x, const double* sums, double count,
+                     std::int64_t n);
+    // out[i] = 1 / sqrt(x[i] / divisor).
+    void (*rsqrt)(const T* x, T divisor, T* out, std::int64_t n);
+    // A 16-bit array's elements [lo, lo + n) as T, and back (nearest even).
+    void (*widen)(const Operand& x, std::int64_t lo, std::int64_t n, T* out);
+    void (*narrow)(const T* in, const Operand& x, std::int64_t lo, std::int64_t n);
+};
+
 template <class T>
 struct TypedKernels {
 #define LRFAST_OPTIMIZER(name, P, nstates) UpdateFn<P, T> name;
 #include "lrfast/optimizers.def"
 #undef LRFAST_OPTIMIZER
     ProdigyReduceFn<T> prodigy_reduce;
+    AdafactorKernels<T> adafactor;
     NormPartial (*norm)(const T*, std::int64_t, NormKind, double p);
     void (*scale)(T*, std::int64_t, double factor);        // x *= factor
     void (*clamp)(T*, std::int64_t, double limit);         // x = clamp(x, -limit, limit)

@@ -152,4 +152,16 @@ struct AdamaxParams {
         "sr_key"};
 };
 
+// Adafactor (cpp/kernels/adafactor.cpp, outside optimizers.def: its passes
+// reduce): beta2_weight = step^beta2_decay (torch's 1 - beta2_t), rho =
+// min(lr, 1 / sqrt(step)); eps1 < 0 stands for torch's None (each param's
+// dtype's machine epsilon).
+struct AdafactorParams {
+    double lr, rho, beta2_weight, eps1, eps2, d, weight_decay, grad_scale;
+    double stochastic_rounding, sr_key;
+    static constexpr std::array<const char*, 10> fields{
+        "lr", "rho", "beta2_weight", "eps1", "eps2", "d", "weight_decay", "grad_scale",
+        "stochastic_rounding", "sr_key"};
+};
+
 }  // namespace lrfast

@@ -1,0 +1,231 @@
+// Adafactor (Shazeer & Stern 2018; torch 2.13's torch.optim.Adafactor), the
+// pieces of its passes over memory (lrfast/reference_adafactor.py has the
+// maths; cpp/adafactor_driver.hpp runs them):
+//
+//   1. a reduction: sum(p^2) (the param's RMS, before weight decay) and, for a
+//      factored param, each row's sum of g^2 and each column's (per chunk of
+//      rows, added by the driver in chunk order); a full-variance param
+//      updates v here, elementwise, and sums u^2 too;
+//   2. factored params only: sum(u^2), u = g * min(a_i b_j, 1 / eps1) with
+//      a_i = 1 / sqrt(R_i / rmean), b_j = 1 / sqrt(C_j) (torch's
+//      g / sqrt(max(R_i C_j / rmean, eps1^2)), rounded differently);
+//   3. the update p = p * decay + scale * u, u recomputed from g and the factors.
+//
+// Every sum runs in double, over kLanes lanes folded in a fixed order (or, for
+// the columns, row after row), on ranges that depend only on the shapes: the
+// bits are those of any thread count and ISA.
+#include "convert.hpp"
+
+namespace lrfast::LRFAST_ISA_NS {
+
+// torch's clamp_(min=lo): lo where x < lo; a NaN stays NaN.
+template <class T>
+static T at_least(T x, T lo) {
+    return x < lo ? lo : x;
+}
+
+// u for one element: g / sqrt(max(v, eps1^2)) as torch computes it, the
+// reciprocal square root first (rsqrt_ then mul_).
+template <class T>
+static T scaled(T g, T v, T eps1_sq) {
+    return g * (T(1) / root(at_least(v, eps1_sq)));
+}
+
+// Row r's squares go to lane j = c mod kLanes of its row sum and to column
+// c's sum, each square computed once. (Plain loops, no lambda: GCC
+// vectorises the rounds of kLanes only so.)
+template <class T>
+double adafactor_rows(const AdafactorParams& hp, const T* __restrict p, const T* __restrict g,
+                      std::int64_t rows, std::int64_t cols, double* __restrict row_sums,
+                      double* __restrict col_sums) {
+    const T gs = T(hp.grad_scale);
+    double p_sq[kLanes] = {};
+    for (std::int64_t r = 0; r < rows; ++r) {
+        const T* __restrict pr = p + r * cols;
+        const T* __restrict gr = g + r * cols;
+        double g_sq[kLanes] = {};
+        std::int64_t c = 0;
+        for (; c + kLanes <= cols; c += kLanes)
+            for (int j = 0; j < kLanes; ++j) {
+                const double x = double(pr[c + j]), d = double(gr[c + j] * gs), sq = d * d;
+                p_sq[j] += x * x;
+                g_sq[j] += sq;
+                col_sums[c + j] += sq;
+            }
+        for (int j = 0; c + j < cols; ++j) {
+            const double x = double(pr[c + j]), d = double(gr[c + j] * gs), sq = d * d;
+            p_sq[j] += x * x;
+            g_sq[j] += sq;
+            col_sums[c + j] += sq;
+        }
+        row_sums[r] = fold_lanes(g_sq);
+    }
+    return fold_lanes(p_sq);
+}
+
+template <class T>
+AdafactorSums adafactor_full(const AdafactorParams& hp, const T* __restrict p,
+                             const T* __restrict g, T* __restrict v, std::int64_t n,
+                             double eps1) {
+    const T gs = T(hp.grad_scale), eps1_sq = T(eps1 * eps1);
+    const T w = T(hp.beta2_weight), w_rest = T(1) - w;
+    const bool near = __builtin_fabs(hp.beta2_weight) < 0.5;
+    double p_sq[kLanes] = {}, u_sq[kLanes] = {};
+    auto visit = [&](int j, std::int64_t i) {
+        const T d = g[i] * gs, sq = d * d, vi = v[i];
+        // torch's lerp(v, g * g, w)
+        const T vn = near ? vi + w * (sq - vi) : sq - (sq - vi) * w_rest;
+        v[i] = vn;
+        const double x = double(p[i]), u = double(scaled(d, vn, eps1_sq));
+        p_sq[j] += x * x;
+        u_sq[j] += u * u;
+    };
+    std::int64_t i = 0;
+    for (; i + kLanes <= n; i += kLanes)
+        for (int j = 0; j < kLanes; ++j) visit(j, i + j);
+    for (int j = 0; i + j < n; ++j) visit(j, i + j);
+    return {fold_lanes(p_sq), fold_lanes(u_sq)};
+}
+
+// A factored param's u = g * min(a_i * b_j, 1 / eps1), with a_i =
+// 1 / sqrt(R_i / rmean) per row and b_j = 1 / sqrt(C_j) per column (the
+// driver's, from adafactor_rsqrt): torch's g / sqrt(max(R_i C_j / rmean,
+// eps1^2)) rounded differently, at three multiplies and a min per element.
+template <class T>
+static T factored_u(T g, T a, T b, T cap) {
+    const T w = a * b;
+    return g * (w < cap ? w : cap);
+}
+
+template <class T>
+double adafactor_factored_norm(const AdafactorParams& hp, const T* __restrict g,
+                               std::int64_t rows, std::int64_t cols, const T* __restrict row_rsqrt,
+                               const T* __restrict col_rsqrt, double eps1) {
+    const T gs = T(hp.grad_scale), cap = T(1.0 / eps1);
+    double u_sq[kLanes] = {};
+    for (std::int64_t r = 0; r < rows; ++r) {
+        const T* __restrict gr = g + r * cols;
+        const T a = row_rsqrt[r];
+        std::int64_t c = 0;
+        for (; c + kLanes <= cols; c += kLanes)
+            for (int j = 0; j < kLanes; ++j) {
+                const double u = double(factored_u(gr[c + j] * gs, a, col_rsqrt[c + j], cap));
+                u_sq[j] += u * u;
+            }
+        for (int j = 0; c + j < cols; ++j) {
+            const double u = double(factored_u(gr[c + j] * gs, a, col_rsqrt[c + j], cap));
+            u_sq[j] += u * u;
+        }
+    }
+    return fold_lanes(u_sq);
+}
+
+// decay multiplies only when weight_decay != 0, as torch's mul_ (a multiply
+// by 1 would be exact anyway).
+template <class T, bool DECAY>
+static void factored_apply(const AdafactorParams& hp, T* __restrict p, const T* __restrict g,
+                           std::int64_t rows, std::int64_t cols, const T* __restrict row_rsqrt,
+                           const T* __restrict col_rsqrt, double eps1, double scale) {
+    const T gs = T(hp.grad_scale), cap = T(1.0 / eps1);
+    const T decay = T(1.0 - hp.lr * hp.weight_decay), s = T(scale);
+    for (std::int64_t r = 0; r < rows; ++r) {
+        T* __restrict pr = p + r * cols;
+        const T* __restrict gr = g + r * cols;
+        const T a = row_rsqrt[r];
+        for (std::int64_t c = 0; c < cols; ++c) {
+            const T u = factored_u(gr[c] * gs, a, col_rsqrt[c], cap);
+            const T x = DECAY ? pr[c] * decay : pr[c];
+            pr[c] = x + s * u;
+        }
+    }
+}
+
+template <class T>
+void adafactor_factored_apply(const AdafactorParams& hp, T* p, const T* g, std::int64_t rows,
+                              std::int64_t cols, const T* row_rsqrt, const T* col_rsqrt,
+                              double eps1, double scale) {
+    if (hp.weight_decay != 0)
+        factored_apply<T, true>(hp, p, g, rows, cols, row_rsqrt, col_rsqrt, eps1, scale);
+    else
+        factored_apply<T, false>(hp, p, g, rows, cols, row_rsqrt, col_rsqrt, eps1, scale);
+}
+
+template <class T, bool DECAY>
+static void full_apply(const AdafactorParams& hp, T* __restrict p, const T* __restrict g,
+                       const T* __restrict v, std::int64_t n, double eps1, double scale) {
+    const T gs = T(hp.grad_scale), eps1_sq = T(eps1 * eps1);
+    const T decay = T(1.0 - hp.lr * hp.weight_decay), s = T(scale);
+    for (std::int64_t i = 0; i < n; ++i) {
+        const T u = scaled(g[i] * gs, v[i], eps1_sq);
+        const T x = DECAY ? p[i] * decay : p[i];
+        p[i] = x + s * u;
+    }
+}
+
+template <class T>
+void adafactor_full_apply(const AdafactorParams& hp, T* p, const T* g, const T* v,
+                          std::int64_t n, double eps1, double scale) {
+    if (hp.weight_decay != 0)
+        full_apply<T, true>(hp, p, g, v, n, eps1, scale);
+    else
+        full_apply<T, false>(hp, p, g, v, n, eps1, scale);
+}
+
+// The factors of one matrix from its sums: x = lerp(x, sum / count, w) in T,
+// for `n` entries; returns the mean of the new x (summed in double, in order).
+template <class T>
+double adafactor_factor(const AdafactorParams& hp, T* __restrict x,
+                        const double* __restrict sums, double count, std::int64_t n) {
+    const T w = T(hp.beta2_weight), w_rest = T(1) - w;
+    const bool near = __builtin_fabs(hp.beta2_weight) < 0.5;
+    double total = 0.0;
+    for (std::int64_t i = 0; i < n; ++i) {
+        const T mean = T(sums[i] / count), xi = x[i];
+        const T xn = near ? xi + w * (mean - xi) : mean - (mean - xi) * w_rest;
+        x[i] = xn;
+        total += double(xn);
+    }
+    return total / double(n);
+}
+
+// out[i] = 1 / sqrt(x[i] / divisor), in T.
+template <class T>
+void adafactor_rsqrt(const T* __restrict x, T divisor, T* __restrict out, std::int64_t n) {
+    for (std::int64_t i = 0; i < n; ++i) out[i] = T(1) / root(x[i] / divisor);
+}
+
+// A 16-bit param's (or grad's) elements [lo, lo + n) as T, and back, rounded
+// to nearest even: the driver runs the T pieces on such buffers.
+template <class T>
+void adafactor_widen(const Operand& x, std::int64_t lo, std::int64_t n, T* out) {
+    widen(x, lo, n, out);
+}
+
+template <class T>
+void adafactor_narrow(const T* in, const Operand& x, std::int64_t lo, std::int64_t n) {
+    narrow(in, x, lo, n);
+}
+
+#define LRFAST_ADAFACTOR_INSTANTIATE(T)                                                        \
+    template double adafactor_rows<T>(const AdafactorParams&, const T*, const T*,              \
+                                      std::int64_t, std::int64_t, double*, double*);           \
+    template AdafactorSums adafactor_full<T>(const AdafactorParams&, const T*, const T*, T*,   \
+                                             std::int64_t, double);                            \
+    template double adafactor_factored_norm<T>(const AdafactorParams&, const T*,               \
+                                               std::int64_t, std::int64_t, const T*, const T*, \
+                                               double);                                        \
+    template void adafactor_factored_apply<T>(const AdafactorParams&, T*, const T*,            \
+                                              std::int64_t, std::int64_t, const T*, const T*,  \
+                                              double, double);                                 \
+    template void adafactor_rsqrt<T>(const T*, T, T*, std::int64_t);                           \
+    template void adafactor_widen<T>(const Operand&, std::int64_t, std::int64_t, T*);          \
+    template void adafactor_narrow<T>(const T*, const Operand&, std::int64_t, std::int64_t);   \
+    template void adafactor_full_apply<T>(const AdafactorParams&, T*, const T*, const T*,      \
+                                          std::int64_t, double, double);                       \
+    template double adafactor_factor<T>(const AdafactorParams&, T*, const double*, double,     \
+                                        std::int64_t);
+LRFAST_ADAFACTOR_INSTANTIATE(float)
+LRFAST_ADAFACTOR_INSTANTIATE(double)
+#undef LRFAST_ADAFACTOR_INSTANTIATE
+
+}  // namespace lrfast::LRFAST_ISA_NS
