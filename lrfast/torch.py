@@ -148,7 +148,7 @@ from .precision import (Q4_BLOCK, SIGNED_STATES, Q4State, Q8State, bfloat16, cre
                         holds_param, low_bit_shapes, quantize_low_bit)
 
 __all__ = ["SGD", "Adam", "AdamW", "RMSprop", "Adagrad", "Adadelta", "Lion", "ScheduleFreeSGD",
-           "ScheduleFreeAdamW", "Prodigy", "to_float_state_dict"]
+           "ScheduleFreeAdamW", "Prodigy", "CPUOffload", "to_float_state_dict"]
 
 # the step functions' state arguments -> torch.optim's state keys
 _STATE_KEYS = {
@@ -723,9 +723,11 @@ class _Optimizer(torch.optim.Optimizer):
             self._step()
         return loss
 
-    def _step(self) -> None:
+    def _step(self, grad_scale: float = 1.0, grad_norm: float | None = None) -> None:
         # Every group is checked before the first write, so an error leaves
         # them all as they were (as a step function does for its list).
+        # grad_scale, grad_norm: a clip coefficient fused into the kernels and
+        # the norm it came from (lrfast.torch.CPUOffload's max_grad_norm).
         todo = []
         for group in self.param_groups:
             params, grads = _with_grads(group["params"])
@@ -754,9 +756,9 @@ class _Optimizer(torch.optim.Optimizer):
             rounding = (bool(group["stochastic_rounding"]), int(group["seed"]))
             update.pieces = [call.piece(grads, *rounding) for call in plan.calls]
         for n, (kernel, updates) in enumerate(batches):
-            kernel.preflight(self.param_groups, updates, first_checks_itself=n == 0)
+            kernel.preflight(self.param_groups, updates, grad_scale, first_checks_itself=n == 0)
         for kernel, updates in batches:
-            kernel.run(self.param_groups, updates)
+            kernel.run(self.param_groups, updates, grad_scale, grad_norm)
 
 
 class SGD(_Optimizer):
@@ -1003,3 +1005,6 @@ class Prodigy(_Optimizer):
                                       fsdp_in_use=fsdp_in_use, slice_p=slice_p,
                                       maximize=maximize, **_prodigy.start(d0)),
                          state_dtype, stochastic_rounding, seed)
+
+
+from ._offload import CPUOffload  # noqa: E402  (it builds on the classes above)
