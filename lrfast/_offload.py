@@ -112,15 +112,15 @@ class _CudaTransport:
 class _Entry:
     """One model param: its host master (the param itself where a CPU param
     can be its own master), the host buffer its gradient lands in (None then),
-    the gradient last sent (with its version, to notice a later change) and
-    the token of that copy."""
+    the gradient last sent (with its version, to notice a later change), the
+    token of that copy, and whether the master's ``.grad`` is the buffer."""
 
-    __slots__ = ("param", "master", "buffer", "bucket", "sent", "token")
+    __slots__ = ("param", "master", "buffer", "bucket", "sent", "token", "gives")
 
     def __init__(self, param, master, buffer, bucket):
         self.param, self.master, self.buffer, self.bucket = param, master, buffer, bucket
-        self.sent = None
-        self.token = None
+        self.sent = self.token = None
+        self.gives = False
 
 
 class _Bucket:
@@ -128,10 +128,15 @@ class _Bucket:
     every group of the CPUOffload (empty where none of the group's params are
     here) so that group-level state (schedule-free's ``k``) moves alike."""
 
-    __slots__ = ("optimizer", "entries", "numel", "sent")
+    __slots__ = ("optimizer", "entries", "copies", "blocks", "numel", "sent")
 
     def __init__(self, optimizer):
-        self.optimizer, self.entries, self.numel, self.sent = optimizer, [], 0, None
+        self.optimizer, self.numel, self.sent = optimizer, 0, None
+        # the host memory its masters and gradient buffers are views of, pinned as long as
+        # these tensors live
+        self.blocks: list[torch.Tensor] = []
+        self.entries: list[_Entry] = []
+        self.copies: list[_Entry] = []  # those with a master of their own
 
 
 def _check_model_param(p, where: str) -> None:
@@ -187,8 +192,9 @@ class CPUOffload(torch.optim.Optimizer):
 
     Gradient accumulation: backward accumulates into the params' ``.grad``
     on the GPU as usual; run the backward passes of the micro-batches but
-    the last under ``with optimizer.accumulate():``, and the gradients are
-    copied once per step, as the last backward produces them. Without it
+    the last under ``with optimizer.accumulate():`` (or each under ``with
+    optimizer.accumulate(micro < micro_batches - 1):``), and the gradients
+    are copied once per step, as the last backward produces them. Without it
     each backward copies them again (correct, more traffic). A gradient
     changed after its copy (``zero_grad``, a backward outside
     ``accumulate``, an in-place edit such as ``GradScaler.unscale_``) is
@@ -242,7 +248,11 @@ class CPUOffload(torch.optim.Optimizer):
         self._bucket_size = math.inf if issubclass(optimizer, Prodigy) else bucket_size
         self._buckets: list[_Bucket] = []
         self._entries: dict[torch.Tensor, _Entry] = {}
-        self._transport = self._device = None
+        self._order: list[_Entry] = []  # in the order of the groups (of the global norm)
+        self._copies: list[_Entry] = []  # those with a master of their own, in that order
+        # the device of the params, and its transport: set by the first param
+        self._device: torch.device | None = None
+        self._transport: _HostTransport | _CudaTransport = _HostTransport()
         self._hooks: list = []  # removed when the optimizer goes
         weakref.finalize(self, _remove, self._hooks)
         self._accumulating = False
@@ -304,16 +314,14 @@ class CPUOffload(torch.optim.Optimizer):
             self._buckets.append(bucket)
 
     def _transport_for(self, params):
-        devices = {p.device for p in params}
-        if self._transport is not None:
-            devices.add(self._device)
+        devices = {p.device for p in params} | ({self._device} if self._device else set())
         if len(devices) > 1:
             raise ValueError(f"CPUOffload's params must all be on one device, got "
                              f"{sorted(map(str, devices))}")
-        if self._transport is None and devices:
+        if self._device is None and devices:
             self._device = devices.pop()
-            self._transport = (_CudaTransport(self._device) if self._device.type == "cuda"
-                               else _HostTransport())
+            if self._device.type == "cuda":
+                self._transport = _CudaTransport(self._device)
         return self._transport
 
     def _masters(self, params, transport, bucket: _Bucket) -> list:
@@ -326,10 +334,11 @@ class CPUOffload(torch.optim.Optimizer):
         flats = [torch.empty(total, dtype=self.master_dtype) for _ in range(2)] if total else []
         for flat in flats:
             transport.pin(flat)
+        bucket.blocks += flats
         masters, offset = [], 0
         for p in params:
-            if id(p) in own:
-                entry = _Entry(p, p.detach(), None, bucket)
+            if id(p) in own:  # the param itself: its .grad is the master's
+                entry = _Entry(p, p, None, bucket)
             else:
                 n = p.numel()
                 master, buffer = (f[offset:offset + n].view(p.shape) for f in flats)
@@ -339,7 +348,11 @@ class CPUOffload(torch.optim.Optimizer):
                 if p.requires_grad:
                     self._hooks.append(p.register_post_accumulate_grad_hook(_hook(self)))
             self._entries[p] = entry
+            self._order.append(entry)
             bucket.entries.append(entry)
+            if entry.buffer is not None:
+                self._copies.append(entry)
+                bucket.copies.append(entry)
             masters.append(entry.master)
         return masters
 
@@ -359,11 +372,12 @@ class CPUOffload(torch.optim.Optimizer):
     # -- gradients
 
     @contextlib.contextmanager
-    def accumulate(self) -> Iterator[None]:
-        """Backward passes inside copy no gradient: use it for the
-        micro-batches of an accumulated step but the last, whose backward
-        copies the sums once."""
-        previous, self._accumulating = self._accumulating, True
+    def accumulate(self, enabled: bool = True) -> Iterator[None]:
+        """Backward passes inside copy no gradient (if ``enabled``): use it
+        for the micro-batches of an accumulated step but the last, whose
+        backward copies the sums once: ``with
+        optimizer.accumulate(micro < micro_batches - 1): loss.backward()``."""
+        previous, self._accumulating = self._accumulating, bool(enabled)
         try:
             yield
         finally:
@@ -388,43 +402,43 @@ class CPUOffload(torch.optim.Optimizer):
                 loss = closure()
         transport = self._transport
         transport.begin_step()
-        grads = []  # the host gradients, in the order of the groups, for the norm
-        for group in self.param_groups:
-            for p in group["params"]:
-                entry = self._entries[p]
-                grad = p.grad
-                if grad is None:
-                    entry.master.grad = None
-                    continue
-                if entry.buffer is None:  # its own master
-                    entry.master.grad = grad
-                else:
-                    sent = entry.sent
-                    if sent is None or sent[0] is not grad or sent[1] != grad._version:
-                        self._send(entry, grad)
-                    entry.master.grad = entry.buffer
-                grads.append(entry.master.grad)
+        clips = self.max_grad_norm is not None
+        # the host gradients, in the order of the groups, for the global norm
+        grads: list[torch.Tensor] = []
+        for entry in self._order if clips else self._copies:
+            grad = entry.param.grad
+            if entry.buffer is None:  # its own master
+                if grad is not None:
+                    grads.append(grad)
+                continue
+            if grad is None:
+                if entry.gives:
+                    entry.master.grad, entry.gives = None, False
+                continue
+            sent = entry.sent
+            if sent is None or sent[0] is not grad or sent[1] != grad._version:
+                self._send(entry, grad)
+            if not entry.gives:
+                entry.master.grad, entry.gives = entry.buffer, True
+            grads.append(entry.buffer)
         scale, norm = 1.0, None
-        if self.max_grad_norm is not None:
-            transport.wait([self._entries[p].token for g in self.param_groups
-                            for p in g["params"]])
+        if clips:
+            transport.wait([entry.token for entry in self._copies])
             norm = self.last_grad_norm = global_norm(grads)
             scale = clip_coefficient(norm, self.max_grad_norm)
         self._to_buckets()
         uploads = []
         for bucket in self._buckets:
-            transport.wait([e.token for e in bucket.entries] + [bucket.sent])
+            transport.wait([e.token for e in bucket.copies] + [bucket.sent])
             inner = bucket.optimizer
             with inner.lock:
                 inner._step(scale, norm)
             bucket.sent = transport.send_params(
-                [(e.param.detach(), e.master) for e in bucket.entries
-                 if e.buffer is not None and e.master.grad is not None])
+                [(e.param.detach(), e.master) for e in bucket.copies if e.gives])
             uploads.append(bucket.sent)
         transport.end_step(uploads)
-        for entry in self._entries.values():
+        for entry in self._copies:  # no gradient kept alive (on the GPU) past the step
             entry.sent = entry.token = None
-            entry.master.grad = None
         self._from_buckets()
         return loss
 
@@ -443,11 +457,12 @@ class CPUOffload(torch.optim.Optimizer):
         count = sum(len(b.optimizer.state) for b in self._buckets)
         if count != self._linked:
             self._linked = count
-            self.state = defaultdict(dict)
+            state: defaultdict[torch.Tensor, dict] = defaultdict(dict)
             for p, entry in self._entries.items():
                 inner = entry.bucket.optimizer.state
                 if entry.master in inner:
-                    self.state[p] = inner[entry.master]
+                    state[p] = inner[entry.master]
+            self.state = state
 
     # -- schedule-free's train/eval
 
@@ -472,7 +487,7 @@ class CPUOffload(torch.optim.Optimizer):
             self._transport.wait([bucket.sent])
             getattr(bucket.optimizer, name)()
             bucket.sent = self._transport.send_params(
-                [(e.param.detach(), e.master) for e in bucket.entries if e.buffer is not None])
+                [(e.param.detach(), e.master) for e in bucket.copies])
             uploads.append(bucket.sent)
         self._transport.end_step(uploads)
         self._from_buckets()
@@ -485,10 +500,11 @@ class CPUOffload(torch.optim.Optimizer):
         self._linked = -1
         self._from_buckets()
         plain = self.state
-        self.state = defaultdict(dict, plain)
+        with_masters: defaultdict[torch.Tensor, dict] = defaultdict(dict, plain)
         for p, entry in self._entries.items():
             if entry.master.dtype != p.dtype and p in plain:
-                self.state[p] = dict(plain[p], master=entry.master)
+                with_masters[p] = dict(plain[p], master=entry.master)
+        self.state = with_masters
         try:
             return super().state_dict()
         finally:
@@ -518,10 +534,9 @@ class CPUOffload(torch.optim.Optimizer):
                     for e in bucket.entries if ids[e.param] in states}
             bucket.optimizer.load_state_dict({"state": kept, "param_groups": groups})
         with torch.no_grad():
-            for p, entry in self._entries.items():
-                if entry.buffer is not None:
-                    master = states.get(ids[p], {}).get("master")
-                    entry.master.copy_(p if master is None else master)
+            for entry in self._copies:
+                master = states.get(ids[entry.param], {}).get("master")
+                entry.master.copy_(entry.param if master is None else master)
         self._linked = -1
         self._from_buckets()
 
@@ -537,7 +552,7 @@ class CPUOffload(torch.optim.Optimizer):
             return t.numel() * t.element_size()
 
         master = sum(nbytes(e.master) for e in self._entries.values())
-        grads = sum(nbytes(e.buffer) for e in self._entries.values() if e.buffer is not None)
+        grads = sum(nbytes(e.buffer) for e in self._copies)
         states = sum(nbytes(v) for b in self._buckets for s in b.optimizer.state.values()
                      for v in s.values() if isinstance(v, torch.Tensor))
         n = max(1, sum(p.numel() for p in self._entries))

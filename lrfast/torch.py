@@ -30,6 +30,12 @@ C++ kernels as NumPy views of their memory, without copies (bfloat16 ones as
 (``pip install lrfast[cuda]``). The numerics are torch's single-tensor
 formulas (see :mod:`lrfast.reference`), in float32 for 16-bit parameters.
 
+:class:`CPUOffload` runs any of these classes on the host for a model on the
+GPU whose optimizer state does not fit there: host masters (float32, or
+bfloat16 with stochastic rounding) and states, gradients streamed down as
+backward produces them, the step bucket by bucket while updated params stream
+back (see its docstring).
+
 Low precision: every class takes, keyword-only after torch's arguments (and
 per param group, like torch's options):
 

@@ -54,8 +54,7 @@ def backward(params, step, micro):
 def train(opt, params, clip_in_step=True, accumulate=None, steps=STEPS):
     for step in range(steps):
         for micro in range(MICRO):
-            last = micro == MICRO - 1
-            with accumulate() if accumulate and not last else contextlib.nullcontext():
+            with accumulate(micro < MICRO - 1) if accumulate else contextlib.nullcontext():
                 backward(params, step, micro)
         if not clip_in_step:
             lrfast.clip_grad_norm([p.grad for p in params], MAX_NORM)
