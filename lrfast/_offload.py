@@ -1,5 +1,6 @@
-"""The optimizer of GPU training on the host: :class:`CPUOffload`, and the
-two transports that move its gradients down and its parameters up (CUDA:
+"""The optimizer of GPU training on the host: :class:`Offload`, which
+lrfast.torch exports as ``CPUOffload`` (with AdamW for the default
+``optimizer``: this module does not import lrfast.torch), and the two transports that move its gradients down and its parameters up (CUDA:
 pinned buffers, copy streams and events; CPU: plain copies). Everything but
 the transport is the same code on both, which is what the CPU tests cover.
 """
@@ -15,11 +16,11 @@ from typing import Iterator
 import torch
 
 from . import _dtensor, _hparams
+from ._prodigy import ProdigyKernel
 from .clip import clip_coefficient, global_norm
 from .precision import holds_param, mix_seed
-from .torch import AdamW, Prodigy, _Optimizer
 
-__all__ = ["CPUOffload"]
+__all__ = ["Offload"]
 
 _MASTER_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 _ALIGN = 64  # bytes: each master and gradient buffer starts on a cache line
@@ -56,9 +57,12 @@ class _CudaTransport:
     copy followed by an event: the host waits only for the events of what it
     reads or writes next, and the stream that runs the next forward waits for
     the last upload's event (no device-wide synchronisation). A copy between
-    different dtypes converts on the GPU (torch's non_blocking rule), which
-    takes a transient device tensor of the source's size in the target dtype:
-    a bucket's worth at most, nothing held across steps."""
+    different dtypes (a bfloat16 param, its float32 master) converts on the
+    GPU, through a device tensor in the master's dtype made on the copy
+    stream and freed at once: the caching allocator hands its block to the
+    next copy of that stream, so about the largest param's size is in use,
+    and nothing is held across steps. (torch's own ``copy_`` would convert a
+    host-to-device copy on the host, into pageable memory.)"""
 
     def __init__(self, device: torch.device):
         self.device = device
@@ -79,7 +83,7 @@ class _CudaTransport:
     def send_grad(self, grad: torch.Tensor, buffer: torch.Tensor):
         self.down.wait_stream(torch.cuda.current_stream(self.device))
         with torch.cuda.stream(self.down):
-            buffer.copy_(grad, non_blocking=True)
+            buffer.copy_(grad.to(buffer.dtype), non_blocking=True)
         grad.record_stream(self.down)  # its memory is not reused before the copy ends
         done = torch.cuda.Event()
         done.record(self.down)
@@ -97,7 +101,10 @@ class _CudaTransport:
     def send_params(self, pairs):
         with torch.cuda.stream(self.up):
             for param, master in pairs:
-                param.copy_(master, non_blocking=True)
+                if param.dtype == master.dtype:
+                    param.copy_(master, non_blocking=True)
+                else:
+                    param.copy_(master.to(self.device, non_blocking=True))
         done = torch.cuda.Event()
         done.record(self.up)
         return done
@@ -154,7 +161,7 @@ def _check_model_param(p, where: str) -> None:
         raise TypeError(f"{where} is on {p.device}; CPUOffload takes CPU and CUDA params")
 
 
-class CPUOffload(torch.optim.Optimizer):
+class Offload(torch.optim.Optimizer):
     """Any :mod:`lrfast.torch` optimizer run on the host for a model on the
     GPU, the optimizer's memory in host RAM. ::
 
@@ -170,6 +177,7 @@ class CPUOffload(torch.optim.Optimizer):
     bfloat16 one for bfloat16 params), and ``optimizer`` (any lrfast.torch
     optimizer class, built with ``state_dtype`` and ``optimizer_kwargs``)
     keeps its states beside the masters, in host RAM; none of it on the GPU.
+    ``optimizer`` defaults to ``lrfast.torch.AdamW``.
 
     Each gradient starts down to a pinned host buffer of the master's dtype
     as soon as backward has accumulated it (a post-accumulate-grad hook; on a
@@ -222,10 +230,14 @@ class CPUOffload(torch.optim.Optimizer):
 
     _shares_cpu_params = True  # a float32 CPU param serves as its own float32 master
 
-    def __init__(self, params, optimizer: type = AdamW, *, master_dtype: str = "float32",
+    def __init__(self, params, optimizer: type, *, master_dtype: str = "float32",
                  state_dtype: str | None = None, max_grad_norm: float | None = None,
                  bucket_size: int = 2**25, **optimizer_kwargs):
-        if not (isinstance(optimizer, type) and issubclass(optimizer, _Optimizer)):
+        # lrfast.torch's classes (which import this module): torch optimizers whose
+        # _step takes a fused clip coefficient
+        if not (isinstance(optimizer, type) and issubclass(optimizer, torch.optim.Optimizer)
+                and callable(getattr(optimizer, "_step", None))
+                and callable(getattr(optimizer, "_kernel", None))):
             raise TypeError(f"optimizer must be an lrfast.torch optimizer class (e.g. "
                             f"lrfast.torch.AdamW), got {optimizer!r}")
         if master_dtype not in _MASTER_DTYPES:
@@ -245,7 +257,8 @@ class CPUOffload(torch.optim.Optimizer):
         self._class = optimizer
         self._kwargs = dict(optimizer_kwargs, state_dtype=state_dtype)
         # Prodigy's estimate needs every param's sums before any param moves
-        self._bucket_size = math.inf if issubclass(optimizer, Prodigy) else bucket_size
+        self._bucket_size = (math.inf if isinstance(getattr(optimizer, "kernel", None),
+                                                    ProdigyKernel) else bucket_size)
         self._buckets: list[_Bucket] = []
         self._entries: dict[torch.Tensor, _Entry] = {}
         self._order: list[_Entry] = []  # in the order of the groups (of the global norm)
@@ -451,6 +464,8 @@ class CPUOffload(torch.optim.Optimizer):
         """The groups' state (schedule-free's ``k``, Prodigy's ``d``), as the
         buckets' optimizers moved it (alike), and ``self.state`` mirroring
         their states where new ones appeared."""
+        if not self._buckets:  # no params
+            return
         first = self._buckets[0].optimizer.param_groups
         for group, inner in zip(self.param_groups, first):
             group.update((k, v) for k, v in inner.items() if k not in ("params", "seed"))
@@ -561,7 +576,7 @@ class CPUOffload(torch.optim.Optimizer):
                 "per_param_with_grads": (master + states + grads) / n}
 
 
-def _hook(optimizer: CPUOffload):
+def _hook(optimizer: Offload):
     """A post-accumulate-grad hook that sends the param's gradient down,
     holding its optimizer weakly."""
     ref = weakref.ref(optimizer)

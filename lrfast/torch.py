@@ -146,7 +146,8 @@ from typing import Callable
 
 import torch
 
-from . import _backend, _core, _dtensor, _hparams, _interop, _lowp, _prodigy, _schedulefree
+from . import (_backend, _core, _dtensor, _hparams, _interop, _lowp, _offload, _prodigy,
+               _schedulefree)
 from ._interop import to_float_state_dict
 from ._kernel import Kernel, Piece, Slot, Update
 from .optim import KERNELS, exclusive
@@ -1013,4 +1014,13 @@ class Prodigy(_Optimizer):
                          state_dtype, stochastic_rounding, seed)
 
 
-from ._offload import CPUOffload  # noqa: E402  (it builds on the classes above)
+
+class CPUOffload(_offload.Offload):
+    __doc__ = _offload.Offload.__doc__
+
+    def __init__(self, params, optimizer: type = AdamW, *, master_dtype: str = "float32",
+                 state_dtype: str | None = None, max_grad_norm: float | None = None,
+                 bucket_size: int = 2**25, **optimizer_kwargs):
+        super().__init__(params, optimizer, master_dtype=master_dtype, state_dtype=state_dtype,
+                         max_grad_norm=max_grad_norm, bucket_size=bucket_size,
+                         **optimizer_kwargs)

@@ -110,6 +110,21 @@ def test_equals_the_plain_optimizer(name, shares):
             assert torch.equal(p, q)
 
 
+def test_a_group_added_later_steps_as_in_the_plain_optimizer(shares):
+    params, twins = model(), model()
+    offload = lrfast.torch.CPUOffload(params[:2], bucket_size=24, lr=1e-2)
+    plain = lrfast.torch.AdamW(twins[:2], lr=1e-2)
+    offload.add_param_group({"params": params[2:], "lr": 5e-3})
+    plain.add_param_group({"params": twins[2:], "lr": 5e-3})
+    assert len(offload._buckets) == 3
+    for _ in zip(train(offload, params), train(plain, twins)):
+        for p, q in zip(params, twins):
+            assert torch.equal(p, q)
+    with pytest.raises(ValueError, match="lr"):
+        offload.add_param_group({"params": [torch.zeros(3)], "lr": -1.0})
+    assert len(offload.param_groups) == 2 and len(offload._buckets[0].optimizer.param_groups) == 2
+
+
 def test_gradients_go_down_once_per_step(monkeypatch, shares):
     if shares:
         pytest.skip("a CPU param that is its own master copies nothing")
