@@ -18,6 +18,8 @@ own masters and with copies (bfloat16 params, float32 masters).
 from __future__ import annotations
 
 import argparse
+import contextlib
+import gc
 import json
 import math
 import statistics
@@ -79,14 +81,20 @@ def loss(model, tokens):
     return F.cross_entropy(logits.flatten(0, 1).float(), tokens[:, 1:].flatten())
 
 
-def time_steps(model, tokens, opt, steps: int, sync) -> dict:
-    """Median seconds of a training step and of its optimizer step (after one
-    untimed step, which makes the states)."""
+def time_steps(model, tokens, opt, steps: int, sync, micro_batches: int = 1) -> dict:
+    """Median seconds of a training step (``micro_batches`` forward and
+    backward passes, then the optimizer's step) and of its optimizer step,
+    after one untimed step, which makes the states. CPUOffload copies the
+    gradients in the last backward only (``accumulate``)."""
     totals, optimizer = [], []
     for i in range(steps + 1):
         sync()
         start = time.perf_counter()
-        loss(model, tokens).backward()
+        for micro in range(micro_batches):
+            last = micro == micro_batches - 1
+            with (opt.accumulate(not last) if isinstance(opt, lrfast.torch.CPUOffload)
+                  else contextlib.nullcontext()):
+                (loss(model, tokens) / micro_batches).backward()
         sync()
         mid = time.perf_counter()
         opt.step()
@@ -124,11 +132,13 @@ def run_gpu(args) -> dict:
         model, tokens = build(args, device, dtype)
         opt = make(list(model.parameters()))
         torch.cuda.reset_peak_memory_stats()
-        results[name] = time_steps(model, tokens, opt, args.steps, torch.cuda.synchronize)
+        results[name] = time_steps(model, tokens, opt, args.steps, torch.cuda.synchronize,
+                                   args.micro_batches)
         results[name]["peak_gpu_gib"] = torch.cuda.max_memory_allocated() / 2**30
         if isinstance(opt, lrfast.torch.CPUOffload):
             results[name]["host_bytes"] = opt.host_bytes()
         del model, opt
+        gc.collect()  # the host memory of the previous optimizer, pinned blocks included
         torch.cuda.empty_cache()
     base = results["torch fused AdamW (GPU)"]["step_s"]
     for name, value in results.items():
@@ -170,7 +180,8 @@ def run_cpu(args) -> dict:
     for key, (model, tokens, opt) in setups.items():
         results[key] = {"optimizer_best_s": best[key]}
         if args.steps:
-            results[key].update(time_steps(model, tokens, opt, args.steps, lambda: None))
+            results[key].update(time_steps(model, tokens, opt, args.steps, lambda: None,
+                                           args.micro_batches))
     for dtype, pair in ratios.items():  # the median of the rounds' ratios
         results[f"overhead_vs_plain_step, {dtype}"] = statistics.median(pair) - 1
     return results
@@ -185,6 +196,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--seq", type=int, default=32)
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--steps", type=int, default=3, help="timed training steps (median)")
+    parser.add_argument("--micro-batches", type=int, default=1,
+                        help="forward and backward passes per optimizer step (accumulation)")
     parser.add_argument("--rounds", type=int, default=15,
                         help="CPU: rounds of 5 optimizer steps (best)")
     parser.add_argument("--dtype", choices=["float32", "bfloat16"],

@@ -9,7 +9,8 @@ benchmarks/gpu_check.sh.
    q8 states too; a checkpoint loads into the plain optimizer; no optimizer
    state is left on the GPU. Written to ``OUT/offload_check.json``.
 2. Speed: benchmarks/offload.py at about 1.0 B parameters (GPT-2 layout,
-   16 layers of width 2048, bfloat16), written to ``OUT/offload_bench.json``.
+   16 layers of width 2048, bfloat16), one micro-batch of 4 x 1024 tokens per
+   step (``OUT/offload_bench.json``) and eight (``offload_bench_accumulate8.json``).
 
     python benchmarks/offload_gpu_check.py [OUT] [--no-bench] [-- offload.py options]
 
@@ -46,11 +47,12 @@ def backward(params, step, micro):
     loss.backward()
 
 
-def check(dtype, state_dtype) -> dict:
-    """CPUOffload on the GPU against the plain AdamW on float32 CPU copies."""
+def check(dtype, state_dtype, device="cuda") -> dict:
+    """CPUOffload on the GPU against the plain AdamW on float32 CPU copies
+    (``device="cpu"`` runs the same check on the CPU pipeline)."""
     torch.manual_seed(0)
-    params = [torch.randn(s, device="cuda").to(dtype).requires_grad_() for s in SHAPES]
-    twins = [p.detach().float().cpu().requires_grad_() for p in params]
+    params = [torch.randn(s, device=device).to(dtype).requires_grad_() for s in SHAPES]
+    twins = [p.detach().float().cpu().clone().requires_grad_() for p in params]
     opt = lrfast.torch.CPUOffload(groups(params), lr=LR, state_dtype=state_dtype,
                                   max_grad_norm=MAX_NORM, bucket_size=5000)
     plain = lrfast.torch.AdamW(groups(twins), lr=LR, state_dtype=state_dtype)
@@ -60,7 +62,7 @@ def check(dtype, state_dtype) -> dict:
             with opt.accumulate() if micro < MICRO - 1 else contextlib.nullcontext():
                 backward(params, step, micro)
         for p, q in zip(params, twins):
-            q.grad = p.grad.float().cpu()
+            q.grad = p.grad.float().cpu().clone()
         lrfast.clip_grad_norm([q.grad for q in twins], MAX_NORM)
         opt.step()
         plain.step()
@@ -76,7 +78,7 @@ def check(dtype, state_dtype) -> dict:
                 mine = opt.state[p][key]
                 if isinstance(value, torch.Tensor) and not torch.equal(mine, value):
                     failures.append(f"step {step}: state {key} of param {j} differs")
-    gpu_bytes = torch.cuda.memory_allocated()
+    gpu_bytes = torch.cuda.memory_allocated() if device == "cuda" else None
     model_bytes = sum(2 * p.numel() * p.element_size() for p in params)  # params and grads
     restored = lrfast.torch.AdamW(groups([q.detach().clone() for q in twins]), lr=LR,
                                   state_dtype=state_dtype)
@@ -108,6 +110,9 @@ def main(argv: list[str]) -> int:
         import offload
 
         offload.main(BENCH + rest + ["--json", str(out / "offload_bench.json")])
+        # the host step amortised over 8 micro-batches, as in a fine-tune with accumulation
+        offload.main(BENCH + ["--micro-batches", "8", "--steps", "3"] + rest
+                     + ["--json", str(out / "offload_bench_accumulate8.json")])
     return 0 if ok else 1
 
 
