@@ -6,7 +6,7 @@
 # JSON file goes to $OUT (default ./gpu-check). Each phase has a time limit,
 # so one that hangs still leaves the others' results.
 #
-#   bash benchmarks/gpu_check.sh [phase ...]    # phases: env install tests profile bench suite
+#   bash benchmarks/gpu_check.sh [phase ...]    # phases: env install tests profile bench suite offload
 #
 # BENCH_ARGS (extra `lrfast bench` options) and SUITE_K (a pytest -k filter)
 # narrow the benchmarks when device time is short.
@@ -16,7 +16,7 @@ out=${OUT:-$PWD/gpu-check}
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1 NUMBA_ENABLE_CUDASIM=0 CMAKE_BUILD_PARALLEL_LEVEL=16
 py=${PYTHON:-python3}
-phases=${*:-env install tests profile bench suite}
+phases=${*:-env install tests profile bench suite offload}
 
 phase() {  # phase NAME SECONDS COMMAND...: runs it, logs to $out/NAME.log
   local name=$1 limit=$2
@@ -42,3 +42,5 @@ phase bench 240 lrfast bench --device cuda --json "$out/bench.json" ${BENCH_ARGS
 phase suite 300 $py -P -m pytest -p no:cacheprovider benchmarks/bench_cuda.py -q \
   -c benchmarks/pytest.ini --benchmark-max-time=0.05 --benchmark-min-rounds=5 \
   --benchmark-json="$out/bench_cuda.json" --benchmark-columns=min,median,rounds -k "${SUITE_K:-}"
+# CPUOffload: results against the plain optimizer, then the ~1 B-parameter benchmark
+phase offload 420 $py benchmarks/offload_gpu_check.py "$out"

@@ -30,6 +30,12 @@ C++ kernels as NumPy views of their memory, without copies (bfloat16 ones as
 (``pip install lrfast[cuda]``). The numerics are torch's single-tensor
 formulas (see :mod:`lrfast.reference`), in float32 for 16-bit parameters.
 
+:class:`CPUOffload` runs any of these classes on the host for a model on the
+GPU whose optimizer state does not fit there: host masters (float32, or
+bfloat16 with stochastic rounding) and states, gradients streamed down as
+backward produces them, the step bucket by bucket while updated params stream
+back (see its docstring).
+
 Low precision: every class takes, keyword-only after torch's arguments (and
 per param group, like torch's options):
 
@@ -141,7 +147,8 @@ from typing import Callable
 
 import torch
 
-from . import _backend, _core, _dtensor, _hparams, _interop, _lowp, _prodigy, _schedulefree
+from . import (_backend, _core, _dtensor, _hparams, _interop, _lowp, _offload, _prodigy,
+               _schedulefree)
 from .steps_adafactor import adafactor_step
 from ._interop import to_float_state_dict
 from ._kernel import Kernel, Piece, Slot, Update
@@ -151,7 +158,7 @@ from .precision import (Q4_BLOCK, SIGNED_STATES, Q4State, Q8State, bfloat16, cre
 
 __all__ = ["SGD", "Adam", "AdamW", "RMSprop", "Adagrad", "Adadelta", "Lion", "ScheduleFreeSGD",
            "ScheduleFreeAdamW", "Prodigy", "NAdam", "RAdam", "Adamax", "Adafactor",
-           "to_float_state_dict"]
+           "CPUOffload", "to_float_state_dict"]
 
 # the step functions' state arguments -> torch.optim's state keys
 _STATE_KEYS = {
@@ -796,11 +803,13 @@ class _Optimizer(torch.optim.Optimizer):
             self._step()
         return loss
 
-    def _step(self) -> None:
-        if self._fast_step():
+    def _step(self, grad_scale: float = 1.0, grad_norm: float | None = None) -> None:
+        # grad_scale, grad_norm: a clip coefficient fused into the kernels and
+        # the norm it came from (lrfast.torch.CPUOffload's max_grad_norm)
+        if grad_scale == 1.0 and grad_norm is None and self._fast_step():
             return
         self._fast = None
-        self._slow_step()
+        self._slow_step(grad_scale, grad_norm)
         self._fast = self._fast_path()
 
     def _fast_path(self) -> list | None:
@@ -855,7 +864,7 @@ class _Optimizer(torch.optim.Optimizer):
             call.done(True)
         return True
 
-    def _slow_step(self) -> None:
+    def _slow_step(self, grad_scale: float, grad_norm: float | None) -> None:
         # Every group is checked before the first write, so an error leaves
         # them all as they were (as a step function does for its list).
         todo = []
@@ -887,9 +896,9 @@ class _Optimizer(torch.optim.Optimizer):
             rounding = (bool(group["stochastic_rounding"]), int(group["seed"]))
             update.pieces = [call.piece(grads, *rounding) for call in plan.calls]
         for n, (kernel, updates) in enumerate(batches):
-            kernel.preflight(self.param_groups, updates, first_checks_itself=n == 0)
+            kernel.preflight(self.param_groups, updates, grad_scale, first_checks_itself=n == 0)
         for kernel, updates in batches:
-            kernel.run(self.param_groups, updates)
+            kernel.run(self.param_groups, updates, grad_scale, grad_norm)
 
 
 class SGD(_Optimizer):
@@ -1287,3 +1296,14 @@ class Adafactor(torch.optim.Optimizer):
                 state["step"] += 1
             written = [t for t in chain(arrays[0], *arrays[2:]) if t is not None]
             torch.autograd.graph.increment_version(written)
+
+
+class CPUOffload(_offload.Offload):
+    __doc__ = _offload.Offload.__doc__
+
+    def __init__(self, params, optimizer: type = AdamW, *, master_dtype: str = "float32",
+                 state_dtype: str | None = None, max_grad_norm: float | None = None,
+                 bucket_size: int = 2**25, **optimizer_kwargs):
+        super().__init__(params, optimizer, master_dtype=master_dtype, state_dtype=state_dtype,
+                         max_grad_norm=max_grad_norm, bucket_size=bucket_size,
+                         **optimizer_kwargs)
