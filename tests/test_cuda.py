@@ -18,7 +18,8 @@ import numpy as np
 import pytest
 
 
-from cuda_sim import Exported, SimulatedDeviceArray, numba_cuda, to_device  # before numba: GPU or simulator
+from cuda_sim import (  # before numba: GPU or simulator
+    Exported, SimulatedDeviceArray, assert_same, numba_cuda, to_device)
 
 cuda = numba_cuda()
 
@@ -96,6 +97,34 @@ def test_tensors_split_across_pieces(dtype):
     n = launch.CHUNK
     assert_matches_reference(CASE_BY_NAME["adam"], dict(lr=1e-2, amsgrad=True),
                              [(n - 1,), (n,), (n + 1,), (2 * n + 3,)], dtype)
+
+
+def _one_element_in(a):
+    """A device copy of the 1-D array `a` that starts one element into its
+    allocation: aligned to its elements, not to a vector of them."""
+    buf = np.zeros(a.size + 1, a.dtype)
+    buf[1:] = a
+    return SimulatedDeviceArray(buf[1:]) if SIMULATED else cuda.to_device(buf)[1:]
+
+
+@pytest.mark.parametrize("case", CASES, ids=str)
+def test_vector_and_scalar_accesses_give_the_same_bits(case, dtype):
+    # Aligned arrays take the vector path on their whole tiles, arrays one
+    # element in the strided one; sizes around a tile hold whole and partial ones.
+    hp, shapes = case.grid[-1], [(launch.TILE - 1,), (launch.TILE,), (2 * launch.TILE + 3,)]
+    results = []
+    for make, vector in ((device, 1), (_one_element_in, 0)):
+        params, states = make_problem(case, hp, shapes, dtype)
+        d_params = [make(p) for p in params]
+        d_states = {k: [make(a) for a in v] for k, v in states.items()}
+        for step in range(1, STEPS + 1):
+            d_grads = [make(g) for g in gradients(shapes, dtype, step)]
+            groups, _ = layout.prepare((d_params, d_grads), ("params", "grads"), False)
+            assert set(groups[0].table.copy_to_host()[:, launch.VECTOR]) == {vector}
+            call_step(getattr(lrfast, case.step_fn), case, hp, d_params, d_grads, d_states, step)
+        results.append([host(a) for a in d_params + [a for v in d_states.values() for a in v]])
+    for got, want in zip(*results):
+        assert_same(got, want, case.name)
 
 
 def test_float32_and_float64_in_one_list():

@@ -10,23 +10,28 @@ length. So a list is handed to a kernel as
   view made from a pointer, owns nothing, and the kernels only touch the
   elements that belong to the tensors; the memory in between is never read;
 - ``table``: an int64 array with one row per *piece*, ``[length, offset of
-  the piece in the call's first array, in its second, ...]`` (``WIDTH``
-  columns, 0 for the slots a call does not use), offsets counted in elements
-  from the start of ``mem``. A tensor is cut into pieces of at most ``CHUNK``
-  elements, so a large tensor spreads over many blocks and a small one is a
-  single piece.
+  the piece in the call's first array, in its second, ..., vector]``
+  (``WIDTH`` columns, 0 for the slots a call does not use), offsets counted
+  in elements from the start of ``mem``; ``vector`` is 1 where every array
+  of the piece is aligned for :mod:`.access`'s vector loads. A tensor is cut
+  into pieces of at most ``CHUNK`` elements, so a large tensor spreads over
+  many blocks and a small one is a single piece.
 
 A kernel walks the pieces with a grid-stride loop (block b takes pieces b,
-b + gridDim, ...) and the elements of a piece with a block-stride loop, so any
-grid size is correct. The grid is capped at a few blocks per multiprocessor.
-A list therefore costs one launch per dtype in it, whatever its length.
+b + gridDim, ...) and the elements of a piece a tile of ``TILE = ILP *
+THREADS`` elements at a time, ILP elements per thread (:mod:`.access`), so
+any grid size is correct. The grid is what the device holds at once: its
+multiprocessors times the blocks of THREADS threads one of them runs
+together. A list therefore costs one launch per dtype in it, whatever its
+length.
 
 The simulator runs every CUDA thread as a Python thread, so it gets a tiny
-geometry (8 threads, pieces of 16 elements, 2 blocks): small test tensors then
-still split into several pieces, and the grid-stride loops wrap. Calls with
-q8 or q4 states cut pieces at multiples of a q8 block (``Q8_CHUNK``, 256
-elements in the simulator; q4 blocks are 128), so that one CUDA block owns
-each q8 or q4 block and each byte of q4 codes.
+geometry (8 threads, 2 elements each, pieces of 16 elements, 2 blocks):
+small test tensors then still split into several pieces of whole and
+partial tiles, and the grid-stride loops wrap. Calls with q8 or q4 states
+cut pieces at multiples of a q8 block (``Q8_CHUNK``, 256 elements in the
+simulator; q4 blocks are 128), so that one CUDA block owns each q8 or q4
+block and each byte of q4 codes.
 """
 
 from __future__ import annotations
@@ -52,41 +57,54 @@ SIMULATED = bool(cuda.config.ENABLE_CUDASIM)
 THREADS = 8 if SIMULATED else 256   # threads per block (a power of two: norms reduce by halves)
 CHUNK = 16 if SIMULATED else 16384  # elements per piece
 Q8_CHUNK = 256 if SIMULATED else CHUNK  # elements per piece with q8/q4 states: whole blocks
-assert Q8_CHUNK % 256 == 0 and THREADS & (THREADS - 1) == 0
-BLOCKS_PER_SM = 32                  # grid cap on a GPU: enough blocks to hide memory latency
+ILP = 2 if SIMULATED else 4         # elements per thread at a time (see .access)
+TILE = ILP * THREADS
+# Pieces but a tensor's last are whole tiles, which start aligned where the tensor is.
+assert Q8_CHUNK % 256 == 0 and THREADS & (THREADS - 1) == 0 and CHUNK % TILE == 0
 
-# The table's columns: a piece's length, then its offset in each array of the
-# call (params, grads and up to three states).
-LENGTH, WIDTH = 0, 6
+# The table's columns: a piece's length, its offset in each array of the call
+# (params, grads and up to three states), whether they are all aligned.
+LENGTH, VECTOR, WIDTH = 0, 6, 7
 
 counters = {"launches": 0, "tables": 0}
 
 
-def elementwise(body):
-    """A kernel ``kernel(mem, table, k)`` that calls the device function
-    ``body(mem, piece, i, k)`` for every element ``i`` of every piece of the
-    table (``piece``: its row as a tuple); ``k`` is the tuple of per-step
-    scalars."""
+def elementwise(vector, strided):
+    """A kernel ``kernel(mem, table, k)`` that runs the device functions
+    ``vector(mem, piece, i, n, k)`` and ``strided(mem, piece, i, n, k)`` of
+    :func:`.access.tiles` over every piece of the table (``piece``: its row
+    as a tuple, ``n`` its length): ``vector`` on the whole tiles of a piece
+    whose VECTOR column is set, ``strided`` on the rest; ``k`` is the tuple
+    of per-step scalars."""
 
     @cuda.jit
     def kernel(mem, table, k):
+        t = cuda.threadIdx.x
         for c in range(cuda.blockIdx.x, table.shape[0], cuda.gridDim.x):
             # A tuple in registers: read once per piece, not after each store
             # to mem (which the compiler cannot prove does not alias table).
             row = table[c]
-            piece = (row[0], row[1], row[2], row[3], row[4], row[5])
-            for i in range(cuda.threadIdx.x, piece[LENGTH], cuda.blockDim.x):
-                body(mem, piece, i, k)
+            piece = (row[0], row[1], row[2], row[3], row[4], row[5], row[6])
+            n = piece[LENGTH]
+            whole = n - n % TILE if piece[VECTOR] else 0
+            for i in range(ILP * t, whole, TILE):
+                vector(mem, piece, i, n, k)
+            for i in range(whole + t, n, TILE):
+                strided(mem, piece, i, n, k)
 
     return kernel
 
 
 @functools.cache
 def max_blocks() -> int:
-    """The grid-size cap for this device."""
+    """The grid-size cap for this device: the blocks of THREADS threads that
+    all its multiprocessors hold at once (fewer where a kernel's registers
+    or shared memory leave room for fewer: those wait for a free slot, and
+    the grid-stride loops give them the same share of pieces)."""
     if SIMULATED:
         return 2
-    return BLOCKS_PER_SM * cuda.get_current_device().MULTIPROCESSOR_COUNT
+    device = cuda.get_current_device()
+    return device.MULTIPROCESSOR_COUNT * (device.MAX_THREADS_PER_MULTIPROCESSOR // THREADS)
 
 
 def launch(kernel, n_pieces: int, stream, *args) -> None:

@@ -54,7 +54,7 @@ from numba import cuda
 
 from .. import _core, precision
 from .._device import is_torch_tensor
-from . import launch, lowp_layout
+from . import access, launch, lowp_layout
 from .interfaces import DTYPE_KEY, HostView, LowBitInterface, device_view, dtype_of
 
 CACHED_LAYOUTS = 32  # a loop alternates between a few: step, norm, clip
@@ -358,6 +358,9 @@ def _group(dtype: np.dtype, tensors: list[int], interfaces, names) -> Group | No
     table = np.zeros((len(owner), launch.WIDTH), dtype=np.int64)
     table[:, launch.LENGTH] = np.minimum(lengths[owner] - start, launch.CHUNK)
     table[:, 1:1 + len(interfaces)] = offsets[owner] + start[:, None] * used
+    # Every piece of a tensor starts a whole number of tiles in: aligned if the tensor is.
+    aligned = (ptrs[:, used] % access.vector_alignment(size) == 0).all(axis=1)
+    table[:, launch.VECTOR] = aligned[owner]
     launch.counters["tables"] += 1
     return Group(dtype, device_view(base, (end - base) // size, storage(dtype)),
                  cuda.to_device(table), len(table))

@@ -26,6 +26,12 @@ the codes and the scales (``absmax``). A q4 byte holds two elements' codes,
 so one thread writes each byte: thread t takes the element pairs starting at
 2t, 2t + 2 * THREADS, ... So the param update uses the new moments before
 quantization, and each block is read and written once.
+
+Without q8 or q4 states to store, a thread takes ILP elements at a time,
+``t, t + THREADS, ...``, and loads all of them before the arithmetic, as
+:mod:`.access` does (scalar accesses: the slots' element sizes differ). The
+walks over q8 blocks keep their loop: on a GPU, where THREADS is a q8 block,
+one element per thread.
 """
 
 from __future__ import annotations
@@ -42,7 +48,7 @@ from .lowp_layout import (ABSMAX, BF16, CODES, DOUBLES, F16, F32, F64, HALVES, L
                           LOW_BIT_KINDS, NONE, PARAM, POSITION, Q4_KINDS, Q4_SIGNED,
                           Q8_SIGNED, Q8_UNSIGNED, SINGLES, WORDS)
 
-THREADS = launch.THREADS
+THREADS, ILP, TILE = launch.THREADS, launch.ILP, launch.TILE
 
 
 def run(optimizer, hp: dict, groups, stream) -> None:
@@ -269,6 +275,28 @@ def _kernel(body_of, flags: tuple, states: tuple, stores: tuple, weights: tuple,
         store2(v, row, i, s2, key)
         return float32(s0), float32(s1), float32(s2)
 
+    @cuda.jit(device=True)
+    def update_tile(v, maps, row, i, n, k, key):
+        """Updates elements i, i + THREADS, ... below n of the piece (ILP of
+        them), all loads first (see .access); without q8 or q4 slots to store."""
+        ps, gs = cuda.local.array(ILP, arith), cuda.local.array(ILP, arith)
+        s0, s1 = cuda.local.array(ILP, arith), cuda.local.array(ILP, arith)
+        s2 = cuda.local.array(ILP, arith)
+        for j in range(ILP):
+            e = i + j * THREADS
+            if e < n:
+                ps[j], gs[j] = load_p(v, maps, row, e), load_g(v, maps, row, e)
+                s0[j], s1[j] = load0(v, maps, row, e), load1(v, maps, row, e)
+                s2[j] = load2(v, maps, row, e)
+        for j in range(ILP):
+            e = i + j * THREADS
+            if e < n:
+                p, a, b, d = body(ps[j], gs[j], s0[j], s1[j], s2[j], k)
+                store_p(v, row, e, p, key)
+                store0(v, row, e, a, key)
+                store1(v, row, e, b, key)
+                store2(v, row, e, d, key)
+
     @cuda.jit
     def kernel(codes, words, halves, singles, doubles, table, k, key, tables):
         v = (codes, words, halves, singles, doubles)
@@ -283,8 +311,8 @@ def _kernel(body_of, flags: tuple, states: tuple, stores: tuple, weights: tuple,
             row = row_of(table, c)
             n = row[LENGTH]
             if not quantizes:
-                for i in range(t, n, THREADS):
-                    update(v, maps, row, i, k, key)
+                for i in range(t, n, TILE):
+                    update_tile(v, maps, row, i, n, k, key)
                 continue
             for first in range(0, n, BLOCK):  # pieces start on q8 blocks
                 m = min(BLOCK, n - first)

@@ -23,10 +23,10 @@ import math
 import numpy as np
 from numba import cuda, float64
 
-from . import launch, lowp
+from . import access, launch, lowp
 
 GRADS = 1  # the table column of a call on gradients only
-LENGTH, THREADS = launch.LENGTH, launch.THREADS
+LENGTH, THREADS, ILP, TILE = launch.LENGTH, launch.THREADS, launch.ILP, launch.TILE
 L1, L2, LINF, LP = range(4)
 
 
@@ -68,8 +68,16 @@ def _norm_kernel(kind: int, bfloat16: bool = False):
         for c in range(cuda.blockIdx.x, table.shape[0], cuda.gridDim.x):
             n, start = table[c, LENGTH], table[c, GRADS]
             a = float64(0.0)
-            for i in range(t, n, THREADS):
-                a = combine(a, term(widen(mem[start + i]), p))
+            # Element t, t + THREADS, ... in that order, as one element per
+            # thread would, but ILP of them loaded before they are added.
+            for i in range(t, n, TILE):
+                values = cuda.local.array(ILP, float64)
+                for j in range(ILP):
+                    if i + j * THREADS < n:
+                        values[j] = widen(mem[start + i + j * THREADS])
+                for j in range(ILP):
+                    if i + j * THREADS < n:
+                        a = combine(a, term(values[j], p))
             acc[t] = a
             cuda.syncthreads()
             width = THREADS // 2
@@ -107,41 +115,47 @@ def total_norm(groups, stream, p: float) -> float:
     return total if kind == L1 else math.pow(total, 1.0 / p)
 
 
+# The in-place operations as bodies of .access.tiles on the gradient alone
+# (the table's first column), the state slots unused.
+
 @cuda.jit(device=True)
-def _scale(x, piece, i, k):
-    j = piece[GRADS] + i
-    x[j] = x[j] * k[0]
+def _scale(x, unused, s0, s1, s2, k):
+    return x * k[0], s0, s1, s2
 
 
 @cuda.jit(device=True)
-def _clamp(x, piece, i, k):
+def _clamp(x, unused, s0, s1, s2, k):
     lo, hi = k
-    j = piece[GRADS] + i
-    v = x[j]
-    x[j] = lo if v < lo else (hi if v > hi else v)  # NaN passes, as in torch.clamp
+    return (lo if x < lo else (hi if x > hi else x)), s0, s1, s2  # NaN passes, as in torch.clamp
 
 
 @cuda.jit(device=True)
-def _scale_bf16(x, piece, i, k):
-    j = piece[GRADS] + i
-    x[j] = lowp.f32_to_bf16(lowp.bf16_to_f32(x[j]) * k[0])
+def _scale_bf16(x, unused, s0, s1, s2, k):
+    return lowp.f32_to_bf16(lowp.bf16_to_f32(x) * k[0]), s0, s1, s2
 
 
 @cuda.jit(device=True)
-def _clamp_bf16(x, piece, i, k):
+def _clamp_bf16(x, unused, s0, s1, s2, k):
     lo, hi = k  # float32 values of bfloat16 bounds
-    j = piece[GRADS] + i
-    v = lowp.bf16_to_f32(x[j])
+    v = lowp.bf16_to_f32(x)
     if v < lo:
-        x[j] = lowp.f32_to_bf16(lo)
-    elif v > hi:
-        x[j] = lowp.f32_to_bf16(hi)
+        return lowp.f32_to_bf16(lo), s0, s1, s2
+    if v > hi:
+        return lowp.f32_to_bf16(hi), s0, s1, s2
+    return x, s0, s1, s2
 
 
-scale_kernel = launch.elementwise(_scale)
-clamp_kernel = launch.elementwise(_clamp)
-_BF16_KERNELS = {"scale": launch.elementwise(_scale_bf16),
-                 "clamp": launch.elementwise(_clamp_bf16)}
+_BODIES = {("scale", False): _scale, ("clamp", False): _clamp,
+           ("scale", True): _scale_bf16, ("clamp", True): _clamp_bf16}
+_NONE = (False, False, False)
+
+
+@functools.cache
+def _in_place_kernel(operation: str, dtype: np.dtype):
+    bfloat16 = dtype.name == "bfloat16"
+    tiles = access.tiles(_BODIES[operation, bfloat16], _NONE, _NONE, False,
+                         np.dtype(np.uint16) if bfloat16 else dtype)
+    return launch.elementwise(*tiles)
 
 
 def in_place(operation: str, dtype: np.dtype, scalars) -> tuple:
@@ -151,5 +165,5 @@ def in_place(operation: str, dtype: np.dtype, scalars) -> tuple:
     float32, which its kernels compute in."""
     typed = tuple(dtype.type(s) for s in scalars)
     if dtype.name == "bfloat16":
-        return _BF16_KERNELS[operation], tuple(np.float32(s) for s in typed)
-    return (scale_kernel if operation == "scale" else clamp_kernel), typed
+        typed = tuple(np.float32(s) for s in typed)
+    return _in_place_kernel(operation, dtype), typed

@@ -26,10 +26,11 @@ __all__ = ["sgd", "adam", "rmsprop", "adagrad", "adadelta", "lion", "schedulefre
 OPTIMIZERS = {**SIX, **LR_FREE, **ADAPTIVE}
 
 
-def _apply(kernel, groups, stream, *scalars: float) -> None:
-    """Runs an elementwise kernel on every group, the scalars cast to its dtype."""
+def _apply(optimizer, hparams: dict, groups, stream) -> None:
+    """Runs `optimizer`'s float32/float64 kernel on every group, the scalars cast to its dtype."""
+    scalars = optimizer.scalars(hparams)
     for g in groups:
-        launch.launch(kernel, g.n_pieces, stream, g.mem, g.table,
+        launch.launch(optimizer.kernel(hparams, g.dtype), g.n_pieces, stream, g.mem, g.table,
                       tuple(g.dtype.type(s) for s in scalars))
 
 
@@ -50,7 +51,7 @@ def _step(name: str, public: str = ""):
         if groups and type(groups[0]) is LowpGroup:  # 16-bit arrays or q8 states
             lowp_launch.run(optimizer, hparams, groups, stream)
         else:
-            _apply(optimizer.kernel(hparams), groups, stream, *optimizer.scalars(hparams))
+            _apply(optimizer, hparams, groups, stream)
 
     step.__name__ = step.__qualname__ = name
     step.__doc__ = (f"One fused {name} step over (params, grads, states...) on the device; "

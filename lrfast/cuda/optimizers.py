@@ -17,7 +17,7 @@ takes the param, the grad and the three state slots (a slot the options do
 not use holds 0 and comes back as it went), ``k`` the tuple of scalars, and
 returns the new param and states. The kernels around it load and store: the
 float32/float64 kernel of :mod:`.launch` indexes one array of the call's
-dtype (:func:`indexed`), the low-precision one (:mod:`.lowp_launch`) widens,
+dtype (:func:`.access.tiles`), the low-precision one (:mod:`.lowp_launch`) widens,
 rounds and quantizes.
 
 Low precision follows :mod:`lrfast.reference` operation for operation, its
@@ -37,9 +37,7 @@ from typing import Callable
 import numpy as np
 from numba import cuda
 
-from . import launch
-
-PARAM, GRAD, STATE = 1, 2, 3  # table columns: the order of the call's arrays
+from . import access, launch
 
 if launch.SIMULATED:
     # The simulator computes in NumPy scalars, where math.sqrt returns a
@@ -78,42 +76,16 @@ class Optimizer:
             return self.exact(hp)
         return self.flags(hp), self.scalars(hp)
 
-    def kernel(self, hp: dict):
-        """The compiled-on-first-use float32/float64 kernel for these options."""
-        return _kernel(self.body, self.flags(hp), self.states(hp), self.stores(hp), self.grad)
+    def kernel(self, hp: dict, dtype: np.dtype):
+        """The compiled-on-first-use kernel for these options over arrays of
+        `dtype` (float32 or float64)."""
+        return _kernel(self.body, self.flags(hp), self.states(hp), self.stores(hp), self.grad,
+                       np.dtype(dtype))
 
 
 @functools.cache
-def _kernel(body, flags, states, stores, grad):
-    return launch.elementwise(indexed(body(*flags), states, stores, grad))
-
-
-def indexed(body, states, stores, grad):
-    """``body`` on the elements of one array of the call's dtype (see
-    :mod:`.launch`), loading the state slots flagged in ``states``, storing
-    those flagged in ``stores``, and loading the gradient if `grad`. An
-    unused slot's offset is 0, and ``mem`` may span gaps between
-    allocations: it is never read, not even by a load the compiler could
-    drop; the body gets a zero."""
-    use0, use1, use2 = states
-    store0, store1, store2 = stores
-
-    @cuda.jit(device=True)
-    def update(x, piece, i, k):
-        p, g = piece[PARAM] + i, piece[GRAD] + i
-        a, b, c = piece[STATE] + i, piece[STATE + 1] + i, piece[STATE + 2] + i
-        zero = x[p] * 0  # of the dtype; never stored, so a NaN from inf * 0 is harmless
-        new_p, s0, s1, s2 = body(x[p], x[g] if grad else zero, x[a] if use0 else zero,
-                                 x[b] if use1 else zero, x[c] if use2 else zero, k)
-        x[p] = new_p
-        if store0:
-            x[a] = s0
-        if store1:
-            x[b] = s1
-        if store2:
-            x[c] = s2
-
-    return update
+def _kernel(body, flags, states, stores, grad, dtype):
+    return launch.elementwise(*access.tiles(body(*flags), states, stores, grad, dtype))
 
 
 def _sgd(weight_decay, momentum, nesterov, first_step):
