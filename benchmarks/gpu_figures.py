@@ -179,6 +179,7 @@ def lowp(setup: Setup) -> list[dict]:
             for label, t in times.items()]
 
 
+PRODIGY_FIXED_D = dict(growth_rate=1.0)
 LR_FREE = {"lion": lrfast.torch.Lion, "schedulefree_adamw": lrfast.torch.ScheduleFreeAdamW,
            "prodigy": lrfast.torch.Prodigy}
 
@@ -190,7 +191,9 @@ def lr_free(setup: Setup) -> list[dict]:
         shapes = layouts[label]
         for name, cls in LR_FREE.items():
             hp = {k: v for k, v in CONFIGS[name][0].items() if k not in STEP_ONLY}
-            ours = cls(setup.tensors(shapes), **hp)
+            # Prodigy's d kept at d0: every timed step does the same work, and
+            # hundreds of steps on the same gradients do not overflow.
+            ours = cls(setup.tensors(shapes), **hp, **PRODIGY_FIXED_D if name == "prodigy" else {})
             if hasattr(ours, "train"):
                 ours.train()
             row = dict(optimizer=name, layout=label, time_s=setup.time(ours.step),
