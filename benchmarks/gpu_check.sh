@@ -12,6 +12,7 @@
 #
 #   bash benchmarks/gpu_check.sh [--dry] [phase ...]
 #   phases: env install tests kernels adapter lowp lr_free cpu offload bench summary
+#   (the default), and on request profile (gpu_host_cost.py) and suite (bench_cuda.py)
 #
 # --dry tests the plumbing here, without a GPU: no install (the checkout's
 # lrfast), the simulator, a few tests, tiny sizes and short limits.
@@ -94,4 +95,9 @@ if ((!dry)); then
   phase bench 30 lrfast bench --device cuda --sizes 5e7 --optimizers adam,adamw,sgd --no-lists \
     --json "$out/bench.json"
 fi
+# Not in the default run (no time left for them in 9 minutes): name them.
+phase profile 60 $py benchmarks/gpu_host_cost.py
+phase suite 120 $py -P -m pytest -p no:cacheprovider benchmarks/bench_cuda.py -q \
+  -c benchmarks/pytest.ini --benchmark-max-time=0.05 --benchmark-min-rounds=5 \
+  --benchmark-columns=min,median,rounds -k "${SUITE_K:-}"
 phase summary 10 bash -c "$py ${figures[*]} summary | tee '$out/summary.md'"
