@@ -85,8 +85,8 @@ phase adapter 50 $py "${figures[@]}" adapter
 phase lowp 50 $py "${figures[@]}" lowp
 phase lr_free 30 $py "${figures[@]}" lr_free
 phase cpu 60 $py "${figures[@]}" cpu
-# -- offload (issue 21): benchmarks/offload_gpu_check.py, from its own branch, writes
-# its figures to the file named by --json; skipped until that file exists.
+# -- offload (issue 21): benchmarks/offload_gpu_check.py writes offload_check.json,
+# offload_bench.json and offload_bench_accumulate8.json to the folder it is given.
 if [[ -f benchmarks/offload_gpu_check.py ]]; then
   phase offload 45 $py benchmarks/offload_gpu_check.py "$out"  # writes offload_*.json there
 fi

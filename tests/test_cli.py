@@ -89,7 +89,7 @@ MISUSE = {
     "size fractional": (["bench", "--sizes", "1e3,2.5"], "got '2.5'"),
     "size not a number": (["bench", "--sizes", "big"], "got 'big'"),
     "size infinite": (["bench", "--sizes", "1e400"], "got '1e400'"),
-    "unknown optimizer": (["bench", "--optimizers", "adam,adamax"], "unknown optimizers ['adamax']"),
+    "unknown optimizer": (["bench", "--optimizers", "adam,adabelief"], "unknown optimizers ['adabelief']"),
     "no optimizer": (["bench", "--optimizers", ","], "name at least one"),
     "nothing to measure": (["bench", "--sizes", "", "--optimizers", "sgd"], "nothing to measure"),
     "json in a missing folder": (["bench", "--json", "/missing-dir/b.json"], "no folder"),
