@@ -8,11 +8,13 @@
 // of its own, added per matrix in chunk order: every result has the bits of
 // any thread count.
 //
-//   pass 1 (parallel over chunks): sum(p^2); row and column sums of g^2, or
-//          the full variance updated and sum(u^2);
-//   host:  the factors lerped from the sums; per row and column the
-//          reciprocal square roots that make u (kernels/adafactor.cpp);
-//   pass 2 (parallel, factored chunks): sum(u^2);
+//   pass 1 (parallel over chunks): sum(p^2); the row factors updated from
+//          the rows' sums of g^2, the columns' sums of g^2 and of g^2 / R;
+//          or the full variance updated and sum(u^2);
+//   host:  the column sums added (parallel over column blocks); the column
+//          factors lerped; per row and column the reciprocal square roots
+//          that make u; sum(u^2) of a matrix none of whose u is capped;
+//   pass 2 (parallel, chunks of the other factored tensors): sum(u^2);
 //   host:  scale = -max(eps2, RMS(p)) * rho / max(1, RMS(u) / d) per tensor;
 //   pass 3 (parallel over chunks): p = p * decay + scale * u.
 #pragma once
@@ -21,6 +23,7 @@
 #include <cmath>
 #include <cstdint>
 #include <limits>
+#include <utility>
 #include <vector>
 
 #include "lrfast/dispatch.hpp"
@@ -28,7 +31,7 @@
 
 namespace lrfast {
 
-constexpr std::int64_t kAdafactorChunk = 1 << 17;
+constexpr std::int64_t kAdafactorChunk = 1 << 18;
 // Chunks below this count run on the calling thread.
 constexpr std::int64_t kAdafactorMinParallel = 2;
 
@@ -96,13 +99,22 @@ struct ChunkArrays {
 
 }  // namespace adafactor_detail
 
+// Column sums are added in blocks of this many columns, in parallel.
+constexpr std::int64_t kAdafactorColumnBlock = 4096;
+
 template <class T>
 void run_adafactor(const AdafactorKernels<T>& k, const AdafactorParams& hp,
                    const std::vector<AdafactorTensor<T>>& tensors) {
     using adafactor_detail::Chunk;
+    // A factored tensor's matrix b: its chunks [first, last).
+    struct Matrix {
+        std::size_t t, first, last;
+        std::int64_t b;
+    };
     std::vector<Chunk> chunks;
+    std::vector<Matrix> matrices;
     std::vector<std::size_t> first_chunk;  // per tensor, and one past the last
-    std::vector<std::int64_t> row_offset;  // per tensor: its rows in row_sums
+    std::vector<std::int64_t> row_offset;  // per tensor: its rows in row_rsqrt
     std::vector<std::int64_t> col_offset;  // per tensor: its columns in col_rsqrt
     std::int64_t n_rows = 0, n_cols = 0, n_col_rsqrt = 0;
     for (std::size_t t = 0; t < tensors.size(); ++t) {
@@ -112,11 +124,14 @@ void run_adafactor(const AdafactorKernels<T>& k, const AdafactorParams& hp,
         col_offset.push_back(n_col_rsqrt);
         if (x.factored) {
             const std::int64_t step = std::max<std::int64_t>(1, kAdafactorChunk / x.cols);
-            for (std::int64_t b = 0; b < x.batch; ++b)
+            for (std::int64_t b = 0; b < x.batch; ++b) {
+                matrices.push_back({t, chunks.size(), 0, b});
                 for (std::int64_t lo = 0; lo < x.rows; lo += step) {
                     chunks.push_back({t, b, lo, std::min(lo + step, x.rows), n_cols});
                     n_cols += x.cols;
                 }
+                matrices.back().last = chunks.size();
+            }
             n_rows += x.batch * x.rows;
             n_col_rsqrt += x.batch * x.cols;
         } else {
@@ -129,13 +144,14 @@ void run_adafactor(const AdafactorKernels<T>& k, const AdafactorParams& hp,
     if (n_chunks == 0) return;
 
     std::vector<double> p_sq(chunks.size()), u_sq(chunks.size());
-    std::vector<double> row_sums(std::size_t(n_rows), 0.0);
-    // The chunks' column sums (5 MB for a 5000x4000 matrix), reused by this
-    // thread's calls rather than faulted in afresh; workers reach it through
-    // the reference (a thread_local named in the lambda would be their own).
+    // The chunks' column sums of g^2, then of g^2 / R (5 MB for a 5000x4000
+    // matrix), reused by this thread's calls rather than faulted in afresh;
+    // workers reach it through the pointers (a thread_local named in the
+    // lambda would be their own).
     thread_local std::vector<double> col_scratch;
-    std::vector<double>& col_sums = col_scratch;
-    col_sums.assign(std::size_t(n_cols), 0.0);
+    col_scratch.resize(std::size_t(2 * n_cols));
+    double* const col_sums = col_scratch.data();
+    double* const col_weights = col_sums + n_cols;
 
     // Pass 1.
     parallel_for(n_chunks, kAdafactorMinParallel, [&](std::int64_t i) {
@@ -144,10 +160,11 @@ void run_adafactor(const AdafactorKernels<T>& k, const AdafactorParams& hp,
         if (x.factored) {
             const std::int64_t first = (c.b * x.rows + c.lo) * x.cols;
             const adafactor_detail::ChunkArrays<T> a(k, x, first, (c.hi - c.lo) * x.cols, true);
+            thread_local std::vector<T> run;
+            run.resize(std::size_t(x.cols));
             p_sq[std::size_t(i)] =
-                k.rows(hp, a.p, a.g, c.hi - c.lo, x.cols,
-                       row_sums.data() + row_offset[c.t] + c.b * x.rows + c.lo,
-                       col_sums.data() + c.col_offset);
+                k.rows(hp, a.p, a.g, c.hi - c.lo, x.cols, x.row_var + c.b * x.rows + c.lo,
+                       col_sums + c.col_offset, col_weights + c.col_offset, run.data());
         } else {
             const adafactor_detail::ChunkArrays<T> a(k, x, c.lo, c.hi - c.lo, true);
             const AdafactorSums s = k.full(hp, a.p, a.g, x.variance + c.lo, c.hi - c.lo, x.eps1);
@@ -156,37 +173,62 @@ void run_adafactor(const AdafactorKernels<T>& k, const AdafactorParams& hp,
         }
     });
 
-    // The factors, from the sums; then each row's 1 / sqrt(R_i / rmean), rmean
-    // the matrix's row mean clamped at eps1, and each column's 1 / sqrt(C_j).
+    // Each matrix's column sums, added into its first chunk's slices in chunk
+    // order.
+    std::vector<std::pair<std::size_t, std::int64_t>> blocks;  // (matrix, first column)
+    for (std::size_t m = 0; m < matrices.size(); ++m)
+        if (matrices[m].last - matrices[m].first > 1)
+            for (std::int64_t lo = 0; lo < tensors[matrices[m].t].cols; lo += kAdafactorColumnBlock)
+                blocks.push_back({m, lo});
+    parallel_for(std::int64_t(blocks.size()), kAdafactorMinParallel, [&](std::int64_t i) {
+        const Matrix& m = matrices[blocks[std::size_t(i)].first];
+        const std::int64_t lo = blocks[std::size_t(i)].second;
+        const std::int64_t hi = std::min(lo + kAdafactorColumnBlock, tensors[m.t].cols);
+        for (double* sums : {col_sums, col_weights}) {
+            double* total = sums + chunks[m.first].col_offset;
+            for (std::size_t c = m.first + 1; c < m.last; ++c)
+                for (std::int64_t j = lo; j < hi; ++j) total[j] += sums[chunks[c].col_offset + j];
+        }
+    });
+
+    // Per matrix: the column factors from their sums; each row's
+    // 1 / sqrt(R_i / rmean), rmean the mean of the row factors clamped at
+    // eps1, and each column's 1 / sqrt(C_j); sum(u^2) where no u is capped.
     std::vector<T> row_rsqrt(static_cast<std::size_t>(n_rows));
     std::vector<T> col_rsqrt(static_cast<std::size_t>(n_col_rsqrt));
-    std::vector<double> cols;
-    for (std::size_t t = 0; t < tensors.size(); ++t) {
-        const AdafactorTensor<T>& x = tensors[t];
-        if (!x.factored) continue;
-        cols.assign(std::size_t(x.cols), 0.0);
-        std::size_t i = first_chunk[t];
-        for (std::int64_t b = 0; b < x.batch; ++b) {
-            std::fill(cols.begin(), cols.end(), 0.0);
-            for (; i < first_chunk[t + 1] && chunks[i].b == b; ++i)
-                for (std::int64_t j = 0; j < x.cols; ++j)
-                    cols[std::size_t(j)] += col_sums[std::size_t(chunks[i].col_offset + j)];
-            T* col_var = x.col_var + b * x.cols;
-            T* row_var = x.row_var + b * x.rows;
-            k.factor(hp, col_var, cols.data(), double(x.rows), x.cols);
-            const double mean = k.factor(hp, row_var, row_sums.data() + row_offset[t] + b * x.rows,
-                                         double(x.cols), x.rows);
-            const T rmean = adafactor_detail::at_least(T(mean), T(x.eps1));
-            k.rsqrt(row_var, rmean, row_rsqrt.data() + row_offset[t] + b * x.rows, x.rows);
-            k.rsqrt(col_var, T(1), col_rsqrt.data() + col_offset[t] + b * x.cols, x.cols);
-        }
+    std::vector<double> u_uncapped(tensors.size(), 0.0);
+    std::vector<char> capped(tensors.size(), 0);
+    for (const Matrix& m : matrices) {
+        const AdafactorTensor<T>& x = tensors[m.t];
+        const std::int64_t slice = chunks[m.first].col_offset;
+        T* col_var = x.col_var + m.b * x.cols;
+        const T* row_var = x.row_var + m.b * x.rows;
+        k.factor(hp, col_var, col_sums + slice, double(x.rows), x.cols);
+        double total = 0.0;
+        for (std::int64_t i = 0; i < x.rows; ++i) total += double(row_var[i]);
+        const T rmean = adafactor_detail::at_least(T(total / double(x.rows)), T(x.eps1));
+        T* a = row_rsqrt.data() + row_offset[m.t] + m.b * x.rows;
+        T* b = col_rsqrt.data() + col_offset[m.t] + m.b * x.cols;
+        k.rsqrt(row_var, rmean, a, x.rows);
+        k.rsqrt(col_var, T(1), b, x.cols);
+        // u = g * min(a_i b_j, 1 / eps1) is g * a_i * b_j everywhere when the
+        // largest a_i b_j is below the cap (the rounded product is monotonic);
+        // then sum(u^2) = rmean * sum_j (sum_i g_ij^2 / R_i) / C_j.
+        const T a_max = *std::max_element(a, a + x.rows), b_max = *std::max_element(b, b + x.cols);
+        double sum = 0.0;
+        for (std::int64_t j = 0; j < x.cols; ++j) sum += col_weights[slice + j] / double(col_var[j]);
+        sum *= double(rmean);
+        if (a_max * b_max < T(1.0 / x.eps1) && std::isfinite(sum))
+            u_uncapped[m.t] += sum;
+        else
+            capped[m.t] = 1;
     }
 
     // Pass 2.
     parallel_for(n_chunks, kAdafactorMinParallel, [&](std::int64_t i) {
         const Chunk& c = chunks[std::size_t(i)];
         const AdafactorTensor<T>& x = tensors[c.t];
-        if (!x.factored) return;
+        if (!x.factored || !capped[c.t]) return;
         const adafactor_detail::ChunkArrays<T> a(k, x, (c.b * x.rows + c.lo) * x.cols,
                                                  (c.hi - c.lo) * x.cols, false);
         u_sq[std::size_t(i)] = k.factored_norm(
@@ -202,6 +244,7 @@ void run_adafactor(const AdafactorKernels<T>& k, const AdafactorParams& hp,
             p_total += p_sq[i];
             u_total += u_sq[i];
         }
+        if (tensors[t].factored && !capped[t]) u_total = u_uncapped[t];
         const double root_n = std::sqrt(double(tensors[t].size));
         const double alpha = adafactor_detail::py_max(hp.eps2, std::sqrt(p_total) / root_n) * hp.rho;
         scale[t] = -alpha / adafactor_detail::py_max(1.0, std::sqrt(u_total) / (root_n * hp.d));

@@ -127,6 +127,7 @@ class Problem:
                       + 2 * sum(x.nbytes for states in self.states for x in states))
         if name == "prodigy":  # p0 is only read; the reduction reads grad and param again
             self.bytes += self.dtype.itemsize * self.elements
+        self.probe_bytes = self.bytes  # what stream() moves
 
     @property
     def label(self) -> str:
@@ -196,13 +197,14 @@ class Problem:
 
 class AdafactorProblem(Problem):
     """Adafactor's: the factors of each param of 2 or more dims, the full
-    variance of the others. Traffic of its three passes per element: a
-    factored param's grad and param read, its grad read again, then grad and
-    param read and the param written (24 bytes in float32); a vector's grad,
-    param and variance read and the variance written, then grad, param and
-    variance read and the param written (32). The probe moves as many bytes:
-    two passes over (param, grad), or one over (param, grad, variance) and
-    one over (variance, grad)."""
+    variance of the others. Traffic per element: a factored param's grad and
+    param read, then read again and the param written (20 bytes in float32;
+    24 where some element of U is capped at 1 / eps1, which these random
+    grads never are: a third pass reads the grad); a vector's grad, param and
+    variance read and the variance written, then grad, param and variance
+    read and the param written (32). The probe moves 24 and 32 bytes: two
+    passes over (param, grad), or one over (param, grad, variance) and one
+    over (variance, grad); its bandwidth bounds the step's 20 and 32."""
 
     def __init__(self, name: str, shapes, dtype, state_dtype=None):
         if state_dtype not in (None, str(dtype)):
@@ -220,8 +222,11 @@ class AdafactorProblem(Problem):
              for s, f in zip(shapes, factored)],
             [None if f else np.zeros(s, self.dtype) for s, f in zip(shapes, factored)]]
         self.elements = sum(math.prod(s) for s in shapes)
-        self.bytes = sum(self.dtype.itemsize * math.prod(s) * (6 if f else 8)
-                         for s, f in zip(shapes, factored))
+
+        def traffic(factored_bytes):
+            return sum(self.dtype.itemsize * math.prod(s) * (factored_bytes if f else 8)
+                       for s, f in zip(shapes, factored))
+        self.bytes, self.probe_bytes = traffic(5), traffic(6)
         self._factored = [(p, g) for p, g, f in zip(self.params, self.grads, factored) if f]
         self._full = [(p, g, v) for p, g, v, f in zip(self.params, self.grads, self.states[2],
                                                       factored) if not f]
@@ -330,8 +335,9 @@ def _row(optimizer, layout, problem, t, traffic, torch_impl) -> dict:
                 tensors=len(problem.shapes), elements=problem.elements, time_s=step,
                 bytes_per_element=traffic / problem.elements,
                 gelem_s=problem.elements / step / 1e9, gbytes_s=traffic / step / 1e9,
-                bandwidth_gbs=None if probe is None else problem.bytes / probe / 1e9,
-                pct_of_bandwidth=None if probe is None else 100 * probe / step,
+                bandwidth_gbs=None if probe is None else problem.probe_bytes / probe / 1e9,
+                pct_of_bandwidth=None if probe is None
+                else 100 * probe * problem.bytes / problem.probe_bytes / step,
                 vs_reference=t["numpy"] / step if "numpy" in t else None,
                 vs_torch=t["torch"] / step if "torch" in t else None, torch_impl=torch_impl,
                 state_bytes_per_param=sum(x.nbytes for states in problem.states

@@ -48,10 +48,12 @@ COLUMNS = [
     Column("GB/s", 6, lambda r: f"{r['gbytes_s']:.1f}",
            "bytes the step moves per second: the gradient read, the parameter and each "
            "state read and written (Adam in float32: 28 bytes per parameter; Prodigy "
-           "48: its reduction reads the gradient, the parameter and p0 too)"),
+           "48: its reduction reads the gradient, the parameter and p0 too; Adafactor "
+           "20 for a matrix: gradient and parameter read twice, the parameter written)"),
     Column("probe GB/s", 10, lambda r: _number(r["bandwidth_gbs"], ".1f"), ""),  # see PROBES
     Column("% of probe", 10, lambda r: _number(r["pct_of_bandwidth"], ".0f"),
-           "the probe's time over the step's, in percent: how close the step comes to "
+           "the probe's time over the step's, in percent (Adafactor's probe moves 24 "
+           "bytes for its 20: scaled by 20 / 24): how close the step comes to "
            "the memory bound. The step and the probe are timed in separate samples "
            "(interleaved on the CPU) on a machine whose speed moves from moment to moment; where "
            "both run at memory speed (the largest sizes) that noise puts the ratio a few "

@@ -96,7 +96,8 @@ def adafactor_step(params, grads, row_vars, col_vars, variances, *, lr=1e-2, ste
             c[...] = _lerp(c, col_mean, w)
             r_mean = (r.astype(np.float64).sum(axis=-2, keepdims=True) / p.shape[-2]).astype(dt)
             r_mean = np.where(r_mean < dt.type(eps1), dt.type(eps1), r_mean)
-            weight = (dt.type(1) / np.sqrt(r / r_mean)) * (dt.type(1) / np.sqrt(c))
+            with np.errstate(divide="ignore"):  # a zero factor: inf, then the cap
+                weight = (dt.type(1) / np.sqrt(r / r_mean)) * (dt.type(1) / np.sqrt(c))
             cap = dt.type(math.inf if eps1 == 0 else 1.0 / eps1)
             u = grad * np.where(weight < cap, weight, cap)
         else:

@@ -1,6 +1,6 @@
 """Adafactor's fused step (Shazeer & Stern 2018; torch 2.13's
-``torch.optim.Adafactor``): one native call per list, three passes over
-memory, the second moment of a matrix kept as a row and a column factor.
+``torch.optim.Adafactor``): one native call per list, two passes over
+memory (three where some element of the update is capped), the second moment of a matrix kept as a row and a column factor.
 
 The maths and argument rules are those of :mod:`lrfast.reference_adafactor`;
 the array rules those of :mod:`lrfast.steps`, but for the states, whose
@@ -50,11 +50,17 @@ def adafactor_step(params: Tensors, grads: Tensors, row_vars, col_vars, variance
     left as it is. Rules: ``lr``, ``eps`` >= 0, ``beta2_decay`` <= 0, ``d``
     >= 1, ``weight_decay`` >= 0, as torch's constructor.
 
-    The three passes: a reduction (sum(param**2), the rows' and the columns'
-    sums of ``g**2``; a vector's ``V`` and sum(U**2)), a reduction of a
-    factored param's sum(U**2), and the update. Sums run in float64 over
-    ranges fixed by the shapes: the result is bitwise the same for any thread
-    count and ISA.
+    The passes: a reduction (sum(param**2); a matrix's rows' sums of
+    ``g**2``, from which its row factors are updated at once, its columns'
+    sums of ``g**2`` and of ``g**2 / R_i``; a vector's ``V`` and
+    sum(U**2)), then the update. A matrix's sum(U**2) comes from those sums:
+    ``rmean * sum_j (sum_i g_ij**2 / R_i) / C_j``, the same value as summing
+    ``U**2`` where no element of ``U`` reaches the cap ``1 / eps1``; where
+    one does (a row of zero gradients, a large ``eps[0]``), a pass between
+    the two sums ``U**2`` itself. Sums run in float64 (those of ``g**2 /
+    R_i`` in the param's dtype over 16 rows, then in float64) over ranges
+    fixed by the shapes: the result is bitwise the same for any thread count
+    and ISA.
 
     >>> import numpy as np, lrfast
     >>> p = np.array([[1.0, -2.0], [3.0, 0.5]], np.float32)

@@ -10,6 +10,7 @@ import pytest
 
 import lrfast
 import lrfast.reference as ref
+from lrfast.reference_adafactor import adafactor_eps1
 from cases import ADAFACTOR, adafactor_states, assert_close, gradients
 from isa_run import saved_arrays
 
@@ -46,6 +47,53 @@ def test_large_matches_reference(dtype):
     assert_close(ADAFACTOR, dtype, got, want)
 
 
+# Matrices for the two ways to sum(U**2): from pass 1's column sums where no
+# element of U reaches the cap 1 / eps1, else an explicit pass. Gradients jump
+# at the last step, so the variance lags, RMS(U) > d and the update is clipped:
+# a wrong sum(U**2) moves the params. Matrix 1 has a zero row (R = 0: U capped
+# at any eps1), matrix 2 a row 1e-4 times smaller (capped at eps1 = 0.1 only),
+# the 3-d param a zero row in its second matrix only.
+CAP_SHAPES = [(40, 33), (6, 20), (9, 17), (2, 5, 19)]
+
+
+def _cap_grads(step, dtype):
+    grads = gradients(CAP_SHAPES, dtype, step)
+    for g in grads:
+        g *= dtype(10.0 if step == 4 else 1e-2)
+    grads[1][2] = 0
+    grads[2][4] *= dtype(1e-4)
+    grads[3][1, 0] = 0
+    return grads
+
+
+def _cap_run(fn, dtype, hp):
+    params = [np.linspace(-1, 1, math.prod(s)).reshape(s).astype(dtype) for s in CAP_SHAPES]
+    states = adafactor_states(CAP_SHAPES, dtype)
+    for step in range(1, 5):
+        fn(params, _cap_grads(step, dtype), *states.values(), step=step, **hp)
+    return params, {k: [x for x in v if x is not None] for k, v in states.items()}
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("eps1", [None, 0.1])
+def test_sum_of_u_squared_with_and_without_capped_elements(dtype, eps1):
+    hp = dict(eps=(eps1, 1e-3))
+    want = _cap_run(ref.adafactor_step, dtype, hp)
+    assert_close(ADAFACTOR, dtype, _cap_run(lrfast.adafactor_step, dtype, hp), want)
+    # the premises: every update is clipped, and U is capped where said
+    unclipped = _cap_run(ref.adafactor_step, dtype, dict(hp, d=1e9))[0]
+    for a, b in zip(want[0], unclipped):
+        assert not np.allclose(a, b, rtol=1e-3, atol=0)
+    e1 = adafactor_eps1(eps1, dtype)
+    capped = []
+    for r, c in zip(want[1]["row_vars"], want[1]["col_vars"]):
+        rmean = np.maximum(r.mean(axis=-2, keepdims=True, dtype=np.float64), e1)
+        with np.errstate(divide="ignore"):
+            ab = np.sqrt(rmean / r) / np.sqrt(c)
+        capped.append([bool((m >= 1 / e1).any()) for m in ab.reshape(-1, *ab.shape[-2:])])
+    assert capped == [[False], [True], [eps1 == 0.1], [False, True]]
+
+
 def test_single_arrays_and_empty_list():
     p = np.ones(5, np.float32)
     v = np.zeros(5, np.float32)
@@ -70,9 +118,11 @@ def test_threads_give_the_same_bits():
         lrfast.set_num_threads(threads)
         try:
             params, states = run(lrfast.adafactor_step, shapes, np.float32, {}, 2)
+            capped = _cap_run(lrfast.adafactor_step, np.float32, {})
         finally:
             lrfast.set_num_threads(before)
-        results.append(np.concatenate([x.ravel() for x in params + sum(states.values(), [])]))
+        arrays = params + sum(states.values(), []) + capped[0] + sum(capped[1].values(), [])
+        results.append(np.concatenate([x.ravel() for x in arrays]))
     for other in results[1:]:
         np.testing.assert_array_equal(other, results[0])
 

@@ -2,18 +2,26 @@
 // pieces of its passes over memory (lrfast/reference_adafactor.py has the
 // maths; cpp/adafactor_driver.hpp runs them):
 //
-//   1. a reduction: sum(p^2) (the param's RMS, before weight decay) and, for a
-//      factored param, each row's sum of g^2 and each column's (per chunk of
-//      rows, added by the driver in chunk order); a full-variance param
-//      updates v here, elementwise, and sums u^2 too;
-//   2. factored params only: sum(u^2), u = g * min(a_i b_j, 1 / eps1) with
-//      a_i = 1 / sqrt(R_i / rmean), b_j = 1 / sqrt(C_j) (torch's
-//      g / sqrt(max(R_i C_j / rmean, eps1^2)), rounded differently);
-//   3. the update p = p * decay + scale * u, u recomputed from g and the factors.
+//   1. a reduction: sum(p^2) (the param's RMS, before weight decay); for a
+//      factored param, each row's sum of g^2, from which the row's factor R_i
+//      is updated here, each column's sum of g^2, and each column's sum of
+//      g^2 / R_i (the column sums per chunk of rows, added by the driver in
+//      chunk order); a full-variance param updates v here, elementwise, and
+//      sums u^2 too;
+//   2. factored params whose u may be capped only: sum(u^2), u = g *
+//      min(a_i b_j, 1 / eps1) with a_i = 1 / sqrt(R_i / rmean), b_j =
+//      1 / sqrt(C_j) (torch's g / sqrt(max(R_i C_j / rmean, eps1^2)), rounded
+//      differently). Where no a_i b_j reaches the cap, sum(u^2) is
+//      rmean * sum_j (sum_i g_ij^2 / R_i) / C_j, from pass 1's sums: the
+//      driver skips this pass, a read of the grad;
+//   3. the update p = p * decay + scale * u.
 //
 // Every sum runs in double, over kLanes lanes folded in a fixed order (or, for
 // the columns, row after row), on ranges that depend only on the shapes: the
-// bits are those of any thread count and ISA.
+// bits are those of any thread count and ISA. The columns' sums of g^2 / R_i
+// run in T over kWeightRun rows at a time before they are added in double:
+// they only scale the update through RMS(u), where a relative error of
+// kWeightRun ulps is invisible.
 #include "convert.hpp"
 
 namespace lrfast::LRFAST_ISA_NS {
@@ -31,14 +39,39 @@ static T scaled(T g, T v, T eps1_sq) {
     return g * (T(1) / root(at_least(v, eps1_sq)));
 }
 
+// torch's lerp(x, target, w) in T.
+template <class T>
+struct Lerp {
+    T w, w_rest;
+    bool near;
+
+    explicit Lerp(double weight)
+        : w(T(weight)), w_rest(T(1) - T(weight)), near(__builtin_fabs(weight) < 0.5) {}
+    T operator()(T x, T target) const {
+        return near ? x + w * (target - x) : target - (target - x) * w_rest;
+    }
+};
+
+constexpr std::int64_t kWeightRun = 16;
+
 // Row r's squares go to lane j = c mod kLanes of its row sum and to column
-// c's sum, each square computed once. (Plain loops, no lambda: GCC
-// vectorises the rounds of kLanes only so.)
+// c's sum, each square computed once; then, the row's factor known, a second
+// sweep over the row (from cache) adds g^2 / R_r to column c's run in `run`
+// (cols long, T), which goes to col_weights every kWeightRun rows. The
+// chunk's col_sums and col_weights start at zero here. (Plain loops, no
+// lambda: GCC vectorises the rounds of kLanes only so.)
 template <class T>
 double adafactor_rows(const AdafactorParams& hp, const T* __restrict p, const T* __restrict g,
-                      std::int64_t rows, std::int64_t cols, double* __restrict row_sums,
-                      double* __restrict col_sums) {
+                      std::int64_t rows, std::int64_t cols, T* __restrict row_var,
+                      double* __restrict col_sums, double* __restrict col_weights,
+                      T* __restrict run) {
     const T gs = T(hp.grad_scale);
+    const Lerp<T> lerp(hp.beta2_weight);
+    for (std::int64_t c = 0; c < cols; ++c) {
+        col_sums[c] = 0.0;
+        col_weights[c] = 0.0;
+        run[c] = T(0);
+    }
     double p_sq[kLanes] = {};
     for (std::int64_t r = 0; r < rows; ++r) {
         const T* __restrict pr = p + r * cols;
@@ -58,7 +91,19 @@ double adafactor_rows(const AdafactorParams& hp, const T* __restrict p, const T*
             g_sq[j] += sq;
             col_sums[c + j] += sq;
         }
-        row_sums[r] = fold_lanes(g_sq);
+        const T mean = T(fold_lanes(g_sq) / double(cols));
+        const T factor = lerp(row_var[r], mean);
+        row_var[r] = factor;
+        const T q = T(1.0 / double(factor));
+        for (std::int64_t c = 0; c < cols; ++c) {
+            const T d = gr[c] * gs;
+            run[c] += (d * d) * q;
+        }
+        if ((r + 1) % kWeightRun == 0 || r + 1 == rows)
+            for (std::int64_t c = 0; c < cols; ++c) {
+                col_weights[c] += double(run[c]);
+                run[c] = T(0);
+            }
     }
     return fold_lanes(p_sq);
 }
@@ -68,13 +113,10 @@ AdafactorSums adafactor_full(const AdafactorParams& hp, const T* __restrict p,
                              const T* __restrict g, T* __restrict v, std::int64_t n,
                              double eps1) {
     const T gs = T(hp.grad_scale), eps1_sq = T(eps1 * eps1);
-    const T w = T(hp.beta2_weight), w_rest = T(1) - w;
-    const bool near = __builtin_fabs(hp.beta2_weight) < 0.5;
+    const Lerp<T> lerp(hp.beta2_weight);
     double p_sq[kLanes] = {}, u_sq[kLanes] = {};
     auto visit = [&](int j, std::int64_t i) {
-        const T d = g[i] * gs, sq = d * d, vi = v[i];
-        // torch's lerp(v, g * g, w)
-        const T vn = near ? vi + w * (sq - vi) : sq - (sq - vi) * w_rest;
+        const T d = g[i] * gs, vn = lerp(v[i], d * d);
         v[i] = vn;
         const double x = double(p[i]), u = double(scaled(d, vn, eps1_sq));
         p_sq[j] += x * x;
@@ -171,21 +213,13 @@ void adafactor_full_apply(const AdafactorParams& hp, T* p, const T* g, const T* 
         full_apply<T, false>(hp, p, g, v, n, eps1, scale);
 }
 
-// The factors of one matrix from its sums: x = lerp(x, sum / count, w) in T,
-// for `n` entries; returns the mean of the new x (summed in double, in order).
+// A matrix's column factors from their sums: x = lerp(x, sum / count, w) in
+// T, for `n` entries (pass 1 updates the row factors).
 template <class T>
-double adafactor_factor(const AdafactorParams& hp, T* __restrict x,
-                        const double* __restrict sums, double count, std::int64_t n) {
-    const T w = T(hp.beta2_weight), w_rest = T(1) - w;
-    const bool near = __builtin_fabs(hp.beta2_weight) < 0.5;
-    double total = 0.0;
-    for (std::int64_t i = 0; i < n; ++i) {
-        const T mean = T(sums[i] / count), xi = x[i];
-        const T xn = near ? xi + w * (mean - xi) : mean - (mean - xi) * w_rest;
-        x[i] = xn;
-        total += double(xn);
-    }
-    return total / double(n);
+void adafactor_factor(const AdafactorParams& hp, T* __restrict x, const double* __restrict sums,
+                      double count, std::int64_t n) {
+    const Lerp<T> lerp(hp.beta2_weight);
+    for (std::int64_t i = 0; i < n; ++i) x[i] = lerp(x[i], T(sums[i] / count));
 }
 
 // out[i] = 1 / sqrt(x[i] / divisor), in T.
@@ -208,7 +242,7 @@ void adafactor_narrow(const T* in, const Operand& x, std::int64_t lo, std::int64
 
 #define LRFAST_ADAFACTOR_INSTANTIATE(T)                                                        \
     template double adafactor_rows<T>(const AdafactorParams&, const T*, const T*,              \
-                                      std::int64_t, std::int64_t, double*, double*);           \
+                                      std::int64_t, std::int64_t, T*, double*, double*, T*);   \
     template AdafactorSums adafactor_full<T>(const AdafactorParams&, const T*, const T*, T*,   \
                                              std::int64_t, double);                            \
     template double adafactor_factored_norm<T>(const AdafactorParams&, const T*,               \
@@ -222,8 +256,8 @@ void adafactor_narrow(const T* in, const Operand& x, std::int64_t lo, std::int64
     template void adafactor_narrow<T>(const T*, const Operand&, std::int64_t, std::int64_t);   \
     template void adafactor_full_apply<T>(const AdafactorParams&, T*, const T*, const T*,      \
                                           std::int64_t, double, double);                       \
-    template double adafactor_factor<T>(const AdafactorParams&, T*, const double*, double,     \
-                                        std::int64_t);
+    template void adafactor_factor<T>(const AdafactorParams&, T*, const double*, double,       \
+                                      std::int64_t);
 LRFAST_ADAFACTOR_INSTANTIATE(float)
 LRFAST_ADAFACTOR_INSTANTIATE(double)
 #undef LRFAST_ADAFACTOR_INSTANTIATE

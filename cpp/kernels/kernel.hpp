@@ -69,7 +69,8 @@ ProdigySums prodigy_reduce_mixed(const ProdigyReduceParams& hp, const MixedTenso
 // Adafactor's pieces (cpp/kernels/adafactor.cpp; see AdafactorKernels).
 template <class T>
 double adafactor_rows(const AdafactorParams& hp, const T* p, const T* g, std::int64_t rows,
-                      std::int64_t cols, double* row_sums, double* col_sums);
+                      std::int64_t cols, T* row_var, double* col_sums, double* col_weights,
+                      T* run);
 template <class T>
 AdafactorSums adafactor_full(const AdafactorParams& hp, const T* p, const T* g, T* v,
                              std::int64_t n, double eps1);
@@ -91,8 +92,8 @@ template <class T>
 void adafactor_full_apply(const AdafactorParams& hp, T* p, const T* g, const T* v,
                           std::int64_t n, double eps1, double scale);
 template <class T>
-double adafactor_factor(const AdafactorParams& hp, T* x, const double* sums, double count,
-                        std::int64_t n);
+void adafactor_factor(const AdafactorParams& hp, T* x, const double* sums, double count,
+                      std::int64_t n);
 
 // Sums in double run over kLanes interleaved accumulators (which lets the
 // compiler vectorise them) combined pairwise in this fixed order, so the

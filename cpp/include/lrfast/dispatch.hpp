@@ -81,15 +81,19 @@ struct AdafactorSums {
 
 template <class T>
 struct AdafactorKernels {
-    // Pass 1 over `rows` rows of a factored matrix: returns sum(p^2), writes
-    // each row's sum(g^2) to row_sums, adds each column's to col_sums.
+    // Pass 1 over `rows` rows of a factored matrix: returns sum(p^2), updates
+    // the rows' factors in row_var from their sums of g^2, writes the
+    // columns' sums of g^2 and of g^2 / R to col_sums and col_weights (`run`:
+    // cols of scratch).
     double (*rows)(const AdafactorParams&, const T* p, const T* g, std::int64_t rows,
-                   std::int64_t cols, double* row_sums, double* col_sums);
+                   std::int64_t cols, T* row_var, double* col_sums, double* col_weights,
+                   T* run);
     // Pass 1 of a full-variance range: updates v; sum(p^2) and sum(u^2).
     AdafactorSums (*full)(const AdafactorParams&, const T* p, const T* g, T* v, std::int64_t n,
                           double eps1);
-    // Pass 2 over `rows` rows of a factored matrix: sum(u^2), u from the
-    // rows' 1 / sqrt(R / rmean) and the columns' 1 / sqrt(C).
+    // Pass 2 over `rows` rows of a factored matrix whose u may be capped:
+    // sum(u^2), u from the rows' 1 / sqrt(R / rmean) and the columns'
+    // 1 / sqrt(C).
     double (*factored_norm)(const AdafactorParams&, const T* g, std::int64_t rows,
                             std::int64_t cols, const T* row_rsqrt, const T* col_rsqrt,
                             double eps1);
@@ -99,9 +103,9 @@ struct AdafactorKernels {
                            double eps1, double scale);
     void (*full_apply)(const AdafactorParams&, T* p, const T* g, const T* v, std::int64_t n,
                        double eps1, double scale);
-    // One factor from its sums: x = lerp(x, sums / count, w); returns mean(x).
-    double (*factor)(const AdafactorParams&, T* x, const double* sums, double count,
-                     std::int64_t n);
+    // The column factors from their sums: x = lerp(x, sums / count, w).
+    void (*factor)(const AdafactorParams&, T* x, const double* sums, double count,
+                   std::int64_t n);
     // out[i] = 1 / sqrt(x[i] / divisor).
     void (*rsqrt)(const T* x, T divisor, T* out, std::int64_t n);
     // A 16-bit array's elements [lo, lo + n) as T, and back (nearest even).
