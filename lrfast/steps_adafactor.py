@@ -1,10 +1,13 @@
 """Adafactor's fused step (Shazeer & Stern 2018; torch 2.13's
 ``torch.optim.Adafactor``): one native call per list, three passes over
 memory, the second moment of a matrix kept as a row and a column factor.
+Device arrays (CUDA torch tensors too) run on the CUDA path
+(:mod:`lrfast.cuda.adafactor_kernels`).
 
 The maths and argument rules are those of :mod:`lrfast.reference_adafactor`;
 the array rules those of :mod:`lrfast.steps`, but for the states, whose
-shapes are not their params'. Params and grads: float32 or float64.
+shapes are not their params'. Params and grads: float32 or float64, or a
+16-bit param (its grad 16-bit or float32) with float32 states.
 """
 
 from __future__ import annotations
@@ -54,7 +57,7 @@ def adafactor_step(params: Tensors, grads: Tensors, row_vars, col_vars, variance
     sums of ``g**2``; a vector's ``V`` and sum(U**2)), a reduction of a
     factored param's sum(U**2), and the update. Sums run in float64 over
     ranges fixed by the shapes: the result is bitwise the same for any thread
-    count and ISA.
+    count and ISA, and on the CUDA path (device arrays) for any grid size.
 
     >>> import numpy as np, lrfast
     >>> p = np.array([[1.0, -2.0], [3.0, 0.5]], np.float32)
