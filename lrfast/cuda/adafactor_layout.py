@@ -157,7 +157,9 @@ def _group(kinds, tensors, interfaces, names) -> Group:
     offset = {(t, slot): (ptr - base[view]) // np.dtype(_VIEW_DTYPES[view]).itemsize
               for t, slot, view, ptr in located}
 
-    pieces, matrices, tensor_rows = [], [], []
+    pieces: list[list[int]] = []
+    matrices: list[list[int]] = []
+    tensor_rows: list[list[int]] = []
     n_rows = n_parts = n_cols = 0
     for r, t in enumerate(tensors):
         shape = tuple(interfaces[0][t]["shape"])
@@ -182,8 +184,8 @@ def _group(kinds, tensors, interfaces, names) -> Group:
                 pieces.append([min(launch.CHUNK, size - lo), r, offset[t, 0] + lo,
                                offset[t, 1] + lo, 0, 0, offset[t, 4] + lo, 0, 0, 0, 0])
         tensor_rows.append([first, len(pieces) - first, size])
-    pieces = np.array(pieces, dtype=np.int64).reshape(-1, WIDTH)
-    factored = np.flatnonzero(pieces[:, COLS]).astype(np.int64)
+    table = np.array(pieces, dtype=np.int64).reshape(-1, WIDTH)
+    factored = np.flatnonzero(table[:, COLS]).astype(np.int64)
     launch.counters["tables"] += 1
     views = tuple(device_view(base[v], (end[v] - base[v]) // np.dtype(dtype).itemsize,
                               np.dtype(dtype)) if v in base else _dummy(dtype)
@@ -194,7 +196,7 @@ def _group(kinds, tensors, interfaces, names) -> Group:
         ("col_rsqrt", n_cols))}
     param_dtype = dtype_of(interfaces[0][tensors[0]])
     return Group(kinds, np.dtype(np.float64 if kinds[0] == F64 else np.float32),
-                 adafactor_eps1(None, param_dtype), views, cuda.to_device(pieces),
+                 adafactor_eps1(None, param_dtype), views, cuda.to_device(table),
                  cuda.to_device(factored if len(factored) else np.zeros(1, np.int64)),
                  cuda.to_device(np.array(matrices, dtype=np.int64).reshape(-1, WIDTH)
                                 if matrices else np.zeros((1, WIDTH), np.int64)),

@@ -44,8 +44,10 @@ def run(sizes=(50_000_000,), optimizers=tuple(CONFIGS), dtype="float32",
     rows = []
     for label, shapes in layouts(sizes, lists):
         for name in optimizers:
-            rows.append(_measure(name, *(factored_layout(label, shapes) if name == "adafactor"
-                                         else (label, shapes)), dtype, torch))
+            # Adafactor's single tensors as matrices: it factors them
+            named, tensors = factored_layout(label, shapes) if name == "adafactor" else (label,
+                                                                                          shapes)
+            rows.append(_measure(name, named, tensors, dtype, torch))
     return rows
 
 
