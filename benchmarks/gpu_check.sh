@@ -2,7 +2,7 @@
 # The CUDA path on a real GPU, in one go (9 minutes at most: BUDGET): builds lrfast
 # against the machine's own Python (its torch, numba-cuda, pytest), runs every
 # CUDA test file without the simulator, then measures the figures of issue 22
-# (benchmarks/gpu_figures.py: kernels, adapter, lowp, lr_free, cpu), the
+# (benchmarks/gpu_figures.py: kernels, adapter, lowp, lr_free, adafactor, cpu), the
 # offload check where benchmarks/offload_gpu_check.py exists, and the numba
 # arrays' `lrfast bench --device cuda`. Each phase has a time limit, so one
 # that hangs still leaves the others' results. At most 8 files go to $OUT
@@ -11,7 +11,7 @@
 # offload.json.
 #
 #   bash benchmarks/gpu_check.sh [--dry] [phase ...]
-#   phases: env install tests kernels adapter lowp lr_free cpu offload bench summary
+#   phases: env install tests kernels adapter lowp lr_free adafactor cpu offload bench summary
 #   (the default), and on request profile (gpu_host_cost.py) and suite (bench_cuda.py)
 #
 # --dry tests the plumbing here, without a GPU: no install (the checkout's
@@ -27,11 +27,11 @@ mkdir -p "$out"
 log=$out/gpu_check.log
 : >"$log"
 py=${PYTHON:-python3}
-phases=${*:-env install tests kernels adapter lowp lr_free cpu offload bench summary}
+phases=${*:-env install tests kernels adapter lowp lr_free adafactor cpu offload bench summary}
 export PYTHONUNBUFFERED=1 CMAKE_BUILD_PARALLEL_LEVEL=16 NUMBA_ENABLE_CUDASIM=$dry
 figures=(benchmarks/gpu_figures.py --json "$out/figures.json")
 tests=(tests/test_cuda.py tests/test_cuda_lowp.py tests/test_cuda_lr_free.py
-       tests/test_lowbit_nonfinite.py)
+       tests/test_lowbit_nonfinite.py tests/test_cuda_adafactor.py)
 if ((dry)); then
   figures+=(--dry --threads 2)
   tests=(-k "vector_and_scalar and adam" tests/test_cuda.py)
@@ -84,6 +84,7 @@ phase kernels 40 $py "${figures[@]}" kernels
 phase adapter 50 $py "${figures[@]}" adapter
 phase lowp 50 $py "${figures[@]}" lowp
 phase lr_free 30 $py "${figures[@]}" lr_free
+phase adafactor 30 $py "${figures[@]}" adafactor
 phase cpu 60 $py "${figures[@]}" cpu
 # -- offload (issue 21): benchmarks/offload_gpu_check.py writes offload_check.json,
 # offload_bench.json and offload_bench_accumulate8.json to the folder it is given.
@@ -92,7 +93,7 @@ if [[ -f benchmarks/offload_gpu_check.py ]]; then
 fi
 # lrfast's kernels on numba arrays against a numba copy (the issue 14 table).
 if ((!dry)); then
-  phase bench 30 lrfast bench --device cuda --sizes 5e7 --optimizers adam,adamw,sgd --no-lists \
+  phase bench 30 lrfast bench --device cuda --sizes 5e7 --optimizers adam,adamw,sgd,adafactor --no-lists \
     --json "$out/bench.json"
 fi
 # Not in the default run (no time left for them in 9 minutes): name them.

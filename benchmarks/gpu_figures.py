@@ -18,6 +18,9 @@ Phases (each prints its table and adds ``FILE[PHASE]``: the rows and the machine
 - ``lr_free``: ``lrfast.torch``'s Lion, ScheduleFreeAdamW and Prodigy against
   lion-pytorch's, schedulefree's and prodigyopt's on the same tensors, where
   those import;
+- ``adafactor``: ``lrfast.torch.Adafactor`` against torch.optim's foreach
+  Adafactor on a 12500 x 4000 matrix (50M elements, factored) and the
+  146-tensor transformer layout;
 - ``cpu``: ``lrfast bench`` AdamW on 50M float32 params with float32, q8 and q4
   states at ``--threads`` (default: every CPU), against torch's fused CPU AdamW
   (and torchao's or bitsandbytes' low-bit AdamW where they import).
@@ -43,7 +46,7 @@ import torch
 import lrfast
 import lrfast.torch
 from lrfast import run_record
-from lrfast.bench_configs import CONFIGS, STEP_ONLY, rival
+from lrfast.bench_configs import CONFIGS, FACTORED_WIDTH, STEP_ONLY, rival
 from lrfast.cuda.bench import timeit
 from lrfast.workloads import many_small_shapes, transformer_like_shapes
 
@@ -208,6 +211,19 @@ def lr_free(setup: Setup) -> list[dict]:
     return rows
 
 
+def adafactor(setup: Setup) -> list[dict]:
+    rows = []
+    layouts = setup.layouts()
+    matrix = [(16, 16)] if setup.dry else [(setup.large // FACTORED_WIDTH, FACTORED_WIDTH)]
+    for label, shapes in ((f"{matrix[0][0]}x{matrix[0][1]}", matrix),
+                          (list(layouts)[-1], layouts[list(layouts)[-1]])):
+        t = setup.time(lrfast.torch.Adafactor(setup.tensors(shapes), lr=1e-2).step)
+        t_torch = setup.time(rival("adafactor", setup.tensors(shapes), set())[0].step)
+        rows.append(dict(optimizer="adafactor", layout=label, tensors=len(shapes), time_s=t,
+                         torch_time_s=t_torch, vs_torch=t_torch / t))
+    return rows
+
+
 def cpu(setup: Setup, threads: int) -> list[dict]:
     rows = []
     size = 4096 if setup.dry else LOW_BIT_SIZE
@@ -250,8 +266,8 @@ def _cell(phase: str, key: str, row: dict, value) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("phase", choices=("kernels", "adapter", "lowp", "lr_free", "cpu",
-                                          "summary"))
+    parser.add_argument("phase", choices=("kernels", "adapter", "lowp", "lr_free", "adafactor",
+                                          "cpu", "summary"))
     parser.add_argument("--json", required=True, help="the file the phases share")
     parser.add_argument("--dry", action="store_true", help="tiny CPU runs: tests the script")
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="for the cpu phase")

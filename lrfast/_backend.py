@@ -102,9 +102,6 @@ def direct(kernel: str, hparams: dict, seqs: tuple, names: tuple, check_only: bo
     runs its checks only)."""
     backend = for_arrays(seqs[0])
     if kernel == "adafactor":  # states not of the params' shapes: its own checks
-        if backend is not _core:
-            raise TypeError("params[0] is a CUDA device array: adafactor_step runs on the "
-                            "CPU only (no CUDA kernel yet)")
         return backend.adafactor(seqs, names, hparams, check_only)
     if not check_only:
         return getattr(backend, kernel)(seqs, names, hparams)

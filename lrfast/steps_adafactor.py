@@ -1,10 +1,14 @@
 """Adafactor's fused step (Shazeer & Stern 2018; torch 2.13's
 ``torch.optim.Adafactor``): one native call per list, two passes over
-memory (three where some element of the update is capped), the second moment of a matrix kept as a row and a column factor.
+memory (three where some element of the update is capped), the second
+moment of a matrix kept as a row and a column factor. Device arrays (CUDA
+torch tensors too) run on the CUDA path (:mod:`lrfast.cuda.adafactor_kernels`:
+three passes).
 
 The maths and argument rules are those of :mod:`lrfast.reference_adafactor`;
 the array rules those of :mod:`lrfast.steps`, but for the states, whose
-shapes are not their params'. Params and grads: float32 or float64.
+shapes are not their params'. Params and grads: float32 or float64, or a
+16-bit param (its grad 16-bit or float32) with float32 states.
 """
 
 from __future__ import annotations
@@ -60,7 +64,7 @@ def adafactor_step(params: Tensors, grads: Tensors, row_vars, col_vars, variance
     the two sums ``U**2`` itself. Sums run in float64 (those of ``g**2 /
     R_i`` in the param's dtype over 16 rows, then in float64) over ranges
     fixed by the shapes: the result is bitwise the same for any thread count
-    and ISA.
+    and ISA, and on the CUDA path (device arrays) for any grid size.
 
     >>> import numpy as np, lrfast
     >>> p = np.array([[1.0, -2.0], [3.0, 0.5]], np.float32)

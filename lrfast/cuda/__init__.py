@@ -26,7 +26,9 @@ How a call runs (details in the modules named):
 - :mod:`.optimizers`, :mod:`.optimizers_lr_free`, :mod:`.optimizers_adaptive` and :mod:`.norms` hold the
   per-element arithmetic, the same as cpp/kernels/*.cpp in the same order;
   :mod:`.prodigy_reduction` Prodigy's reduction pass, whose float64 sums are
-  bitwise the same for any launch configuration;
+  bitwise the same for any launch configuration; :mod:`.adafactor_layout` and
+  :mod:`.adafactor_kernels` Adafactor's step (its row and column sums, factors
+  and scales on the device, deterministic too);
 - :mod:`.ops` is the object :func:`backend` returns, shaped like ``lrfast._core``.
 
 Synchronisation: a step only queues kernels on the stream of its first array
@@ -49,7 +51,8 @@ def backend():
     """The CUDA back end: a module with the functions of ``lrfast._core``
     (``sgd``, ``adam``, ``rmsprop``, ``adagrad``, ``adadelta``, ``lion``,
     ``schedulefree_sgd``, ``schedulefree_adamw``, ``schedulefree_lerp``,
-    ``prodigy``, ``prodigy_reduce``, ``global_norm``, ``clip_grad_norm``,
+    ``prodigy``, ``prodigy_reduce``, ``nadam``, ``radam``, ``adamax``,
+    ``adafactor``, ``global_norm``, ``clip_grad_norm``,
     ``clip_grad_value``). Imports numba-cuda on first use."""
     try:
         from . import ops

@@ -7,7 +7,9 @@ the same number of bytes as the step (half read, half written), with the same
 clock. ``vs_torch`` is torch.optim's step time over lrfast's, on copies of the
 same arrays in the same run: fused where torch has a fused CUDA step, foreach
 otherwise. Traffic per element: the gradient is read, the parameter and each
-state read and written (Adam float32: 28 bytes).
+state read and written (Adam float32: 28 bytes); Adafactor's as
+:class:`lrfast.bench.AdafactorProblem` counts it, its single tensors as
+matrices (:func:`lrfast.bench_configs.factored_layout`).
 """
 
 from __future__ import annotations
@@ -21,7 +23,9 @@ from numba import cuda
 
 import lrfast
 
-from ..bench_configs import CONFIGS, PRODIGY_D, layouts, rival
+from .._adafactor import STATES, FactorSlot
+from ..bench_configs import CONFIGS, PRODIGY_D, factored_layout, layouts, rival
+from ..reference_adafactor import factored
 
 TORCH_FUSED_CUDA = {"SGD", "Adam", "AdamW"}  # the rest run with foreach=True
 
@@ -40,7 +44,10 @@ def run(sizes=(50_000_000,), optimizers=tuple(CONFIGS), dtype="float32",
     rows = []
     for label, shapes in layouts(sizes, lists):
         for name in optimizers:
-            rows.append(_measure(name, label, shapes, dtype, torch))
+            # Adafactor's single tensors as matrices: it factors them
+            named, tensors = factored_layout(label, shapes) if name == "adafactor" else (label,
+                                                                                          shapes)
+            rows.append(_measure(name, named, tensors, dtype, torch))
     return rows
 
 
@@ -72,6 +79,8 @@ def lrfast_step(name: str, shapes, dtype):
     hp, state_names, _ = CONFIGS[name]
     if name == "prodigy":
         return prodigy_step(shapes, dtype, lr=hp["lr"])
+    if name == "adafactor":
+        return adafactor_step(shapes, dtype, hp)
     return step_of(f"{name}_step", hp, state_names, shapes, dtype)
 
 
@@ -86,6 +95,23 @@ def step_of(function: str, hp: dict, state_names, shapes, dtype):
     used = sum(name is not None for name in state_names)
     traffic = sum(math.prod(s) for s in shapes) * np.dtype(dtype).itemsize * (3 + 2 * used)
     return (lambda: fn(params, grads, *states, **hp)), traffic
+
+
+def adafactor_step(shapes, dtype, hp: dict):
+    """``(step, traffic)`` of ``lrfast.adafactor_step``: the row and column
+    factors of each param of 2 or more dims, the full variance of the others
+    (zeros). Traffic: a matrix's param and grad read, its grad read again,
+    then both read and the param written (6 arrays' bytes per element); a
+    vector's grad, param and variance read and the variance written, then
+    the three read and the param written (8)."""
+    params = [cuda.to_device(a) for a in _host_arrays(shapes, dtype, 0)]
+    grads = [cuda.to_device(a) for a in _host_arrays(shapes, dtype, 1)]
+    states = [[cuda.to_device(np.zeros(FactorSlot(part=name).shape(s, hp), dtype))
+               if factored(s) == (name != "variances") else None for s in shapes]
+              for name in STATES]
+    traffic = sum(math.prod(s) * np.dtype(dtype).itemsize * (6 if factored(s) else 8)
+                  for s in shapes)
+    return (lambda: lrfast.adafactor_step(params, grads, *states, **hp)), traffic
 
 
 def prodigy_step(shapes, dtype, slice_p: int = 1, lr: float = 1.0):

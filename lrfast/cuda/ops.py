@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 
 from .._hparams import clip_coefficient
-from . import launch, layout, lowp_launch, norms, prodigy_reduction
+from . import adafactor_kernels, adafactor_layout, launch, layout, lowp_launch, norms, prodigy_reduction
 from .lowp_layout import LowpGroup
 from .optimizers import OPTIMIZERS as SIX
 from .optimizers_adaptive import OPTIMIZERS as ADAPTIVE
@@ -21,7 +21,7 @@ from .optimizers_lr_free import OPTIMIZERS as LR_FREE
 
 __all__ = ["sgd", "adam", "rmsprop", "adagrad", "adadelta", "lion", "schedulefree_sgd",
            "schedulefree_adamw", "schedulefree_lerp", "prodigy", "prodigy_reduce",
-           "nadam", "radam", "adamax", "global_norm", "clip_grad_norm", "clip_grad_value"]
+           "nadam", "radam", "adamax", "adafactor", "global_norm", "clip_grad_norm", "clip_grad_value"]
 
 OPTIMIZERS = {**SIX, **LR_FREE, **ADAPTIVE}
 
@@ -86,6 +86,15 @@ def prodigy_reduce(arrays: tuple, names: tuple, hparams: dict) -> tuple[float, f
     groups, stream = layout.prepare(arrays, names, grads_writeable=False,
                                     slice_p=int(hparams["slice_p"]))
     return prodigy_reduction.run(hparams, groups, stream)
+
+
+def adafactor(arrays: tuple, names: tuple, hparams: dict, check_only: bool = False) -> None:
+    """Adafactor's step over (params, grads, row_vars, col_vars, variances) on
+    the device, checked as the C++ path checks it (with `check_only`, checked
+    only); see lrfast.adafactor_step."""
+    groups, stream = adafactor_layout.prepare(arrays, names, hparams)
+    if not check_only:
+        adafactor_kernels.run(hparams, groups, stream)
 
 
 def global_norm(grads, norm_type: float) -> float:
