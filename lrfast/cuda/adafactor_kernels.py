@@ -11,9 +11,10 @@ launches per group, no host synchronisation:
    at eps1) and ``a_i = 1 / sqrt(R_i / rmean)``, all rounded to the
    arithmetic dtype as the reference rounds them;
 3. ``norm`` (one block per piece of a matrix): sum(u**2), ``u = g * min(a_i
-   b_j, 1 / eps1)``. It reads g again: folding it into pass 1 needs the
-   ``a_i`` of rows whose sums are not known yet, and the cap at ``1 / eps1``
-   makes it no sum of per-row and per-column terms anyway;
+   b_j, 1 / eps1)``. It reads g again (the CPU folds it into pass 1 where
+   no u reaches the cap, from per-column sums of g**2 / R_i: a second sweep
+   of each row; whether that pays on a GPU, whose L2 would serve the sweep,
+   waits for one to measure it);
    ``scale`` (one block per tensor): ``-max(eps2, RMS(p)) * rho / max(1,
    RMS(u) / d)``;
 4. ``update`` (one block per piece): ``p = p * decay + scale * u``.
