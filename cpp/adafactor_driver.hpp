@@ -2,8 +2,9 @@
 //
 // Each tensor is cut into chunks that depend only on its shape: a factored
 // one (matrices of rows x cols, the leading dims counted as `batch` of them)
-// into runs of whole rows of one matrix, about kAdafactorChunk elements each;
-// a full-variance one into runs of kAdafactorChunk elements. A chunk's sums
+// into runs of whole rows of one matrix, about kAdafactorChunk elements each
+// and at most kAdafactorMatrixChunks a matrix (each chunk's column sums are
+// added on their own: more chunks, more of that work); a full-variance one into runs of kAdafactorChunk elements. A chunk's sums
 // are added in chunk order, and a chunk's column sums land in a scratch slice
 // of its own, added per matrix in chunk order: every result has the bits of
 // any thread count.
@@ -32,6 +33,7 @@
 namespace lrfast {
 
 constexpr std::int64_t kAdafactorChunk = 1 << 18;
+constexpr std::int64_t kAdafactorMatrixChunks = 32;
 // Chunks below this count run on the calling thread.
 constexpr std::int64_t kAdafactorMinParallel = 2;
 
@@ -100,7 +102,7 @@ struct ChunkArrays {
 }  // namespace adafactor_detail
 
 // Column sums are added in blocks of this many columns, in parallel.
-constexpr std::int64_t kAdafactorColumnBlock = 4096;
+constexpr std::int64_t kAdafactorColumnBlock = 512;
 
 template <class T>
 void run_adafactor(const AdafactorKernels<T>& k, const AdafactorParams& hp,
@@ -123,7 +125,9 @@ void run_adafactor(const AdafactorKernels<T>& k, const AdafactorParams& hp,
         row_offset.push_back(n_rows);
         col_offset.push_back(n_col_rsqrt);
         if (x.factored) {
-            const std::int64_t step = std::max<std::int64_t>(1, kAdafactorChunk / x.cols);
+            const std::int64_t step = std::max<std::int64_t>(
+                {1, kAdafactorChunk / x.cols,
+                 (x.rows + kAdafactorMatrixChunks - 1) / kAdafactorMatrixChunks});
             for (std::int64_t b = 0; b < x.batch; ++b) {
                 matrices.push_back({t, chunks.size(), 0, b});
                 for (std::int64_t lo = 0; lo < x.rows; lo += step) {
@@ -144,7 +148,7 @@ void run_adafactor(const AdafactorKernels<T>& k, const AdafactorParams& hp,
     if (n_chunks == 0) return;
 
     std::vector<double> p_sq(chunks.size()), u_sq(chunks.size());
-    // The chunks' column sums of g^2, then of g^2 / R (5 MB for a 5000x4000
+    // The chunks' column sums of g^2, then of g^2 / R (2 MB for a 5000x4000
     // matrix), reused by this thread's calls rather than faulted in afresh;
     // workers reach it through the pointers (a thread_local named in the
     // lambda would be their own).

@@ -1128,19 +1128,20 @@ PYBIND11_MODULE(_core, m) {
 
     m.def(
         "stream",
-        [](const py::tuple& arrays, const py::tuple& names) {
+        [](const py::tuple& arrays, const py::tuple& names, bool write) {
             Collected c = collect(arrays, names, kParams, false);
             without_gil([&] {
                 const KernelTable& k = kernels();
-                if (!c.f32.params.empty()) run_stream(k.f32.stream, c.f32);
-                if (!c.f64.params.empty()) run_stream(k.f64.stream, c.f64);
-                if (!c.mixed32.tensors.empty()) run_stream(k.half.stream, c.mixed32);
-                if (!c.mixed64.tensors.empty()) run_stream(k.half.stream, c.mixed64);
+                if (!c.f32.params.empty()) run_stream(k.f32.stream, c.f32, write);
+                if (!c.f64.params.empty()) run_stream(k.f64.stream, c.f64, write);
+                if (!c.mixed32.tensors.empty()) run_stream(k.half.stream, c.mixed32, write);
+                if (!c.mixed64.tensors.empty()) run_stream(k.half.stream, c.mixed64, write);
             });
         },
-        py::arg("arrays"), py::arg("names"),
+        py::arg("arrays"), py::arg("names"), py::arg("write") = true,
         "The bandwidth probe: reads grads, reads and writes back (unchanged) params and\n"
-        "every state given, through the same blocks and threads as a step.");
+        "every state given, through the same blocks and threads as a step; write=False\n"
+        "only reads them (a reduction's pass).");
     m.def(
         "check",
         [](const py::tuple& arrays, const py::tuple& names, bool grads_writeable,

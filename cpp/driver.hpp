@@ -111,26 +111,27 @@ void run_update(MixedFn<P> kernel, const P& hp, const MixedBatch<T>& batch) {
 }
 
 // The bandwidth probe over the same arrays as an update: params and the
-// states in use are read and written, grads only read.
+// states in use are read and written (or, `write` false, read), grads read.
 template <class T>
-void run_stream(void (*kernel)(T* const*, int, const T*, std::int64_t), const Batch<T>& batch) {
+void run_stream(void (*kernel)(T* const*, int, const T*, std::int64_t, bool),
+                const Batch<T>& batch, bool write) {
     parallel_for(batch.blocks(), kMinParallelBlocks, [&](std::int64_t b) {
         for_each_piece(batch.offsets, b, [&](std::int64_t t, std::int64_t lo, std::int64_t hi) {
             T* x[4] = {batch.params[t] + lo};
             int k = 1;
             for (const auto& state : batch.states)
                 if (!state.empty()) x[k++] = state[t] + lo;
-            kernel(x, k, batch.grads[t] + lo, hi - lo);
+            kernel(x, k, batch.grads[t] + lo, hi - lo, write);
         });
     });
 }
 
 template <class T>
-void run_stream(void (*kernel)(const Operand*, std::int64_t, std::int64_t),
-                const MixedBatch<T>& batch) {
+void run_stream(void (*kernel)(const Operand*, std::int64_t, std::int64_t, bool),
+                const MixedBatch<T>& batch, bool write) {
     parallel_for(batch.blocks(), kMinParallelBlocks, [&](std::int64_t b) {
         for_each_mixed_piece(batch, b, [&](const MixedTensor& tensor, std::int64_t lo,
-                                           std::int64_t n) { kernel(tensor.x, lo, n); });
+                                           std::int64_t n) { kernel(tensor.x, lo, n, write); });
     });
 }
 

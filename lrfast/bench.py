@@ -127,7 +127,6 @@ class Problem:
                       + 2 * sum(x.nbytes for states in self.states for x in states))
         if name == "prodigy":  # p0 is only read; the reduction reads grad and param again
             self.bytes += self.dtype.itemsize * self.elements
-        self.probe_bytes = self.bytes  # what stream() moves
 
     @property
     def label(self) -> str:
@@ -202,9 +201,10 @@ class AdafactorProblem(Problem):
     24 where some element of U is capped at 1 / eps1, which these random
     grads never are: a third pass reads the grad); a vector's grad, param and
     variance read and the variance written, then grad, param and variance
-    read and the param written (32). The probe moves 24 and 32 bytes: two
-    passes over (param, grad), or one over (param, grad, variance) and one
-    over (variance, grad); its bandwidth bounds the step's 20 and 32."""
+    read and the param written (32). The probe moves as many bytes: (param,
+    grad) read, then read and the param written back; or (param, grad,
+    variance) read and param and variance written back, then (variance,
+    grad) read and the variance written back."""
 
     def __init__(self, name: str, shapes, dtype, state_dtype=None):
         if state_dtype not in (None, str(dtype)):
@@ -222,11 +222,8 @@ class AdafactorProblem(Problem):
              for s, f in zip(shapes, factored)],
             [None if f else np.zeros(s, self.dtype) for s, f in zip(shapes, factored)]]
         self.elements = sum(math.prod(s) for s in shapes)
-
-        def traffic(factored_bytes):
-            return sum(self.dtype.itemsize * math.prod(s) * (factored_bytes if f else 8)
-                       for s, f in zip(shapes, factored))
-        self.bytes, self.probe_bytes = traffic(5), traffic(6)
+        self.bytes = sum(self.dtype.itemsize * math.prod(s) * (5 if f else 8)
+                         for s, f in zip(shapes, factored))
         self._factored = [(p, g) for p, g, f in zip(self.params, self.grads, factored) if f]
         self._full = [(p, g, v) for p, g, v, f in zip(self.params, self.grads, self.states[2],
                                                       factored) if not f]
@@ -238,8 +235,8 @@ class AdafactorProblem(Problem):
     def stream(self):
         if self._factored:
             ps, gs = map(list, zip(*self._factored))
-            for _ in range(2):
-                _core.stream((ps, gs), ("params", "grads"))
+            _core.stream((ps, gs), ("params", "grads"), False)
+            _core.stream((ps, gs), ("params", "grads"))
         if self._full:
             ps, gs, vs = map(list, zip(*self._full))
             _core.stream((ps, gs, vs), ("params", "grads", "variances"))
@@ -335,9 +332,8 @@ def _row(optimizer, layout, problem, t, traffic, torch_impl) -> dict:
                 tensors=len(problem.shapes), elements=problem.elements, time_s=step,
                 bytes_per_element=traffic / problem.elements,
                 gelem_s=problem.elements / step / 1e9, gbytes_s=traffic / step / 1e9,
-                bandwidth_gbs=None if probe is None else problem.probe_bytes / probe / 1e9,
-                pct_of_bandwidth=None if probe is None
-                else 100 * probe * problem.bytes / problem.probe_bytes / step,
+                bandwidth_gbs=None if probe is None else problem.bytes / probe / 1e9,
+                pct_of_bandwidth=None if probe is None else 100 * probe / step,
                 vs_reference=t["numpy"] / step if "numpy" in t else None,
                 vs_torch=t["torch"] / step if "torch" in t else None, torch_impl=torch_impl,
                 state_bytes_per_param=sum(x.nbytes for states in problem.states

@@ -52,8 +52,7 @@ COLUMNS = [
            "20 for a matrix: gradient and parameter read twice, the parameter written)"),
     Column("probe GB/s", 10, lambda r: _number(r["bandwidth_gbs"], ".1f"), ""),  # see PROBES
     Column("% of probe", 10, lambda r: _number(r["pct_of_bandwidth"], ".0f"),
-           "the probe's time over the step's, in percent (Adafactor's probe moves 24 "
-           "bytes for its 20: scaled by 20 / 24): how close the step comes to "
+           "the probe's time over the step's, in percent: how close the step comes to "
            "the memory bound. The step and the probe are timed in separate samples "
            "(interleaved on the CPU) on a machine whose speed moves from moment to moment; where "
            "both run at memory speed (the largest sizes) that noise puts the ratio a few "

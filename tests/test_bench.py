@@ -5,6 +5,7 @@ import json
 import sys
 import types
 
+import numpy as np
 import pytest
 
 from lrfast import bench, bench_table
@@ -163,3 +164,40 @@ def test_bench_json_records_the_machine_and_the_options(tmp_path):
     assert {"cpu", "cores", "isa", "threads", "date", "libraries"} <= set(result["machine"])
     assert result["options"]["sizes"] == [1000] and result["options"]["json"] == str(out)
     assert result["rows"][0]["bytes_per_element"] == 20  # SGD with momentum in float32
+
+
+def _snapshot(problem):
+    arrays = problem.params + problem.grads + [x for s in problem.states for x in s if x is not None]
+    return [b"".join(a.tobytes() for a in (getattr(x, "codes", x), getattr(x, "absmax", x)))
+            for x in arrays]
+
+
+@pytest.mark.parametrize("dtype,state_dtype", [("float32", None), ("float64", None),
+                                               ("bfloat16", None), ("float32", "q8"),
+                                               ("bfloat16", "q4")])
+@pytest.mark.parametrize("write", [True, False])
+def test_the_probe_leaves_every_array_as_it_was(dtype, state_dtype, write):
+    """The bandwidth probe reads (and writes back) the arrays of a step without
+    changing a bit of them, read only or not, on every storage."""
+    from lrfast import _core
+
+    problem = bench.Problem("adam", [(7,), (1000,), (4099,)], dtype, state_dtype)
+    for states in problem.states:  # non-zero bits in every array
+        for p, x in zip(problem.params, states):
+            if isinstance(x, np.ndarray):
+                x[...] = p
+            else:
+                x.codes[...] = np.arange(x.codes.size).astype(np.uint8)
+                x.absmax[...] = 0.5
+    before = _snapshot(problem)
+    names = ("params", "grads") + problem.state_names
+    _core.stream(tuple([problem.params, problem.grads] + problem.states), names, write)
+    assert _snapshot(problem) == before
+
+
+def test_adafactor_probe_moves_its_step_bytes_and_leaves_the_arrays():
+    problem = bench.AdafactorProblem("adafactor", [(300, 40), (17,)], "float32")
+    assert problem.bytes == 4 * (5 * 300 * 40 + 8 * 17)
+    before = _snapshot(problem)
+    problem.stream()
+    assert _snapshot(problem) == before

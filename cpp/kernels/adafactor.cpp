@@ -54,18 +54,26 @@ struct Lerp {
 
 constexpr std::int64_t kWeightRun = 16;
 
+// g * grad_scale, the multiply left out where grad_scale is 1 (x * 1 == x):
+// a quarter of pass 1's arithmetic, which is as long as its memory traffic.
+template <class T, bool SCALED>
+struct GradScale {
+    T s;
+    T operator()(T g) const { return SCALED ? g * s : g; }
+};
+
 // Row r's squares go to lane j = c mod kLanes of its row sum and to column
 // c's sum, each square computed once; then, the row's factor known, a second
 // sweep over the row (from cache) adds g^2 / R_r to column c's run in `run`
 // (cols long, T), which goes to col_weights every kWeightRun rows. The
 // chunk's col_sums and col_weights start at zero here. (Plain loops, no
 // lambda: GCC vectorises the rounds of kLanes only so.)
-template <class T>
-double adafactor_rows(const AdafactorParams& hp, const T* __restrict p, const T* __restrict g,
-                      std::int64_t rows, std::int64_t cols, T* __restrict row_var,
-                      double* __restrict col_sums, double* __restrict col_weights,
-                      T* __restrict run) {
-    const T gs = T(hp.grad_scale);
+template <class T, bool SCALED>
+static double rows_pass(const AdafactorParams& hp, const T* __restrict p, const T* __restrict g,
+                        std::int64_t rows, std::int64_t cols, T* __restrict row_var,
+                        double* __restrict col_sums, double* __restrict col_weights,
+                        T* __restrict run) {
+    const GradScale<T, SCALED> gs{T(hp.grad_scale)};
     const Lerp<T> lerp(hp.beta2_weight);
     for (std::int64_t c = 0; c < cols; ++c) {
         col_sums[c] = 0.0;
@@ -80,13 +88,13 @@ double adafactor_rows(const AdafactorParams& hp, const T* __restrict p, const T*
         std::int64_t c = 0;
         for (; c + kLanes <= cols; c += kLanes)
             for (int j = 0; j < kLanes; ++j) {
-                const double x = double(pr[c + j]), d = double(gr[c + j] * gs), sq = d * d;
+                const double x = double(pr[c + j]), d = double(gs(gr[c + j])), sq = d * d;
                 p_sq[j] += x * x;
                 g_sq[j] += sq;
                 col_sums[c + j] += sq;
             }
         for (int j = 0; c + j < cols; ++j) {
-            const double x = double(pr[c + j]), d = double(gr[c + j] * gs), sq = d * d;
+            const double x = double(pr[c + j]), d = double(gs(gr[c + j])), sq = d * d;
             p_sq[j] += x * x;
             g_sq[j] += sq;
             col_sums[c + j] += sq;
@@ -96,7 +104,7 @@ double adafactor_rows(const AdafactorParams& hp, const T* __restrict p, const T*
         row_var[r] = factor;
         const T q = T(1.0 / double(factor));
         for (std::int64_t c = 0; c < cols; ++c) {
-            const T d = gr[c] * gs;
+            const T d = gs(gr[c]);
             run[c] += (d * d) * q;
         }
         if ((r + 1) % kWeightRun == 0 || r + 1 == rows)
@@ -106,6 +114,15 @@ double adafactor_rows(const AdafactorParams& hp, const T* __restrict p, const T*
             }
     }
     return fold_lanes(p_sq);
+}
+
+template <class T>
+double adafactor_rows(const AdafactorParams& hp, const T* p, const T* g, std::int64_t rows,
+                      std::int64_t cols, T* row_var, double* col_sums, double* col_weights,
+                      T* run) {
+    if (hp.grad_scale == 1.0)
+        return rows_pass<T, false>(hp, p, g, rows, cols, row_var, col_sums, col_weights, run);
+    return rows_pass<T, true>(hp, p, g, rows, cols, row_var, col_sums, col_weights, run);
 }
 
 template <class T>
@@ -164,18 +181,19 @@ double adafactor_factored_norm(const AdafactorParams& hp, const T* __restrict g,
 
 // decay multiplies only when weight_decay != 0, as torch's mul_ (a multiply
 // by 1 would be exact anyway).
-template <class T, bool DECAY>
+template <class T, bool DECAY, bool SCALED>
 static void factored_apply(const AdafactorParams& hp, T* __restrict p, const T* __restrict g,
                            std::int64_t rows, std::int64_t cols, const T* __restrict row_rsqrt,
                            const T* __restrict col_rsqrt, double eps1, double scale) {
-    const T gs = T(hp.grad_scale), cap = T(1.0 / eps1);
+    const GradScale<T, SCALED> gs{T(hp.grad_scale)};
+    const T cap = T(1.0 / eps1);
     const T decay = T(1.0 - hp.lr * hp.weight_decay), s = T(scale);
     for (std::int64_t r = 0; r < rows; ++r) {
         T* __restrict pr = p + r * cols;
         const T* __restrict gr = g + r * cols;
         const T a = row_rsqrt[r];
         for (std::int64_t c = 0; c < cols; ++c) {
-            const T u = factored_u(gr[c] * gs, a, col_rsqrt[c], cap);
+            const T u = factored_u(gs(gr[c]), a, col_rsqrt[c], cap);
             const T x = DECAY ? pr[c] * decay : pr[c];
             pr[c] = x + s * u;
         }
@@ -186,10 +204,10 @@ template <class T>
 void adafactor_factored_apply(const AdafactorParams& hp, T* p, const T* g, std::int64_t rows,
                               std::int64_t cols, const T* row_rsqrt, const T* col_rsqrt,
                               double eps1, double scale) {
-    if (hp.weight_decay != 0)
-        factored_apply<T, true>(hp, p, g, rows, cols, row_rsqrt, col_rsqrt, eps1, scale);
-    else
-        factored_apply<T, false>(hp, p, g, rows, cols, row_rsqrt, col_rsqrt, eps1, scale);
+    const bool decay = hp.weight_decay != 0, scaled = hp.grad_scale != 1.0;
+    auto apply = decay ? (scaled ? factored_apply<T, true, true> : factored_apply<T, true, false>)
+                       : (scaled ? factored_apply<T, false, true> : factored_apply<T, false, false>);
+    apply(hp, p, g, rows, cols, row_rsqrt, col_rsqrt, eps1, scale);
 }
 
 template <class T, bool DECAY>

@@ -109,7 +109,7 @@ inline double fold_lanes(double* acc) {
 NormPartial half_norm(const Operand& x, std::int64_t lo, std::int64_t n, NormKind kind, double p);
 void half_scale(const Operand& x, std::int64_t lo, std::int64_t n, double factor);
 void half_clamp(const Operand& x, std::int64_t lo, std::int64_t n, double limit);
-void mixed_stream(const Operand* x, std::int64_t lo, std::int64_t n);
+void mixed_stream(const Operand* x, std::int64_t lo, std::int64_t n, bool write);
 
 template <class T>
 NormPartial norm_partial(const T* x, std::int64_t n, NormKind kind, double p);
@@ -118,7 +118,7 @@ void scale(T* x, std::int64_t n, double factor);
 template <class T>
 void clamp(T* x, std::int64_t n, double limit);
 template <class T>
-void stream(T* const* x, int k, const T* g, std::int64_t n);
+void stream(T* const* x, int k, const T* g, std::int64_t n, bool write);
 
 }  // namespace lrfast::LRFAST_ISA_NS
 

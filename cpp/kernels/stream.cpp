@@ -4,10 +4,26 @@
 // read-write arrays, through the same blocks and threads. It writes
 // x + 0 * g: the values stay as they were (for finite g), so the probe can run
 // between the steps it is compared with, and the compiler may not drop the
-// read of g (0 * g is NaN for an infinite g; no fast-math here).
+// read of g (0 * g is NaN for an infinite g; no fast-math here). Read only
+// (`write` false: a reduction's pass), it sums every array in kLanes lanes
+// and stores the sum to a volatile, so the compiler keeps every read.
 #include "kernel.hpp"
 
 namespace lrfast::LRFAST_ISA_NS {
+
+static thread_local volatile double t_sink;
+
+template <class T>
+static T lane_sum(const T* __restrict a, std::int64_t n) {
+    T acc[kLanes] = {};
+    std::int64_t i = 0;
+    for (; i + kLanes <= n; i += kLanes)
+        for (int j = 0; j < kLanes; ++j) acc[j] += a[i + j];
+    for (; i < n; ++i) acc[0] += a[i];
+    T total = T(0);
+    for (int j = 0; j < kLanes; ++j) total += acc[j];
+    return total;
+}
 
 template <class T>
 static void stream1(const T* __restrict g, T* __restrict a, std::int64_t n) {
@@ -34,7 +50,13 @@ static void stream3(const T* __restrict g, T* __restrict a, T* __restrict b, T* 
 
 // x[0..k) are the read-write arrays (param and used states, k <= 4).
 template <class T>
-void stream(T* const* x, int k, const T* g, std::int64_t n) {
+void stream(T* const* x, int k, const T* g, std::int64_t n, bool write) {
+    if (!write) {
+        T total = lane_sum(g, n);
+        for (int j = 0; j < k; ++j) total += lane_sum(x[j], n);
+        t_sink = double(total);
+        return;
+    }
     switch (k) {
         case 1: stream1(g, x[0], n); break;
         case 2: stream2(g, x[0], x[1], n); break;
@@ -45,7 +67,7 @@ void stream(T* const* x, int k, const T* g, std::int64_t n) {
     }
 }
 
-template void stream<float>(float* const*, int, const float*, std::int64_t);
-template void stream<double>(double* const*, int, const double*, std::int64_t);
+template void stream<float>(float* const*, int, const float*, std::int64_t, bool);
+template void stream<double>(double* const*, int, const double*, std::int64_t, bool);
 
 }  // namespace lrfast::LRFAST_ISA_NS

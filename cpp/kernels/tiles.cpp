@@ -170,7 +170,41 @@ static void grad_words(const void* data, std::int64_t lo, std::uint32_t zero,
     for (std::int64_t i = 0; i < m; ++i) mask[i] = std::uint32_t(g[i]) & zero;
 }
 
-void mixed_stream(const Operand* x, std::int64_t lo, std::int64_t n) {
+// Read only: every operand's words folded by xor into a volatile.
+static thread_local volatile std::uint64_t t_fold;
+
+template <class W>
+static std::uint64_t fold_words(const void* data, std::int64_t lo, std::int64_t m) {
+    const W* __restrict a = static_cast<const W*>(data) + lo;
+    W acc = 0;
+    for (std::int64_t i = 0; i < m; ++i) acc ^= a[i];
+    return acc;
+}
+
+static std::uint64_t fold_operand(const Operand& x, std::int64_t lo, std::int64_t n) {
+    switch (x.storage) {
+        case Storage::f64: return fold_words<std::uint64_t>(x.data, lo, n);
+        case Storage::f32: return fold_words<std::uint32_t>(x.data, lo, n);
+        case Storage::q8_signed:
+        case Storage::q8_unsigned:
+            return fold_words<std::uint8_t>(x.data, lo, n) ^
+                   fold_words<std::uint32_t>(x.absmax, lo / kQ8Block, (n + kQ8Block - 1) / kQ8Block);
+        case Storage::q4_signed:
+        case Storage::q4_unsigned:
+            return fold_words<std::uint8_t>(x.data, lo / 2, (n + 1) / 2) ^
+                   fold_words<std::uint32_t>(x.absmax, lo / kQ4Block, (n + kQ4Block - 1) / kQ4Block);
+        default: return fold_words<std::uint16_t>(x.data, lo, n);
+    }
+}
+
+void mixed_stream(const Operand* x, std::int64_t lo, std::int64_t n, bool write) {
+    if (!write) {
+        std::uint64_t fold = 0;
+        for (int k = 0; k < kOperands; ++k)
+            if (x[k].data != nullptr) fold ^= fold_operand(x[k], lo, n);
+        t_fold = fold;
+        return;
+    }
     const std::uint32_t zero = g_zero;
     alignas(64) std::uint32_t mask[kTile];
     for (std::int64_t at = 0; at < n; at += kTile) {

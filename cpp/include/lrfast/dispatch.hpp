@@ -123,7 +123,8 @@ struct TypedKernels {
     NormPartial (*norm)(const T*, std::int64_t, NormKind, double p);
     void (*scale)(T*, std::int64_t, double factor);        // x *= factor
     void (*clamp)(T*, std::int64_t, double limit);         // x = clamp(x, -limit, limit)
-    void (*stream)(T* const*, int k, const T*, std::int64_t);  // x[j] += 0 * g: bandwidth probe
+    // The bandwidth probe: x[j] += 0 * g, or (write false) x[j] and g only read.
+    void (*stream)(T* const*, int k, const T*, std::int64_t, bool write);
 };
 
 // Updates of mixed tensors, computed in T on tiles converted from storage.
@@ -143,8 +144,9 @@ struct HalfKernels {
     NormPartial (*norm)(const Operand&, std::int64_t lo, std::int64_t n, NormKind, double p);
     void (*scale)(const Operand&, std::int64_t lo, std::int64_t n, double factor);
     void (*clamp)(const Operand&, std::int64_t lo, std::int64_t n, double limit);
-    // Reads x[1] (the grad), reads and writes back the other non-null operands.
-    void (*stream)(const Operand* x, std::int64_t lo, std::int64_t n);
+    // Reads x[1] (the grad), reads and writes back the other non-null operands
+    // (write false: only reads them).
+    void (*stream)(const Operand* x, std::int64_t lo, std::int64_t n, bool write);
 };
 
 struct KernelTable {
