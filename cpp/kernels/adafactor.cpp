@@ -62,17 +62,57 @@ struct GradScale {
     T operator()(T g) const { return SCALED ? g * s : g; }
 };
 
-// Row r's squares go to lane j = c mod kLanes of its row sum and to column
-// c's sum, each square computed once; then, the row's factor known, a second
-// sweep over the row (from cache) adds g^2 / R_r to column c's run in `run`
-// (cols long, T), which goes to col_weights every kWeightRun rows. The
-// chunk's col_sums and col_weights start at zero here. (Plain loops, no
-// lambda: GCC vectorises the rounds of kLanes only so.)
+// Rows of a pass-1 chunk go N at a time (N = 2, and 1 for an odd last row),
+// so each column sum is loaded and stored once per N rows; the adds keep row
+// order. For each row: its squares go to lane j = c mod kLanes of its sum and
+// to column c's sum (and the param's to the lanes of p_sq); its factor then
+// known, a second sweep over the rows (from cache) adds g^2 / R_r to column
+// c's run in `run` (cols long, T), which goes to col_weights every kWeightRun
+// rows. (Plain loops, no lambda: GCC vectorises the rounds of kLanes only so.)
+template <class T, bool SCALED, int N>
+static void row_group(const GradScale<T, SCALED>& gs, const Lerp<T>& lerp,
+                      const T* __restrict p, const T* __restrict g, std::int64_t cols,
+                      T* __restrict row_var, double* __restrict col_sums, T* __restrict run,
+                      double* __restrict p_sq) {
+    double g_sq[N][kLanes] = {};
+    std::int64_t c = 0;
+    for (; c + kLanes <= cols; c += kLanes)
+        for (int j = 0; j < kLanes; ++j) {
+            double col = col_sums[c + j];
+            for (int n = 0; n < N; ++n) {
+                const double x = double(p[n * cols + c + j]), d = double(gs(g[n * cols + c + j]));
+                p_sq[j] += x * x;
+                g_sq[n][j] += d * d;
+                col += d * d;
+            }
+            col_sums[c + j] = col;
+        }
+    for (int j = 0; c + j < cols; ++j)
+        for (int n = 0; n < N; ++n) {
+            const double x = double(p[n * cols + c + j]), d = double(gs(g[n * cols + c + j]));
+            p_sq[j] += x * x;
+            g_sq[n][j] += d * d;
+            col_sums[c + j] += d * d;
+        }
+    T q[N];
+    for (int n = 0; n < N; ++n) {
+        row_var[n] = lerp(row_var[n], T(fold_lanes(g_sq[n]) / double(cols)));
+        q[n] = T(1.0 / double(row_var[n]));
+    }
+    for (c = 0; c < cols; ++c) {
+        T weight = run[c];
+        for (int n = 0; n < N; ++n) {
+            const T d = gs(g[n * cols + c]);
+            weight += (d * d) * q[n];
+        }
+        run[c] = weight;
+    }
+}
+
 template <class T, bool SCALED>
-static double rows_pass(const AdafactorParams& hp, const T* __restrict p, const T* __restrict g,
-                        std::int64_t rows, std::int64_t cols, T* __restrict row_var,
-                        double* __restrict col_sums, double* __restrict col_weights,
-                        T* __restrict run) {
+static double rows_pass(const AdafactorParams& hp, const T* p, const T* g, std::int64_t rows,
+                        std::int64_t cols, T* row_var, double* __restrict col_sums,
+                        double* __restrict col_weights, T* __restrict run) {
     const GradScale<T, SCALED> gs{T(hp.grad_scale)};
     const Lerp<T> lerp(hp.beta2_weight);
     for (std::int64_t c = 0; c < cols; ++c) {
@@ -81,33 +121,15 @@ static double rows_pass(const AdafactorParams& hp, const T* __restrict p, const 
         run[c] = T(0);
     }
     double p_sq[kLanes] = {};
-    for (std::int64_t r = 0; r < rows; ++r) {
-        const T* __restrict pr = p + r * cols;
-        const T* __restrict gr = g + r * cols;
-        double g_sq[kLanes] = {};
-        std::int64_t c = 0;
-        for (; c + kLanes <= cols; c += kLanes)
-            for (int j = 0; j < kLanes; ++j) {
-                const double x = double(pr[c + j]), d = double(gs(gr[c + j])), sq = d * d;
-                p_sq[j] += x * x;
-                g_sq[j] += sq;
-                col_sums[c + j] += sq;
-            }
-        for (int j = 0; c + j < cols; ++j) {
-            const double x = double(pr[c + j]), d = double(gs(gr[c + j])), sq = d * d;
-            p_sq[j] += x * x;
-            g_sq[j] += sq;
-            col_sums[c + j] += sq;
-        }
-        const T mean = T(fold_lanes(g_sq) / double(cols));
-        const T factor = lerp(row_var[r], mean);
-        row_var[r] = factor;
-        const T q = T(1.0 / double(factor));
-        for (std::int64_t c = 0; c < cols; ++c) {
-            const T d = gs(gr[c]);
-            run[c] += (d * d) * q;
-        }
-        if ((r + 1) % kWeightRun == 0 || r + 1 == rows)
+    for (std::int64_t r = 0; r < rows;) {
+        const std::int64_t n = rows - r >= 2 ? 2 : 1;
+        const std::int64_t at = r * cols;
+        if (n == 2)
+            row_group<T, SCALED, 2>(gs, lerp, p + at, g + at, cols, row_var + r, col_sums, run, p_sq);
+        else
+            row_group<T, SCALED, 1>(gs, lerp, p + at, g + at, cols, row_var + r, col_sums, run, p_sq);
+        r += n;
+        if (r % kWeightRun == 0 || r == rows)
             for (std::int64_t c = 0; c < cols; ++c) {
                 col_weights[c] += double(run[c]);
                 run[c] = T(0);
