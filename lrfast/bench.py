@@ -201,28 +201,31 @@ class AdafactorProblem(Problem):
     24 where some element of U is capped at 1 / eps1, which these random
     grads never are: a third pass reads the grad); a vector's grad, param and
     variance read and the variance written, then grad, param and variance
-    read and the param written (32). The probe moves as many bytes: (param,
-    grad) read, then read and the param written back; or (param, grad,
-    variance) read and param and variance written back, then (variance,
-    grad) read and the variance written back."""
+    read and the param written (32; 22 for 16-bit params, whose states are
+    float32). The probe reads and writes what the step does: the arrays read,
+    then read and the param (and a vector's variance) written back."""
 
     def __init__(self, name: str, shapes, dtype, state_dtype=None):
-        if state_dtype not in (None, str(dtype)):
-            raise ValueError("Adafactor's states have the params' dtype")
         self.name, self.shapes, self.dtype = name, shapes, numpy_dtype(str(dtype))
-        self.low_bit, self.state_dtype = None, self.dtype
+        # the params' dtype, float32 for 16-bit params (as the step takes them)
+        self.low_bit = None
+        self.state_dtype = self.dtype if self.dtype.itemsize >= 4 else np.dtype(np.float32)
+        if state_dtype not in (None, self.state_dtype.name):
+            raise ValueError(f"Adafactor's states for {self.dtype.name} params are "
+                             f"{self.state_dtype.name}")
         self.hp, self.state_names, self.torch_name = CONFIGS[name]
         rng = np.random.default_rng(0)
         self.params = [rng.standard_normal(s, dtype=np.float32).astype(self.dtype) for s in shapes]
         self.grads = [rng.standard_normal(s, dtype=np.float32).astype(self.dtype) for s in shapes]
         factored = [len(s) >= 2 for s in shapes]
+        sd = self.state_dtype
         self.states = [
-            [np.zeros(s[:-1] + (1,), self.dtype) if f else None for s, f in zip(shapes, factored)],
-            [np.zeros(s[:-2] + (1,) + s[-1:], self.dtype) if f else None
-             for s, f in zip(shapes, factored)],
-            [None if f else np.zeros(s, self.dtype) for s, f in zip(shapes, factored)]]
+            [np.zeros(s[:-1] + (1,), sd) if f else None for s, f in zip(shapes, factored)],
+            [np.zeros(s[:-2] + (1,) + s[-1:], sd) if f else None for s, f in zip(shapes, factored)],
+            [None if f else np.zeros(s, sd) for s, f in zip(shapes, factored)]]
         self.elements = sum(math.prod(s) for s in shapes)
-        self.bytes = sum(self.dtype.itemsize * math.prod(s) * (5 if f else 8)
+        item, state_item = self.dtype.itemsize, sd.itemsize
+        self.bytes = sum(math.prod(s) * (5 * item if f else 5 * item + 3 * state_item)
                          for s, f in zip(shapes, factored))
         self._factored = [(p, g) for p, g, f in zip(self.params, self.grads, factored) if f]
         self._full = [(p, g, v) for p, g, v, f in zip(self.params, self.grads, self.states[2],
@@ -239,8 +242,8 @@ class AdafactorProblem(Problem):
             _core.stream((ps, gs), ("params", "grads"))
         if self._full:
             ps, gs, vs = map(list, zip(*self._full))
+            _core.stream((ps, gs, vs), ("params", "grads", "variances"), False)
             _core.stream((ps, gs, vs), ("params", "grads", "variances"))
-            _core.stream((vs, gs), ("params", "grads"))
 
 
 def _function(impl: str, name: str):

@@ -201,3 +201,14 @@ def test_adafactor_probe_moves_its_step_bytes_and_leaves_the_arrays():
     before = _snapshot(problem)
     problem.stream()
     assert _snapshot(problem) == before
+
+
+def test_adafactor_bench_takes_16bit_params_with_float32_states():
+    problem = bench.AdafactorProblem("adafactor", [(30, 40), (17,)], "bfloat16")
+    assert [x.dtype.name for s in problem.states for x in s if x is not None] == ["float32"] * 3
+    assert problem.bytes == 5 * 2 * 30 * 40 + (5 * 2 + 3 * 4) * 17
+    before = _snapshot(problem)
+    problem.stream()
+    assert _snapshot(problem) == before
+    problem.step("lrfast")
+    assert _snapshot(problem) != before
