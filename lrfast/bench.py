@@ -156,6 +156,15 @@ class Problem:
                                           grad_scale=grad_scale)
 
     def stream(self):
+        if self.name == "prodigy":
+            # its two passes' reads: (param, grad, p0, s), then (param, grad, m,
+            # v); its writes but s's (the probe streams three states at most)
+            ss, p0s, ms, vs = self.states
+            _core.stream((self.params, self.grads, ss, p0s), ("params", "grads", "ss", "p0s"),
+                         False)
+            _core.stream((self.params, self.grads, ms, vs),
+                         ("params", "grads", "exp_avgs", "exp_avg_sqs"))
+            return
         names = ("params", "grads") + self.state_names
         _core.stream(tuple([self.params, self.grads] + self.states), names)
 
@@ -262,9 +271,7 @@ def measure(name, label, shapes, dtype, with_reference, with_torch, busy, report
         report("making the arrays")
     problem = (AdafactorProblem if name == "adafactor" else Problem)(name, shapes, dtype,
                                                                      state_dtype)
-    fns = {"lrfast": lambda: problem.step("lrfast")}
-    if name != "prodigy":  # the probe moves each array once: it has no model of two passes
-        fns["probe"] = problem.stream
+    fns = {"lrfast": lambda: problem.step("lrfast"), "probe": problem.stream}
     if with_reference:
         fns["numpy"] = lambda: problem.step("numpy")
     torch_impl = None

@@ -57,8 +57,8 @@ COLUMNS = [
            "(interleaved on the CPU) on a machine whose speed moves from moment to moment; where "
            "both run at memory speed (the largest sizes) that noise puts the ratio a few "
            "points either side of 100, so above 100 is noise, not a step faster than "
-           "memory. Small sizes are dominated by the cost of the call. - for prodigy: "
-           "the probe has no model of its two passes"),
+           "memory. Small sizes are dominated by the cost of the call. Prodigy's and "
+           "Adafactor's probes read what their two passes read"),
     Column("state B/param", 13, lambda r: _number(r.get("state_bytes_per_param"), ".4g"),
            "bytes of optimizer state per parameter (Adam in float32: 8; Adafactor keeps "
            "a row and a column factor per matrix: 5000x4000 holds 9000 floats, "

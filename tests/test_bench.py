@@ -212,3 +212,13 @@ def test_adafactor_bench_takes_16bit_params_with_float32_states():
     assert _snapshot(problem) == before
     problem.step("lrfast")
     assert _snapshot(problem) != before
+
+
+def test_prodigy_has_a_probe_of_its_two_passes():
+    problem = bench.Problem("prodigy", [(1000,), (7,)], "float32")
+    before = _snapshot(problem)
+    problem.stream()
+    assert _snapshot(problem) == before
+    rows = bench.measure("prodigy", "1x1000", [(1000,)], "float32", with_reference=False,
+                         with_torch=False, busy=None)
+    assert rows[0]["pct_of_bandwidth"] > 0
