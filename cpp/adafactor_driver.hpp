@@ -165,7 +165,7 @@ void run_adafactor(const AdafactorKernels<T>& k, const AdafactorParams& hp,
             const std::int64_t first = (c.b * x.rows + c.lo) * x.cols;
             const adafactor_detail::ChunkArrays<T> a(k, x, first, (c.hi - c.lo) * x.cols, true);
             thread_local std::vector<T> run;
-            run.resize(std::size_t(x.cols));
+            run.resize(std::size_t(2 * x.cols));
             p_sq[std::size_t(i)] =
                 k.rows(hp, a.p, a.g, c.hi - c.lo, x.cols, x.row_var + c.b * x.rows + c.lo,
                        col_sums + c.col_offset, col_weights + c.col_offset, run.data());

@@ -61,9 +61,10 @@ def adafactor_step(params: Tensors, grads: Tensors, row_vars, col_vars, variance
     ``rmean * sum_j (sum_i g_ij**2 / R_i) / C_j``, the same value as summing
     ``U**2`` where no element of ``U`` reaches the cap ``1 / eps1``; where
     one does (a row of zero gradients, a large ``eps[0]``), a pass between
-    the two sums ``U**2`` itself. Sums run in float64 (those of ``g**2 /
-    R_i`` in the param's dtype over 16 rows, then in float64) over ranges
-    fixed by the shapes: the result is bitwise the same for any thread count
+    the two sums ``U**2`` itself. Pass 1 sums its squares in the param's
+    dtype over runs of 16 (256 columns along a row, 16 rows down a column),
+    then in float64; the other sums run in float64; all over ranges fixed by
+    the shapes: the result is bitwise the same for any thread count
     and ISA, and on the CUDA path (device arrays) for any grid size.
 
     >>> import numpy as np, lrfast

@@ -16,12 +16,13 @@
 //      driver skips this pass, a read of the grad;
 //   3. the update p = p * decay + scale * u.
 //
-// Every sum runs in double, over kLanes lanes folded in a fixed order (or, for
-// the columns, row after row), on ranges that depend only on the shapes: the
-// bits are those of any thread count and ISA. The columns' sums of g^2 / R_i
-// run in T over kWeightRun rows at a time before they are added in double:
-// they only scale the update through RMS(u), where a relative error of
-// kWeightRun ulps is invisible.
+// Every sum runs over kLanes lanes folded in a fixed order (or, for the
+// columns, row after row), on ranges that depend only on the shapes: the bits
+// are those of any thread count and ISA. Pass 1 sums its squares in T over
+// short runs (kRounds rounds of lanes along a row, kWeightRun rows down a
+// column), then in double: a run's error is a few ulps of T at most, as
+// torch's own float32 sums, and the factors it makes are rounded to T anyway.
+// The other sums run in double.
 #include "convert.hpp"
 
 namespace lrfast::LRFAST_ISA_NS {
@@ -62,37 +63,53 @@ struct GradScale {
     T operator()(T g) const { return SCALED ? g * s : g; }
 };
 
+// Squares are summed in T over kRounds rounds of kLanes (a lane's run of
+// kRounds terms), then in double: a run's rounding error is kRounds ulps at
+// most, below the float32 rounding of the factors they make, for half the
+// arithmetic of converting every square.
+constexpr int kRounds = 16;
+
 // Rows of a pass-1 chunk go N at a time (N = 2, and 1 for an odd last row),
-// so each column sum is loaded and stored once per N rows; the adds keep row
-// order. For each row: its squares go to lane j = c mod kLanes of its sum and
-// to column c's sum (and the param's to the lanes of p_sq); its factor then
-// known, a second sweep over the rows (from cache) adds g^2 / R_r to column
-// c's run in `run` (cols long, T), which goes to col_weights every kWeightRun
-// rows. (Plain loops, no lambda: GCC vectorises the rounds of kLanes only so.)
+// so each column's run is loaded and stored once per N rows; the adds keep
+// row order. For each row: its squares go to lane j = c mod kLanes of its sum
+// and to column c's run in run_sq (and the param's to the lanes of p_sq); its
+// factor then known, a second sweep over the rows (from cache) adds g^2 / R_r
+// to column c's run in `run`. The runs (cols long each, T) go to the column
+// sums in double every kWeightRun rows. (Plain loops, no lambda: GCC
+// vectorises the rounds of kLanes only so.)
 template <class T, bool SCALED, int N>
 static void row_group(const GradScale<T, SCALED>& gs, const Lerp<T>& lerp,
                       const T* __restrict p, const T* __restrict g, std::int64_t cols,
-                      T* __restrict row_var, double* __restrict col_sums, T* __restrict run,
+                      T* __restrict row_var, T* __restrict run_sq, T* __restrict run,
                       double* __restrict p_sq) {
     double g_sq[N][kLanes] = {};
+    const std::int64_t whole = cols - cols % kLanes;
     std::int64_t c = 0;
-    for (; c + kLanes <= cols; c += kLanes)
-        for (int j = 0; j < kLanes; ++j) {
-            double col = col_sums[c + j];
-            for (int n = 0; n < N; ++n) {
-                const double x = double(p[n * cols + c + j]), d = double(gs(g[n * cols + c + j]));
-                p_sq[j] += x * x;
-                g_sq[n][j] += d * d;
-                col += d * d;
+    while (c < whole) {
+        const std::int64_t end = std::min<std::int64_t>(whole, c + kRounds * kLanes);
+        T p_run[kLanes] = {}, g_run[N][kLanes] = {};
+        for (; c < end; c += kLanes)
+            for (int j = 0; j < kLanes; ++j) {
+                T col = run_sq[c + j];
+                for (int n = 0; n < N; ++n) {
+                    const T x = p[n * cols + c + j], d = gs(g[n * cols + c + j]);
+                    p_run[j] += x * x;
+                    g_run[n][j] += d * d;
+                    col += d * d;
+                }
+                run_sq[c + j] = col;
             }
-            col_sums[c + j] = col;
+        for (int j = 0; j < kLanes; ++j) {
+            p_sq[j] += double(p_run[j]);
+            for (int n = 0; n < N; ++n) g_sq[n][j] += double(g_run[n][j]);
         }
+    }
     for (int j = 0; c + j < cols; ++j)
         for (int n = 0; n < N; ++n) {
-            const double x = double(p[n * cols + c + j]), d = double(gs(g[n * cols + c + j]));
-            p_sq[j] += x * x;
-            g_sq[n][j] += d * d;
-            col_sums[c + j] += d * d;
+            const T x = p[n * cols + c + j], d = gs(g[n * cols + c + j]);
+            p_sq[j] += double(x * x);
+            g_sq[n][j] += double(d * d);
+            run_sq[c + j] += d * d;
         }
     T q[N];
     for (int n = 0; n < N; ++n) {
@@ -109,29 +126,34 @@ static void row_group(const GradScale<T, SCALED>& gs, const Lerp<T>& lerp,
     }
 }
 
+// `run`: 2 * cols of scratch (the runs of g^2 / R, then of g^2).
 template <class T, bool SCALED>
 static double rows_pass(const AdafactorParams& hp, const T* p, const T* g, std::int64_t rows,
                         std::int64_t cols, T* row_var, double* __restrict col_sums,
                         double* __restrict col_weights, T* __restrict run) {
     const GradScale<T, SCALED> gs{T(hp.grad_scale)};
     const Lerp<T> lerp(hp.beta2_weight);
+    T* __restrict run_sq = run + cols;
     for (std::int64_t c = 0; c < cols; ++c) {
         col_sums[c] = 0.0;
         col_weights[c] = 0.0;
         run[c] = T(0);
+        run_sq[c] = T(0);
     }
     double p_sq[kLanes] = {};
     for (std::int64_t r = 0; r < rows;) {
         const std::int64_t n = rows - r >= 2 ? 2 : 1;
         const std::int64_t at = r * cols;
         if (n == 2)
-            row_group<T, SCALED, 2>(gs, lerp, p + at, g + at, cols, row_var + r, col_sums, run, p_sq);
+            row_group<T, SCALED, 2>(gs, lerp, p + at, g + at, cols, row_var + r, run_sq, run, p_sq);
         else
-            row_group<T, SCALED, 1>(gs, lerp, p + at, g + at, cols, row_var + r, col_sums, run, p_sq);
+            row_group<T, SCALED, 1>(gs, lerp, p + at, g + at, cols, row_var + r, run_sq, run, p_sq);
         r += n;
         if (r % kWeightRun == 0 || r == rows)
             for (std::int64_t c = 0; c < cols; ++c) {
+                col_sums[c] += double(run_sq[c]);
                 col_weights[c] += double(run[c]);
+                run_sq[c] = T(0);
                 run[c] = T(0);
             }
     }

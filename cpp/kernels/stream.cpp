@@ -13,13 +13,24 @@ namespace lrfast::LRFAST_ISA_NS {
 
 static thread_local volatile double t_sink;
 
-template <class T>
-static T lane_sum(const T* __restrict a, std::int64_t n) {
+// g and x[0..K) read together, element by element, as a kernel reads them.
+template <class T, int K>
+static T read_lanes(const T* __restrict g, T* const* x, std::int64_t n) {
+    const T* a[K];
+    for (int k = 0; k < K; ++k) a[k] = x[k];
     T acc[kLanes] = {};
     std::int64_t i = 0;
     for (; i + kLanes <= n; i += kLanes)
-        for (int j = 0; j < kLanes; ++j) acc[j] += a[i + j];
-    for (; i < n; ++i) acc[0] += a[i];
+        for (int j = 0; j < kLanes; ++j) {
+            T sum = g[i + j];
+            for (int k = 0; k < K; ++k) sum += a[k][i + j];
+            acc[j] += sum;
+        }
+    for (; i < n; ++i) {
+        T sum = g[i];
+        for (int k = 0; k < K; ++k) sum += a[k][i];
+        acc[0] += sum;
+    }
     T total = T(0);
     for (int j = 0; j < kLanes; ++j) total += acc[j];
     return total;
@@ -52,9 +63,12 @@ static void stream3(const T* __restrict g, T* __restrict a, T* __restrict b, T* 
 template <class T>
 void stream(T* const* x, int k, const T* g, std::int64_t n, bool write) {
     if (!write) {
-        T total = lane_sum(g, n);
-        for (int j = 0; j < k; ++j) total += lane_sum(x[j], n);
-        t_sink = double(total);
+        switch (k) {
+            case 1: t_sink = double(read_lanes<T, 1>(g, x, n)); break;
+            case 2: t_sink = double(read_lanes<T, 2>(g, x, n)); break;
+            case 3: t_sink = double(read_lanes<T, 3>(g, x, n)); break;
+            default: t_sink = double(read_lanes<T, 4>(g, x, n));
+        }
         return;
     }
     switch (k) {

@@ -198,10 +198,13 @@ static std::uint64_t fold_operand(const Operand& x, std::int64_t lo, std::int64_
 }
 
 void mixed_stream(const Operand* x, std::int64_t lo, std::int64_t n, bool write) {
-    if (!write) {
+    if (!write) {  // tile by tile, so the operands' streams run together
         std::uint64_t fold = 0;
-        for (int k = 0; k < kOperands; ++k)
-            if (x[k].data != nullptr) fold ^= fold_operand(x[k], lo, n);
+        for (std::int64_t at = 0; at < n; at += kTile) {
+            const std::int64_t m = n - at < kTile ? n - at : kTile;
+            for (int k = 0; k < kOperands; ++k)
+                if (x[k].data != nullptr) fold ^= fold_operand(x[k], lo + at, m);
+        }
         t_fold = fold;
         return;
     }

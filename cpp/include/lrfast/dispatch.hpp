@@ -84,7 +84,7 @@ struct AdafactorKernels {
     // Pass 1 over `rows` rows of a factored matrix: returns sum(p^2), updates
     // the rows' factors in row_var from their sums of g^2, writes the
     // columns' sums of g^2 and of g^2 / R to col_sums and col_weights (`run`:
-    // cols of scratch).
+    // 2 * cols of scratch).
     double (*rows)(const AdafactorParams&, const T* p, const T* g, std::int64_t rows,
                    std::int64_t cols, T* row_var, double* col_sums, double* col_weights,
                    T* run);
