@@ -228,18 +228,19 @@ void run_adafactor(const AdafactorKernels<T>& k, const AdafactorParams& hp,
             capped[m.t] = 1;
     }
 
-    // Pass 2.
-    parallel_for(n_chunks, kAdafactorMinParallel, [&](std::int64_t i) {
-        const Chunk& c = chunks[std::size_t(i)];
-        const AdafactorTensor<T>& x = tensors[c.t];
-        if (!x.factored || !capped[c.t]) return;
-        const adafactor_detail::ChunkArrays<T> a(k, x, (c.b * x.rows + c.lo) * x.cols,
-                                                 (c.hi - c.lo) * x.cols, false);
-        u_sq[std::size_t(i)] = k.factored_norm(
-            hp, a.g, c.hi - c.lo, x.cols,
-            row_rsqrt.data() + row_offset[c.t] + c.b * x.rows + c.lo,
-            col_rsqrt.data() + col_offset[c.t] + c.b * x.cols, x.eps1);
-    });
+    // Pass 2 (no thread-pool round where no matrix needs it).
+    if (std::find(capped.begin(), capped.end(), 1) != capped.end())
+        parallel_for(n_chunks, kAdafactorMinParallel, [&](std::int64_t i) {
+            const Chunk& c = chunks[std::size_t(i)];
+            const AdafactorTensor<T>& x = tensors[c.t];
+            if (!x.factored || !capped[c.t]) return;
+            const adafactor_detail::ChunkArrays<T> a(k, x, (c.b * x.rows + c.lo) * x.cols,
+                                                     (c.hi - c.lo) * x.cols, false);
+            u_sq[std::size_t(i)] = k.factored_norm(
+                hp, a.g, c.hi - c.lo, x.cols,
+                row_rsqrt.data() + row_offset[c.t] + c.b * x.rows + c.lo,
+                col_rsqrt.data() + col_offset[c.t] + c.b * x.cols, x.eps1);
+        });
 
     std::vector<double> scale(tensors.size());
     for (std::size_t t = 0; t < tensors.size(); ++t) {

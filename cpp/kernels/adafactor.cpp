@@ -88,17 +88,23 @@ static void row_group(const GradScale<T, SCALED>& gs, const Lerp<T>& lerp,
     while (c < whole) {
         const std::int64_t end = std::min<std::int64_t>(whole, c + kRounds * kLanes);
         T p_run[kLanes] = {}, g_run[N][kLanes] = {};
-        for (; c < end; c += kLanes)
+        for (; c < end; c += kLanes) {
+            // pointers at the round (with offsets from c, GCC leaves the
+            // one-row case unvectorised)
+            const T* __restrict pc = p + c;
+            const T* __restrict gc = g + c;
+            T* __restrict sc = run_sq + c;
             for (int j = 0; j < kLanes; ++j) {
-                T col = run_sq[c + j];
+                T col = sc[j];
                 for (int n = 0; n < N; ++n) {
-                    const T x = p[n * cols + c + j], d = gs(g[n * cols + c + j]);
+                    const T x = pc[n * cols + j], d = gs(gc[n * cols + j]), sq = d * d;
                     p_run[j] += x * x;
-                    g_run[n][j] += d * d;
-                    col += d * d;
+                    g_run[n][j] += sq;
+                    col += sq;
                 }
-                run_sq[c + j] = col;
+                sc[j] = col;
             }
+        }
         for (int j = 0; j < kLanes; ++j) {
             p_sq[j] += double(p_run[j]);
             for (int n = 0; n < N; ++n) g_sq[n][j] += double(g_run[n][j]);
