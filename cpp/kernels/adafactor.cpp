@@ -69,19 +69,34 @@ struct GradScale {
 // arithmetic of converting every square.
 constexpr int kRounds = 16;
 
+// The second sweep over M rows of g: g^2 * q (q = 1 / R of each row) added
+// to column c's run in `run`, for columns [lo, hi).
+template <class T, bool SCALED, int M>
+static void weigh(const GradScale<T, SCALED>& gs, const T* __restrict g, std::int64_t cols,
+                  const T* q, std::int64_t lo, std::int64_t hi, T* __restrict run) {
+    for (std::int64_t c = lo; c < hi; ++c) {
+        T weight = run[c];
+        for (int m = 0; m < M; ++m) {
+            const T d = gs(g[m * cols + c]);
+            weight += (d * d) * q[m];
+        }
+        run[c] = weight;
+    }
+}
+
 // Rows of a pass-1 chunk go N at a time (N = 2, and 1 for an odd last row),
 // so each column's run is loaded and stored once per N rows; the adds keep
 // row order. For each row: its squares go to lane j = c mod kLanes of its sum
 // and to column c's run in run_sq (and the param's to the lanes of p_sq); its
-// factor then known, a second sweep over the rows (from cache) adds g^2 / R_r
-// to column c's run in `run`. The runs (cols long each, T) go to the column
-// sums in double every kWeightRun rows. (Plain loops, no lambda: GCC
-// vectorises the rounds of kLanes only so.)
-template <class T, bool SCALED, int N>
+// factor R then known, q = 1 / R goes out. The second sweep, g^2 * q into
+// `run`, runs for the previous group's M rows (g_prev, q_prev, from cache) in
+// the same rounds, so the two sweeps share the loop. (Plain loops, no lambda:
+// GCC vectorises the rounds of kLanes only so.)
+template <class T, bool SCALED, int N, int M>
 static void row_group(const GradScale<T, SCALED>& gs, const Lerp<T>& lerp,
                       const T* __restrict p, const T* __restrict g, std::int64_t cols,
                       T* __restrict row_var, T* __restrict run_sq, T* __restrict run,
-                      double* __restrict p_sq) {
+                      double* __restrict p_sq, const T* g_prev, const T* q_prev, T* q) {
     double g_sq[N][kLanes] = {};
     const std::int64_t whole = cols - cols % kLanes;
     std::int64_t c = 0;
@@ -104,6 +119,7 @@ static void row_group(const GradScale<T, SCALED>& gs, const Lerp<T>& lerp,
                 }
                 sc[j] = col;
             }
+            if (M > 0) weigh<T, SCALED, M>(gs, g_prev, cols, q_prev, c, c + kLanes, run);
         }
         for (int j = 0; j < kLanes; ++j) {
             p_sq[j] += double(p_run[j]);
@@ -117,22 +133,16 @@ static void row_group(const GradScale<T, SCALED>& gs, const Lerp<T>& lerp,
             g_sq[n][j] += double(d * d);
             run_sq[c + j] += d * d;
         }
-    T q[N];
+    if (M > 0) weigh<T, SCALED, M>(gs, g_prev, cols, q_prev, c, cols, run);
     for (int n = 0; n < N; ++n) {
         row_var[n] = lerp(row_var[n], T(fold_lanes(g_sq[n]) / double(cols)));
         q[n] = T(1.0 / double(row_var[n]));
     }
-    for (c = 0; c < cols; ++c) {
-        T weight = run[c];
-        for (int n = 0; n < N; ++n) {
-            const T d = gs(g[n * cols + c]);
-            weight += (d * d) * q[n];
-        }
-        run[c] = weight;
-    }
 }
 
-// `run`: 2 * cols of scratch (the runs of g^2 / R, then of g^2).
+// `run`: 2 * cols of scratch (the runs of g^2 / R, then of g^2). The runs go
+// to the column sums in double every kWeightRun rows (those of g^2 / R a
+// group of rows behind).
 template <class T, bool SCALED>
 static double rows_pass(const AdafactorParams& hp, const T* p, const T* g, std::int64_t rows,
                         std::int64_t cols, T* row_var, double* __restrict col_sums,
@@ -147,22 +157,45 @@ static double rows_pass(const AdafactorParams& hp, const T* p, const T* g, std::
         run_sq[c] = T(0);
     }
     double p_sq[kLanes] = {};
-    for (std::int64_t r = 0; r < rows;) {
-        const std::int64_t n = rows - r >= 2 ? 2 : 1;
-        const std::int64_t at = r * cols;
-        if (n == 2)
-            row_group<T, SCALED, 2>(gs, lerp, p + at, g + at, cols, row_var + r, run_sq, run, p_sq);
-        else
-            row_group<T, SCALED, 1>(gs, lerp, p + at, g + at, cols, row_var + r, run_sq, run, p_sq);
-        r += n;
-        if (r % kWeightRun == 0 || r == rows)
+    T q_prev[2], q[2];
+    const T* g_prev = nullptr;
+    std::int64_t m = 0;  // rows of the previous group
+    auto flush = [&](bool weights_too) {
+        for (std::int64_t c = 0; c < cols; ++c) {
+            col_sums[c] += double(run_sq[c]);
+            run_sq[c] = T(0);
+        }
+        if (weights_too)
             for (std::int64_t c = 0; c < cols; ++c) {
-                col_sums[c] += double(run_sq[c]);
                 col_weights[c] += double(run[c]);
-                run_sq[c] = T(0);
                 run[c] = T(0);
             }
+    };
+    for (std::int64_t r = 0; r < rows;) {
+        const std::int64_t n = rows - r >= 2 ? 2 : 1;
+        const T* pr = p + r * cols;
+        const T* gr = g + r * cols;
+        T* rv = row_var + r;
+        if (n == 2 && m == 0)
+            row_group<T, SCALED, 2, 0>(gs, lerp, pr, gr, cols, rv, run_sq, run, p_sq, g_prev, q_prev, q);
+        else if (n == 2)
+            row_group<T, SCALED, 2, 2>(gs, lerp, pr, gr, cols, rv, run_sq, run, p_sq, g_prev, q_prev, q);
+        else if (m == 0)
+            row_group<T, SCALED, 1, 0>(gs, lerp, pr, gr, cols, rv, run_sq, run, p_sq, g_prev, q_prev, q);
+        else
+            row_group<T, SCALED, 1, 2>(gs, lerp, pr, gr, cols, rv, run_sq, run, p_sq, g_prev, q_prev, q);
+        g_prev = gr;
+        m = n;
+        q_prev[0] = q[0];
+        q_prev[1] = q[1];
+        r += n;
+        if (r % kWeightRun == 0 && r < rows) flush(true);
     }
+    if (m == 2)
+        weigh<T, SCALED, 2>(gs, g_prev, cols, q_prev, 0, cols, run);
+    else
+        weigh<T, SCALED, 1>(gs, g_prev, cols, q_prev, 0, cols, run);
+    flush(true);
     return fold_lanes(p_sq);
 }
 
