@@ -4,10 +4,10 @@
 // one (matrices of rows x cols, the leading dims counted as `batch` of them)
 // into runs of whole rows of one matrix, about kAdafactorChunk elements each
 // and at most kAdafactorMatrixChunks a matrix (each chunk's column sums are
-// added on their own: more chunks, more of that work); a full-variance one into runs of kAdafactorChunk elements. A chunk's sums
-// are added in chunk order, and a chunk's column sums land in a scratch slice
-// of its own, added per matrix in chunk order: every result has the bits of
-// any thread count.
+// added on their own: more chunks, more of that work); a full-variance one
+// into runs of kAdafactorChunk elements. A chunk's sums are added in chunk
+// order, and a chunk's column sums land in a scratch slice of its own, added
+// per matrix in chunk order: every result has the bits of any thread count.
 //
 //   pass 1 (parallel over chunks): sum(p^2); the row factors updated from
 //          the rows' sums of g^2, the columns' sums of g^2 and of g^2 / R;
@@ -233,7 +233,7 @@ void run_adafactor(const AdafactorKernels<T>& k, const AdafactorParams& hp,
         parallel_for(n_chunks, kAdafactorMinParallel, [&](std::int64_t i) {
             const Chunk& c = chunks[std::size_t(i)];
             const AdafactorTensor<T>& x = tensors[c.t];
-            if (!x.factored || !capped[c.t]) return;
+            if (!capped[c.t]) return;  // set for factored tensors only
             const adafactor_detail::ChunkArrays<T> a(k, x, (c.b * x.rows + c.lo) * x.cols,
                                                      (c.hi - c.lo) * x.cols, false);
             u_sq[std::size_t(i)] = k.factored_norm(

@@ -160,42 +160,30 @@ static double rows_pass(const AdafactorParams& hp, const T* p, const T* g, std::
     T q_prev[2], q[2];
     const T* g_prev = nullptr;
     std::int64_t m = 0;  // rows of the previous group
-    auto flush = [&](bool weights_too) {
+    auto flush = [&] {
         for (std::int64_t c = 0; c < cols; ++c) {
             col_sums[c] += double(run_sq[c]);
+            col_weights[c] += double(run[c]);
             run_sq[c] = T(0);
+            run[c] = T(0);
         }
-        if (weights_too)
-            for (std::int64_t c = 0; c < cols; ++c) {
-                col_weights[c] += double(run[c]);
-                run[c] = T(0);
-            }
     };
     for (std::int64_t r = 0; r < rows;) {
+        // two rows while there are two, after a group of two or none
         const std::int64_t n = rows - r >= 2 ? 2 : 1;
-        const T* pr = p + r * cols;
-        const T* gr = g + r * cols;
-        T* rv = row_var + r;
-        if (n == 2 && m == 0)
-            row_group<T, SCALED, 2, 0>(gs, lerp, pr, gr, cols, rv, run_sq, run, p_sq, g_prev, q_prev, q);
-        else if (n == 2)
-            row_group<T, SCALED, 2, 2>(gs, lerp, pr, gr, cols, rv, run_sq, run, p_sq, g_prev, q_prev, q);
-        else if (m == 0)
-            row_group<T, SCALED, 1, 0>(gs, lerp, pr, gr, cols, rv, run_sq, run, p_sq, g_prev, q_prev, q);
-        else
-            row_group<T, SCALED, 1, 2>(gs, lerp, pr, gr, cols, rv, run_sq, run, p_sq, g_prev, q_prev, q);
-        g_prev = gr;
+        auto group = n == 2 ? (m == 0 ? row_group<T, SCALED, 2, 0> : row_group<T, SCALED, 2, 2>)
+                            : (m == 0 ? row_group<T, SCALED, 1, 0> : row_group<T, SCALED, 1, 2>);
+        group(gs, lerp, p + r * cols, g + r * cols, cols, row_var + r, run_sq, run, p_sq, g_prev,
+              q_prev, q);
+        g_prev = g + r * cols;
         m = n;
         q_prev[0] = q[0];
         q_prev[1] = q[1];
         r += n;
-        if (r % kWeightRun == 0 && r < rows) flush(true);
+        if (r % kWeightRun == 0 && r < rows) flush();
     }
-    if (m == 2)
-        weigh<T, SCALED, 2>(gs, g_prev, cols, q_prev, 0, cols, run);
-    else
-        weigh<T, SCALED, 1>(gs, g_prev, cols, q_prev, 0, cols, run);
-    flush(true);
+    (m == 2 ? weigh<T, SCALED, 2> : weigh<T, SCALED, 1>)(gs, g_prev, cols, q_prev, 0, cols, run);
+    flush();
     return fold_lanes(p_sq);
 }
 

@@ -170,6 +170,28 @@ static void grad_words(const void* data, std::int64_t lo, std::uint32_t zero,
     for (std::int64_t i = 0; i < m; ++i) mask[i] = std::uint32_t(g[i]) & zero;
 }
 
+// Calls visit(W{}, data, first, count) for each array of words W that holds
+// an operand's elements [lo, lo + m): its values, or a q8 or q4 state's codes
+// and the absmax of their blocks (two q4 codes a byte; a tile starts on one).
+template <class F>
+static void for_each_words(const Operand& x, std::int64_t lo, std::int64_t m, F visit) {
+    switch (x.storage) {
+        case Storage::f64: visit(std::uint64_t{}, x.data, lo, m); break;
+        case Storage::f32: visit(std::uint32_t{}, x.data, lo, m); break;
+        case Storage::q8_signed:
+        case Storage::q8_unsigned:
+            visit(std::uint8_t{}, x.data, lo, m);
+            visit(std::uint32_t{}, x.absmax, lo / kQ8Block, (m + kQ8Block - 1) / kQ8Block);
+            break;
+        case Storage::q4_signed:
+        case Storage::q4_unsigned:
+            visit(std::uint8_t{}, x.data, lo / 2, (m + 1) / 2);
+            visit(std::uint32_t{}, x.absmax, lo / kQ4Block, (m + kQ4Block - 1) / kQ4Block);
+            break;
+        default: visit(std::uint16_t{}, x.data, lo, m);
+    }
+}
+
 // Read only: every operand's words folded by xor into a volatile.
 static thread_local volatile std::uint64_t t_fold;
 
@@ -181,29 +203,17 @@ static std::uint64_t fold_words(const void* data, std::int64_t lo, std::int64_t 
     return acc;
 }
 
-static std::uint64_t fold_operand(const Operand& x, std::int64_t lo, std::int64_t n) {
-    switch (x.storage) {
-        case Storage::f64: return fold_words<std::uint64_t>(x.data, lo, n);
-        case Storage::f32: return fold_words<std::uint32_t>(x.data, lo, n);
-        case Storage::q8_signed:
-        case Storage::q8_unsigned:
-            return fold_words<std::uint8_t>(x.data, lo, n) ^
-                   fold_words<std::uint32_t>(x.absmax, lo / kQ8Block, (n + kQ8Block - 1) / kQ8Block);
-        case Storage::q4_signed:
-        case Storage::q4_unsigned:
-            return fold_words<std::uint8_t>(x.data, lo / 2, (n + 1) / 2) ^
-                   fold_words<std::uint32_t>(x.absmax, lo / kQ4Block, (n + kQ4Block - 1) / kQ4Block);
-        default: return fold_words<std::uint16_t>(x.data, lo, n);
-    }
-}
-
 void mixed_stream(const Operand* x, std::int64_t lo, std::int64_t n, bool write) {
     if (!write) {  // tile by tile, so the operands' streams run together
         std::uint64_t fold = 0;
         for (std::int64_t at = 0; at < n; at += kTile) {
             const std::int64_t m = n - at < kTile ? n - at : kTile;
             for (int k = 0; k < kOperands; ++k)
-                if (x[k].data != nullptr) fold ^= fold_operand(x[k], lo + at, m);
+                if (x[k].data != nullptr)
+                    for_each_words(x[k], lo + at, m, [&](auto word, void* data, std::int64_t first,
+                                                         std::int64_t count) {
+                        fold ^= fold_words<decltype(word)>(data, first, count);
+                    });
         }
         t_fold = fold;
         return;
@@ -217,26 +227,12 @@ void mixed_stream(const Operand* x, std::int64_t lo, std::int64_t n, bool write)
             case Storage::f32: grad_words<std::uint32_t>(x[kGrad].data, lo + at, zero, mask, m); break;
             default: grad_words<std::uint16_t>(x[kGrad].data, lo + at, zero, mask, m);
         }
-        for (int k = 0; k < kOperands; ++k) {
-            if (k == kGrad || x[k].data == nullptr) continue;
-            switch (x[k].storage) {
-                case Storage::f64: xor_words<std::uint64_t>(x[k].data, lo + at, mask, m); break;
-                case Storage::f32: xor_words<std::uint32_t>(x[k].data, lo + at, mask, m); break;
-                case Storage::q8_signed:
-                case Storage::q8_unsigned:  // the codes, and the absmax of the tile's blocks
-                    xor_words<std::uint8_t>(x[k].data, lo + at, mask, m);
-                    xor_words<std::uint32_t>(x[k].absmax, (lo + at) / kQ8Block, mask,
-                                             (m + kQ8Block - 1) / kQ8Block);
-                    break;
-                case Storage::q4_signed:
-                case Storage::q4_unsigned:  // two codes a byte; the tile starts on a byte
-                    xor_words<std::uint8_t>(x[k].data, (lo + at) / 2, mask, (m + 1) / 2);
-                    xor_words<std::uint32_t>(x[k].absmax, (lo + at) / kQ4Block, mask,
-                                             (m + kQ4Block - 1) / kQ4Block);
-                    break;
-                default: xor_words<std::uint16_t>(x[k].data, lo + at, mask, m);
-            }
-        }
+        for (int k = 0; k < kOperands; ++k)
+            if (k != kGrad && x[k].data != nullptr)
+                for_each_words(x[k], lo + at, m, [&](auto word, void* data, std::int64_t first,
+                                                     std::int64_t count) {
+                    xor_words<decltype(word)>(data, first, mask, count);
+                });
     }
 }
 
