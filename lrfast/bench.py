@@ -25,7 +25,8 @@ import numpy as np
 
 from . import (_core, bench_table, cli_args, clip, precision, reference, run_record, steps,
                steps_adafactor, steps_adaptive, steps_lr_free)
-from .bench_configs import CONFIGS, PRODIGY_D, factored_layout, layouts, rival
+from .bench_configs import (CONFIGS, PRODIGY_D, adafactor_state_dtype, factored_layout,
+                            layouts, rival)
 from .reference_lr_free import prodigy_d_update
 from .progress import Progress
 from .workloads import transformer_like_shapes
@@ -216,9 +217,8 @@ class AdafactorProblem(Problem):
 
     def __init__(self, name: str, shapes, dtype, state_dtype=None):
         self.name, self.shapes, self.dtype = name, shapes, numpy_dtype(str(dtype))
-        # the params' dtype, float32 for 16-bit params (as the step takes them)
         self.low_bit = None
-        self.state_dtype = self.dtype if self.dtype.itemsize >= 4 else np.dtype(np.float32)
+        self.state_dtype = numpy_dtype(adafactor_state_dtype(self.dtype.name))
         if state_dtype not in (None, self.state_dtype.name):
             raise ValueError(f"Adafactor's states for {self.dtype.name} params are "
                              f"{self.state_dtype.name}")

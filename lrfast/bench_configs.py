@@ -81,6 +81,12 @@ def factored_layout(label: str, shapes: list) -> tuple[str, list]:
     return label, shapes
 
 
+def adafactor_state_dtype(dtype: str) -> str:
+    """The dtype of Adafactor's states for params of `dtype`, as its step
+    takes them: the params', float32 for 16-bit ones."""
+    return "float32" if dtype in ("bfloat16", "float16") else dtype
+
+
 def layouts(sizes: list[int], lists: bool) -> list[tuple[str, list[tuple[int, ...]]]]:
     """(label, shapes) per layout: one tensor of each size, then (with `lists`)
     1000 tensors of 1000 and the 146-tensor transformer-like list."""

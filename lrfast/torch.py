@@ -1208,8 +1208,9 @@ class Adafactor(torch.optim.Optimizer):
     dtype (float32 for bfloat16 and float16 params, whose factors torch
     keeps in 16 bits), so state dicts load both ways. ``foreach`` is accepted
     and ignored. CPU params, or CUDA ones (the CUDA path; states on the
-    param's device); every group is checked before the first is written. It stands apart from the other classes (their states have
-    their params' shapes): no ``state_dtype``, stochastic rounding or DTensors."""
+    param's device); every group is checked before the first is written. It
+    stands apart from the other classes (their states have their params'
+    shapes): no ``state_dtype``, stochastic rounding or DTensors."""
 
     def __init__(self, params, lr=1e-2, beta2_decay=-0.8, eps=(None, 1e-3), d=1.0,
                  weight_decay=0.0, *, foreach=None, maximize=False):

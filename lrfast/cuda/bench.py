@@ -7,9 +7,9 @@ the same number of bytes as the step (half read, half written), with the same
 clock. ``vs_torch`` is torch.optim's step time over lrfast's, on copies of the
 same arrays in the same run: fused where torch has a fused CUDA step, foreach
 otherwise. Traffic per element: the gradient is read, the parameter and each
-state read and written (Adam float32: 28 bytes); Adafactor's as
-:class:`lrfast.bench.AdafactorProblem` counts it, its single tensors as
-matrices (:func:`lrfast.bench_configs.factored_layout`).
+state read and written (Adam float32: 28 bytes); Adafactor's of its three
+passes on the device (:func:`adafactor_step`), its single tensors as matrices
+(:func:`lrfast.bench_configs.factored_layout`).
 """
 
 from __future__ import annotations
@@ -24,7 +24,8 @@ from numba import cuda
 import lrfast
 
 from .._adafactor import STATES, FactorSlot
-from ..bench_configs import CONFIGS, PRODIGY_D, factored_layout, layouts, rival
+from ..bench_configs import (CONFIGS, PRODIGY_D, adafactor_state_dtype, factored_layout,
+                             layouts, rival)
 from ..reference_adafactor import factored
 
 TORCH_FUSED_CUDA = {"SGD", "Adam", "AdamW"}  # the rest run with foreach=True
@@ -45,8 +46,8 @@ def run(sizes=(50_000_000,), optimizers=tuple(CONFIGS), dtype="float32",
     for label, shapes in layouts(sizes, lists):
         for name in optimizers:
             # Adafactor's single tensors as matrices: it factors them
-            named, tensors = factored_layout(label, shapes) if name == "adafactor" else (label,
-                                                                                          shapes)
+            named, tensors = (factored_layout(label, shapes) if name == "adafactor"
+                              else (label, shapes))
             rows.append(_measure(name, named, tensors, dtype, torch))
     return rows
 
@@ -100,16 +101,18 @@ def step_of(function: str, hp: dict, state_names, shapes, dtype):
 def adafactor_step(shapes, dtype, hp: dict):
     """``(step, traffic)`` of ``lrfast.adafactor_step``: the row and column
     factors of each param of 2 or more dims, the full variance of the others
-    (zeros). Traffic: a matrix's param and grad read, its grad read again,
-    then both read and the param written (6 arrays' bytes per element); a
-    vector's grad, param and variance read and the variance written, then
-    the three read and the param written (8)."""
+    (zeros, float32 for 16-bit params). Traffic: a matrix's param and grad
+    read, its grad read again, then both read and the param written (6
+    arrays' bytes per element); a vector's grad, param and variance read and
+    the variance written, then the three read and the param written."""
     params = [cuda.to_device(a) for a in _host_arrays(shapes, dtype, 0)]
     grads = [cuda.to_device(a) for a in _host_arrays(shapes, dtype, 1)]
-    states = [[cuda.to_device(np.zeros(FactorSlot(part=name).shape(s, hp), dtype))
+    state_dtype = adafactor_state_dtype(dtype)
+    states = [[cuda.to_device(np.zeros(FactorSlot(part=name).shape(s, hp), state_dtype))
                if factored(s) == (name != "variances") else None for s in shapes]
               for name in STATES]
-    traffic = sum(math.prod(s) * np.dtype(dtype).itemsize * (6 if factored(s) else 8)
+    item, state_item = np.dtype(dtype).itemsize, np.dtype(state_dtype).itemsize
+    traffic = sum(math.prod(s) * (6 * item if factored(s) else 5 * item + 3 * state_item)
                   for s in shapes)
     return (lambda: lrfast.adafactor_step(params, grads, *states, **hp)), traffic
 
