@@ -81,20 +81,6 @@ def _row(table, c):
     return (r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], r[9], r[10])
 
 
-@cuda.jit(device=True)
-def _combine(sums, t):
-    """``sums[k, 0]`` becomes the sum of ``sums[k, :]`` for every k: halves
-    added in a fixed tree, barriers before and after."""
-    cuda.syncthreads()
-    width = THREADS // 2
-    while width > 0:
-        if t < width:
-            for k in range(sums.shape[0]):
-                sums[k, t] += sums[k, t + width]
-        cuda.syncthreads()
-        width //= 2
-
-
 @cuda.jit
 def _scale(tensors, totals, p_sq, u_sq, scale):
     """Per tensor: its pieces' sums added, then the update's scale (in double,
@@ -111,7 +97,7 @@ def _scale(tensors, totals, p_sq, u_sq, scale):
             b += u_sq[first + q]
         sums[0, t] = a
         sums[1, t] = b
-        _combine(sums, t)
+        launch.block_sums(sums, t)
         if t == 0:
             root_n = math.sqrt(float64(size))
             rms = math.sqrt(sums[0, 0]) / root_n
@@ -203,7 +189,7 @@ def _kernels(kinds: tuple, arithmetic: str, near: bool, decaying: bool) -> _Kern
                     row_sums[row[ROWS_AT] + r] = total
             sums[0, t] = ps
             sums[1, t] = us
-            _combine(sums, t)
+            launch.block_sums(sums, t)
             if t == 0:
                 p_sq[c] = sums[0, 0]
                 if cols == 0:
@@ -236,7 +222,7 @@ def _kernels(kinds: tuple, arithmetic: str, near: bool, decaying: bool) -> _Kern
                 row_rsqrt[row[ROWS_AT] + i] = r  # R_i until rmean is known
                 mean += float64(r)
             sums[0, t] = mean
-            _combine(sums, t)
+            launch.block_sums(sums, t)
             rmean = arith(sums[0, 0] / float64(n))
             rmean = eps1 if rmean < eps1 else rmean  # torch's clamp_(min=eps1): a NaN stays
             for i in range(t, n, THREADS):
@@ -262,7 +248,7 @@ def _kernels(kinds: tuple, arithmetic: str, near: bool, decaying: bool) -> _Kern
                     u = float64(factored_u(load_g(v, 0, row, r * cols + j) * gs, a, b, cap))
                     us += u * u
             sums[0, t] = us
-            _combine(sums, t)
+            launch.block_sums(sums, t)
             if t == 0:
                 u_sq[c] = sums[0, 0]
             cuda.syncthreads()

@@ -107,6 +107,21 @@ def max_blocks() -> int:
     return device.MULTIPROCESSOR_COUNT * (device.MAX_THREADS_PER_MULTIPROCESSOR // THREADS)
 
 
+@cuda.jit(device=True)
+def block_sums(sums, t):
+    """``sums[k, 0]`` becomes the sum of ``sums[k, :THREADS]`` for every k,
+    thread `t` of the block adding halves in a fixed tree (the same bits for
+    any grid); barriers before and after."""
+    cuda.syncthreads()
+    width = THREADS // 2
+    while width > 0:
+        if t < width:
+            for k in range(sums.shape[0]):
+                sums[k, t] += sums[k, t + width]
+        cuda.syncthreads()
+        width //= 2
+
+
 def launch(kernel, n_pieces: int, stream, *args) -> None:
     """Launches `kernel` over a table of `n_pieces` pieces on `stream`."""
     counters["launches"] += 1

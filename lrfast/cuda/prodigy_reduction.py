@@ -130,14 +130,7 @@ def _kernel(coupled_weight_decay: bool, kinds: tuple, arithmetic: str):
                     cuda.syncthreads()  # values and peaks are reused by the next walk
             sums[0, t] = dot
             sums[1, t] = s_abs
-            cuda.syncthreads()
-            width = THREADS // 2
-            while width > 0:
-                if t < width:
-                    sums[0, t] += sums[0, t + width]
-                    sums[1, t] += sums[1, t + width]
-                cuda.syncthreads()
-                width //= 2
+            launch.block_sums(sums, t)
             if t == 0:
                 partials[0, c] = sums[0, 0]
                 partials[1, c] = sums[1, 0]
