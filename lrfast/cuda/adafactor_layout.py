@@ -37,8 +37,9 @@ from numba import cuda
 from .. import _core
 from ..reference_adafactor import adafactor_eps1
 from . import launch, layout
-from .interfaces import HostView, device_view, dtype_of
-from .lowp_layout import BF16, DOUBLES, F16, F32, F64, HALVES, SINGLES, WORDS, _dummy
+from .interfaces import HostView, dtype_of
+from .lowp_layout import (BF16, DOUBLES, F16, F32, F64, SINGLES, WORDS, _VIEW_DTYPES, span,
+                          spanning_views)
 
 # A piece's row. N: its rows (a matrix's piece) or elements; COLS: its
 # matrix's columns, 0 for a full-variance piece; ROWS_AT: its first row in
@@ -56,7 +57,6 @@ CACHED_LAYOUTS = 32
 
 _VIEW_OF_KIND = {F32: SINGLES, F64: DOUBLES, F16: WORDS, BF16: WORDS}
 _KIND_OF_NAME = {"float32": F32, "float64": F64, "float16": F16, "bfloat16": BF16}
-_VIEW_DTYPES = (np.uint8, np.uint16, np.float16, np.float32, np.float64)
 
 
 def rows_per_piece(cols: int) -> int:
@@ -135,27 +135,12 @@ def _group(kinds, tensors, interfaces, names) -> Group:
     state_kind = F64 if kinds[0] == F64 else F32
     kinds = kinds + (state_kind,)
     # Each array's view and address; each view spans its arrays.
-    located = []  # (t, slot, view, address)
-    base: dict[int, int] = {}
-    end: dict[int, int] = {}
-    for t in tensors:
-        for slot, seq in enumerate(interfaces):
-            interface = seq[t] if seq is not None else None
-            if interface is None:
-                continue
-            view = _VIEW_OF_KIND[kinds[min(slot, 2)]]
-            itemsize = np.dtype(_VIEW_DTYPES[view]).itemsize
-            ptr = interface["data"][0]
-            if ptr % itemsize:
-                raise ValueError(f"{names[slot]}[{t}] is not aligned to its {itemsize}-byte "
-                                 "elements")
-            located.append((t, slot, view, ptr))
-            base[view] = min(base.get(view, ptr), ptr)
-            end[view] = max(end.get(view, ptr), ptr + math.prod(interface["shape"]) * itemsize)
-    if WORDS in base:  # float16 reads its words as halves too
-        base[HALVES], end[HALVES] = base[WORDS], end[WORDS]
-    offset = {(t, slot): (ptr - base[view]) // np.dtype(_VIEW_DTYPES[view]).itemsize
-              for t, slot, view, ptr in located}
+    located = {(t, slot): span(_VIEW_OF_KIND[kinds[min(slot, 2)]], seq[t], f"{names[slot]}[{t}]")
+               for t in tensors for slot, seq in enumerate(interfaces)
+               if seq is not None and seq[t] is not None}
+    base, views = spanning_views(located.values())
+    offset = {key: (ptr - base[view]) // np.dtype(_VIEW_DTYPES[view]).itemsize
+              for key, (view, ptr, _) in located.items()}
 
     pieces: list[list[int]] = []
     matrices: list[list[int]] = []
@@ -187,9 +172,6 @@ def _group(kinds, tensors, interfaces, names) -> Group:
     table = np.array(pieces, dtype=np.int64).reshape(-1, WIDTH)
     factored = np.flatnonzero(table[:, COLS]).astype(np.int64)
     launch.counters["tables"] += 1
-    views = tuple(device_view(base[v], (end[v] - base[v]) // np.dtype(dtype).itemsize,
-                              np.dtype(dtype)) if v in base else _dummy(dtype)
-                  for v, dtype in enumerate(_VIEW_DTYPES))
     scratch = {name: cuda.device_array(max(n, 1), np.float64) for name, n in (
         ("p_sq", len(pieces)), ("u_sq", len(pieces)), ("scale", len(tensors)),
         ("row_sums", n_rows), ("row_rsqrt", n_rows), ("col_sums", n_parts),

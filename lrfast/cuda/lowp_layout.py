@@ -252,25 +252,44 @@ def build(interfaces, names, slice_p: int | None = None) -> tuple[LowpGroup, ...
                  for kinds, tensors in by_kinds.items())
 
 
+def span(view: int, interface: dict, label: str) -> tuple[int, int, int]:
+    """``(view, start, stop)``: the addresses of an array read through `view`,
+    checked for the view's alignment."""
+    ptr = interface["data"][0]
+    itemsize = np.dtype(_VIEW_DTYPES[view]).itemsize
+    if ptr % itemsize:
+        raise ValueError(f"{label} is not aligned to its {itemsize}-byte elements")
+    return view, ptr, ptr + math.prod(interface["shape"]) * itemsize
+
+
+def spanning_views(spans) -> tuple[list, tuple]:
+    """From ``(view, start, stop)`` spans: each view's lowest address (None
+    where no array uses it; float16's halves those of its words), and device
+    views from there over all its arrays (a dummy where unused)."""
+    base: list = [None] * len(_VIEW_DTYPES)
+    end: list = [None] * len(_VIEW_DTYPES)
+    for view, start, stop in spans:
+        base[view] = start if base[view] is None else min(base[view], start)
+        end[view] = stop if end[view] is None else max(end[view], stop)
+    if base[WORDS] is not None:
+        base[HALVES], end[HALVES] = base[WORDS], end[WORDS]
+    views = tuple(_dummy(dtype) if base[v] is None else
+                  device_view(base[v], (end[v] - base[v]) // np.dtype(dtype).itemsize,
+                              np.dtype(dtype))
+                  for v, dtype in enumerate(_VIEW_DTYPES))
+    return base, views
+
+
 def _group(kinds, tensors, interfaces, names, sizes, positions, slice_p) -> LowpGroup:
     # Where each slot's arrays lie, per view: [view][slot] -> addresses by tensor.
     address = np.zeros((len(_VIEW_DTYPES), 5, len(tensors)), dtype=np.int64)
-    base: list = [None] * len(_VIEW_DTYPES)  # per view: the lowest address, or None
-    end: list = [None] * len(_VIEW_DTYPES)
+    spans = []
     for s, kind in enumerate(kinds):
         for r, t in enumerate(tensors if kind != NONE else ()):
             for view, interface in zip(_VIEWS_OF_KIND[kind], _arrays(interfaces[s][t])):
-                ptr = interface["data"][0]
-                itemsize = np.dtype(_VIEW_DTYPES[view]).itemsize
-                if ptr % itemsize:
-                    raise ValueError(f"{names[s]}[{t}] is not aligned to its {itemsize}-byte "
-                                     "elements")
-                stop = ptr + math.prod(interface["shape"]) * itemsize
-                address[view, s, r] = ptr
-                base[view] = ptr if base[view] is None else min(base[view], ptr)
-                end[view] = stop if end[view] is None else max(end[view], stop)
-    if base[WORDS] is not None:  # float16 reads its words as halves too
-        base[HALVES], end[HALVES] = base[WORDS], end[WORDS]
+                spans.append(span(view, interface, f"{names[s]}[{t}]"))
+                address[view, s, r] = spans[-1][1]
+    base, views = spanning_views(spans)
 
     chunk = launch.Q8_CHUNK if any(k in LOW_BIT_KINDS for k in kinds) else launch.CHUNK
     lengths = np.array([sizes[t] for t in tensors], dtype=np.int64)
@@ -298,10 +317,6 @@ def _group(kinds, tensors, interfaces, names, sizes, positions, slice_p) -> Lowp
             else:
                 table[:, column] = first + stride * start
     launch.counters["tables"] += 1
-    views = tuple(_dummy(dtype) if base[v] is None else
-                  device_view(base[v], (end[v] - base[v]) // np.dtype(dtype).itemsize,
-                              np.dtype(dtype))
-                  for v, dtype in enumerate(_VIEW_DTYPES))
     arithmetic = np.dtype(np.float64 if kinds[0] == F64 else np.float32)
     return LowpGroup(kinds, arithmetic, views, cuda.to_device(table), len(table))
 
